@@ -1,0 +1,220 @@
+"""Build the parts of a sync from a validated config, and run jobs with them.
+
+This is where the world is wired in: database engines, the HTTP transport, the
+thread pool and the clock. The CLI and the scheduler only call :class:`App`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL, make_url
+
+from sync.config import Config, JobSettings, redact_url
+from sync.errors import ConfigError, SyncError
+from sync.extract.query import Position
+from sync.extract.reader import SourceReader
+from sync.load.client import PersonyzeClient
+from sync.load.writer import Writer
+from sync.mapping import Mapper
+from sync.runner import JobRun, Progress, RunOptions, RunStats
+from sync.state.store import Collision, RunRecord, StateStore, state_engine
+
+DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
+           "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
+def source_engine(url: str) -> Engine:
+    """An engine for a source database, with the drivers this package installs."""
+    try:
+        parsed: URL = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a config error
+        raise ConfigError(f"source.url: not a database URL ({redact_url(url)})") from exc
+    if parsed.drivername in DRIVERS:
+        parsed = parsed.set(drivername=DRIVERS[parsed.drivername])
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"source.url {redact_url(url)}: the database driver {exc.name!r} is not installed "
+            "(for MySQL/MariaDB: pip install 'personyze-sync[mysql]')"
+        ) from None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    checkpoint: Position | None
+    runs: list[RunRecord]
+    rows_known: int
+    rejected: int
+    collisions: list[Collision]
+    lag_s: float | None
+
+
+class App:
+    """One config's jobs, state store and Personyze client."""
+
+    def __init__(self, config: Config, *, transport: httpx.BaseTransport | None = None,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self._transport = transport
+        self._wall = wall
+        self._sleep = sleep
+        self._engines: dict[str, Engine] = {}
+        self._store: StateStore | None = None
+        self._client: PersonyzeClient | None = None
+
+    # -- the parts, built on first use ------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            store = StateStore(state_engine(self.config.state.url.get_secret_value()), self._wall)
+            store.create_schema()
+            self._store = store
+        return self._store
+
+    @property
+    def client(self) -> PersonyzeClient:
+        if self._client is None:
+            self._client = PersonyzeClient(self.config.personyze, transport=self._transport,
+                                           sleep=self._sleep, wall=self._wall)
+        return self._client
+
+    def engine(self, job: JobSettings) -> Engine:
+        url = job.source.url.get_secret_value()
+        if url not in self._engines:
+            self._engines[url] = source_engine(url)
+        return self._engines[url]
+
+    def reader(self, job: JobSettings) -> SourceReader:
+        return SourceReader(self.engine(job), job.source, Mapper(job).source_columns)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._store is not None:
+            self._store.close()
+        for engine in self._engines.values():
+            engine.dispose()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- running ---------------------------------------------------------------
+
+    def jobs(self, names: Sequence[str] = ()) -> list[JobSettings]:
+        return [self.config.job(n) for n in names] if names else list(self.config.jobs)
+
+    @contextmanager
+    def job_run(self, job: JobSettings, *, dry_run: bool = False) -> Iterator[JobRun]:
+        """A run of ``job`` wired to this app's parts; its sending threads end with it."""
+        concurrency = self.config.personyze.concurrency
+        with ThreadPoolExecutor(concurrency, thread_name_prefix=f"send-{job.name}") as pool:
+            writer = None if dry_run else Writer(
+                self.client, pool, max_rounds=self.config.personyze.max_attempts,
+                wall=self._wall, sleep=self._sleep)
+            yield JobRun(job, reader=self.reader(job), mapper=Mapper(job), store=self.store,
+                         writer=writer, wall=self._wall)
+
+    def run(self, job: JobSettings, options: RunOptions,
+            progress: Callable[[int], Progress] | None = None) -> RunStats:
+        """One run of one job; ``progress(total)`` may return a per-batch callback."""
+        with self.job_run(job, dry_run=options.dry_run) as run:
+            tick = progress(run.pending_total(options)) if progress else None
+            return run.run(options, tick)
+
+    def parse_cursor(self, job: JobSettings, text: str) -> Any:
+        """A ``--since`` / ``--to`` value, typed like the job's cursor column."""
+        sample = self.reader(job).max_cursor()
+        try:
+            if isinstance(sample, datetime):
+                value = datetime.fromisoformat(text)
+                if sample.tzinfo is not None and value.tzinfo is None:
+                    value = value.replace(tzinfo=UTC)
+                return value
+            if isinstance(sample, date):
+                return date.fromisoformat(text)
+            if isinstance(sample, bool | int):
+                return int(text)
+            if isinstance(sample, Decimal | float):
+                return Decimal(text)
+        except (ValueError, InvalidOperation):
+            raise ConfigError(
+                f"{text!r} is not a valid value for cursor {job.source.cursor!r} "
+                f"(a {type(sample).__name__})") from None
+        return text
+
+    def reset_checkpoint(self, job: JobSettings, to: str | None) -> Position | None:
+        position = None if to is None else Position(self.parse_cursor(job, to), None)
+        self.store.set_checkpoint(job.name, position)
+        return position
+
+    # -- looking -----------------------------------------------------------------
+
+    def validate(self, *, connect: bool) -> list[str]:
+        """What was checked, line by line; raises on the first thing that is wrong."""
+        lines = [f"config: {len(self.config.jobs)} job(s): "
+                 + ", ".join(j.name for j in self.config.jobs)]
+        if not connect:
+            return lines
+        self.store.checkpoint(self.config.jobs[0].name)
+        lines.append(f"state store: reachable ({redact_url(self.config.state.url.get_secret_value())})")
+        for job in self.config.jobs:
+            reader = self.reader(job)
+            nulls = reader.null_cursor_count()
+            lines.append(f"job {job.name}: source reachable, columns "
+                         + ", ".join(reader.columns) + " exist")
+            if nulls:
+                lines.append(f"job {job.name}: WARNING {nulls} row(s) have a NULL "
+                             f"{job.source.cursor!r} and will never be synced")
+        self.client.check_key()
+        lines.append("personyze: API key accepted")
+        return lines
+
+    def status(self) -> list[JobStatus]:
+        out = []
+        for job in self.config.jobs:
+            checkpoint = self.store.checkpoint(job.name)
+            out.append(JobStatus(
+                name=job.name, checkpoint=checkpoint, runs=self.store.runs(job.name),
+                rows_known=self.store.row_count(job.name),
+                rejected=len(self.store.rejections(job.name)),
+                collisions=self.store.collisions(job.name),
+                lag_s=self._lag(checkpoint)))
+        return out
+
+    def _lag(self, checkpoint: Position | None) -> float | None:
+        if checkpoint is None or not isinstance(checkpoint.cursor, datetime):
+            return None
+        cursor = checkpoint.cursor
+        if cursor.tzinfo is None:
+            cursor = cursor.replace(tzinfo=UTC)
+        return max(0.0, self._wall() - cursor.timestamp())
+
+
+def run_all(app: App, jobs: Sequence[JobSettings], options: RunOptions,
+            progress: Callable[[int], Progress] | None = None,
+            ) -> dict[str, RunStats | SyncError]:
+    """Run each job once; one job's failure does not stop the others."""
+    results: dict[str, RunStats | SyncError] = {}
+    for job in jobs:
+        try:
+            results[job.name] = app.run(job, options, progress)
+        except SyncError as exc:
+            results[job.name] = exc
+    return results

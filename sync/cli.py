@@ -1,0 +1,285 @@
+"""The command line: parse, build, call, print. Nothing else lives here.
+
+Exit codes: 0 success, 1 a run failed, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from sync.app import App, JobStatus, run_all
+from sync.config import load_config
+from sync.errors import SyncError
+from sync.runner import RunOptions, RunStats
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+config_option = click.option(
+    "-c", "--config", "config_path", required=True, metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path), help="The YAML config file.")
+dry_run_option = click.option(
+    "--dry-run", is_flag=True, help="Show what would be sent; send nothing, move no checkpoint.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="personyze-sync")
+def cli(verbose: int) -> None:
+    """Keep Personyze users in step with your customer database."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def open_app(config_path: Path) -> Iterator[App]:
+    with App(load_config(config_path)) as app:
+        yield app
+
+
+# -- running -----------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.argument("jobs", nargs=-1)
+@dry_run_option
+@json_option
+def once(config_path: Path, jobs: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """One incremental run of each job (or of the JOBS named), then exit."""
+    with open_app(config_path) as app:
+        started = time.monotonic()
+        results = run_all(app, app.jobs(jobs), RunOptions(kind="once", dry_run=dry_run))
+        report(results, time.monotonic() - started, as_json=as_json, dry_run=dry_run)
+
+
+@cli.command()
+@config_option
+@click.argument("job")
+@click.option("--since", metavar="VALUE", help="Start at this cursor value (inclusive).")
+@click.option("--full", is_flag=True, help="Read every row again; unchanged rows are not sent.")
+@dry_run_option
+@json_option
+def backfill(config_path: Path, job: str, since: str | None, full: bool, dry_run: bool,
+             as_json: bool) -> None:
+    """A one-shot history load of JOB with a progress bar; resumable after a crash."""
+    if since and full:
+        raise click.UsageError("--since and --full exclude each other")
+    with open_app(config_path) as app:
+        settings = app.config.job(job)
+        start = None
+        if since is not None:
+            from sync.extract.query import Position
+
+            start = Position(app.parse_cursor(settings, since), None)
+        options = RunOptions(kind="backfill", dry_run=dry_run, start=start, full=full)
+        started = time.monotonic()
+        with progress_bar(enabled=not as_json) as progress:
+            try:
+                result: RunStats | SyncError = app.run(settings, options, progress)
+            except SyncError as exc:
+                result = exc
+        report({job: result}, time.monotonic() - started, as_json=as_json, dry_run=dry_run)
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} rows/s")
+
+
+@contextmanager
+def progress_bar(*, enabled: bool) -> Iterator[Callable[[int], Callable[[int], None]] | None]:
+    """A factory: given the rows to read, a callback advancing a rich progress bar."""
+    if not enabled:
+        yield None
+        return
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   RateColumn(), TimeRemainingColumn(), console=err, transient=False)
+
+    def start(total: int) -> Callable[[int], None]:
+        task = bar.add_task("rows", total=total)
+        return lambda n: bar.advance(task, n)
+
+    with bar:
+        yield start
+
+
+def report(results: dict[str, RunStats | SyncError], seconds: float, *, as_json: bool,
+           dry_run: bool) -> None:
+    """Print each job's outcome; exit 1 if any failed."""
+    failed = {name: r for name, r in results.items() if isinstance(r, SyncError)}
+    if as_json:
+        doc = {name: {"error": str(r)} if isinstance(r, SyncError) else {
+            "read": r.read, "sent": r.sent, "skipped": r.skipped, "rejected": r.rejected,
+            "collisions": r.collisions, **({"would_send": r.would_send} if dry_run else {}),
+        } for name, r in results.items()}
+        out.print_json(json.dumps({"jobs": doc, "seconds": round(seconds, 3)}, default=str))
+    else:
+        for name, r in results.items():
+            if isinstance(r, SyncError):
+                err.print(f"[red]job {name} failed:[/red] {r}", markup=True, soft_wrap=True)
+                continue
+            if dry_run:
+                for payload in r.would_send:
+                    out.print(json.dumps(payload, default=str, ensure_ascii=False), markup=False)
+            verb = "would send" if dry_run else "sent"
+            out.print(f"{name}: read {r.read}, {verb} {r.sent if not dry_run else len(r.would_send)}"
+                      f", unchanged {r.skipped}, rejected {r.rejected}"
+                      + (f", identity collisions {r.collisions}" if r.collisions else "")
+                      + f" ({seconds:.1f}s)", markup=False)
+    if failed:
+        raise click.exceptions.Exit(max(e.exit_code for e in failed.values()))
+
+
+# -- looking and fixing ------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.option("--connect", is_flag=True,
+              help="Also reach the source, the state store and Personyze.")
+def validate(config_path: Path, connect: bool) -> None:
+    """Check the config (and, with --connect, everything it points at)."""
+    with open_app(config_path) as app:
+        for line in app.validate(connect=connect):
+            out.print(f"ok  {line}", markup=False)
+
+
+@cli.command()
+@config_option
+@json_option
+def status(config_path: Path, as_json: bool) -> None:
+    """Per job: checkpoint, last runs, rows sent and rejected, lag."""
+    with open_app(config_path) as app:
+        jobs = app.status()
+    if as_json:
+        out.print_json(json.dumps([status_doc(j) for j in jobs], default=str))
+        return
+    for job in jobs:
+        print_status(job)
+
+
+def status_doc(job: JobStatus) -> dict[str, Any]:
+    return {
+        "job": job.name,
+        "checkpoint": None if job.checkpoint is None else {
+            "cursor": job.checkpoint.cursor, "key": job.checkpoint.key},
+        "lag_seconds": job.lag_s,
+        "rows_known": job.rows_known,
+        "rejected": job.rejected,
+        "collisions": [{"key": c.key, "user_id": c.user_id, "other_key": c.other_key}
+                       for c in job.collisions],
+        "runs": [r.__dict__ for r in job.runs],
+    }
+
+
+def print_status(job: JobStatus) -> None:
+    cp = job.checkpoint
+    out.print(f"[bold]{job.name}[/bold]")
+    out.print(f"  checkpoint: {'none (never run)' if cp is None else f'{cp.cursor} / key {cp.key}'}"
+              + (f", lag {job.lag_s:.0f}s" if job.lag_s is not None else ""), markup=False)
+    out.print(f"  users known: {job.rows_known}, rejected rows: {job.rejected}, "
+              f"identity collisions: {len(job.collisions)}", markup=False)
+    for c in job.collisions[:10]:
+        out.print(f"    row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
+                  markup=False)
+    if job.runs:
+        table = Table("started", "kind", "outcome", "read", "sent", "unchanged", "rejected",
+                      "seconds", "error", box=None, pad_edge=False)
+        for r in job.runs:
+            took = "" if r.ended_at is None else f"{r.ended_at - r.started_at:.1f}"
+            table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.started_at)),
+                          r.kind, r.outcome, str(r.rows_read), str(r.rows_sent),
+                          str(r.rows_skipped), str(r.rows_rejected), took, r.error or "")
+        out.print(table)
+
+
+@cli.group()
+def checkpoint() -> None:
+    """Inspect or move checkpoints."""
+
+
+@checkpoint.command("reset")
+@config_option
+@click.argument("job")
+@click.option("--to", "to", metavar="VALUE",
+              help="Resume from this cursor value (inclusive); without it, from the start.")
+def checkpoint_reset(config_path: Path, job: str, to: str | None) -> None:
+    """Move JOB's checkpoint deliberately. Rows already sent unchanged are still not resent."""
+    with open_app(config_path) as app:
+        position = app.reset_checkpoint(app.config.job(job), to)
+    where = "the beginning" if position is None else f"cursor >= {position.cursor}"
+    out.print(f"{job}: the next run reads from {where}", markup=False)
+
+
+# -- trying things out ------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--api-key", default="sandbox-key", show_default=True)
+@click.option("--internal-id-merges", is_flag=True,
+              help="Behave as the wiki says (merge on internal_id), not as the live service.")
+def sandbox(host: str, port: int, api_key: str, internal_id_merges: bool) -> None:
+    """Serve a local Personyze-compatible Users API until Ctrl-C."""
+    from sync.sandbox import SandboxServer
+
+    server = SandboxServer(api_key, host=host, port=port, internal_id_merges=internal_id_merges)
+    server.start()
+    err.print(f"sandbox Personyze API at {server.url} (Ctrl-C stops)", markup=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@cli.command()
+@click.option("--rows", default=1000, show_default=True, help="Sample customers to make.")
+def demo(rows: int) -> None:
+    """A complete sync on this machine: SQLite source, local sandbox, backfill, change, sync."""
+    from sync.demo import run_demo
+
+    run_demo(out, rows=rows)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="personyze-sync", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else 1)
+    except SyncError as exc:
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)

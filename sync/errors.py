@@ -1,0 +1,68 @@
+"""The error family, grouped by what the caller should do next.
+
+    SyncError                 anything personyze-sync reports to a user
+    ├── ConfigError           the config or the command line is wrong: fix it (exit 2)
+    ├── FatalError            this job cannot go on: stop it and say why (exit 1)
+    │   ├── AuthError         Personyze refused the API key
+    │   ├── SourceError       the source database is unreachable or not as configured
+    │   └── StateError        the state store cannot be read or written
+    ├── RetriableError        a passing failure (429, 5xx, timeout): back off and retry
+    └── RejectedError         Personyze refused one record (400): record it, go on
+
+Library exceptions are translated into these where they enter (``raise ... from``),
+so the core and the CLI never see an ``httpx`` or ``sqlalchemy`` exception.
+Messages must never contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base of every error personyze-sync reports; ``exit_code`` is the CLI's."""
+
+    exit_code = 1
+
+
+class ConfigError(SyncError):
+    """The configuration or the command line is wrong; nothing was run."""
+
+    exit_code = 2
+
+
+class FatalError(SyncError):
+    """The job cannot go on; retrying now would not help."""
+
+
+class AuthError(FatalError):
+    """Personyze answered 401/403: the API key is missing, wrong or revoked."""
+
+
+class SourceError(FatalError):
+    """The source database failed or does not match the config."""
+
+
+class StateError(FatalError):
+    """The state store failed; no checkpoint was moved."""
+
+
+class RetriableError(SyncError):
+    """A passing failure; ``retry_after`` is the server's hint in seconds, if any.
+
+    ``unapplied`` is True when the request certainly changed nothing (a 429, or a
+    connection that was never made), so even a write that is not idempotent may repeat.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None,
+                 unapplied: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.unapplied = unapplied
+
+
+class RejectedError(SyncError):
+    """Personyze refused this one record; ``reason`` is its own text."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status

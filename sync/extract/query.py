@@ -1,0 +1,130 @@
+"""Keyset queries over a source, built from SQLAlchemy constructs only.
+
+Pure: nothing here touches a database. Identifiers come from the config and are
+quoted by SQLAlchemy; every value is a bound parameter, so no string a user's data
+could reach is ever spliced into SQL.
+
+The position of a row is ``(cursor, key)``. Reading "after" a position means
+``cursor > c OR (cursor = c AND key > k)``, written as
+``cursor >= c AND (cursor > c OR key > k)`` so that an index on ``(cursor, key)``
+serves it on every dialect. Ties on the cursor therefore never lose or repeat rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, FromClause, Select, and_, func, or_, select
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a job got to: the last row read, by cursor value then key."""
+
+    cursor: Any
+    key: Any
+
+
+@dataclass(frozen=True)
+class SourceShape:
+    """The selectable to read and the names of its cursor and key columns."""
+
+    selectable: FromClause
+    cursor: str
+    key: str
+
+    def cursor_col(self) -> ColumnElement[Any]:
+        return self.selectable.c[self.cursor]
+
+    def key_col(self) -> ColumnElement[Any]:
+        return self.selectable.c[self.key]
+
+
+def after(shape: SourceShape, position: Position) -> ColumnElement[bool]:
+    """Rows strictly after ``position`` in (cursor, key) order."""
+    cursor, key = shape.cursor_col(), shape.key_col()
+    return and_(cursor >= position.cursor, or_(cursor > position.cursor, key > position.key))
+
+
+def not_after(shape: SourceShape, position: Position) -> ColumnElement[bool]:
+    """Rows at or before ``position`` in (cursor, key) order."""
+    cursor, key = shape.cursor_col(), shape.key_col()
+    return and_(cursor <= position.cursor, or_(cursor < position.cursor, key <= position.key))
+
+
+def select_batch(
+    shape: SourceShape,
+    columns: Sequence[str],
+    *,
+    start: Position | None,
+    upper: Any,
+    lower_cursor: Any = None,
+    limit: int,
+) -> Select[Any]:
+    """The next batch in keyset order.
+
+    ``start``: read strictly after it (None: from the beginning).
+    ``upper``: the largest cursor value this pass reads (None: no bound).
+    ``lower_cursor``: the smallest cursor value read (the lookback window's edge).
+    """
+    cursor = shape.cursor_col()
+    conditions: list[ColumnElement[bool]] = [cursor.is_not(None)]
+    if start is not None:
+        conditions.append(after(shape, start))
+    if lower_cursor is not None:
+        conditions.append(cursor >= lower_cursor)
+    if upper is not None:
+        conditions.append(cursor <= upper)
+    return (
+        select(*(shape.selectable.c[name] for name in columns))
+        .where(*conditions)
+        .order_by(cursor, shape.key_col())
+        .limit(limit)
+    )
+
+
+def select_window(
+    shape: SourceShape,
+    columns: Sequence[str],
+    *,
+    start: Position | None,
+    lower_cursor: Any,
+    end: Position,
+    limit: int,
+) -> Select[Any]:
+    """A batch of the lookback window: cursor >= lower_cursor, up to and including ``end``."""
+    query = select_batch(shape, columns, start=start, upper=None, lower_cursor=lower_cursor,
+                         limit=limit)
+    return query.where(not_after(shape, end))
+
+
+def select_keys(shape: SourceShape, columns: Sequence[str], keys: Sequence[Any]) -> Select[Any]:
+    """Rows by key, for re-reading rows that were rejected earlier."""
+    return select(*(shape.selectable.c[name] for name in columns)).where(
+        shape.key_col().in_(list(keys))
+    )
+
+
+def select_max_cursor(shape: SourceShape) -> Select[Any]:
+    return select(func.max(shape.cursor_col()))
+
+
+def select_count(shape: SourceShape, *, start: Position | None, upper: Any,
+                 lower_cursor: Any = None) -> Select[Any]:
+    """How many rows a pass from ``start`` up to ``upper`` will read (for progress)."""
+    cursor = shape.cursor_col()
+    conditions: list[ColumnElement[bool]] = [cursor.is_not(None)]
+    if start is not None:
+        conditions.append(after(shape, start))
+    if lower_cursor is not None:
+        conditions.append(cursor >= lower_cursor)
+    if upper is not None:
+        conditions.append(cursor <= upper)
+    return select(func.count()).select_from(shape.selectable).where(*conditions)
+
+
+def select_null_cursors(shape: SourceShape) -> Select[Any]:
+    """Rows a cursor can never reach: their cursor is NULL."""
+    return select(func.count()).select_from(shape.selectable).where(shape.cursor_col().is_(None))

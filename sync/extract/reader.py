@@ -1,0 +1,172 @@
+"""The one module that reads the source database.
+
+It resolves the configured ``table`` or ``query`` into a selectable, checks that the
+cursor, key and mapped columns exist (naming near misses), and runs the keyset
+queries from :mod:`sync.extract.query`. SQLAlchemy errors are translated into
+:class:`SourceError` here, with the URL's password hidden.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, Integer, MetaData, Numeric, Table, column, inspect, select, text
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy.types import NullType
+
+from sync.config import SourceSettings, redact_url, suggest
+from sync.errors import SourceError
+from sync.extract import query as q
+from sync.extract.query import Position, SourceShape
+
+Row = dict[str, Any]
+
+
+class SourceReader:
+    """Reads changed rows of one job's source in (cursor, key) order."""
+
+    def __init__(self, engine: Engine, source: SourceSettings, columns: Sequence[str]) -> None:
+        self._engine = engine
+        self._source = source
+        self._where = redact_url(source.url.get_secret_value())
+        wanted = [source.key, source.cursor, *columns]
+        self.columns: tuple[str, ...] = tuple(dict.fromkeys(wanted))
+        self.shape = self._resolve()
+
+    # -- setup ---------------------------------------------------------------
+
+    def _resolve(self) -> SourceShape:
+        source = self._source
+        try:
+            if source.table is not None:
+                selectable = self._reflect(source.table)
+                what = f"table {source.table!r}"
+            else:
+                assert source.query is not None
+                selectable = self._describe(source.query)
+                what = "the query"
+        except SQLAlchemyError as exc:
+            raise self._translate(exc, "reading the source's shape") from exc
+        available = list(selectable.c.keys())
+        for name in self.columns:
+            if name not in selectable.c:
+                raise SourceError(
+                    f"column {name!r} does not exist in {what} at {self._where}"
+                    f"{suggest(name, available)}; its columns are: {', '.join(available)}"
+                )
+        return SourceShape(selectable=selectable, cursor=source.cursor, key=source.key)
+
+    def _reflect(self, name: str) -> Table:
+        schema, _, table = name.rpartition(".")
+        try:
+            return Table(table, MetaData(), schema=schema or None, autoload_with=self._engine)
+        except NoSuchTableError:
+            names = inspect(self._engine).get_table_names(schema=schema or None)
+            raise SourceError(
+                f"table {name!r} does not exist at {self._where}{suggest(table, names)}"
+            ) from None
+
+    def _describe(self, sql: str) -> Any:
+        """A user query as a subquery; its columns are found by running it for zero rows."""
+        body = sql.strip().rstrip(";")
+        with self._engine.connect() as conn:
+            names = list(conn.execute(text(f"SELECT * FROM ({body}) AS src WHERE 1 = 0")).keys())
+        return text(body).columns(*(column(n) for n in names)).subquery("src")
+
+    # -- reads ---------------------------------------------------------------
+
+    def max_cursor(self) -> Any:
+        return self._scalar(q.select_max_cursor(self.shape))
+
+    def count(self, start: Position | None, upper: Any) -> int:
+        lower = None
+        if start is not None and start.key is None:
+            start, lower = None, start.cursor
+        statement = q.select_count(self.shape, start=start, upper=upper, lower_cursor=lower)
+        return int(self._scalar(statement) or 0)
+
+    def null_cursor_count(self) -> int:
+        return int(self._scalar(q.select_null_cursors(self.shape)) or 0)
+
+    def batches_after(self, start: Position | None, upper: Any) -> Iterator[list[Row]]:
+        """Every row after ``start`` with cursor <= ``upper``, a batch at a time.
+
+        A start without a key (``--since``, ``checkpoint reset --to``) means every
+        row whose cursor is at least that value.
+        """
+        lower = None
+        if start is not None and start.key is None:
+            start, lower = None, start.cursor
+        while True:
+            batch = self._rows(
+                q.select_batch(self.shape, self.columns, start=start, upper=upper,
+                               lower_cursor=lower, limit=self._source.batch_size)
+            )
+            if not batch:
+                return
+            yield batch
+            start = self.position(batch[-1])
+            if len(batch) < self._source.batch_size:
+                return
+
+    def batches_in_window(self, lower_cursor: Any, end: Position) -> Iterator[list[Row]]:
+        """Rows already passed whose cursor is within the lookback window."""
+        start: Position | None = None
+        while True:
+            batch = self._rows(
+                q.select_window(self.shape, self.columns, start=start, lower_cursor=lower_cursor,
+                                end=end, limit=self._source.batch_size)
+            )
+            if not batch:
+                return
+            yield batch
+            start = self.position(batch[-1])
+            if len(batch) < self._source.batch_size:
+                return
+
+    def rows_by_key(self, keys: Sequence[Any]) -> list[Row]:
+        if not keys:
+            return []
+        return self._rows(q.select_keys(self.shape, self.columns, keys))
+
+    @functools.cached_property
+    def key_is_numeric(self) -> bool:
+        """Whether keys compare as numbers (rejected rows are kept by key text)."""
+        col = self.shape.key_col()
+        if not isinstance(col.type, NullType):
+            return isinstance(col.type, Integer | Numeric)
+        sample = self._scalar(select(col).where(col.is_not(None)).limit(1))
+        return isinstance(sample, int | Decimal) and not isinstance(sample, bool)
+
+    def position(self, row: Row) -> Position:
+        key = row[self._source.key]
+        if key is None:
+            raise SourceError(
+                f"key column {self._source.key!r} is NULL in a row of {self._where}: "
+                "the key must be unique and never NULL"
+            )
+        return Position(cursor=row[self._source.cursor], key=key)
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _rows(self, statement: Any) -> list[Row]:
+        try:
+            with self._engine.connect() as conn:
+                result = conn.execution_options(stream_results=True).execute(statement)
+                return [dict(r) for r in result.mappings()]
+        except SQLAlchemyError as exc:
+            raise self._translate(exc, "reading rows") from exc
+
+    def _scalar(self, statement: Any) -> Any:
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(statement).scalar()
+        except SQLAlchemyError as exc:
+            raise self._translate(exc, "querying the source") from exc
+
+    def _translate(self, exc: SQLAlchemyError, doing: str) -> SourceError:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return SourceError(f"source database {self._where}: error while {doing}: {detail}")

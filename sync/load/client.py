@@ -1,0 +1,274 @@
+"""The Personyze Users API client.
+
+HTTP statuses are mapped to our error kinds in one place (:func:`raise_for_status`),
+httpx's exceptions are translated where they enter, and retries with exponential
+backoff and jitter (honouring ``Retry-After``) are tenacity's. The transport is
+injected, so tests can run against the sandbox over real HTTP or anything else.
+
+The API key travels only in the ``Authorization`` header, never in a URL, log or
+message. Values spliced into a URL path are percent-encoded one by one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from sync.config import PersonyzeSettings
+from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError
+
+USER_AGENT = "personyze-sync/0.1"
+PAGE = 1000  # the live API refuses reads past offset+limit 1000: page by keyset instead
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(settings: PersonyzeSettings) -> None:
+    parts = urlsplit(settings.base_url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        if not settings.allow_insecure_http:
+            raise ConfigError(
+                f"personyze.base_url: plain http to {parts.hostname} would send the API key "
+                "in clear; use https, or set allow_insecure_http: true if you mean it"
+            )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Turn an answer that is not a success into the error that says what to do next."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    text = response.text.strip()[:500]
+    if status in (401, 403):
+        raise AuthError(
+            f"Personyze refused the API key ({status} {text or 'no reason given'}): "
+            "check personyze.api_key; the job stopped"
+        )
+    if status == 429 or status >= 500 or status == 408:
+        raise RetriableError(f"Personyze answered {status}", retry_after=_retry_after(response),
+                             unapplied=status == 429)
+    if status in (400, 413, 422):
+        raise RejectedError(text or f"HTTP {status} without a reason", status=status)
+    raise FatalError(
+        f"Personyze answered {status} for {response.request.method} "
+        f"{response.request.url.path}: {text or 'no reason given'}; check personyze.base_url"
+    )
+
+
+class TokenBucket:
+    """A client-side ceiling on requests per second, shared by every sending thread."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float],
+                 sleep: Callable[[float], None]) -> None:
+        self._rate = rate
+        self._tokens = 1.0 if rate else 0.0
+        self._capacity = max(1.0, rate or 0.0)
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        if not self._rate:
+            return
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            self._tokens -= 1.0
+            wait = -self._tokens / self._rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+
+
+class PersonyzeClient:
+    """One account's Users API, with retries; thread-safe."""
+
+    def __init__(
+        self,
+        settings: PersonyzeSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        on_response: Callable[[int | None, float], None] | None = None,
+    ) -> None:
+        check_base_url(settings)
+        self._settings = settings
+        self._sleep = sleep
+        self._clock = clock
+        self._wall = wall
+        self._server_offset: float | None = None
+        self._on_response = on_response
+        self._bucket = TokenBucket(settings.requests_per_second, clock, sleep)
+        limits = httpx.Limits(max_connections=settings.concurrency,
+                              max_keepalive_connections=settings.concurrency)
+        self._http = httpx.Client(
+            base_url=settings.base_url + "/",
+            auth=httpx.BasicAuth("api", settings.api_key.get_secret_value()),
+            headers={"User-Agent": USER_AGENT},
+            timeout=settings.timeout_s,
+            limits=limits,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PersonyzeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- calls ---------------------------------------------------------------
+
+    def upsert(self, payload: dict[str, Any], *, repeatable: bool = True) -> int:
+        """POST one user (created, or merged by identifier); returns its user_id.
+
+        A payload that is not ``repeatable`` (it would create a user that nothing
+        merges on) is retried only after failures that certainly changed nothing;
+        after any other failure the caller must reconcile before sending it again.
+        """
+        answer = self._call("POST", "users", json=payload, repeatable=repeatable)
+        if isinstance(answer, bool) or not isinstance(answer, int | str):
+            raise RejectedError(f"Personyze answered {answer!r} where a user_id was expected")
+        try:
+            return int(answer)
+        except ValueError:
+            raise RejectedError(f"Personyze answered {answer!r} where a user_id was expected") \
+                from None
+
+    def check_key(self) -> None:
+        """``GET /rest/account``: changes nothing, answers 401 for a bad key."""
+        self._call("GET", "account")
+
+    def users_changed_since(self, since: int, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """Users whose data_last_modified >= since, paged by keyset (never by offset)."""
+        cols = ",".join(dict.fromkeys(["user_id", "data_last_modified", *columns]))
+        where = f"data_last_modified>={since}"
+        while True:
+            page = self._call(
+                "GET",
+                f"users/where/{where}/order_by/data_last_modified,user_id/limit/{PAGE}"
+                f"/columns/{cols}",
+            )
+            if not isinstance(page, list):
+                raise FatalError("Personyze answered a read with something other than a list")
+            yield from page
+            if len(page) < PAGE:
+                return
+            last = page[-1]
+            stamp, uid = int(last["data_last_modified"]), int(last["user_id"])
+            where = f"data_last_modified>{stamp}|data_last_modified={stamp}&user_id>{uid}"
+
+    def users_by_id(self, user_ids: Sequence[int], columns: Sequence[str]) -> list[dict[str, Any]]:
+        cols = ",".join(dict.fromkeys(["user_id", *columns]))
+        ids = ",".join(quote(str(u), safe="") for u in user_ids)
+        answer = self._call("GET", f"users/where/user_id:{ids}/columns/{cols}/limit/{PAGE}")
+        return list(answer) if isinstance(answer, list) else []
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json: Any = None,
+              repeatable: bool = True) -> Any:
+        def worth_retrying(exc: BaseException) -> bool:
+            return isinstance(exc, RetriableError) and (repeatable or exc.unapplied)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self._settings.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(worth_retrying),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(self._send, method, path, json)
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(initial=0.5, max=30.0)(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetriableError) and exc.retry_after is not None:
+            return min(max(exc.retry_after, backoff / 4), 300.0)
+        return backoff
+
+    def _send(self, method: str, path: str, body: Any) -> Any:
+        self._bucket.take()
+        started = self._clock()
+        try:
+            response = self._http.request(method, path, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self._observe(None, started)
+            raise RetriableError(f"could not connect to Personyze ({type(exc).__name__})",
+                                 unapplied=True) from None
+        except httpx.TimeoutException as exc:
+            self._observe(None, started)
+            raise RetriableError(f"Personyze did not answer in time ({type(exc).__name__})") \
+                from None
+        except httpx.TransportError as exc:
+            self._observe(None, started)
+            raise RetriableError(f"connection to Personyze failed ({type(exc).__name__})") \
+                from None
+        self._observe(response.status_code, started)
+        self._note_server_time(response)
+        raise_for_status(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise RejectedError(
+                f"Personyze answered {response.status_code} with something that is not JSON: "
+                f"{response.text[:200]!r}", status=response.status_code) from None
+
+    def server_time(self, local: float) -> float:
+        """Personyze's clock at local wall time ``local``, from the Date headers seen."""
+        return local + (self._server_offset or 0.0)
+
+    @property
+    def knows_server_time(self) -> bool:
+        return self._server_offset is not None
+
+    def _note_server_time(self, response: httpx.Response) -> None:
+        header = response.headers.get("Date")
+        if not header:
+            return
+        try:
+            server = parsedate_to_datetime(header).timestamp()
+        except (TypeError, ValueError):
+            return
+        self._server_offset = server - self._wall()
+
+    def _observe(self, status: int | None, started: float) -> None:
+        if self._on_response is not None:
+            self._on_response(status, self._clock() - started)
+

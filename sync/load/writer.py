@@ -1,0 +1,131 @@
+"""Send a batch of payloads concurrently and say, row by row, what became of each.
+
+A payload that carries ``user_id``, ``email`` or ``fb_id`` merges on Personyze's side,
+so resending it is harmless and the client retries it freely. One that carries only
+``internal_id`` would create a second user if resent after a lost answer (the live
+service does not merge on internal_id). Such a payload is retried only after
+failures that certainly changed nothing; after any other failure, the users changed
+since it was sent are read back (by ``data_last_modified``) and a user whose
+internal_id matches is adopted before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from sync.errors import RejectedError, RetriableError, SyncError
+from sync.load.client import PersonyzeClient
+
+MERGING_IDENTIFIERS = ("user_id", "email", "fb_id")
+CLOCK_MARGIN_S = 2.0  # Date headers have one-second resolution
+UNKNOWN_CLOCK_MARGIN_S = 300.0  # when no Date header was ever seen
+
+
+@dataclass
+class Outgoing:
+    """One row's payload on its way to Personyze."""
+
+    key: str
+    payload: dict[str, Any]
+
+    @property
+    def repeatable(self) -> bool:
+        return any(name in self.payload for name in MERGING_IDENTIFIERS)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    user_id: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: SyncError
+
+
+Result = Delivered | Refused | Failed
+
+
+def reconcile(client: PersonyzeClient, wanted: dict[str, str], since: float) -> dict[str, int]:
+    """Find users created for ``wanted`` (internal_id -> row key) since ``since``.
+
+    Returns row key -> user_id for each internal_id found (the lowest user_id if a
+    duplicate already exists).
+    """
+    found: dict[str, int] = {}
+    for user in client.users_changed_since(int(since), ["internal_id"]):
+        internal_id = user.get("internal_id")
+        key = wanted.get(str(internal_id)) if internal_id is not None else None
+        if key is not None:
+            user_id = int(user["user_id"])
+            found[key] = min(found.get(key, user_id), user_id)
+    return found
+
+
+class Writer:
+    """Sends payloads through a shared pool of threads, ``concurrency`` at a time."""
+
+    def __init__(self, client: PersonyzeClient, pool: Executor, *, max_rounds: int,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._client = client
+        self._pool = pool
+        self._max_rounds = max_rounds
+        self._wall = wall
+        self._sleep = sleep
+
+    def send(self, items: list[Outgoing]) -> list[Result]:
+        results: list[Result] = [Failed(SyncError("not sent"))] * len(items)
+        todo = list(range(len(items)))
+        for round_no in range(1, self._max_rounds + 1):
+            sent_at = self._wall()
+            for index, result in zip(todo, self._pool.map(self._one, (items[i] for i in todo)),
+                                     strict=True):
+                results[index] = result
+            unsure = [i for i in todo if _lost_answer(results[i]) and not items[i].repeatable]
+            if not unsure or round_no == self._max_rounds:
+                break
+            self._sleep(min(0.5 * 2 ** (round_no - 1), 30.0))
+            self.adopt_found([items[i] for i in unsure], sent_at)
+            todo = unsure
+        return results
+
+    def adopt_found(self, items: Iterable[Outgoing], sent_at: float) -> dict[str, int]:
+        """Give each item whose user Personyze already made that user's id."""
+        by_internal_id = {str(it.payload["internal_id"]): it for it in items}
+        if not by_internal_id:
+            return {}
+        since = self.server_since(sent_at)
+        found = reconcile(self._client, {k: it.key for k, it in by_internal_id.items()}, since)
+        for item in by_internal_id.values():
+            if item.key in found:
+                item.payload["user_id"] = found[item.key]
+        return found
+
+    def server_since(self, sent_at: float) -> float:
+        if self._client.knows_server_time:
+            return self._client.server_time(sent_at) - CLOCK_MARGIN_S
+        return sent_at - UNKNOWN_CLOCK_MARGIN_S
+
+    def _one(self, item: Outgoing) -> Result:
+        try:
+            return Delivered(self._client.upsert(item.payload, repeatable=item.repeatable))
+        except RejectedError as exc:
+            return Refused(exc.reason, exc.status)
+        except SyncError as exc:
+            return Failed(exc)
+
+
+def _lost_answer(result: Result) -> bool:
+    return isinstance(result, Failed) and isinstance(result.error, RetriableError) \
+        and not result.error.unapplied

@@ -1,0 +1,298 @@
+"""Source row -> Personyze payload, or a rejection with a reason.
+
+Pure: no database, no network, no clock. A :class:`Mapper` is compiled once from a
+job's config; ``map(row)`` then renames the mapped columns, applies the column's
+transforms, coerces values into what JSON and Personyze take, normalises emails,
+and checks that at least one identifier is usable. Only mapped columns are sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from sync.config import IDENTIFIERS, ConstantTransform, JobSettings, TemplateTransform
+
+Scalar = str | int | float
+Payload = dict[str, Scalar]
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
+FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+class Unsendable(ValueError):
+    """A value that cannot be sent as it is; the message says why."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A row ready to send: its source key, its payload and the payload's fingerprint."""
+
+    key: Any
+    payload: Payload
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that must not be sent, and why."""
+
+    key: Any
+    reason: str
+    payload: dict[str, Any]
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """A short stable digest of a payload, to tell whether a row changed since it was sent."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+# -- value conversions ---------------------------------------------------------
+
+
+def format_datetime(value: datetime) -> str:
+    """Personyze's date format, in UTC; a naive value is taken to be UTC already."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def coerce(value: Any) -> Scalar | None:
+    """The default conversion of a database value into a JSON scalar (None: send nothing)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Unsendable(f"{value} is not a finite number")
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise Unsendable(f"{value} is not a finite number")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Unsendable("text that is not valid UTF-8") from None
+        if "\x00" in value:
+            raise Unsendable("text holding a NUL character")
+        return value
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, time):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return coerce(value.value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise Unsendable("a binary value (bytes); map a text column instead")
+    if isinstance(value, dict | list | tuple):
+        raise Unsendable("a nested value (JSON object or array); Personyze takes scalars only")
+    raise Unsendable(f"a value of type {type(value).__name__}")
+
+
+def _parse_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise Unsendable(f"{value!r} is not a date or time") from None
+    raise Unsendable(f"{value!r} is not a date or time")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value) if not isinstance(value, Decimal) else value
+    except (TypeError, ValueError):
+        raise Unsendable(f"{value!r} is not a whole number") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise Unsendable(f"{value!r} is not a whole number")
+    if number != int(number):
+        raise Unsendable(f"{value!r} is not a whole number")
+    return int(number)
+
+
+def _to_float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise Unsendable(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise Unsendable(f"{value!r} is not a finite number")
+    return number
+
+
+def _to_bool(value: Any) -> int:
+    if isinstance(value, bool | int | Decimal | float):
+        return int(bool(value))
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return 1
+    if word in FALSE_WORDS:
+        return 0
+    raise Unsendable(f"{value!r} is not true or false")
+
+
+def _text(fn: Callable[[str], str]) -> Callable[[Any], Any]:
+    def apply(value: Any) -> Any:
+        return fn(value if isinstance(value, str) else str(coerce(value)))
+
+    return apply
+
+
+SIMPLE: dict[str, Callable[[Any], Any]] = {
+    "strip": _text(str.strip),
+    "lower": _text(str.lower),
+    "upper": _text(str.upper),
+    "str": lambda v: v if isinstance(v, str) else str(coerce(v)),
+    "int": _to_int,
+    "float": _to_float,
+    "bool": _to_bool,
+    "date": lambda v: _parse_datetime(v).date().isoformat(),
+    "datetime": lambda v: format_datetime(_parse_datetime(v)),
+    "unix": lambda v: int(_aware(_parse_datetime(v)).timestamp()),
+}
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# -- the mapper ----------------------------------------------------------------
+
+Step = Callable[[Any, Mapping[str, Any]], Any]
+
+
+def _compile_step(transform: str | TemplateTransform | ConstantTransform) -> Step:
+    if isinstance(transform, TemplateTransform):
+        template = transform.template
+        fields = _fields(template)
+
+        def render(_: Any, row: Mapping[str, Any]) -> Any:
+            values = {f: "" if row[f] is None else coerce(row[f]) for f in fields}
+            return template.format_map(values).strip() or None
+
+        return render
+    if isinstance(transform, ConstantTransform):
+        constant = transform.constant
+        return lambda _value, _row: constant
+    fn = SIMPLE[transform]
+    return lambda value, _row: None if value is None else fn(value)
+
+
+def _fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def template_fields(job: JobSettings) -> list[str]:
+    """Source columns a job's templates read (they must be selected too)."""
+    return [
+        field
+        for steps in job.transforms.values()
+        for step in steps
+        if isinstance(step, TemplateTransform)
+        for field in _fields(step.template)
+    ]
+
+
+@dataclass(frozen=True)
+class _Column:
+    source: str | None  # None: made by a template or constant
+    target: str
+    steps: tuple[Step, ...]
+
+
+class Mapper:
+    """One job's mapping, compiled once, applied to every row."""
+
+    def __init__(self, job: JobSettings) -> None:
+        self.key = job.source.key
+        columns = [
+            _Column(src, dst, tuple(_compile_step(t) for t in job.transforms.get(dst, [])))
+            for src, dst in job.mapping.items()
+        ]
+        made = [dst for dst in job.transforms if dst not in job.mapping.values()]
+        columns += [_Column(None, dst, tuple(map(_compile_step, job.transforms[dst])))
+                    for dst in made]
+        self._columns = tuple(columns)
+        self.source_columns: tuple[str, ...] = tuple(
+            dict.fromkeys([*job.mapping, *template_fields(job)])
+        )
+
+    def map(self, row: Mapping[str, Any]) -> Record | Rejection:
+        key = row[self.key]
+        payload: dict[str, Any] = {}
+        for col in self._columns:
+            value = row[col.source] if col.source is not None else None
+            try:
+                for step in col.steps:
+                    value = step(value, row)
+                value = coerce(value)
+            except Unsendable as exc:
+                return Rejection(key, f"column {col.source or col.target!r}: {exc}",
+                                 _printable(row, self._columns))
+            if value is not None and value != "":
+                payload[col.target] = value
+        problem = _identify(payload)
+        if problem:
+            return Rejection(key, problem, payload)
+        return Record(key, payload, fingerprint(payload))
+
+
+def _identify(payload: dict[str, Any]) -> str | None:
+    """Normalise identifiers in place; say why the row cannot be identified, if it cannot."""
+    if "email" in payload:
+        email = str(payload["email"]).strip().lower()
+        if not EMAIL.match(email):
+            return f"email {email!r} is not a valid email address"
+        payload["email"] = email
+    if "user_id" in payload:
+        try:
+            user_id = _to_int(payload["user_id"])
+        except Unsendable:
+            user_id = 0
+        if user_id <= 0:
+            return f"user_id {payload['user_id']!r} is not a positive whole number"
+        payload["user_id"] = user_id
+    if not any(payload.get(name) not in (None, "") for name in IDENTIFIERS):
+        return "no identifier: " + ", ".join(IDENTIFIERS) + " are all empty or not mapped"
+    return None
+
+
+def _printable(row: Mapping[str, Any], columns: tuple[_Column, ...]) -> dict[str, Any]:
+    """The mapped source values of a rejected row, as text, for the rejected-rows record."""
+    out: dict[str, Any] = {}
+    for col in columns:
+        if col.source is not None:
+            value = row.get(col.source)
+            out[col.target] = None if value is None else repr(value)[:200]
+    return out

@@ -1,0 +1,270 @@
+"""One run of one job: checkpoint -> extract -> map -> load -> commit.
+
+A run first finishes what the last one left (rows sent without an answer, rows
+Personyze rejected), then re-reads the lookback window behind the checkpoint, then
+reads every row after the checkpoint up to the largest cursor value seen at the
+start. Each batch's outcome is committed in one transaction, and the checkpoint only
+ever moves to the end of the longest prefix of rows that were acknowledged, skipped
+as unchanged, or durably recorded as rejected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sync.config import JobSettings
+from sync.errors import ConfigError, FatalError, SyncError
+from sync.extract.query import Position
+from sync.extract.reader import Row, SourceReader
+from sync.load.writer import Delivered, Failed, Outgoing, Refused, Writer
+from sync.mapping import Mapper, Record, Rejection
+from sync.state.store import (
+    Ack,
+    BatchOutcome,
+    Collision,
+    KnownRow,
+    RejectedRow,
+    StateStore,
+    key_text,
+)
+
+AUTO_RETRIES = 3  # an unchanged rejected row is retried on this many runs, then on demand
+
+
+@dataclass
+class RunStats:
+    read: int = 0
+    sent: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    collisions: int = 0
+    would_send: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    kind: str = "once"  # once | backfill
+    dry_run: bool = False
+    start: Position | None = None  # overrides the checkpoint (backfill --since / --full)
+    full: bool = False
+
+
+Progress = Callable[[int], None]
+
+
+class JobRun:
+    """The parts one run of one job needs, wired together."""
+
+    def __init__(self, job: JobSettings, *, reader: SourceReader, mapper: Mapper,
+                 store: StateStore, writer: Writer | None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.job = job
+        self.reader = reader
+        self.mapper = mapper
+        self.store = store
+        self.writer = writer  # None: dry run, nothing is sent
+        self.wall = wall
+        self.stats = RunStats()
+
+    def run(self, options: RunOptions, progress: Progress | None = None) -> RunStats:
+        """Run once; the run history records the outcome whatever happens."""
+        if options.dry_run:
+            self._sync(options, progress)
+            return self.stats
+        run_id = self.store.start_run(self.job.name, options.kind)
+        outcome, error = "failed", None
+        try:
+            self._sync(options, progress)
+            outcome = "success"
+        except SyncError as exc:
+            error = str(exc)
+            raise
+        except BaseException as exc:
+            outcome, error = "interrupted", type(exc).__name__
+            raise
+        finally:
+            s = self.stats
+            self.store.finish_run(run_id, outcome, read=s.read, sent=s.sent, skipped=s.skipped,
+                                  rejected_count=s.rejected, error=error)
+        return self.stats
+
+    def pending_total(self, options: RunOptions) -> int:
+        start = None if options.full else options.start or self.store.checkpoint(self.job.name)
+        return self.reader.count(start, self.reader.max_cursor())
+
+    # -- the phases ------------------------------------------------------------
+
+    def _sync(self, options: RunOptions, progress: Progress | None) -> None:
+        name = self.job.name
+        if self.writer is not None:
+            self._reconcile_pending()
+        self._retry_rejected()
+        checkpoint = self.store.checkpoint(name)
+        start = None if options.full else options.start or checkpoint
+        upper = self.reader.max_cursor()
+        if start is not None and start is checkpoint and self.job.source.lookback:
+            lower = _minus(checkpoint.cursor, self.job.source.lookback)
+            for batch in self.reader.batches_in_window(lower, checkpoint):
+                self._process(batch, advance=False)
+        for batch in self.reader.batches_after(start, upper):
+            self._process(batch, advance=True)
+            if progress is not None:
+                progress(len(batch))
+
+    def _reconcile_pending(self) -> None:
+        """Rows sent without an answer by a run that died: adopt what Personyze made."""
+        assert self.writer is not None
+        marks = self.store.pending(self.job.name)
+        if not marks:
+            return
+        items = [Outgoing(m.key, {"internal_id": m.internal_id}) for m in marks]
+        found = self.writer.adopt_found(items, min(m.sent_at for m in marks))
+        self.store.adopt(self.job.name, found)
+        self.store.clear_pending(self.job.name, [m.key for m in marks if m.key not in found])
+
+    def _retry_rejected(self) -> None:
+        """Re-read rejected rows from the source and send those worth another try."""
+        stored = {r.key: r for r in self.store.rejections(self.job.name)}
+        if not stored:
+            return
+        rows = self.reader.rows_by_key([_typed_key(k, self.reader) for k in stored])
+        found = {key_text(r[self.job.source.key]) for r in rows}
+        if not self.store_is_dry():
+            self.store.drop_rejections(self.job.name, [k for k in stored if k not in found])
+        due = []
+        for row in rows:
+            mapped = self.mapper.map(row)
+            previous = stored[key_text(mapped.key)]
+            changed = not isinstance(mapped, Record) or mapped.fingerprint != previous.fingerprint
+            if changed or previous.attempts < AUTO_RETRIES:
+                due.append(row)
+        if due:
+            self._process(due, advance=False, retrying=True)
+
+    def store_is_dry(self) -> bool:
+        return self.writer is None
+
+    # -- one batch -------------------------------------------------------------
+
+    def _process(self, batch: list[Row], *, advance: bool, retrying: bool = False) -> None:
+        name = self.job.name
+        self.stats.read += len(batch)
+        mapped = [self.mapper.map(row) for row in batch]
+        keys = [key_text(m.key) for m in mapped]
+        known = self.store.known_rows(name, keys)
+        refused = {} if retrying else self.store.rejected_fingerprints(name, keys)
+        outgoing: list[Outgoing] = []
+        fingerprints: dict[str, str] = {}
+        outcome = BatchOutcome()
+        for m in mapped:
+            key = key_text(m.key)
+            if isinstance(m, Rejection):
+                outcome.rejected.append(RejectedRow(key, m.payload, m.reason, None))
+                continue
+            previous = known.get(key)
+            unchanged = previous is not None and previous.fingerprint == m.fingerprint
+            if (unchanged and not retrying) or refused.get(key) == m.fingerprint:
+                self.stats.skipped += 1
+                continue
+            outgoing.append(_outgoing(key, m, previous))
+            fingerprints[key] = m.fingerprint
+
+        failed: dict[str, Failed] = {}
+        if self.writer is None:
+            self.stats.would_send += [o.payload for o in outgoing]
+        else:
+            self._send(outgoing, fingerprints, outcome, failed)
+        self.stats.rejected += len(outcome.rejected)
+
+        if advance and self.writer is not None:
+            outcome.checkpoint = self._done_prefix(batch, failed)
+        if self.writer is not None:
+            self.store.commit_batch(name, outcome)
+        if failed:
+            first = next(iter(failed.values())).error
+            if isinstance(first, FatalError):
+                raise first
+            raise type(first)(f"{len(failed)} row(s) could not be delivered "
+                              f"(first: {first}); the checkpoint stays before them") from first
+
+    def _send(self, outgoing: list[Outgoing], fingerprints: dict[str, str],
+              outcome: BatchOutcome, failed: dict[str, Failed]) -> None:
+        assert self.writer is not None
+        name = self.job.name
+        risky = [(o.key, str(o.payload["internal_id"])) for o in outgoing if not o.repeatable]
+        self.store.add_pending(name, risky)
+        for item, result in zip(outgoing, self.writer.send(outgoing), strict=True):
+            if isinstance(result, Delivered):
+                outcome.acks.append(Ack(item.key, result.user_id, fingerprints[item.key]))
+            elif isinstance(result, Refused):
+                outcome.rejected.append(RejectedRow(item.key, item.payload, result.reason,
+                                                    result.status, fingerprints[item.key]))
+            else:
+                failed[item.key] = result
+        self.stats.sent += len(outcome.acks)
+        outcome.collisions = self._collisions(outcome.acks)
+        self.stats.collisions += len(outcome.collisions)
+
+    def _collisions(self, acks: list[Ack]) -> list[Collision]:
+        """Acks whose user_id another row already holds: two rows, one Personyze user."""
+        holders = self.store.holders(self.job.name, (a.user_id for a in acks))
+        seen: dict[int, str] = {}
+        found = []
+        for ack in acks:
+            others = [k for k in holders.get(ack.user_id, []) if k != ack.key]
+            other = others[0] if others else seen.get(ack.user_id)
+            if other is not None and other != ack.key:
+                found.append(Collision(ack.key, ack.user_id, other))
+            seen.setdefault(ack.user_id, ack.key)
+        return found
+
+    def _done_prefix(self, batch: list[Row], failed: dict[str, Failed]) -> Position | None:
+        """The position of the last row before the first row still owed."""
+        last: Position | None = None
+        for row in batch:
+            position = self.reader.position(row)
+            if key_text(position.key) in failed:
+                break
+            last = position
+        return last
+
+
+def _outgoing(key: str, record: Record, previous: KnownRow | None) -> Outgoing:
+    payload: dict[str, Any] = dict(record.payload)
+    if previous is not None and "user_id" not in payload:
+        payload["user_id"] = previous.user_id
+    return Outgoing(key, payload)
+
+
+def _typed_key(key: str, reader: SourceReader) -> Any:
+    """A stored key text back as the value the source compares with."""
+    return int(key) if key.lstrip("-").isdigit() and reader.key_is_numeric else key
+
+
+def _minus(cursor: Any, lookback: timedelta | int | float) -> Any:
+    if isinstance(cursor, datetime | date) and isinstance(lookback, timedelta):
+        return cursor - lookback
+    if isinstance(cursor, Decimal) and isinstance(lookback, int | float):
+        return cursor - Decimal(str(lookback))
+    if isinstance(cursor, int | float) and isinstance(lookback, int | float):
+        return cursor - lookback
+    raise ConfigError(
+        f"lookback {lookback!r} does not fit a cursor of type {type(cursor).__name__}: "
+        "use a duration (5m) for time cursors and a number for numeric ones"
+    )
+
+
+def total(stats: Iterable[RunStats]) -> RunStats:
+    out = RunStats()
+    for s in stats:
+        out.read += s.read
+        out.sent += s.sent
+        out.skipped += s.skipped
+        out.rejected += s.rejected
+        out.collisions += s.collisions
+    return out

@@ -1,0 +1,520 @@
+"""The state store: everything personyze-sync must remember between runs.
+
+One SQLAlchemy implementation serves the embedded SQLite file and a shared
+PostgreSQL database alike. Per job it keeps the checkpoint ``(cursor, key)``, the
+identity map (row key -> Personyze user_id) with the fingerprint of each row's last
+acknowledged payload, rows that were sent without an answer (to reconcile), the
+rejected rows, identity collisions and the run history.
+
+Every batch's outcome is written in one transaction (:meth:`StateStore.commit_batch`),
+so a checkpoint can never be stored without the acknowledgements behind it.
+The API key is never stored here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from sync.config import redact_url
+from sync.errors import ConfigError, StateError
+from sync.extract.query import Position
+
+metadata = MetaData()
+
+checkpoints = Table(
+    "psync_checkpoints", metadata,
+    Column("job", String(200), primary_key=True),
+    Column("cursor_type", String(16), nullable=False),
+    Column("cursor_value", Text, nullable=False),
+    Column("key_type", String(16), nullable=False),
+    Column("key_value", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+rows = Table(
+    "psync_rows", metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("sent_at", Float, nullable=False),
+    Index("ix_psync_rows_user", "job", "user_id"),
+)
+pending = Table(
+    "psync_pending", metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("internal_id", Text, nullable=False),
+    Column("sent_at", Float, nullable=False),
+)
+rejected = Table(
+    "psync_rejected", metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("payload", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", Integer, nullable=True),  # Personyze's HTTP status; NULL: refused by the mapper
+    Column("fingerprint", String(32), nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("first_at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+)
+collisions = Table(
+    "psync_collisions", metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("other_key", String(), nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+runs = Table(
+    "psync_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(200), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("rows_read", Integer, nullable=False, default=0),
+    Column("rows_sent", Integer, nullable=False, default=0),
+    Column("rows_skipped", Integer, nullable=False, default=0),
+    Column("rows_rejected", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+)
+
+
+# -- typed values as text ------------------------------------------------------
+
+
+def encode_value(value: Any) -> tuple[str, str]:
+    """A cursor or key value as (type, text), so it comes back with its type."""
+    if value is None:
+        return "none", ""
+    if isinstance(value, bool):
+        return "int", str(int(value))
+    if isinstance(value, int):
+        return "int", str(value)
+    if isinstance(value, Decimal):
+        return "decimal", str(value)
+    if isinstance(value, float):
+        return "float", repr(value)
+    if isinstance(value, datetime):
+        return "datetime", value.isoformat()
+    if isinstance(value, date):
+        return "date", value.isoformat()
+    if isinstance(value, UUID):
+        return "uuid", str(value)
+    if isinstance(value, str):
+        return "str", value
+    raise StateError(f"cannot keep a cursor or key of type {type(value).__name__}")
+
+
+DECODERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "decimal": Decimal,
+    "float": float,
+    "datetime": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "uuid": UUID,
+    "str": str,
+    "none": lambda _text: None,
+}
+
+
+def decode_value(kind: str, text: str) -> Any:
+    return DECODERS[kind](text)
+
+
+def key_text(key: Any) -> str:
+    """The identity map's form of a row key."""
+    return str(key)
+
+
+# -- what goes in and out --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownRow:
+    user_id: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Personyze accepted this row's payload and answered with its user_id."""
+
+    key: str
+    user_id: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    key: str
+    payload: dict[str, Any]
+    reason: str
+    status: int | None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Collision:
+    key: str
+    user_id: int
+    other_key: str
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    key: str
+    internal_id: str
+    sent_at: float
+
+
+@dataclass
+class BatchOutcome:
+    """Everything one batch changed, written in one transaction."""
+
+    acks: list[Ack] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+    collisions: list[Collision] = field(default_factory=list)
+    checkpoint: Position | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    job: str
+    kind: str
+    started_at: float
+    ended_at: float | None
+    outcome: str
+    rows_read: int
+    rows_sent: int
+    rows_skipped: int
+    rows_rejected: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StoredRejection:
+    key: str
+    payload: dict[str, Any]
+    reason: str
+    status: int | None
+    fingerprint: str | None
+    attempts: int
+    first_at: float
+    last_at: float
+
+
+# -- the store -------------------------------------------------------------------
+
+
+def state_engine(url: str) -> Engine:
+    """An engine for the state store; a SQLite file's folder is created if missing."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a config error
+        raise ConfigError(f"state.url: not a database URL ({redact_url(url)})") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"state.url: the state store must be SQLite or PostgreSQL, not "
+            f"{parsed.get_backend_name()!r}"
+        )
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+class StateStore:
+    """Checkpoints, identities, rejections and runs of every job."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._where = redact_url(engine.url.render_as_string(hide_password=False))
+
+    def create_schema(self) -> None:
+        self._run(lambda conn: metadata.create_all(conn), "creating its tables")
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def checkpoint(self, job: str) -> Position | None:
+        def read(conn: Connection) -> Position | None:
+            row = conn.execute(select(checkpoints).where(checkpoints.c.job == job)).first()
+            if row is None:
+                return None
+            return Position(
+                cursor=decode_value(row.cursor_type, row.cursor_value),
+                key=decode_value(row.key_type, row.key_value),
+            )
+
+        return self._run(read, "reading a checkpoint")
+
+    def set_checkpoint(self, job: str, position: Position | None) -> None:
+        """Move a checkpoint deliberately (``checkpoint reset``); None forgets it."""
+
+        def write(conn: Connection) -> None:
+            conn.execute(delete(checkpoints).where(checkpoints.c.job == job))
+            if position is not None:
+                conn.execute(checkpoints.insert().values(self._checkpoint_values(job, position)))
+
+        self._run(write, "moving a checkpoint")
+
+    def _checkpoint_values(self, job: str, position: Position) -> dict[str, Any]:
+        cursor_type, cursor_value = encode_value(position.cursor)
+        key_type, key_value = encode_value(position.key)
+        return {
+            "job": job, "cursor_type": cursor_type, "cursor_value": cursor_value,
+            "key_type": key_type, "key_value": key_value, "updated_at": self._clock(),
+        }
+
+    # -- identities ----------------------------------------------------------
+
+    def known_rows(self, job: str, keys: Sequence[str]) -> dict[str, KnownRow]:
+        if not keys:
+            return {}
+
+        def read(conn: Connection) -> dict[str, KnownRow]:
+            query = select(rows.c.row_key, rows.c.user_id, rows.c.fingerprint).where(
+                rows.c.job == job, rows.c.row_key.in_(list(keys))
+            )
+            return {r.row_key: KnownRow(r.user_id, r.fingerprint) for r in conn.execute(query)}
+
+        return self._run(read, "reading the identity map")
+
+    def rejected_fingerprints(self, job: str, keys: Sequence[str]) -> dict[str, str | None]:
+        """Fingerprints of rows already recorded as rejected (so they are not resent as is)."""
+        if not keys:
+            return {}
+
+        def read(conn: Connection) -> dict[str, str | None]:
+            query = select(rejected.c.row_key, rejected.c.fingerprint).where(
+                rejected.c.job == job, rejected.c.row_key.in_(list(keys))
+            )
+            return {r.row_key: r.fingerprint for r in conn.execute(query)}
+
+        return self._run(read, "reading rejected rows")
+
+    def holders(self, job: str, user_ids: Iterable[int]) -> dict[int, list[str]]:
+        """Which row keys already hold each of these Personyze user_ids."""
+        ids = list(set(user_ids))
+        if not ids:
+            return {}
+
+        def read(conn: Connection) -> dict[int, list[str]]:
+            found: dict[int, list[str]] = {}
+            query = select(rows.c.user_id, rows.c.row_key).where(
+                rows.c.job == job, rows.c.user_id.in_(ids)
+            )
+            for r in conn.execute(query):
+                found.setdefault(r.user_id, []).append(r.row_key)
+            return found
+
+        return self._run(read, "reading the identity map")
+
+    # -- rows sent without an answer -------------------------------------------
+
+    def add_pending(self, job: str, items: Sequence[tuple[str, str]]) -> None:
+        """Mark internal_id-only rows as sent, before sending them (see reconciliation)."""
+        if not items:
+            return
+        now = self._clock()
+        values = [{"job": job, "row_key": k, "internal_id": i, "sent_at": now} for k, i in items]
+        self._run(lambda conn: self._upsert(conn, pending, values, ["job", "row_key"]),
+                  "marking rows as sent")
+
+    def pending(self, job: str) -> list[PendingRow]:
+        def read(conn: Connection) -> list[PendingRow]:
+            query = select(pending).where(pending.c.job == job).order_by(pending.c.sent_at)
+            return [PendingRow(r.row_key, r.internal_id, r.sent_at) for r in conn.execute(query)]
+
+        return self._run(read, "reading rows sent without an answer")
+
+    def adopt(self, job: str, found: dict[str, int]) -> None:
+        """Record user_ids found by reconciliation (fingerprint unknown: send again)."""
+
+        def write(conn: Connection) -> None:
+            values = [{"job": job, "row_key": k, "user_id": u, "fingerprint": "",
+                       "sent_at": self._clock()} for k, u in found.items()]
+            if values:
+                self._upsert(conn, rows, values, ["job", "row_key"])
+                conn.execute(delete(pending).where(pending.c.job == job,
+                                                   pending.c.row_key.in_(list(found))))
+
+        self._run(write, "adopting reconciled users")
+
+    def clear_pending(self, job: str, keys: Sequence[str]) -> None:
+        if keys:
+            self._run(lambda conn: conn.execute(delete(pending).where(
+                pending.c.job == job, pending.c.row_key.in_(list(keys)))), "clearing marks")
+
+    # -- one batch's outcome ---------------------------------------------------
+
+    def commit_batch(self, job: str, outcome: BatchOutcome) -> None:
+        """Acks, rejections, collisions and the checkpoint, all or nothing."""
+        now = self._clock()
+
+        def write(conn: Connection) -> None:
+            acked = [a.key for a in outcome.acks]
+            if outcome.acks:
+                self._upsert(conn, rows, [
+                    {"job": job, "row_key": a.key, "user_id": a.user_id,
+                     "fingerprint": a.fingerprint, "sent_at": now} for a in outcome.acks
+                ], ["job", "row_key"])
+                conn.execute(delete(pending).where(pending.c.job == job,
+                                                   pending.c.row_key.in_(acked)))
+                conn.execute(delete(rejected).where(rejected.c.job == job,
+                                                    rejected.c.row_key.in_(acked)))
+            for r in outcome.rejected:
+                self._record_rejection(conn, job, r, now)
+            if outcome.collisions:
+                self._upsert(conn, collisions, [
+                    {"job": job, "row_key": c.key, "user_id": c.user_id,
+                     "other_key": c.other_key, "seen_at": now} for c in outcome.collisions
+                ], ["job", "row_key"])
+            if outcome.checkpoint is not None:
+                self._upsert(conn, checkpoints, [self._checkpoint_values(job, outcome.checkpoint)],
+                             ["job"])
+
+        self._run(write, "saving a batch's progress")
+
+    def _record_rejection(self, conn: Connection, job: str, r: RejectedRow, now: float) -> None:
+        existing = conn.execute(
+            select(rejected.c.attempts).where(rejected.c.job == job, rejected.c.row_key == r.key)
+        ).scalar()
+        values = {"payload": json.dumps(r.payload, default=str), "reason": r.reason,
+                  "status": r.status, "fingerprint": r.fingerprint, "last_at": now}
+        if existing is None:
+            conn.execute(rejected.insert().values(job=job, row_key=r.key, attempts=1,
+                                                  first_at=now, **values))
+        else:
+            conn.execute(update(rejected)
+                         .where(rejected.c.job == job, rejected.c.row_key == r.key)
+                         .values(attempts=existing + 1, **values))
+
+    # -- rejected rows and collisions ------------------------------------------
+
+    def rejections(self, job: str) -> list[StoredRejection]:
+        def read(conn: Connection) -> list[StoredRejection]:
+            query = select(rejected).where(rejected.c.job == job).order_by(rejected.c.first_at)
+            return [
+                StoredRejection(r.row_key, json.loads(r.payload), r.reason, r.status,
+                                r.fingerprint, r.attempts, r.first_at, r.last_at)
+                for r in conn.execute(query)
+            ]
+
+        return self._run(read, "reading rejected rows")
+
+    def drop_rejections(self, job: str, keys: Sequence[str]) -> None:
+        if keys:
+            self._run(lambda conn: conn.execute(delete(rejected).where(
+                rejected.c.job == job, rejected.c.row_key.in_(list(keys)))), "dropping rejections")
+
+    def collisions(self, job: str) -> list[Collision]:
+        def read(conn: Connection) -> list[Collision]:
+            query = select(collisions).where(collisions.c.job == job).order_by(
+                collisions.c.row_key)
+            return [Collision(r.row_key, r.user_id, r.other_key) for r in conn.execute(query)]
+
+        return self._run(read, "reading identity collisions")
+
+    def row_count(self, job: str) -> int:
+        return int(self._run(lambda conn: conn.execute(
+            select(func.count()).select_from(rows).where(rows.c.job == job)).scalar(),
+            "counting rows") or 0)
+
+    def forget_job(self, job: str) -> None:
+        """Drop everything known about a job (a full reset)."""
+
+        def write(conn: Connection) -> None:
+            for table in (checkpoints, rows, pending, rejected, collisions):
+                conn.execute(delete(table).where(table.c.job == job))
+
+        self._run(write, "forgetting a job")
+
+    # -- run history -----------------------------------------------------------
+
+    def start_run(self, job: str, kind: str) -> int:
+        def write(conn: Connection) -> int:
+            result = conn.execute(runs.insert().values(
+                job=job, kind=kind, started_at=self._clock(), outcome="running",
+                rows_read=0, rows_sent=0, rows_skipped=0, rows_rejected=0))
+            return int(result.inserted_primary_key[0])
+
+        return self._run(write, "starting a run")
+
+    def finish_run(self, run_id: int, outcome: str, *, read: int, sent: int, skipped: int,
+                   rejected_count: int, error: str | None) -> None:
+        self._run(lambda conn: conn.execute(update(runs).where(runs.c.id == run_id).values(
+            ended_at=self._clock(), outcome=outcome, rows_read=read, rows_sent=sent,
+            rows_skipped=skipped, rows_rejected=rejected_count, error=error)),
+            "finishing a run")
+
+    def runs(self, job: str, limit: int = 5) -> list[RunRecord]:
+        def read(conn: Connection) -> list[RunRecord]:
+            query = select(runs).where(runs.c.job == job).order_by(runs.c.id.desc()).limit(limit)
+            return [RunRecord(**r._mapping) for r in conn.execute(query)]
+
+        return self._run(read, "reading the run history")
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _upsert(self, conn: Connection, table: Table, values: list[dict[str, Any]],
+                keys: list[str]) -> None:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        statement = insert(table)
+        updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+        conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), values)
+
+    def _run(self, work: Callable[[Connection], Any], doing: str) -> Any:
+        try:
+            with self._engine.begin() as conn:
+                return work(conn)
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StateError(f"state store {self._where}: failed while {doing}: {detail}") from exc

@@ -1,0 +1,102 @@
+"""Fixtures for real databases and the sandbox.
+
+PostgreSQL (127.0.0.1:5432) and MariaDB (127.0.0.1:3306) must be running: a test
+that needs one fails, loudly, when it is missing (``.ci/run`` starts them). Each
+test gets its own fresh database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from sync.sandbox import SandboxServer
+from tests.support import API_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+SAKILA = ROOT.parent / "shared" / "datasets" / "sakila" / "sakila.sql"
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
+
+
+def _admin(server: str, database: str, what: str):  # type: ignore[no-untyped-def]
+    engine = create_engine(f"{server}/{database}", isolation_level="AUTOCOMMIT")
+    try:
+        engine.connect().close()
+    except OperationalError as exc:
+        pytest.fail(f"{what} is not reachable at {server}: {exc.orig}. "
+                    "Start it (see .ci/run); these tests never skip.", pytrace=False)
+    return engine
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = _admin(PG_SERVER, "test", "PostgreSQL")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield f"{PG_SERVER}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = _admin(MARIADB_SERVER, "test", "MariaDB")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}`"))
+    yield f"{MARIADB_SERVER}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/source.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
+def source_url(request: pytest.FixtureRequest) -> str:
+    """The same test on each source database."""
+    return str(request.getfixturevalue(
+        {"sqlite": "sqlite_url", "postgres": "pg_url", "mariadb": "mariadb_url"}[request.param]))
+
+
+@pytest.fixture
+def state_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/state/state.db"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(API_KEY) as server:
+        yield server
+
+
+@pytest.fixture(params=["live", "wiki"])
+def any_sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
+    """The sandbox as the live service behaves, and as the wiki says it does."""
+    with SandboxServer(API_KEY, internal_id_merges=request.param == "wiki") as server:
+        yield server
+
+
+@pytest.fixture
+def sakila_url(mariadb_url: str) -> str:
+    """The Sakila dump loaded into a fresh MariaDB database."""
+    import subprocess
+
+    name = mariadb_url.rsplit("/", 1)[1]
+    dump = SAKILA.read_text(encoding="utf-8")
+    dump = dump.replace("CREATE SCHEMA IF NOT EXISTS sakila;", "").replace(
+        "use sakila;", f"use `{name}`;")
+    subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "--protocol=tcp"], input=dump,
+                   text=True, check=True, capture_output=True, timeout=120)
+    return mariadb_url

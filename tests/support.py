@@ -1,0 +1,120 @@
+"""Helpers the tests share: sample source tables and config files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    create_engine,
+    update,
+)
+
+from sync.app import source_engine
+from sync.config import Config, load_config
+
+API_KEY = "test-key-3f9a1c"
+BASE_TIME = datetime(2024, 5, 1, 12, 0, 0)
+
+metadata = MetaData()
+customers = Table(
+    "customers", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("email", String(200)),
+    Column("first_name", String(100)),
+    Column("last_name", String(100)),
+    Column("score", Numeric(10, 2)),
+    Column("vip", Boolean),
+    Column("password_hash", String(100)),
+    Column("updated_at", DateTime, nullable=True),
+)
+
+
+def customer(i: int, *, updated_at: datetime | None = None, **overrides: Any) -> dict[str, Any]:
+    row = {
+        "id": i, "email": f"user{i}@example.com", "first_name": f"First{i}",
+        "last_name": f"Last{i}", "score": i * 1.5, "vip": i % 2 == 0,
+        "password_hash": f"secret-hash-{i}",
+        # a third of the rows share one timestamp: ties on the cursor
+        "updated_at": updated_at or (BASE_TIME if i % 3 == 0 else BASE_TIME + timedelta(seconds=i)),
+    }
+    row.update(overrides)
+    return row
+
+
+def make_customers(url: str, ids: Iterable[int], **overrides: Any) -> None:
+    engine = source_engine(url)
+    metadata.create_all(engine)
+    rows = [customer(i, **overrides) for i in ids]
+    with engine.begin() as conn:
+        if rows:
+            conn.execute(customers.insert(), rows)
+    engine.dispose()
+
+
+def change_customers(url: str, where: Any, **values: Any) -> None:
+    engine = source_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(customers).where(where).values(**values))
+    engine.dispose()
+
+
+def execute(url: str, *statements: Any) -> None:
+    engine = source_engine(url)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(statement)
+    engine.dispose()
+
+
+DEFAULT_MAPPING = {"id": "internal_id", "email": "email", "first_name": "first_name",
+                   "lastName": "lastName", "score": "custom_f_1", "vip": "custom_i_1"}
+
+
+def config_doc(*, source_url: str, api_url: str, state_url: str, job: Mapping[str, Any] | None = None,
+               source: Mapping[str, Any] | None = None,
+               personyze: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "personyze": {"api_key": "${TEST_API_KEY}", "base_url": api_url, "concurrency": 4,
+                      "requests_per_second": None, "timeout_s": 5, "max_attempts": 4,
+                      **(personyze or {})},
+        "state": {"url": state_url},
+        "jobs": [{
+            "name": "customers",
+            "source": {"url": source_url, "table": "customers", "cursor": "updated_at",
+                       "key": "id", "batch_size": 50, **(source or {})},
+            "mapping": dict(DEFAULT_MAPPING),
+            **(job or {}),
+        }],
+    }
+    return doc
+
+
+def write_config(path: Path, doc: Mapping[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
+    return path
+
+
+def load(path: Path) -> Config:
+    return load_config(path, {"TEST_API_KEY": API_KEY})
+
+
+def users_by_internal_id(users: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for user in users:
+        found.setdefault(str(user.get("internal_id")), []).append(user)
+    return found
+
+
+__all__ = ["API_KEY", "create_engine"]
