@@ -1,0 +1,15 @@
+"""A local, honest emulator of the Personyze Users API, for tests, the demo and dry runs.
+
+    with SandboxServer(api_key="k") as api:
+        ...  # point the sync at api.url; inspect api.users() and api.requests
+
+It behaves as the live service was observed to (see ``PERSONYZE_API.md``):
+internal_id is stored but never merged on or matched by ``where`` unless
+``internal_id_merges=True`` (the wiki's behaviour), reads past offset + limit 1000
+are refused, empty values are dropped. Faults can be injected with :class:`Faults`.
+"""
+
+from sync.sandbox.server import FaultKind, Faults, RecordedRequest, SandboxServer
+from sync.sandbox.store import RequestError, UserStore
+
+__all__ = ["FaultKind", "Faults", "RecordedRequest", "RequestError", "SandboxServer", "UserStore"]

@@ -1,0 +1,384 @@
+"""YAML with line numbers: every value of the config keeps the line it was written on.
+
+PyYAML's ``safe_load`` throws the marks away, silently keeps the last of two equal
+keys and turns a column called ``on`` into ``True``. Here the node tree from
+``yaml.compose`` is walked by hand instead, so that every later error can name the
+file and line, duplicate keys are refused, and mapping keys stay the text the user
+typed. ``${VAR}`` expansion also happens here, after parsing, so lines stay right.
+
+``validate`` then checks the plain values against a pydantic model: unknown keys and
+``X_file`` secrets first (where the lines are known), then pydantic, whose errors are
+put into plain English at the right line, never quoting a secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import yaml
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from sync.errors import ConfigError
+
+KeyPath = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or ``""``; used for keys and columns."""
+    options = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{options[close[0]]}'?)" if close else ""
+
+
+def invalid(message: str, *at: str | int) -> PydanticCustomError:
+    """A validation error in plain English; ``at`` points below the failing field."""
+    return PydanticCustomError("config", "{message}", {"message": message, "at": at})
+
+
+class Problem(NamedTuple):
+    """One thing wrong with the config, kept until all of them can be reported."""
+
+    line: int
+    path: KeyPath
+    message: str
+
+    def render(self, source: str) -> str:
+        """``FILE:LINE: key.path: message``, the one format every config error uses."""
+        where = format_path(self.path)
+        return f"{source}:{self.line}: " + (f"{where}: " if where else "") + self.message
+
+
+def format_path(path: KeyPath) -> str:
+    """``("jobs", 0, "source", "url")`` -> ``jobs[0].source.url``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def raise_problems(problems: list[Problem], source: str) -> None:
+    """Raise one ConfigError listing every problem, in file order, or do nothing."""
+    if problems:
+        unique = sorted(set(problems), key=lambda p: (p.line, format_path(p.path), p.message))
+        raise ConfigError("\n".join(p.render(source) for p in unique))
+
+
+@dataclass
+class Document:
+    """Plain Python values built from the YAML, plus the line of every key path."""
+
+    data: Any
+    source: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def line(self, path: KeyPath) -> int:
+        """The line of ``path``, or of its nearest ancestor that was in the file."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return 1
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        """Record a problem at ``path``'s line."""
+        self.problems.append(Problem(self.line(path), path, message))
+
+
+def compose(text: str, source: str) -> Document:
+    """Parse ``text``; malformed YAML raises at once, other problems are collected."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        what = exc.problem or exc.context or "unreadable"
+        raise ConfigError(f"{source}:{line}: malformed YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}:1: malformed YAML: {exc}") from None
+    doc = Document(data=None, source=source)
+    if root is None:
+        doc.lines[()] = 1
+        doc.problem((), "the config file is empty")
+        return doc
+    doc.lines[()] = root.start_mark.line + 1
+    builder = _Builder(doc)
+    doc.data = builder.build(root, ())
+    return doc
+
+
+_MAX_VALUES = 100_000
+
+
+class _Builder:
+    """Turns nodes into dicts, lists and scalars, recording lines as it goes."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.loader = yaml.SafeLoader("")  # only its scalar constructors are used
+        self.active: set[int] = set()
+        self.budget = _MAX_VALUES  # aliases are copied: a "billion laughs" must not hang us
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        if id(node) in self.active:
+            self.doc.problem(path, "recursive YAML alias")
+            return None
+        self.budget -= 1
+        if self.budget < 0:
+            message = f"more than {_MAX_VALUES} values (aliases expanding too far?)"
+            raise ConfigError(f"{self.doc.source}:{node.start_mark.line + 1}: {message}")
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                return [self._item(child, (*path, i)) for i, child in enumerate(node.value)]
+            return self._scalar(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def _item(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.doc.lines[path] = node.start_mark.line + 1
+        return self.build(node, path)
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        own = [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        own_keys = {id(k) for k, _ in own}
+        try:
+            self.loader.flatten_mapping(node)  # resolves `<<: *anchor` merges
+        except yaml.MarkedYAMLError as exc:
+            self.doc.problem(path, f"bad merge key: {exc.problem}")
+        out: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.doc.problems.append(Problem(line, path, "a key must be plain text"))
+                continue
+            key = str(key_node.value)
+            if key in first_line and id(key_node) in own_keys:
+                message = f"duplicate key '{key}' (first given on line {first_line[key]})"
+                self.doc.problems.append(Problem(line, (*path, key), message))
+                continue
+            if id(key_node) in own_keys:
+                first_line[key] = line
+            self.doc.lines[(*path, key)] = line
+            out[key] = self.build(value_node, (*path, key))
+        return out
+
+    def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError):
+            self.doc.problem(path, f"cannot read this value (tag {node.tag})")
+            return None
+
+
+_REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-)([^}]*))?\})")
+
+
+def expand_env(doc: Document, environ: Mapping[str, str]) -> None:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value; ``$$`` is ``$``.
+
+    Problems are recorded without quoting the value, which may hold a secret.
+    """
+    doc.data = _expand(doc, doc.data, (), environ)
+
+
+def _expand(doc: Document, value: Any, path: KeyPath, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(doc, v, (*path, k), environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(doc, v, (*path, i), environ) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+    out: list[str] = []
+    pos = 0
+    bad = False
+    for match in _REF.finditer(value):
+        out.append(value[pos : match.start()])
+        bad = bad or "${" in out[-1]
+        pos = match.end()
+        dollar, name, has_default, default = match.groups()
+        if dollar:
+            out.append("$")
+            continue
+        found = environ.get(name)
+        if found is None or (has_default and found == ""):
+            if has_default:
+                found = default
+            else:
+                doc.problem(path, f"environment variable {name} is not set")
+                found = ""
+        out.append(found)
+    out.append(value[pos:])
+    if bad or "${" in out[-1]:
+        doc.problem(path, "malformed ${...} reference (write $$ for a literal $)")
+    return "".join(out)
+
+
+# ------------------------------------------------- validating against models
+
+
+def validate(doc: Document, model: type[M], *, base_dir: Path, secret_keys: frozenset[str]) -> M:
+    """``doc.data`` as ``model``, or one ConfigError with every problem, secrets unquoted.
+
+    Keys in ``secret_keys`` (and values read from ``X_file``) are never echoed.
+    """
+    hidden: set[KeyPath] = set()
+    _prepare(model, doc.data, (), doc, base_dir, hidden)
+    erred = {p.path for p in doc.problems}  # already reported: pydantic would repeat them
+    erred |= {(*p[:-1], p[-1].removesuffix("_file")) for p in erred if p and isinstance(p[-1], str)}
+    result: M | None = None
+    try:
+        result = model.model_validate(doc.data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            full, problem = _translate(error, doc, hidden, secret_keys)
+            if not any(full[: len(bad)] == bad for bad in erred):
+                doc.problems.append(problem)
+    raise_problems(doc.problems, doc.source)  # outside `except`: no pydantic chain
+    assert result is not None  # a ValidationError always carries at least one error
+    return result
+
+
+def _prepare(
+    model: type[BaseModel],
+    data: Any,
+    path: KeyPath,
+    doc: Document,
+    base_dir: Path,
+    hidden: set[KeyPath],
+) -> None:
+    """Before pydantic: unknown keys (with suggestions) and ``X_file`` secrets."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key in list(data):
+        stem = key.removesuffix("_file")
+        if key.endswith("_file") and stem in fields and key not in fields:
+            _read_secret(data, key, stem, path, doc, base_dir, hidden)
+        elif key not in fields:
+            secrets = [f"{f}_file" for f, info in fields.items() if info.annotation is SecretStr]
+            doc.problem((*path, key), f"unknown key{suggest(key, [*fields, *secrets])}")
+            del data[key]
+    for name, info in fields.items():
+        sub, many = _submodel(info.annotation)
+        if sub is None or name not in data:
+            continue
+        if many and isinstance(data[name], list):
+            for index, item in enumerate(data[name]):
+                _prepare(sub, item, (*path, name, index), doc, base_dir, hidden)
+        elif not many:
+            _prepare(sub, data[name], (*path, name), doc, base_dir, hidden)
+
+
+def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model a field holds directly (``M``, ``M | None``) or in a list (``list[M]``)."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg, False
+    if origin is list:
+        (arg,) = typing.get_args(annotation)
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, True
+    return None, False
+
+
+def _read_secret(
+    data: dict[str, Any],
+    key: str,
+    stem: str,
+    path: KeyPath,
+    doc: Document,
+    base_dir: Path,
+    hidden: set[KeyPath],
+) -> None:
+    """Replace ``X_file: PATH`` by ``X: <file content>``; the content is never shown."""
+    where = (*path, key)
+    value = data.pop(key)
+    doc.lines[(*path, stem)] = doc.line(where)
+    hidden.add((*path, stem))
+    if stem in data:
+        doc.problem(where, f"give either '{stem}' or '{key}', not both")
+        return
+    data[stem] = ""
+    if not isinstance(value, str) or not value.strip():
+        doc.problem(where, "expected the path of a file")
+        return
+    file = Path(value).expanduser()
+    file = file if file.is_absolute() else base_dir / file
+    try:
+        data[stem] = file.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        doc.problem(where, f"{file} is not UTF-8 text")
+    except OSError as exc:
+        doc.problem(where, f"cannot read {file}: {exc.strerror or type(exc).__name__}")
+
+
+_EXPECTED = {
+    "string_type": "expected text (put it in quotes)",
+    "string_too_short": "must not be empty",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "dict_type": "expected a mapping (key: value lines)",
+    "model_type": "expected a mapping (key: value lines)",
+    "model_attributes_type": "expected a mapping (key: value lines)",
+    "list_type": "expected a list",
+    "too_short": "expected at least one entry",
+    "extra_forbidden": "unknown key",
+}
+
+
+def _translate(
+    error: ErrorDetails, doc: Document, hidden: set[KeyPath], secret_keys: frozenset[str]
+) -> tuple[KeyPath, Problem]:
+    """A pydantic error as a Problem in plain English, with no secret in it."""
+    loc: KeyPath = tuple(error["loc"])
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    full = loc + tuple(ctx.get("at", ()))
+    if kind == "missing":
+        name = str(loc[-1])
+        hint = f" (or '{name}_file')" if name in secret_keys else ""
+        return full, Problem(doc.line(loc[:-1]), loc[:-1], f"missing required key '{name}'{hint}")
+    if kind == "config":
+        message = str(ctx["message"])
+    elif kind == "literal_error":
+        message = f"expected one of: {str(ctx.get('expected', '')).replace(chr(39), '')}"
+    elif kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+    else:
+        message = _EXPECTED.get(kind, error["msg"])
+    secret = any(p in secret_keys for p in full if isinstance(p, str)) or any(
+        full[: len(h)] == h for h in hidden
+    )
+    shown = error.get("input")
+    text = repr(shown)
+    if (
+        not secret
+        and isinstance(shown, str | int | float | bool)
+        and not (isinstance(shown, str) and text in message)
+    ):
+        message += f" (got {text[:40]}{'...' if len(text) > 40 else ''})"
+    return full, Problem(doc.line(full), full, message)

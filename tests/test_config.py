@@ -1,0 +1,773 @@
+"""The config contract: what loads, and what each mistake is reported as (file:line: key)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sync.config import (
+    IDENTIFIERS,
+    Config,
+    ConstantTransform,
+    TemplateTransform,
+    load_config,
+    parse_config,
+    parse_duration,
+    redact_url,
+    suggest,
+    to_snake_case,
+)
+from sync.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "sk-TOPSECRET-4242"
+PG_PASSWORD = "pw-hunter2-zz"
+ENV = {"API_KEY": API_KEY, "PG_PASSWORD": PG_PASSWORD}
+SECRETS = (API_KEY, PG_PASSWORD, "hunter2")
+
+# Line numbers in the expectations below refer to this text.
+BASE = """\
+personyze:
+  api_key: ${API_KEY}
+jobs:
+  - name: customers
+    source:
+      url: postgresql+psycopg://reader:${PG_PASSWORD}@db/shop
+      table: public.customers
+      cursor: updated_at
+      key: id
+    mapping:
+      id: internal_id
+      email: email
+"""
+
+
+def edit(old: str, new: str, text: str = BASE) -> str:
+    """BASE with exactly one line replaced, so a test cannot silently edit nothing."""
+    assert text.count(old + "\n") == 1, old
+    return text.replace(old + "\n", new + "\n" if new else "")
+
+
+def parse(text: str, environ: Mapping[str, str] = ENV, base_dir: Path = REPO) -> Config:
+    return parse_config(text, source="config.yaml", environ=environ, base_dir=base_dir)
+
+
+def error_of(text: str, environ: Mapping[str, str] = ENV, base_dir: Path = REPO) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, environ, base_dir)
+    assert info.value.__cause__ is None or not isinstance(info.value.__cause__, ValidationError)
+    return str(info.value)
+
+
+def assert_no_secret(message: str) -> None:
+    for secret in SECRETS:
+        assert secret not in message
+
+
+# (case id, config text, a line the error must contain exactly)
+ERRORS = [
+    (
+        "unknown key, did you mean",
+        edit("      cursor: updated_at", "      cursr: updated_at"),
+        "config.yaml:8: jobs[0].source.cursr: unknown key (did you mean 'cursor'?)",
+    ),
+    (
+        "missing required key at the parent's line",
+        edit("      cursor: updated_at", ""),
+        "config.yaml:5: jobs[0].source: missing required key 'cursor'",
+    ),
+    (
+        "missing api_key mentions api_key_file",
+        edit("  api_key: ${API_KEY}", "  timeout_s: 5"),
+        "config.yaml:1: personyze: missing required key 'api_key' (or 'api_key_file')",
+    ),
+    (
+        "missing top-level section",
+        edit("personyze:", "other:").replace("  api_key: ${API_KEY}\n", ""),
+        "config.yaml:1: other: unknown key",
+    ),
+    (
+        "concurrency out of range",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  concurrency: 500"),
+        "config.yaml:3: personyze.concurrency: expected a whole number from 1 to 256 (got 500)",
+    ),
+    (
+        "concurrency not a number",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  concurrency: eight"),
+        "config.yaml:3: personyze.concurrency: expected a whole number from 1 to 256 (got 'eight')",
+    ),
+    (
+        "concurrency a bool",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  concurrency: true"),
+        "config.yaml:3: personyze.concurrency: expected a whole number from 1 to 256 (got True)",
+    ),
+    (
+        "concurrency a fraction",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  concurrency: 2.5"),
+        "config.yaml:3: personyze.concurrency: expected a whole number from 1 to 256 (got 2.5)",
+    ),
+    (
+        "max_attempts out of range",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  max_attempts: 101"),
+        "config.yaml:3: personyze.max_attempts: expected a whole number from 1 to 100 (got 101)",
+    ),
+    (
+        "requests_per_second zero",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  requests_per_second: 0"),
+        "config.yaml:3: personyze.requests_per_second: "
+        "expected a number greater than 0, or null for no ceiling (got 0)",
+    ),
+    (
+        "timeout negative",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  timeout_s: -1"),
+        "config.yaml:3: personyze.timeout_s: expected a number greater than 0 (got -1)",
+    ),
+    (
+        "bool field",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  allow_insecure_http: maybe"),
+        "config.yaml:3: personyze.allow_insecure_http: expected true or false (got 'maybe')",
+    ),
+    (
+        "base_url not http(s)",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  base_url: ftp://x.example"),
+        "config.yaml:3: personyze.base_url: "
+        "expected an http(s) URL such as https://app.personyze.com/rest",
+    ),
+    (
+        "plain http to another host",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  base_url: http://api.example"),
+        "config.yaml:3: personyze.base_url: plain http would send the API key unencrypted; "
+        "use https (or set allow_insecure_http: true)",
+    ),
+    (
+        "unknown personyze key",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  concurency: 4"),
+        "config.yaml:3: personyze.concurency: unknown key (did you mean 'concurrency'?)",
+    ),
+    (
+        "batch_size out of range",
+        edit("      key: id", "      key: id\n      batch_size: 0"),
+        "config.yaml:10: jobs[0].source.batch_size: "
+        "expected a whole number from 1 to 100000 (got 0)",
+    ),
+    (
+        "lookback not a duration",
+        edit("      key: id", "      key: id\n      lookback: 5 parsecs"),
+        "config.yaml:10: jobs[0].source.lookback: "
+        "expected a duration such as 5m or 1h30m, or a number (got '5 parsecs')",
+    ),
+    (
+        "lookback negative",
+        edit("      key: id", "      key: id\n      lookback: -5"),
+        "config.yaml:10: jobs[0].source.lookback: "
+        "expected a lookback that is not negative (got -5)",
+    ),
+    (
+        "table and query",
+        edit("      key: id", "      key: id\n      query: SELECT 1"),
+        "config.yaml:10: jobs[0].source.query: give either 'table' or 'query', not both",
+    ),
+    (
+        "neither table nor query",
+        edit("      table: public.customers", ""),
+        "config.yaml:5: jobs[0].source: missing required key 'table' or 'query'",
+    ),
+    (
+        "bad table name",
+        edit("      table: public.customers", "      table: a.b.c"),
+        "config.yaml:7: jobs[0].source.table: "
+        "expected a table name, 'name' or 'schema.name' (got 'a.b.c')",
+    ),
+    (
+        "bad source url",
+        edit("      url: postgresql+psycopg://reader:${PG_PASSWORD}@db/shop", "      url: nope"),
+        "config.yaml:6: jobs[0].source.url: expected a SQLAlchemy database URL "
+        "such as postgresql+psycopg://user:password@host:5432/db",
+    ),
+    (
+        "bad job name",
+        edit("  - name: customers", "  - name: -customers"),
+        "config.yaml:4: jobs[0].name: "
+        "expected letters, digits, '_', '.' or '-', starting with a letter or digit "
+        "(got '-customers')",
+    ),
+    (
+        "sync mode",
+        BASE + "    sync: mirror\n",
+        "config.yaml:13: jobs[0].sync: expected one of: upsert (got 'mirror')",
+    ),
+    (
+        "no jobs",
+        "personyze:\n  api_key: x\njobs: []\n",
+        "config.yaml:3: jobs: expected at least one job",
+    ),
+    (
+        "jobs not a list",
+        "personyze:\n  api_key: x\njobs: {name: a}\n",
+        "config.yaml:3: jobs: expected a list",
+    ),
+    (
+        "duplicate job name names both lines",
+        BASE + BASE[BASE.index("  - name") :],
+        "config.yaml:13: jobs[1].name: duplicate job name 'customers', also on line 4",
+    ),
+    (
+        "no identifier lists them",
+        edit("      id: internal_id", "      id: custom_i_1").replace(
+            "      email: email\n", "      email: custom_i_2\n"
+        ),
+        "config.yaml:10: jobs[0].mapping: "
+        "maps no identifier; map at least one of: user_id, email, internal_id, fb_id",
+    ),
+    (
+        "two sources for one column, after snake_case",
+        BASE + "      eMail: Email\n",
+        "config.yaml:13: jobs[0].mapping.eMail: 'email' already maps to 'email'",
+    ),
+    (
+        "bad Personyze column name",
+        BASE + "      nick: nick name\n",
+        "config.yaml:13: jobs[0].mapping.nick: "
+        "expected a Personyze column name (letters, digits, _), got 'nick name'",
+    ),
+    (
+        "mapping not a mapping",
+        edit("    mapping:", "    mapping: [id]")
+        .replace("      id: internal_id\n", "")
+        .replace("      email: email\n", ""),
+        "config.yaml:10: jobs[0].mapping: expected a mapping (key: value lines)",
+    ),
+    (
+        "transform target not mapped",
+        BASE + "    transforms:\n      emial: [strip]\n",
+        "config.yaml:14: jobs[0].transforms.emial: 'emial' is not a mapped Personyze column "
+        "(did you mean 'email'?); to create a column, start its list with a template or constant",
+    ),
+    (
+        "transform keyed by source column",
+        BASE + "    transforms:\n      id: [strip]\n",
+        "config.yaml:14: jobs[0].transforms.id: 'id' is not a mapped Personyze column "
+        "(did you mean 'internal_id'? transforms are keyed by Personyze column); "
+        "to create a column, start its list with a template or constant",
+    ),
+    (
+        "unknown transform",
+        BASE + "    transforms:\n      email: [strip,\n        lowr]\n",
+        "config.yaml:15: jobs[0].transforms.email[1]: unknown transform 'lowr' "
+        "(did you mean 'lower'?); expected one of: strip, lower, upper, str, int, float, bool, "
+        "date, datetime, unix, {template: ...} or {constant: ...}",
+    ),
+    (
+        "transform mapping with unknown key",
+        BASE + "    transforms:\n      email: [{templat: x}]\n",
+        "config.yaml:14: jobs[0].transforms.email[0]: unknown key 'templat' "
+        "(did you mean 'template'?); expected one of: strip, lower, upper, str, int, float, "
+        "bool, date, datetime, unix, {template: ...} or {constant: ...}",
+    ),
+    (
+        "malformed template",
+        BASE + "    transforms:\n      name: [{template: '{first'}]\n",
+        "config.yaml:14: jobs[0].transforms.name[0]: "
+        "malformed template: expected '}' before end of string",
+    ),
+    (
+        "transforms not a list",
+        BASE + "    transforms:\n      email: strip\n",
+        "config.yaml:14: jobs[0].transforms.email: expected a list (got 'strip')",
+    ),
+    (
+        "schedule both",
+        BASE + "    schedule: {every: 5m, cron: '* * * * *'}\n",
+        "config.yaml:13: jobs[0].schedule: give exactly one of 'every' or 'cron'",
+    ),
+    (
+        "schedule neither",
+        BASE + "    schedule:\n      jitter: 5s\n",
+        "config.yaml:13: jobs[0].schedule: give exactly one of 'every' or 'cron'",
+    ),
+    (
+        "schedule bad every",
+        BASE + "    schedule:\n      every: 5 minutes\n",
+        "config.yaml:14: jobs[0].schedule.every: expected a duration such as 30s, 5m, 2h, 1d "
+        "or 1h30m, or a number of seconds (got '5 minutes')",
+    ),
+    (
+        "schedule every zero",
+        BASE + "    schedule:\n      every: 0\n",
+        "config.yaml:14: jobs[0].schedule.every: expected a duration greater than 0 (got 0)",
+    ),
+    (
+        "schedule bad cron",
+        BASE + "    schedule:\n      cron: '61 * * * *'\n",
+        "config.yaml:14: jobs[0].schedule.cron: expected a 5-field crontab such as "
+        "'*/5 * * * *' (Error validating expression '61': the last value (61) is higher than "
+        "the maximum value (59)) (got '61 * * * *')",
+    ),
+    (
+        "schedule unknown key",
+        BASE + "    schedule:\n      every: 5m\n      run_at_strat: false\n",
+        "config.yaml:15: jobs[0].schedule.run_at_strat: unknown key (did you mean 'run_at_start'?)",
+    ),
+    (
+        "duplicate YAML key",
+        BASE + "      id: user_id\n",
+        "config.yaml:13: jobs[0].mapping.id: duplicate key 'id' (first given on line 11)",
+    ),
+    (
+        "malformed YAML",
+        edit("jobs:", "jobs: [unclosed"),
+        "config.yaml:4: malformed YAML: expected ',' or ']', but got ':'",
+    ),
+    (
+        "tab indentation",
+        "personyze:\n\tapi_key: x\n",
+        "config.yaml:2: malformed YAML: found character '\\t' that cannot start any token",
+    ),
+    (
+        "environment variable not set",
+        BASE.replace("${API_KEY}", "${PERSONYZE_API_KEY}"),
+        "config.yaml:2: personyze.api_key: environment variable PERSONYZE_API_KEY is not set",
+    ),
+    (
+        "malformed variable reference",
+        BASE.replace("${API_KEY}", "${API_KEY"),
+        "config.yaml:2: personyze.api_key: malformed ${...} reference (write $$ for a literal $)",
+    ),
+    (
+        "empty api key from default",
+        BASE.replace("${API_KEY}", "${UNSET_KEY:-}"),
+        "config.yaml:2: personyze.api_key: must not be empty",
+    ),
+    (
+        "api key and api key file",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  api_key_file: key.txt"),
+        "config.yaml:3: personyze.api_key_file: give either 'api_key' or 'api_key_file', not both",
+    ),
+    (
+        "secret file missing",
+        edit("  api_key: ${API_KEY}", "  api_key_file: /nonexistent/key.txt"),
+        "config.yaml:2: personyze.api_key_file: "
+        "cannot read /nonexistent/key.txt: No such file or directory",
+    ),
+    (
+        "unknown _file key",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  apikey_file: x"),
+        "config.yaml:3: personyze.apikey_file: unknown key (did you mean 'api_key_file'?)",
+    ),
+    (
+        "empty file",
+        "# nothing here\n",
+        "config.yaml:1: the config file is empty",
+    ),
+    (
+        "top level not a mapping",
+        "- personyze\n",
+        "config.yaml:1: expected a mapping of settings at the top level",
+    ),
+    (
+        "section not a mapping",
+        edit("  api_key: ${API_KEY}", "").replace("personyze:", "personyze: yes"),
+        "config.yaml:1: personyze: expected a mapping (key: value lines) (got True)",
+    ),
+    (
+        "state url",
+        BASE + "state:\n  url: ${PG_PASSWORD}\n",
+        "config.yaml:14: state.url: expected a SQLAlchemy database URL "
+        "such as postgresql+psycopg://user:password@host:5432/db",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in ERRORS], ids=[c[0] for c in ERRORS])
+def test_error_names_file_line_key_and_expectation(text: str, expected: str) -> None:
+    message = error_of(text)
+    assert expected in message.splitlines(), message
+    assert_no_secret(message)
+
+
+def test_every_error_is_reported_once_in_file_order() -> None:
+    text = (
+        edit("  api_key: ${API_KEY}", "  api_key: ${MISSING}\n  concurrency: 0")
+        .replace("      cursor: updated_at\n", "      cursr: updated_at\n")
+        .replace("    mapping:\n", "    mapping:\n      x: y\n      x: z\n")
+    )
+    assert error_of(text).splitlines() == [
+        "config.yaml:2: personyze.api_key: environment variable MISSING is not set",
+        "config.yaml:3: personyze.concurrency: expected a whole number from 1 to 256 (got 0)",
+        "config.yaml:6: jobs[0].source: missing required key 'cursor'",
+        "config.yaml:9: jobs[0].source.cursr: unknown key (did you mean 'cursor'?)",
+        "config.yaml:13: jobs[0].mapping.x: duplicate key 'x' (first given on line 12)",
+    ]
+
+
+# ------------------------------------------------------------------ secrets
+
+
+SECRET_CASES = [
+    ("api key a number", BASE.replace("${API_KEY}", "424242424242"), "424242424242"),
+    ("api key a list", BASE.replace("${API_KEY}", "[${API_KEY}]"), API_KEY),
+    ("url not a url", BASE.replace("postgresql+psycopg://", "${PG_PASSWORD} "), PG_PASSWORD),
+    (
+        "base_url with credentials",
+        edit("  api_key: ${API_KEY}", "  api_key: x\n  base_url: ftp://u:${PG_PASSWORD}@h"),
+        PG_PASSWORD,
+    ),
+    (
+        "secret file content bad url",
+        BASE.replace(
+            "      url: postgresql+psycopg://reader:${PG_PASSWORD}@db/shop",
+            "      url_file: url.txt",
+        ),
+        "sekrit-from-file",
+    ),
+    (
+        "any value read from a file is not echoed",
+        edit("      table: public.customers", "      table_file: table.txt"),
+        "sekrit-table",
+    ),
+    (
+        "secret file and key both",
+        edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  api_key_file: key.txt"),
+        "key-from-file",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"), [c[1:] for c in SECRET_CASES], ids=[c[0] for c in SECRET_CASES]
+)
+def test_secrets_never_appear_in_errors(text: str, secret: str, tmp_path: Path) -> None:
+    (tmp_path / "url.txt").write_text("not a url sekrit-from-file\n")
+    (tmp_path / "key.txt").write_text("key-from-file\n")
+    (tmp_path / "table.txt").write_text("bad table sekrit-table\n")
+    message = error_of(text, base_dir=tmp_path)
+    assert "config.yaml:" in message
+    assert secret not in message
+    assert_no_secret(message)
+
+
+def test_secret_values_hidden_in_repr() -> None:
+    config = parse(BASE)
+    shown = repr(config) + str(config.model_dump()) + config.model_dump_json()
+    assert_no_secret(shown)
+    assert redact_url(config.jobs[0].source.url.get_secret_value()) == (
+        "postgresql+psycopg://reader:***@db/shop"
+    )
+
+
+# ------------------------------------------------------------ what loads
+
+
+def test_minimal_config_and_defaults() -> None:
+    config = parse(BASE)
+    assert config.personyze.api_key.get_secret_value() == API_KEY
+    assert config.personyze.base_url == "https://app.personyze.com/rest"
+    assert (config.personyze.concurrency, config.personyze.requests_per_second) == (8, 50.0)
+    assert (config.personyze.timeout_s, config.personyze.max_attempts) == (30.0, 8)
+    assert config.personyze.allow_insecure_http is False
+    assert config.state.url.get_secret_value() == "sqlite:///state/personyze-sync.db"
+    job = config.job("customers")
+    assert job.source.url.get_secret_value() == f"postgresql+psycopg://reader:{PG_PASSWORD}@db/shop"
+    assert (job.source.table, job.source.query, job.source.batch_size) == (
+        "public.customers",
+        None,
+        1000,
+    )
+    assert job.source.lookback == 0
+    assert (job.transforms, job.sync, job.schedule) == ({}, "upsert", None)
+
+
+def test_models_are_frozen() -> None:
+    config = parse(BASE)
+    with pytest.raises(ValidationError):
+        config.personyze.concurrency = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("${UNSET:-fallback}", "fallback"),
+        ("${EMPTY:-fallback}", "fallback"),
+        ("${API_KEY:-fallback}", API_KEY),
+        ("pre-${API_KEY}-post", f"pre-{API_KEY}-post"),
+        ("'$$literal$$'", "$literal$"),
+        ("'$${API_KEY}'", "${API_KEY}"),
+        ("a$b", "a$b"),
+    ],
+)
+def test_environment_expansion(value: str, expected: str) -> None:
+    config = parse(BASE.replace("${API_KEY}", value), {**ENV, "EMPTY": ""})
+    assert config.personyze.api_key.get_secret_value() == expected
+
+
+class ReadOnlyEnv(Mapping[str, str]):
+    """A Mapping that is not a dict, as a caller might pass."""
+
+    def __init__(self, data: dict[str, str]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class DictEnv(dict[str, str]):
+    pass
+
+
+@pytest.mark.parametrize("environ", [ReadOnlyEnv(ENV), DictEnv(ENV)])
+def test_environ_may_be_any_mapping(environ: Mapping[str, str]) -> None:
+    assert parse(BASE, environ).personyze.api_key.get_secret_value() == API_KEY
+
+
+def test_numbers_from_environment() -> None:
+    text = edit("  api_key: ${API_KEY}", "  api_key: k\n  concurrency: ${C}\n  timeout_s: ${T}")
+    config = parse(text, {**ENV, "C": "16", "T": "2.5"})
+    assert (config.personyze.concurrency, config.personyze.timeout_s) == (16, 2.5)
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "key").write_text("  key-from-file \n")
+    db = tmp_path / "db-url"
+    db.write_text("postgresql://u:file-pw@h/d\n")
+    text = edit("  api_key: ${API_KEY}", "  api_key_file: secrets/key").replace(
+        "      url: postgresql+psycopg://reader:${PG_PASSWORD}@db/shop", f"      url_file: {db}"
+    )
+    config = parse(text, {}, base_dir=tmp_path)
+    assert config.personyze.api_key.get_secret_value() == "key-from-file"
+    assert config.jobs[0].source.url.get_secret_value() == "postgresql://u:file-pw@h/d"
+
+
+def test_unreadable_secret_file_names_relative_path(tmp_path: Path) -> None:
+    text = edit("  api_key: ${API_KEY}", "  api_key_file: missing.txt")
+    message = error_of(text, base_dir=tmp_path)
+    assert message == (
+        f"config.yaml:2: personyze.api_key_file: cannot read {tmp_path / 'missing.txt'}: "
+        "No such file or directory"
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost:8080/rest", "http://127.0.0.5/rest", "http://[::1]:9/"]
+)
+def test_plain_http_allowed_to_loopback(url: str) -> None:
+    text = edit("  api_key: ${API_KEY}", f"  api_key: k\n  base_url: {url}")
+    assert parse(text).personyze.base_url == url.rstrip("/")
+
+
+def test_plain_http_allowed_when_insecure_http_allowed() -> None:
+    text = edit(
+        "  api_key: ${API_KEY}",
+        "  api_key: k\n  base_url: http://api.example/rest/\n  allow_insecure_http: true",
+    )
+    assert parse(text).personyze.base_url == "http://api.example/rest"
+
+
+def test_no_rate_ceiling() -> None:
+    text = edit("  api_key: ${API_KEY}", "  api_key: k\n  requests_per_second: null")
+    assert parse(text).personyze.requests_per_second is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("5m", timedelta(minutes=5)), ("1h30m", timedelta(minutes=90)), (300, 300), (2.5, 2.5)],
+)
+def test_lookback(value: object, expected: object) -> None:
+    text = edit("      key: id", f"      key: id\n      lookback: {value}")
+    assert parse(text).jobs[0].source.lookback == expected
+
+
+def test_mapping_and_transforms_normalised_to_snake_case() -> None:
+    text = (
+        BASE
+        + "      first: firstName\n      on: custom_i_1\n    transforms:\n"
+        + "      firstName: [strip]\n"
+        + "      fullName: [{template: '{first} {last}'}, strip]\n"
+        + "      channel: [{constant: web}]\n"
+    )
+    job = parse(text).jobs[0]
+    assert job.mapping == {
+        "id": "internal_id",
+        "email": "email",
+        "first": "first_name",
+        "on": "custom_i_1",  # a YAML 1.1 boolean word stays a column name
+    }
+    assert job.transforms == {
+        "first_name": ["strip"],
+        "full_name": [TemplateTransform(template="{first} {last}"), "strip"],
+        "channel": [ConstantTransform(constant="web")],
+    }
+    assert job.source_columns() == ("id", "email", "first", "on", "last")
+
+
+def test_template_may_create_the_identifier() -> None:
+    text = edit("      id: internal_id", "      id: custom_i_1").replace(
+        "      email: email\n", "      handle: custom_i_2\n"
+    )
+    text += "    transforms:\n      email: [{template: '{handle}@example.com'}]\n"
+    assert parse(text).jobs[0].transforms["email"] == [
+        TemplateTransform(template="{handle}@example.com")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "every", "cron"),
+    [
+        ("{every: 5m}", timedelta(minutes=5), None),
+        ("{every: 90}", timedelta(seconds=90), None),
+        ("{cron: '*/5 * * * *', jitter: 30s}", None, "*/5 * * * *"),
+    ],
+)
+def test_schedule(schedule: str, every: timedelta | None, cron: str | None) -> None:
+    got = parse(BASE + f"    schedule: {schedule}\n").jobs[0].schedule
+    assert got is not None
+    assert (got.every, got.cron, got.run_at_start) == (every, cron, True)
+
+
+def test_yaml_anchors_and_merge_keys() -> None:
+    text = (
+        BASE
+        + "    schedule: &every {every: 1m}\n"
+        + BASE[BASE.index("  - name") :].replace("name: customers", "name: second")
+        + "    schedule: *every\n"
+    )
+    config = parse(text)
+    assert config.jobs[1].schedule == config.jobs[0].schedule
+    merged = "x: &base {every: 5m, run_at_start: false}\n"
+    text = merged + BASE.replace("\nx:", "") + "    schedule:\n      <<: *base\n      every: 1m\n"
+    message = error_of(text)  # the anchor host 'x' is not a config key
+    assert message == "config.yaml:1: x: unknown key"
+
+
+def test_alias_bomb_is_refused() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    message = error_of("\n".join(lines) + "\n")
+    assert message.startswith("config.yaml:") and "more than 100000 values" in message
+
+
+def test_job_lookup() -> None:
+    config = parse(BASE + BASE[BASE.index("  - name") :].replace("customers", "orders"))
+    assert config.job("orders").name == "orders"
+    with pytest.raises(ConfigError) as info:
+        config.job("custmers")
+    assert (
+        str(info.value)
+        == "no job named 'custmers' (did you mean 'customers'?); jobs: customers, orders"
+    )
+
+
+def test_load_config_reads_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(BASE)
+    monkeypatch.setenv("API_KEY", "from-os-environ")
+    monkeypatch.setenv("PG_PASSWORD", "pw")
+    assert load_config(path).personyze.api_key.get_secret_value() == "from-os-environ"
+    assert load_config(str(path), ENV).personyze.api_key.get_secret_value() == API_KEY
+    path.write_text(BASE.replace("cursor:", "cursr:"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ENV)
+    assert (
+        f"{path}:8: jobs[0].source.cursr: unknown key (did you mean 'cursor'?)"
+        in str(info.value).splitlines()
+    )
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert str(info.value) == f"config file not found: {tmp_path / 'nope.yaml'}"
+
+
+def test_example_config_loads() -> None:
+    env = {"PERSONYZE_API_KEY": "k", "PG_PASSWORD": "p", "MYSQL_PASSWORD": "m"}
+    config = load_config(REPO / "config" / "personyze-sync.example.yaml", env)
+    assert [job.name for job in config.jobs] == ["customers", "mysql-orders"]
+    pg, mysql = config.jobs
+    assert pg.source.table == "public.customers" and mysql.source.query is not None
+    assert mysql.source.url.get_secret_value().startswith("mysql+pymysql://reader:m@")
+    assert isinstance(pg.transforms["full_name"][0], TemplateTransform)
+    assert isinstance(pg.transforms["signup_channel"][0], ConstantTransform)
+    assert mysql.mapping["lifetime_value"] == "custom_float1"
+
+
+def test_example_config_names_its_variables() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "config" / "personyze-sync.example.yaml", {})
+    message = str(info.value)
+    for name in ("PERSONYZE_API_KEY", "PG_PASSWORD", "MYSQL_PASSWORD"):
+        assert f"environment variable {name} is not set" in message
+
+
+# --------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("5m", timedelta(minutes=5)),
+        ("2h", timedelta(hours=2)),
+        ("1d", timedelta(days=1)),
+        ("1h30m", timedelta(minutes=90)),
+        ("1.5h", timedelta(minutes=90)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("45", timedelta(seconds=45)),
+        (45, timedelta(seconds=45)),
+        (0.5, timedelta(milliseconds=500)),
+    ],
+)
+def test_parse_duration(text: str | int | float, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "m5", "5x", "-5m", "5m-", "5 minutes", -1, True, float("inf")]
+)
+def test_parse_duration_refuses(text: str | int | float) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("firstName", "first_name"),
+        ("custom_i_1", "custom_i_1"),
+        ("userID", "user_id"),
+        ("HTTPStatus", "http_status"),
+        ("email", "email"),
+        ("FbId", "fb_id"),
+    ],
+)
+def test_to_snake_case(name: str, expected: str) -> None:
+    assert to_snake_case(name) == expected
+
+
+def test_suggest() -> None:
+    assert suggest("emial", IDENTIFIERS) == " (did you mean 'email'?)"
+    assert suggest("zzz", IDENTIFIERS) == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:pw@h:5432/d", "postgresql://u:***@h:5432/d"),
+        ("sqlite:///state.db", "sqlite:///state.db"),
+        ("not a url pw", "<unparseable url>"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
