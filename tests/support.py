@@ -79,7 +79,7 @@ def execute(url: str, *statements: Any) -> None:
 
 
 DEFAULT_MAPPING = {"id": "internal_id", "email": "email", "first_name": "first_name",
-                   "lastName": "lastName", "score": "custom_f_1", "vip": "custom_i_1"}
+                   "last_name": "lastName", "score": "custom_f_1", "vip": "custom_i_1"}
 
 
 def config_doc(*, source_url: str, api_url: str, state_url: str, job: Mapping[str, Any] | None = None,

@@ -33,6 +33,7 @@ from sync.errors import AuthError, ConfigError, FatalError, RejectedError, Retri
 
 USER_AGENT = "personyze-sync/0.1"
 PAGE = 1000  # the live API refuses reads past offset+limit 1000: page by keyset instead
+ID_CHUNK = 200  # user_ids per users_by_id request: under PAGE, and a URL of a few KB
 
 
 def is_loopback(host: str) -> bool:
@@ -195,10 +196,19 @@ class PersonyzeClient:
             where = f"data_last_modified>{stamp}|data_last_modified={stamp}&user_id>{uid}"
 
     def users_by_id(self, user_ids: Sequence[int], columns: Sequence[str]) -> list[dict[str, Any]]:
+        """The users with these ids, in user_id order within each chunk of ids asked for.
+
+        Asked for in chunks (a read returns at most ``PAGE`` rows, and URLs have limits).
+        """
         cols = ",".join(dict.fromkeys(["user_id", *columns]))
-        ids = ",".join(quote(str(u), safe="") for u in user_ids)
-        answer = self._call("GET", f"users/where/user_id:{ids}/columns/{cols}/limit/{PAGE}")
-        return list(answer) if isinstance(answer, list) else []
+        wanted = list(dict.fromkeys(user_ids))
+        found: list[dict[str, Any]] = []
+        for at in range(0, len(wanted), ID_CHUNK):
+            ids = ",".join(quote(str(u), safe="") for u in wanted[at : at + ID_CHUNK])
+            answer = self._call("GET", f"users/where/user_id:{ids}/columns/{cols}/limit/{PAGE}")
+            if isinstance(answer, list):
+                found.extend(answer)
+        return found
 
     # -- plumbing --------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class PersonyzeClient:
         return retrying(self._send, method, path, json)
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(initial=0.5, max=30.0)(state)
+        backoff = wait_exponential_jitter(multiplier=0.5, max=30.0)(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetriableError) and exc.retry_after is not None:
             return min(max(exc.retry_after, backoff / 4), 300.0)

@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from sync.errors import RejectedError, RetriableError, SyncError
+from sync.errors import FatalError, RejectedError, RetriableError, SyncError
 from sync.load.client import PersonyzeClient
 
 MERGING_IDENTIFIERS = ("user_id", "email", "fb_id")
@@ -83,6 +83,7 @@ class Writer:
         self._max_rounds = max_rounds
         self._wall = wall
         self._sleep = sleep
+        self._fatal: FatalError | None = None
 
     def send(self, items: list[Outgoing]) -> list[Result]:
         results: list[Result] = [Failed(SyncError("not sent"))] * len(items)
@@ -105,6 +106,8 @@ class Writer:
         by_internal_id = {str(it.payload["internal_id"]): it for it in items}
         if not by_internal_id:
             return {}
+        if not self._client.knows_server_time:
+            self._client.check_key()  # any answer's Date header tells Personyze's clock
         since = self.server_since(sent_at)
         found = reconcile(self._client, {k: it.key for k, it in by_internal_id.items()}, since)
         for item in by_internal_id.values():
@@ -118,10 +121,15 @@ class Writer:
         return sent_at - UNKNOWN_CLOCK_MARGIN_S
 
     def _one(self, item: Outgoing) -> Result:
+        if self._fatal is not None:  # e.g. the key was refused: send nothing more
+            return Failed(self._fatal)
         try:
             return Delivered(self._client.upsert(item.payload, repeatable=item.repeatable))
         except RejectedError as exc:
             return Refused(exc.reason, exc.status)
+        except FatalError as exc:
+            self._fatal = exc
+            return Failed(exc)
         except SyncError as exc:
             return Failed(exc)
 
