@@ -82,9 +82,7 @@ class SourceReader:
         return self._scalar(q.select_max_cursor(self.shape))
 
     def count(self, start: Position | None, upper: Any) -> int:
-        lower = None
-        if start is not None and start.key is None:
-            start, lower = None, start.cursor
+        start, lower = _split(start)
         statement = q.select_count(self.shape, start=start, upper=upper, lower_cursor=lower)
         return int(self._scalar(statement) or 0)
 
@@ -97,9 +95,7 @@ class SourceReader:
         A start without a key (``--since``, ``checkpoint reset --to``) means every
         row whose cursor is at least that value.
         """
-        lower = None
-        if start is not None and start.key is None:
-            start, lower = None, start.cursor
+        start, lower = _split(start)
         while True:
             batch = self._rows(
                 q.select_batch(self.shape, self.columns, start=start, upper=upper,
@@ -170,3 +166,10 @@ class SourceReader:
     def _translate(self, exc: SQLAlchemyError, doing: str) -> SourceError:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         return SourceError(f"source database {self._where}: error while {doing}: {detail}")
+
+
+def _split(start: Position | None) -> tuple[Position | None, Any]:
+    """A start without a key means "every row whose cursor is at least this"."""
+    if start is not None and start.key is None:
+        return None, start.cursor
+    return start, None

@@ -14,8 +14,8 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from email.utils import parsedate_to_datetime
 from collections.abc import Callable, Iterator, Sequence
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -47,12 +47,12 @@ def is_loopback(host: str) -> bool:
 
 def check_base_url(settings: PersonyzeSettings) -> None:
     parts = urlsplit(settings.base_url)
-    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
-        if not settings.allow_insecure_http:
-            raise ConfigError(
-                f"personyze.base_url: plain http to {parts.hostname} would send the API key "
-                "in clear; use https, or set allow_insecure_http: true if you mean it"
-            )
+    insecure = parts.scheme == "http" and not is_loopback(parts.hostname or "")
+    if insecure and not settings.allow_insecure_http:
+        raise ConfigError(
+            f"personyze.base_url: plain http to {parts.hostname} would send the API key "
+            "in clear; use https, or set allow_insecure_http: true if you mean it"
+        )
 
 
 def _retry_after(response: httpx.Response) -> float | None:

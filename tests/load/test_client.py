@@ -1,0 +1,476 @@
+"""PersonyzeClient against the sandbox over real HTTP on loopback.
+
+Nothing of httpx or of the server is mocked; ``sleep`` is injected so the waits the
+client would make are recorded instead of slept, and the tests stay fast.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sync.config import PersonyzeSettings
+from sync.errors import AuthError, ConfigError, RejectedError, RetriableError
+from sync.load.client import PAGE, PersonyzeClient, TokenBucket
+from sync.sandbox import Faults, SandboxServer
+from tests.support import API_KEY
+
+
+def settings(url: str, **overrides: Any) -> PersonyzeSettings:
+    values: dict[str, Any] = {
+        "api_key": API_KEY,
+        "base_url": url,
+        "requests_per_second": None,
+        "timeout_s": 5,
+        "max_attempts": 4,
+    }
+    values.update(overrides)
+    return PersonyzeSettings(**values)
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def client(sandbox: SandboxServer, sleeps: list[float]) -> Iterator[PersonyzeClient]:
+    with PersonyzeClient(settings(sandbox.url), sleep=sleeps.append) as c:
+        yield c
+
+
+def without_stamp(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in u.items() if k != "data_last_modified"} for u in users]
+
+
+def wait_for_log(sandbox: SandboxServer, count: int, timeout: float = 5.0) -> None:
+    """The sandbox records a request when it ends: wait for slow ones to finish."""
+    deadline = time.monotonic() + timeout
+    while len(sandbox.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+# --- writes and credentials ------------------------------------------------------
+
+
+def test_upsert_creates_then_merges_by_email_and_by_user_id(
+    sandbox: SandboxServer, client: PersonyzeClient
+) -> None:
+    first = client.upsert({"email": "ann@example.com", "firstName": "Ann"})
+    assert first == 1
+    assert client.upsert({"email": "ann@example.com", "lastName": "Lee"}) == first
+    assert client.upsert({"user_id": first, "customT1": "gold"}) == first
+    other = client.upsert({"email": "bob@example.com", "first_name": "Bob"})
+    assert other == 2
+
+    assert without_stamp(sandbox.users()) == [
+        {"user_id": 1, "email": "ann@example.com", "first_name": "Ann", "last_name": "Lee",
+         "custom_t_1": "gold"},
+        {"user_id": 2, "email": "bob@example.com", "first_name": "Bob"},
+    ]  # fmt: skip
+    assert [(r.method, r.path, r.status) for r in sandbox.requests] == [
+        ("POST", "/rest/users", 200)
+    ] * 4
+
+
+def test_check_key_passes_with_the_right_key(
+    sandbox: SandboxServer, client: PersonyzeClient, sleeps: list[float]
+) -> None:
+    client.check_key()
+    assert [(r.method, r.path, r.status) for r in sandbox.requests] == [
+        ("GET", "/rest/account", 200)
+    ]
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("call", ["check_key", "upsert", "users_changed_since"])
+def test_a_wrong_key_stops_at_once_without_naming_the_key(
+    sandbox: SandboxServer, call: str
+) -> None:
+    wrong = "wrong-key-5d1e7a"
+    sleeps: list[float] = []
+    with (
+        PersonyzeClient(settings(sandbox.url, api_key=wrong), sleep=sleeps.append) as c,
+        pytest.raises(AuthError) as caught,
+    ):
+        if call == "check_key":
+            c.check_key()
+        elif call == "upsert":
+            c.upsert({"email": "ann@example.com"})
+        else:
+            list(c.users_changed_since(0, ["email"]))
+
+    message = str(caught.value)
+    assert "refused the API key" in message
+    assert "401" in message
+    assert wrong not in message and API_KEY not in message
+    assert len(sandbox.requests) == 1  # no retry
+    assert sandbox.requests[0].status == 401
+    assert sleeps == []
+    assert sandbox.users() == []
+
+
+def test_the_key_travels_in_the_authorization_header_only(
+    sandbox: SandboxServer, client: PersonyzeClient
+) -> None:
+    uid = client.upsert({"email": "ann@example.com"})
+    client.check_key()
+    assert client.users_by_id([uid], ["email"]) == [{"user_id": uid, "email": "ann@example.com"}]
+    list(client.users_changed_since(0, ["email"]))
+
+    log = sandbox.requests
+    assert [r.status for r in log] == [200, 200, 200, 200]  # the sandbox reads only the header
+    for entry in log:
+        assert API_KEY not in entry.path
+        assert API_KEY not in repr(entry.body)
+
+
+# --- refusals ----------------------------------------------------------------------
+
+
+def test_a_400_is_a_rejection_carrying_personyzes_reason(
+    sandbox: SandboxServer, client: PersonyzeClient, sleeps: list[float]
+) -> None:
+    with pytest.raises(RejectedError) as caught:
+        client.upsert({"email": "ann@example.com", "address": {"city": "Paris"}})
+    assert caught.value.reason == (
+        "Column address: nested values (objects, arrays) are not accepted"
+    )
+    assert caught.value.status == 400
+    assert len(sandbox.requests) == 1
+    assert sleeps == []
+    assert sandbox.users() == []
+
+
+def test_merging_into_an_unknown_user_id_is_refused_with_the_reason(
+    sandbox: SandboxServer, client: PersonyzeClient
+) -> None:
+    with pytest.raises(RejectedError) as caught:
+        client.upsert({"user_id": 999, "first_name": "Ghost"})
+    assert (caught.value.reason, caught.value.status) == ("Row not found", 400)
+
+
+# --- retries -------------------------------------------------------------------------
+
+
+def switching_off(
+    sandbox: SandboxServer, sleeps: list[float], after: int = 1
+) -> Callable[[float], None]:
+    """A sleep that records the wait and switches the faults off after ``after`` waits."""
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) >= after:
+            sandbox.faults = Faults()
+
+    return sleep
+
+
+@pytest.mark.parametrize("repeatable", [True, False])
+@pytest.mark.parametrize(("retry_after", "waits"), [(7, 1), (2.5, 2)])
+def test_429_waits_as_long_as_retry_after_says(
+    sandbox: SandboxServer, repeatable: bool, retry_after: float, waits: int
+) -> None:
+    sleeps: list[float] = []
+    sandbox.faults = Faults(rate_limit_rate=1.0, retry_after_s=retry_after)
+    with PersonyzeClient(
+        settings(sandbox.url), sleep=switching_off(sandbox, sleeps, after=waits)
+    ) as c:
+        assert c.upsert({"internal_id": "r1"}, repeatable=repeatable) == 1
+
+    assert sleeps == [retry_after] * waits
+    assert [(r.status, r.fault) for r in sandbox.requests] == (
+        [(429, "rate_limit")] * waits + [(200, None)]
+    )
+    assert len(sandbox.users()) == 1
+
+
+def test_429_without_retry_after_backs_off_exponentially(sandbox: SandboxServer) -> None:
+    sleeps: list[float] = []
+    sandbox.faults = Faults(rate_limit_rate=1.0, retry_after_s=None)
+    with PersonyzeClient(settings(sandbox.url, max_attempts=5), sleep=sleeps.append) as c, \
+            pytest.raises(RetriableError) as caught:  # fmt: skip
+        c.check_key()  # /account is not affected unless include_account
+        c.upsert({"email": "ann@example.com"})
+    assert caught.value.unapplied is True
+    assert caught.value.retry_after is None
+    assert len(sleeps) == 4
+    for attempt, slept in enumerate(sleeps):  # 0.5 * 2**n plus up to 1 s of jitter
+        assert 0.5 * 2**attempt <= slept <= 0.5 * 2**attempt + 1.0
+    assert [r.status for r in sandbox.requests] == [200, 429, 429, 429, 429, 429]
+
+
+@pytest.mark.parametrize(
+    ("faults", "statuses"),
+    [
+        (Faults(error_rate=1.0, seed=4), {500, 503}),
+        (Faults(drop_rate=1.0, seed=4), {None}),
+    ],
+    ids=["5xx", "dropped"],
+)
+def test_server_errors_are_retried_with_growing_backoff_then_given_up(
+    sandbox: SandboxServer, faults: Faults, statuses: set[int | None]
+) -> None:
+    sleeps: list[float] = []
+    sandbox.faults = faults
+    with PersonyzeClient(settings(sandbox.url, max_attempts=5), sleep=sleeps.append) as c, \
+            pytest.raises(RetriableError) as caught:  # fmt: skip
+        c.upsert({"email": "ann@example.com"})
+
+    assert caught.value.unapplied is False
+    log = sandbox.requests
+    assert len(log) == 5
+    assert {r.status for r in log} <= statuses
+    assert len(sleeps) == 4
+    for attempt, slept in enumerate(sleeps):
+        assert 0.5 * 2**attempt <= slept <= 0.5 * 2**attempt + 1.0
+    assert sum(sleeps[2:]) > sum(sleeps[:2])  # 2 + 4 (+ jitter) > 0.5 + 1 (+ jitter)
+    assert sandbox.users() == []
+
+
+@pytest.mark.parametrize(
+    ("faults", "kind"),
+    [(Faults(error_rate=1.0), "error"), (Faults(drop_rate=1.0), "drop")],
+    ids=["5xx", "dropped"],
+)
+def test_a_server_error_heals_on_retry(sandbox: SandboxServer, faults: Faults, kind: str) -> None:
+    sleeps: list[float] = []
+    sandbox.faults = faults
+    with PersonyzeClient(settings(sandbox.url), sleep=switching_off(sandbox, sleeps)) as c:
+        assert c.upsert({"email": "ann@example.com"}) == 1
+    assert len(sleeps) == 1 and 0.5 <= sleeps[0] <= 1.5
+    assert [r.fault for r in sandbox.requests] == [kind, None]
+    assert [u["email"] for u in sandbox.users()] == ["ann@example.com"]
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(error_rate=1.0), Faults(drop_rate=1.0), Faults(lost_answer_rate=1.0)],
+    ids=["5xx", "dropped", "lost-answer"],
+)
+def test_a_write_that_may_have_been_applied_is_not_repeated(
+    sandbox: SandboxServer, faults: Faults
+) -> None:
+    sleeps: list[float] = []
+    sandbox.faults = faults
+    with PersonyzeClient(settings(sandbox.url), sleep=sleeps.append) as c, \
+            pytest.raises(RetriableError) as caught:  # fmt: skip
+        c.upsert({"internal_id": "r1"}, repeatable=False)
+    assert caught.value.unapplied is False
+    assert len(sandbox.requests) == 1
+    assert sleeps == []
+    applied = faults.lost_answer_rate == 1.0
+    assert [u["internal_id"] for u in sandbox.users()] == (["r1"] if applied else [])
+
+
+@pytest.mark.parametrize("repeatable", [True, False])
+def test_a_server_slower_than_the_timeout_is_a_retriable_error(
+    sandbox: SandboxServer, repeatable: bool
+) -> None:
+    sleeps: list[float] = []
+    sandbox.faults = Faults(latency_s=0.4)
+    with PersonyzeClient(settings(sandbox.url, timeout_s=0.1, max_attempts=3),
+                         sleep=sleeps.append) as c, \
+            pytest.raises(RetriableError) as caught:  # fmt: skip
+        c.upsert({"email": "ann@example.com"}, repeatable=repeatable)
+
+    attempts = 3 if repeatable else 1
+    assert "did not answer in time" in str(caught.value)
+    assert caught.value.unapplied is False
+    assert len(sleeps) == attempts - 1
+    wait_for_log(sandbox, attempts)
+    time.sleep(0.1)
+    assert len(sandbox.requests) == attempts
+
+
+# --- rate ceiling --------------------------------------------------------------------
+
+
+class FakeTime:
+    """A monotonic clock that only moves when slept on (or told to)."""
+
+    def __init__(self, advance_on_sleep: bool = True) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self._advance = advance_on_sleep
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self._advance:
+            self.now += seconds
+
+
+@pytest.mark.parametrize(
+    ("rate", "gaps", "advance", "expected"),
+    [
+        (None, [0, 0, 0, 0], True, []),
+        (10.0, [0, 0, 0, 0, 0], True, [0.1, 0.1, 0.1, 0.1]),
+        (2.0, [0, 0, 0], True, [0.5, 0.5]),
+        (10.0, [0, 0.1, 0.1, 0.1], True, []),  # already at the ceiling: never waits
+        (10.0, [0, 0.05, 0.05], True, [0.05, 0.05]),  # slots at 0, 0.1, 0.2
+        (4.0, [10, 0, 0, 0, 0], True, [0.25]),  # idle refills to a burst of `rate`
+        (10.0, [0, 0, 0, 0], False, [0.1, 0.2, 0.3]),  # threads reserving at once
+        (0.5, [0, 0], True, [2.0]),
+    ],
+)
+def test_token_bucket(
+    rate: float | None, gaps: list[float], advance: bool, expected: list[float]
+) -> None:
+    fake = FakeTime(advance_on_sleep=advance)
+    bucket = TokenBucket(rate, fake.clock, fake.sleep)
+    for gap in gaps:
+        fake.now += gap
+        bucket.take()
+    assert fake.sleeps == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("rate", "count"), [(10.0, 6), (4.0, 9)])
+def test_requests_per_second_ceiling_paces_real_requests(
+    sandbox: SandboxServer, rate: float, count: int
+) -> None:
+    fake = FakeTime()
+    with PersonyzeClient(
+        settings(sandbox.url, requests_per_second=rate), sleep=fake.sleep, clock=fake.clock
+    ) as c:
+        for i in range(count):
+            c.upsert({"email": f"user{i}@example.com"})
+    assert len(sandbox.requests) == count
+    assert sum(fake.sleeps) == pytest.approx((count - 1) / rate)
+    assert len(fake.sleeps) == count - 1
+
+
+# --- base URL -------------------------------------------------------------------------
+
+
+def unchecked(url: str, allow_insecure_http: bool = False) -> PersonyzeSettings:
+    """Settings that skip the config's own check, to test the client's."""
+    from pydantic import SecretStr
+
+    return PersonyzeSettings.model_construct(
+        api_key=SecretStr(API_KEY), base_url=url, allow_insecure_http=allow_insecure_http,
+        concurrency=2, requests_per_second=None, timeout_s=5.0, max_attempts=2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.com/rest", "http://10.0.0.7:8080/rest", "http://127.0.0.1.nip.io/rest"]
+)
+def test_plain_http_to_another_host_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        PersonyzeClient(unchecked(url))
+    assert "allow_insecure_http" in str(caught.value)
+    assert API_KEY not in str(caught.value)
+    # the config refuses it too, before any client exists
+    with pytest.raises(ValueError, match="plain http"):
+        settings(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "allow"),
+    [
+        ("http://example.com/rest", True),
+        ("http://127.0.0.1:8080/rest", False),
+        ("http://127.0.0.2/rest", False),
+        ("http://localhost:8080/rest", False),
+        ("http://[::1]:8080/rest", False),
+        ("https://example.com/rest", False),
+        ("https://app.personyze.com/rest", False),
+    ],
+)
+def test_https_anywhere_and_http_to_loopback_are_allowed(url: str, allow: bool) -> None:
+    PersonyzeClient(unchecked(url, allow)).close()
+    PersonyzeClient(settings(url, allow_insecure_http=allow)).close()
+
+
+# --- reads -----------------------------------------------------------------------------
+
+
+def test_users_changed_since_pages_by_keyset_through_a_crowded_second() -> None:
+    now = [1_700_000_000.0]
+    with SandboxServer(API_KEY, clock=lambda: now[0]) as sandbox:
+        store = sandbox.store
+        for i in range(5):  # before the watermark
+            store.upsert({"email": f"old{i}@example.com"})
+        now[0] += 100
+        since = int(now[0])
+        for i in range(2500):  # all in one second
+            store.upsert({"email": f"user{i}@example.com", "internal_id": f"row-{i}"})
+        now[0] += 5
+        for i in range(700):
+            store.upsert({"email": f"late{i}@example.com"})
+        store.upsert({"email": "old1@example.com", "first_name": "Changed"})  # moves to now
+        store.upsert({"email": "user7@example.com", "first_name": "Changed"})
+
+        with PersonyzeClient(settings(sandbox.url)) as c:
+            seen = list(c.users_changed_since(since, ["email", "internal_id"]))
+
+        expected = sorted(
+            (int(u["data_last_modified"]), int(u["user_id"]))
+            for u in sandbox.users() if int(u["data_last_modified"]) >= since
+        )  # fmt: skip
+        assert len(expected) == 2500 + 700 + 1
+        assert [(u["data_last_modified"], u["user_id"]) for u in seen] == expected
+        assert len({u["user_id"] for u in seen}) == len(seen)
+        assert set(seen[0]) == {"user_id", "data_last_modified", "email", "internal_id"}
+        by_id = {u["user_id"]: u for u in sandbox.users()}
+        assert all(u["email"] == by_id[u["user_id"]]["email"] for u in seen)
+
+        log = sandbox.requests
+        assert len(log) == 4  # 1000 + 1000 + 1000 + 201
+        for entry in log:
+            assert entry.status == 200
+            limit = re.search(r"/limit/([^/]+)", entry.path)
+            assert limit is not None and limit.group(1) == str(PAGE)  # never OFFSET,N
+
+
+def test_users_changed_since_stops_after_an_exactly_full_page() -> None:
+    with SandboxServer(API_KEY, clock=lambda: 1_700_000_000.0) as sandbox:
+        for i in range(PAGE):
+            sandbox.store.upsert({"email": f"user{i}@example.com"})
+        with PersonyzeClient(settings(sandbox.url)) as c:
+            seen = list(c.users_changed_since(1_700_000_000, []))
+            assert [u["user_id"] for u in seen] == list(range(1, PAGE + 1))
+            assert [(r.method, r.status) for r in sandbox.requests] == [("GET", 200)] * 2
+            assert list(c.users_changed_since(1_700_000_001, [])) == []
+
+
+def test_users_by_id_returns_the_requested_users(
+    sandbox: SandboxServer, client: PersonyzeClient
+) -> None:
+    for i in range(1, 6):
+        assert client.upsert({"email": f"user{i}@example.com", "firstName": f"F{i}"}) == i
+    assert client.users_by_id([4, 2], ["email", "firstName"]) == [
+        {"user_id": 2, "email": "user2@example.com", "first_name": "F2"},
+        {"user_id": 4, "email": "user4@example.com", "first_name": "F4"},
+    ]
+    assert client.users_by_id([99], ["email"]) == []
+
+
+def test_the_client_learns_the_servers_clock_from_date_headers(sandbox: SandboxServer) -> None:
+    # our own wall clock is an hour slow; Personyze's Date header is right
+    with PersonyzeClient(settings(sandbox.url), wall=lambda: time.time() - 3600) as c:
+        assert c.knows_server_time is False
+        assert c.server_time(1000.0) == 1000.0
+        c.check_key()
+        assert c.knows_server_time is True
+        offset = c.server_time(1000.0) - 1000.0
+        assert 3599.0 <= offset <= 3600.5  # Date has one-second resolution
+
+
+def test_users_by_id_asks_for_many_ids_in_chunks(sandbox: SandboxServer) -> None:
+    for i in range(1, 1201):
+        sandbox.store.upsert({"email": f"user{i}@example.com"})
+    with PersonyzeClient(settings(sandbox.url)) as c:
+        found = c.users_by_id(list(range(1, 1201)), ["email"])
+        assert c.users_by_id([], ["email"]) == []
+    assert [u["user_id"] for u in found] == list(range(1, 1201))  # none silently cut off
+    assert all(u["email"] == f"user{u['user_id']}@example.com" for u in found)
+    log = sandbox.requests
+    assert [(r.method, r.status) for r in log] == [("GET", 200)] * 6  # 200 ids a request

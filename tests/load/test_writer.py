@@ -1,0 +1,176 @@
+"""Writer against the sandbox over real HTTP, with a real thread pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from sync.config import PersonyzeSettings
+from sync.errors import RetriableError
+from sync.load.client import PersonyzeClient
+from sync.load.writer import Delivered, Failed, Outgoing, Refused, Writer
+from sync.sandbox import Faults, RecordedRequest, SandboxServer
+from tests.support import API_KEY, users_by_internal_id
+
+
+def make_client(
+    sandbox: SandboxServer, sleep: Callable[[float], None] = lambda _: None, **overrides: Any
+) -> PersonyzeClient:
+    values: dict[str, Any] = {
+        "api_key": API_KEY, "base_url": sandbox.url, "requests_per_second": None,
+        "timeout_s": 5, "max_attempts": 4, "concurrency": 8,
+    }  # fmt: skip
+    values.update(overrides)
+    return PersonyzeClient(PersonyzeSettings(**values), sleep=sleep)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def most_at_once(log: list[RecordedRequest]) -> int:
+    events = sorted(
+        [(r.start, 1) for r in log] + [(r.end, -1) for r in log], key=lambda e: (e[0], e[1])
+    )  # an end before a start at the same instant
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_mixed_batch_comes_back_in_order(
+    sandbox: SandboxServer, pool: ThreadPoolExecutor
+) -> None:
+    items = [
+        Outgoing("a", {"email": "ann@example.com", "firstName": "Ann"}),
+        Outgoing("b", {"email": "bob@example.com", "address": {"city": "Paris"}}),
+        Outgoing("c", {"user_id": 999, "first_name": "Ghost"}),
+        Outgoing("d", {"internal_id": "row-4", "first_name": "Dee"}),
+        Outgoing("e", {"email": "eve@example.com"}),
+    ]
+    with make_client(sandbox) as client:
+        results = Writer(client, pool, max_rounds=3).send(items)
+
+    by_email = {u.get("email"): u["user_id"] for u in sandbox.users()}
+    by_internal = {u.get("internal_id"): u["user_id"] for u in sandbox.users()}
+    assert results == [
+        Delivered(by_email["ann@example.com"]),
+        Refused("Column address: nested values (objects, arrays) are not accepted", 400),
+        Refused("Row not found", 400),
+        Delivered(by_internal["row-4"]),
+        Delivered(by_email["eve@example.com"]),
+    ]
+    assert len(sandbox.users()) == 3
+    assert len(sandbox.requests) == 5
+
+
+def test_requests_overlap_but_never_exceed_the_pool(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(latency_s=0.15)
+    items = [Outgoing(str(i), {"email": f"user{i}@example.com"}) for i in range(9)]
+    with make_client(sandbox, concurrency=8) as client, ThreadPoolExecutor(3) as pool:
+        results = Writer(client, pool, max_rounds=2).send(items)
+
+    assert all(isinstance(r, Delivered) for r in results)
+    assert sorted(r.user_id for r in results if isinstance(r, Delivered)) == list(range(1, 10))
+    log = sandbox.requests
+    assert len(log) == 9
+    assert most_at_once(log) == 3
+
+
+def lost_answers(sandbox: SandboxServer) -> int:
+    return sum(1 for r in sandbox.requests if r.fault == "lost_answer")
+
+
+def test_internal_id_only_payloads_are_reconciled_after_lost_answers(
+    any_sandbox: SandboxServer, pool: ThreadPoolExecutor
+) -> None:
+    sandbox = any_sandbox
+    sandbox.faults = Faults(lost_answer_rate=0.5, seed=11)
+    items = [Outgoing(f"k{i}", {"internal_id": f"row-{i}", "first_name": f"F{i}"})
+             for i in range(20)]  # fmt: skip
+
+    def between_rounds(_: float) -> None:
+        sandbox.faults = Faults()  # the service heals before the read-back
+
+    with make_client(sandbox) as client:
+        results = Writer(client, pool, max_rounds=3, sleep=between_rounds).send(items)
+
+    lost = lost_answers(sandbox)
+    assert 0 < lost < 20
+    found = users_by_internal_id(sandbox.users())
+    assert sorted(found) == sorted(f"row-{i}" for i in range(20))
+    for i, result in enumerate(results):
+        (user,) = found[f"row-{i}"]  # exactly one user per internal_id
+        assert result == Delivered(user["user_id"])
+        assert user["first_name"] == f"F{i}"
+
+    posts = [r for r in sandbox.requests if r.method == "POST"]
+    reads = [r for r in sandbox.requests if r.method == "GET"]
+    assert len(posts) == 20 + lost  # each lost one sent again, once, with its user_id
+    assert sorted(r.body["user_id"] for r in posts[20:]) == sorted(
+        found[r.body["internal_id"]][0]["user_id"] for r in posts[20:])  # fmt: skip
+    assert len(reads) == 1 and "/where/data_last_modified" in reads[0].path
+
+
+def test_without_reconciliation_a_resend_duplicates_in_live_mode(
+    any_sandbox: SandboxServer, pool: ThreadPoolExecutor
+) -> None:
+    """What reconciliation saves us from.
+
+    The live service does not merge on internal_id: a POST whose answer was lost
+    has already created the user, so sending the same internal_id-only payload again
+    creates a second one. The wiki's service would merge it. Reconciliation reads
+    the user back by data_last_modified and resends with its user_id instead.
+    """
+    sandbox = any_sandbox
+    live = not sandbox.store.internal_id_merges
+    sandbox.faults = Faults(lost_answer_rate=0.5, seed=11)
+    items = [Outgoing(f"k{i}", {"internal_id": f"row-{i}"}) for i in range(20)]
+    with make_client(sandbox) as client:
+        first = Writer(client, pool, max_rounds=1).send(items)  # one round: no read-back
+        failed = [i for i, r in enumerate(first) if isinstance(r, Failed)]
+        assert len(failed) == lost_answers(sandbox) > 0
+        for i in failed:
+            error = first[i].error  # type: ignore[union-attr]
+            assert isinstance(error, RetriableError) and error.unapplied is False
+        sandbox.faults = Faults()
+        for i in failed:  # the naive resend
+            client.upsert(items[i].payload)
+
+    found = users_by_internal_id(sandbox.users())
+    counts = {f"row-{i}": len(found[f"row-{i}"]) for i in range(20)}
+    lost_rows = {f"row-{i}" for i in failed}
+    assert counts == {row: 2 if live and row in lost_rows else 1 for row in counts}
+    assert len(sandbox.users()) == 20 + (len(failed) if live else 0)
+
+
+def test_payloads_with_an_email_are_simply_retried(
+    any_sandbox: SandboxServer, pool: ThreadPoolExecutor
+) -> None:
+    sandbox = any_sandbox
+    sandbox.faults = Faults(lost_answer_rate=0.5, seed=5)
+    items = [Outgoing(f"k{i}", {"email": f"user{i}@example.com", "internal_id": f"row-{i}"})
+             for i in range(20)]  # fmt: skip
+
+    def sleep(_: float) -> None:
+        sandbox.faults = Faults()  # the first retry heals the service
+
+    rounds: list[float] = []
+    with make_client(sandbox, sleep=sleep) as client:
+        results = Writer(client, pool, max_rounds=3, sleep=rounds.append).send(items)
+
+    lost = lost_answers(sandbox)
+    assert lost > 0
+    assert rounds == []  # no second round, no read-back
+    assert [r.method for r in sandbox.requests].count("GET") == 0
+    assert len(sandbox.requests) == 20 + lost
+    users = {u["email"]: u for u in sandbox.users()}
+    assert len(sandbox.users()) == 20  # exactly one user per email
+    for i, result in enumerate(results):
+        assert result == Delivered(users[f"user{i}@example.com"]["user_id"])

@@ -1,0 +1,46 @@
+"""The project's own promises: the README's commands, CI, the container, clean lint."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_readme_opens_with_the_demo_and_the_test_command_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```sh\n(.+?)\n```", readme)
+    assert commands[0] == ("python3 -m venv .venv && .venv/bin/pip install -e . "
+                           "&& .venv/bin/personyze-sync demo")
+    install, test = commands[1].rsplit(" && ", 1)
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == test == ".venv/bin/pytest"
+    assert ".venv/bin/pip install -q -e '.[test]'" in ci
+    assert install == "python3 -m venv .venv && .venv/bin/pip install -e '.[test]'"
+
+
+def test_dockerfile_runs_as_non_root_from_a_pinned_base_without_secrets() -> None:
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    bases = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", b) for b in bases)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert 'ENTRYPOINT ["personyze-sync"]' in lines
+    assert not any(line.startswith("ADD ") for line in lines)
+    assert not any(re.search(r"(API_KEY|PASSWORD)\s*=", line) for line in lines)
+
+
+def test_ruff_is_clean() -> None:
+    result = subprocess.run([str(BIN / "ruff"), "check", "sync", "tests"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean() -> None:
+    result = subprocess.run([str(BIN / "mypy")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
