@@ -172,3 +172,27 @@ def test_rows_personyze_rejects_are_kept_and_retried_once_fixed(
         second = app.run(job, RunOptions())
         assert second.sent == 1 and app.store.rejections("customers") == []
     assert len(sandbox.users()) == 5
+
+
+def test_a_time_zone_aware_cursor_resumes_exactly(tmp_path: Path, pg_url: str,
+                                                  sandbox: SandboxServer) -> None:
+    execute(pg_url,
+            text("CREATE TABLE members (id int PRIMARY KEY, email text, "
+                 "changed timestamptz NOT NULL)"),
+            text("INSERT INTO members SELECT i, 'm' || i || '@example.com', "
+                 "timestamptz '2024-03-31 01:30:00+01' + (i % 4) * interval '1 hour' "
+                 "FROM generate_series(1, 30) i"))
+    parts = {"source": {"table": "members", "cursor": "changed", "batch_size": 4},
+             "job": {"mapping": {"id": "internal_id", "email": "email", "changed": "custom_d_1"}}}
+    with make_app(tmp_path, pg_url, sandbox, **parts) as app:
+        job = app.config.jobs[0]
+        assert app.run(job, RunOptions()).sent == 30
+        checkpoint = app.store.checkpoint("customers")
+        assert checkpoint is not None and checkpoint.cursor.tzinfo is not None
+        execute(pg_url, text("UPDATE members SET email = 'x' || email, changed = now() "
+                             "WHERE id IN (2, 9)"))
+        sandbox.clear_requests()
+        assert app.run(job, RunOptions()).sent == 2
+    assert sorted(r.body["internal_id"] for r in posts(sandbox)) == [2, 9]
+    user = users_by_internal_id(sandbox.users())["1"][0]
+    assert user["custom_d_1"] == "2024-03-31 01:30:00"  # 02:30+01 in UTC
