@@ -10,16 +10,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Engine
 
 from sync.config import Config, JobSettings, redact_url
+from sync.databases import source_engine
 from sync.errors import ConfigError, SyncError
 from sync.extract.query import Position
 from sync.extract.reader import SourceReader
@@ -27,27 +27,7 @@ from sync.load.client import PersonyzeClient
 from sync.load.writer import Writer
 from sync.mapping import Mapper
 from sync.runner import JobRun, Progress, RunOptions, RunStats
-from sync.state.store import Collision, RunRecord, StateStore, state_engine
-
-DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
-           "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
-
-
-def source_engine(url: str) -> Engine:
-    """An engine for a source database, with the drivers this package installs."""
-    try:
-        parsed: URL = make_url(url)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a config error
-        raise ConfigError(f"source.url: not a database URL ({redact_url(url)})") from exc
-    if parsed.drivername in DRIVERS:
-        parsed = parsed.set(drivername=DRIVERS[parsed.drivername])
-    try:
-        return create_engine(parsed, pool_pre_ping=True)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"source.url {redact_url(url)}: the database driver {exc.name!r} is not installed "
-            "(for MySQL/MariaDB: pip install 'personyze-sync[mysql]')"
-        ) from None
+from sync.state.store import Collision, RunRecord, StateStore, StoredRejection, state_engine
 
 
 @dataclass(frozen=True)
@@ -59,14 +39,20 @@ class JobStatus:
     rejected: int
     collisions: list[Collision]
     lag_s: float | None
+    rejections: list[StoredRejection] = field(default_factory=list)  # with reasons
 
 
 class App:
     """One config's jobs, state store and Personyze client."""
 
-    def __init__(self, config: Config, *, transport: httpx.BaseTransport | None = None,
-                 wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.config = config
         self._transport = transport
         self._wall = wall
@@ -88,8 +74,9 @@ class App:
     @property
     def client(self) -> PersonyzeClient:
         if self._client is None:
-            self._client = PersonyzeClient(self.config.personyze, transport=self._transport,
-                                           sleep=self._sleep, wall=self._wall)
+            self._client = PersonyzeClient(
+                self.config.personyze, transport=self._transport, sleep=self._sleep, wall=self._wall
+            )
         return self._client
 
     def engine(self, job: JobSettings) -> Engine:
@@ -125,18 +112,53 @@ class App:
         """A run of ``job`` wired to this app's parts; its sending threads end with it."""
         concurrency = self.config.personyze.concurrency
         with ThreadPoolExecutor(concurrency, thread_name_prefix=f"send-{job.name}") as pool:
-            writer = None if dry_run else Writer(
-                self.client, pool, max_rounds=self.config.personyze.max_attempts,
-                wall=self._wall, sleep=self._sleep)
-            yield JobRun(job, reader=self.reader(job), mapper=Mapper(job), store=self.store,
-                         writer=writer, wall=self._wall)
+            writer = (
+                None
+                if dry_run
+                else Writer(
+                    self.client,
+                    pool,
+                    max_rounds=self.config.personyze.max_attempts,
+                    wall=self._wall,
+                    sleep=self._sleep,
+                )
+            )
+            yield JobRun(
+                job,
+                reader=self.reader(job),
+                mapper=Mapper(job),
+                store=self.store,
+                writer=writer,
+                wall=self._wall,
+            )
 
-    def run(self, job: JobSettings, options: RunOptions,
-            progress: Callable[[int], Progress] | None = None) -> RunStats:
+    def run(
+        self,
+        job: JobSettings,
+        options: RunOptions,
+        progress: Callable[[int], Progress] | None = None,
+    ) -> RunStats:
         """One run of one job; ``progress(total)`` may return a per-batch callback."""
-        with self.job_run(job, dry_run=options.dry_run) as run:
-            tick = progress(run.pending_total(options)) if progress else None
-            return run.run(options, tick)
+        started = False
+        try:
+            with self.job_run(job, dry_run=options.dry_run) as run:
+                tick = progress(run.pending_total(options)) if progress else None
+                started = True  # from here on the run records its own outcome
+                return run.run(options, tick)
+        except SyncError as exc:
+            if not started and not options.dry_run:
+                self._record_failure(job, options.kind, exc)
+            raise
+
+    def _record_failure(self, job: JobSettings, kind: str, error: SyncError) -> None:
+        """A run that failed before it began (source unreachable, not as configured)."""
+        try:
+            run_id = self.store.start_run(job.name, kind)
+            self.store.finish_run(
+                run_id, "failed", read=0, sent=0, skipped=0, rejected_count=0, error=str(error)
+            )
+        except SyncError:
+            pass  # the state store is what failed: the error being raised says so
 
     def parse_cursor(self, job: JobSettings, text: str) -> Any:
         """A ``--since`` / ``--to`` value, typed like the job's cursor column."""
@@ -156,7 +178,8 @@ class App:
         except (ValueError, InvalidOperation):
             raise ConfigError(
                 f"{text!r} is not a valid value for cursor {job.source.cursor!r} "
-                f"(a {type(sample).__name__})") from None
+                f"(a {type(sample).__name__})"
+            ) from None
         return text
 
     def reset_checkpoint(self, job: JobSettings, to: str | None) -> Position | None:
@@ -168,20 +191,26 @@ class App:
 
     def validate(self, *, connect: bool) -> list[str]:
         """What was checked, line by line; raises on the first thing that is wrong."""
-        lines = [f"config: {len(self.config.jobs)} job(s): "
-                 + ", ".join(j.name for j in self.config.jobs)]
+        lines = [
+            f"config: {len(self.config.jobs)} job(s): "
+            + ", ".join(j.name for j in self.config.jobs)
+        ]
         if not connect:
             return lines
         self.store.checkpoint(self.config.jobs[0].name)
-        lines.append(f"state store: reachable ({redact_url(self.config.state.url.get_secret_value())})")
+        state_url = redact_url(self.config.state.url.get_secret_value())
+        lines.append(f"state store: reachable ({state_url})")
         for job in self.config.jobs:
             reader = self.reader(job)
             nulls = reader.null_cursor_count()
-            lines.append(f"job {job.name}: source reachable, columns "
-                         + ", ".join(reader.columns) + " exist")
+            lines.append(
+                f"job {job.name}: source reachable, columns " + ", ".join(reader.columns) + " exist"
+            )
             if nulls:
-                lines.append(f"job {job.name}: WARNING {nulls} row(s) have a NULL "
-                             f"{job.source.cursor!r} and will never be synced")
+                lines.append(
+                    f"job {job.name}: WARNING {nulls} row(s) have a NULL "
+                    f"{job.source.cursor!r} and will never be synced"
+                )
         self.client.check_key()
         lines.append("personyze: API key accepted")
         return lines
@@ -190,12 +219,19 @@ class App:
         out = []
         for job in self.config.jobs:
             checkpoint = self.store.checkpoint(job.name)
-            out.append(JobStatus(
-                name=job.name, checkpoint=checkpoint, runs=self.store.runs(job.name),
-                rows_known=self.store.row_count(job.name),
-                rejected=len(self.store.rejections(job.name)),
-                collisions=self.store.collisions(job.name),
-                lag_s=self._lag(checkpoint)))
+            rejections = self.store.rejections(job.name)
+            out.append(
+                JobStatus(
+                    name=job.name,
+                    checkpoint=checkpoint,
+                    runs=self.store.runs(job.name),
+                    rows_known=self.store.row_count(job.name),
+                    rejected=len(rejections),
+                    collisions=self.store.collisions(job.name),
+                    lag_s=self._lag(checkpoint),
+                    rejections=rejections,
+                )
+            )
         return out
 
     def _lag(self, checkpoint: Position | None) -> float | None:
@@ -207,9 +243,12 @@ class App:
         return max(0.0, self._wall() - cursor.timestamp())
 
 
-def run_all(app: App, jobs: Sequence[JobSettings], options: RunOptions,
-            progress: Callable[[int], Progress] | None = None,
-            ) -> dict[str, RunStats | SyncError]:
+def run_all(
+    app: App,
+    jobs: Sequence[JobSettings],
+    options: RunOptions,
+    progress: Callable[[int], Progress] | None = None,
+) -> dict[str, RunStats | SyncError]:
     """Run each job once; one job's failure does not stop the others."""
     results: dict[str, RunStats | SyncError] = {}
     for job in jobs:

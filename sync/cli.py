@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,10 +38,17 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 config_option = click.option(
-    "-c", "--config", "config_path", required=True, metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path), help="The YAML config file.")
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The YAML config file.",
+)
 dry_run_option = click.option(
-    "--dry-run", is_flag=True, help="Show what would be sent; send nothing, move no checkpoint.")
+    "--dry-run", is_flag=True, help="Show what would be sent; send nothing, move no checkpoint."
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
 
@@ -82,8 +90,9 @@ def once(config_path: Path, jobs: tuple[str, ...], dry_run: bool, as_json: bool)
 @click.option("--full", is_flag=True, help="Read every row again; unchanged rows are not sent.")
 @dry_run_option
 @json_option
-def backfill(config_path: Path, job: str, since: str | None, full: bool, dry_run: bool,
-             as_json: bool) -> None:
+def backfill(
+    config_path: Path, job: str, since: str | None, full: bool, dry_run: bool, as_json: bool
+) -> None:
     """A one-shot history load of JOB with a progress bar; resumable after a crash."""
     if since and full:
         raise click.UsageError("--since and --full exclude each other")
@@ -115,8 +124,15 @@ def progress_bar(*, enabled: bool) -> Iterator[Callable[[int], Callable[[int], N
     if not enabled:
         yield None
         return
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   RateColumn(), TimeRemainingColumn(), console=err, transient=False)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
 
     def start(total: int) -> Callable[[int], None]:
         task = bar.add_task("rows", total=total)
@@ -126,29 +142,51 @@ def progress_bar(*, enabled: bool) -> Iterator[Callable[[int], Callable[[int], N
         yield start
 
 
-def report(results: dict[str, RunStats | SyncError], seconds: float, *, as_json: bool,
-           dry_run: bool) -> None:
+def report(
+    results: dict[str, RunStats | SyncError], seconds: float, *, as_json: bool, dry_run: bool
+) -> None:
     """Print each job's outcome; exit 1 if any failed."""
     failed = {name: r for name, r in results.items() if isinstance(r, SyncError)}
     if as_json:
-        doc = {name: {"error": str(r)} if isinstance(r, SyncError) else {
-            "read": r.read, "sent": r.sent, "skipped": r.skipped, "rejected": r.rejected,
-            "collisions": r.collisions, **({"would_send": r.would_send} if dry_run else {}),
-        } for name, r in results.items()}
+        doc = {
+            name: {"error": str(r)}
+            if isinstance(r, SyncError)
+            else {
+                "read": r.read,
+                "sent": r.sent,
+                "skipped": r.skipped,
+                "rejected": r.rejected,
+                "collisions": r.collisions,
+                **({"would_send": r.would_send} if dry_run else {}),
+            }
+            for name, r in results.items()
+        }
         out.print_json(json.dumps({"jobs": doc, "seconds": round(seconds, 3)}, default=str))
     else:
         for name, r in results.items():
             if isinstance(r, SyncError):
-                err.print(f"[red]job {name} failed:[/red] {r}", markup=True, soft_wrap=True)
+                err.print(
+                    f"[red]job {escape(name)} failed:[/red] {escape(str(r))}",
+                    markup=True,
+                    soft_wrap=True,
+                )  # escaped: messages quote names and SQL with [...]
                 continue
             if dry_run:
-                for payload in r.would_send:
-                    out.print(json.dumps(payload, default=str, ensure_ascii=False), markup=False)
-            verb = "would send" if dry_run else "sent"
-            out.print(f"{name}: read {r.read}, {verb} {r.sent if not dry_run else len(r.would_send)}"
-                      f", unchanged {r.skipped}, rejected {r.rejected}"
-                      + (f", identity collisions {r.collisions}" if r.collisions else "")
-                      + f" ({seconds:.1f}s)", markup=False)
+                for payload in r.would_send:  # one JSON document a line: never wrapped
+                    out.print(
+                        json.dumps(payload, default=str, ensure_ascii=False),
+                        markup=False,
+                        soft_wrap=True,
+                    )
+            verb, count = ("would send", len(r.would_send)) if dry_run else ("sent", r.sent)
+            out.print(
+                f"{name}: read {r.read}, {verb} {count}"
+                f", unchanged {r.skipped}, rejected {r.rejected}"
+                + (f", identity collisions {r.collisions}" if r.collisions else "")
+                + f" ({seconds:.1f}s)",
+                markup=False,
+                soft_wrap=True,
+            )
     if failed:
         raise click.exceptions.Exit(max(e.exit_code for e in failed.values()))
 
@@ -158,8 +196,9 @@ def report(results: dict[str, RunStats | SyncError], seconds: float, *, as_json:
 
 @cli.command()
 @config_option
-@click.option("--connect", is_flag=True,
-              help="Also reach the source, the state store and Personyze.")
+@click.option(
+    "--connect", is_flag=True, help="Also reach the source, the state store and Personyze."
+)
 def validate(config_path: Path, connect: bool) -> None:
     """Check the config (and, with --connect, everything it points at)."""
     with open_app(config_path) as app:
@@ -184,35 +223,70 @@ def status(config_path: Path, as_json: bool) -> None:
 def status_doc(job: JobStatus) -> dict[str, Any]:
     return {
         "job": job.name,
-        "checkpoint": None if job.checkpoint is None else {
-            "cursor": job.checkpoint.cursor, "key": job.checkpoint.key},
+        "checkpoint": None
+        if job.checkpoint is None
+        else {"cursor": job.checkpoint.cursor, "key": job.checkpoint.key},
         "lag_seconds": job.lag_s,
         "rows_known": job.rows_known,
         "rejected": job.rejected,
-        "collisions": [{"key": c.key, "user_id": c.user_id, "other_key": c.other_key}
-                       for c in job.collisions],
+        "rejections": [
+            {"key": r.key, "reason": r.reason, "status": r.status, "attempts": r.attempts}
+            for r in job.rejections
+        ],
+        "collisions": [
+            {"key": c.key, "user_id": c.user_id, "other_key": c.other_key} for c in job.collisions
+        ],
         "runs": [r.__dict__ for r in job.runs],
     }
 
 
 def print_status(job: JobStatus) -> None:
     cp = job.checkpoint
-    out.print(f"[bold]{job.name}[/bold]")
-    out.print(f"  checkpoint: {'none (never run)' if cp is None else f'{cp.cursor} / key {cp.key}'}"
-              + (f", lag {job.lag_s:.0f}s" if job.lag_s is not None else ""), markup=False)
-    out.print(f"  users known: {job.rows_known}, rejected rows: {job.rejected}, "
-              f"identity collisions: {len(job.collisions)}", markup=False)
+    out.print(f"[bold]{escape(job.name)}[/bold]")
+    out.print(
+        f"  checkpoint: {'none (never run)' if cp is None else f'{cp.cursor} / key {cp.key}'}"
+        + (f", lag {job.lag_s:.0f}s" if job.lag_s is not None else ""),
+        markup=False,
+    )
+    out.print(
+        f"  users known: {job.rows_known}, rejected rows: {job.rejected}, "
+        f"identity collisions: {len(job.collisions)}",
+        markup=False,
+    )
+    for rej in job.rejections[:10]:
+        out.print(f"    rejected row {rej.key}: {rej.reason}", markup=False, soft_wrap=True)
     for c in job.collisions[:10]:
-        out.print(f"    row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
-                  markup=False)
+        out.print(
+            f"    row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
+            markup=False,
+        )
     if job.runs:
-        table = Table("started", "kind", "outcome", "read", "sent", "unchanged", "rejected",
-                      "seconds", "error", box=None, pad_edge=False)
+        table = Table(
+            "started",
+            "kind",
+            "outcome",
+            "read",
+            "sent",
+            "unchanged",
+            "rejected",
+            "seconds",
+            "error",
+            box=None,
+            pad_edge=False,
+        )
         for r in job.runs:
             took = "" if r.ended_at is None else f"{r.ended_at - r.started_at:.1f}"
-            table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.started_at)),
-                          r.kind, r.outcome, str(r.rows_read), str(r.rows_sent),
-                          str(r.rows_skipped), str(r.rows_rejected), took, r.error or "")
+            table.add_row(
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.started_at)),
+                r.kind,
+                r.outcome,
+                str(r.rows_read),
+                str(r.rows_sent),
+                str(r.rows_skipped),
+                str(r.rows_rejected),
+                took,
+                Text(r.error or ""),
+            )
         out.print(table)
 
 
@@ -224,8 +298,12 @@ def checkpoint() -> None:
 @checkpoint.command("reset")
 @config_option
 @click.argument("job")
-@click.option("--to", "to", metavar="VALUE",
-              help="Resume from this cursor value (inclusive); without it, from the start.")
+@click.option(
+    "--to",
+    "to",
+    metavar="VALUE",
+    help="Resume from this cursor value (inclusive); without it, from the start.",
+)
 def checkpoint_reset(config_path: Path, job: str, to: str | None) -> None:
     """Move JOB's checkpoint deliberately. Rows already sent unchanged are still not resent."""
     with open_app(config_path) as app:
@@ -241,8 +319,11 @@ def checkpoint_reset(config_path: Path, job: str, to: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8787, show_default=True, type=int)
 @click.option("--api-key", default="sandbox-key", show_default=True)
-@click.option("--internal-id-merges", is_flag=True,
-              help="Behave as the wiki says (merge on internal_id), not as the live service.")
+@click.option(
+    "--internal-id-merges",
+    is_flag=True,
+    help="Behave as the wiki says (merge on internal_id), not as the live service.",
+)
 def sandbox(host: str, port: int, api_key: str, internal_id_merges: bool) -> None:
     """Serve a local Personyze-compatible Users API until Ctrl-C."""
     from sync.sandbox import SandboxServer
@@ -270,7 +351,9 @@ def demo(rows: int) -> None:
 
 def main() -> None:
     try:
-        cli.main(prog_name="personyze-sync", standalone_mode=False)
+        # Without standalone mode click *returns* the code of an Exit raised inside a
+        # command (report() raises one when a job failed) instead of raising it.
+        code = cli.main(prog_name="personyze-sync", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -282,4 +365,4 @@ def main() -> None:
     except SyncError as exc:
         err.print(f"error: {exc}", markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

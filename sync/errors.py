@@ -52,8 +52,9 @@ class RetriableError(SyncError):
     connection that was never made), so even a write that is not idempotent may repeat.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None,
-                 unapplied: bool = False) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, unapplied: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.unapplied = unapplied

@@ -46,11 +46,15 @@ class Record:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A row that must not be sent, and why."""
+    """A row that must not be sent, and why; the fingerprint tells when that may change."""
 
     key: Any
     reason: str
     payload: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint({"reason": self.reason, "payload": self.payload})
 
 
 def fingerprint(payload: Mapping[str, Any]) -> str:
@@ -114,7 +118,7 @@ def _parse_datetime(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, UTC)
     if isinstance(value, str):
@@ -241,8 +245,9 @@ class Mapper:
             for src, dst in job.mapping.items()
         ]
         made = [dst for dst in job.transforms if dst not in job.mapping.values()]
-        columns += [_Column(None, dst, tuple(map(_compile_step, job.transforms[dst])))
-                    for dst in made]
+        columns += [
+            _Column(None, dst, tuple(map(_compile_step, job.transforms[dst]))) for dst in made
+        ]
         self._columns = tuple(columns)
         self.source_columns: tuple[str, ...] = tuple(
             dict.fromkeys([*job.mapping, *template_fields(job)])
@@ -258,8 +263,11 @@ class Mapper:
                     value = step(value, row)
                 value = coerce(value)
             except Unsendable as exc:
-                return Rejection(key, f"column {col.source or col.target!r}: {exc}",
-                                 _printable(row, self._columns))
+                return Rejection(
+                    key,
+                    f"column {col.source or col.target!r}: {exc}",
+                    _printable(row, self._columns),
+                )
             if value is not None and value != "":
                 payload[col.target] = value
         problem = _identify(payload)

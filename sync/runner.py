@@ -60,9 +60,16 @@ Progress = Callable[[int], None]
 class JobRun:
     """The parts one run of one job needs, wired together."""
 
-    def __init__(self, job: JobSettings, *, reader: SourceReader, mapper: Mapper,
-                 store: StateStore, writer: Writer | None,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        job: JobSettings,
+        *,
+        reader: SourceReader,
+        mapper: Mapper,
+        store: StateStore,
+        writer: Writer | None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.job = job
         self.reader = reader
         self.mapper = mapper
@@ -70,6 +77,7 @@ class JobRun:
         self.writer = writer  # None: dry run, nothing is sent
         self.wall = wall
         self.stats = RunStats()
+        self._handled: set[str] = set()  # rows retried this run: not processed twice
 
     def run(self, options: RunOptions, progress: Progress | None = None) -> RunStats:
         """Run once; the run history records the outcome whatever happens."""
@@ -89,8 +97,15 @@ class JobRun:
             raise
         finally:
             s = self.stats
-            self.store.finish_run(run_id, outcome, read=s.read, sent=s.sent, skipped=s.skipped,
-                                  rejected_count=s.rejected, error=error)
+            self.store.finish_run(
+                run_id,
+                outcome,
+                read=s.read,
+                sent=s.sent,
+                skipped=s.skipped,
+                rejected_count=s.rejected,
+                error=error,
+            )
         return self.stats
 
     def pending_total(self, options: RunOptions) -> int:
@@ -134,26 +149,28 @@ class JobRun:
             return
         rows = self.reader.rows_by_key([_typed_key(k, self.reader) for k in stored])
         found = {key_text(r[self.job.source.key]) for r in rows}
-        if not self.store_is_dry():
+        if self.writer is not None:  # rows gone from the source need no retry
             self.store.drop_rejections(self.job.name, [k for k in stored if k not in found])
         due = []
         for row in rows:
             mapped = self.mapper.map(row)
             previous = stored[key_text(mapped.key)]
-            changed = not isinstance(mapped, Record) or mapped.fingerprint != previous.fingerprint
-            if changed or previous.attempts < AUTO_RETRIES:
+            sendable = isinstance(mapped, Record)
+            if mapped.fingerprint != previous.fingerprint or (
+                sendable and previous.attempts < AUTO_RETRIES
+            ):
                 due.append(row)
         if due:
             self._process(due, advance=False, retrying=True)
-
-    def store_is_dry(self) -> bool:
-        return self.writer is None
+            self._handled.update(key_text(self.reader.position(r).key) for r in due)
 
     # -- one batch -------------------------------------------------------------
 
     def _process(self, batch: list[Row], *, advance: bool, retrying: bool = False) -> None:
+        """Map, skip what is unchanged or was just handled, send the rest, commit."""
         name = self.job.name
-        self.stats.read += len(batch)
+        if not retrying:
+            self.stats.read += len(batch)
         mapped = [self.mapper.map(row) for row in batch]
         keys = [key_text(m.key) for m in mapped]
         known = self.store.known_rows(name, keys)
@@ -163,13 +180,15 @@ class JobRun:
         outcome = BatchOutcome()
         for m in mapped:
             key = key_text(m.key)
-            if isinstance(m, Rejection):
-                outcome.rejected.append(RejectedRow(key, m.payload, m.reason, None))
-                continue
             previous = known.get(key)
             unchanged = previous is not None and previous.fingerprint == m.fingerprint
-            if (unchanged and not retrying) or refused.get(key) == m.fingerprint:
+            if not retrying and (
+                unchanged or key in self._handled or refused.get(key) == m.fingerprint
+            ):
                 self.stats.skipped += 1
+                continue
+            if isinstance(m, Rejection):
+                outcome.rejected.append(RejectedRow(key, m.payload, m.reason, None, m.fingerprint))
                 continue
             outgoing.append(_outgoing(key, m, previous))
             fingerprints[key] = m.fingerprint
@@ -189,11 +208,18 @@ class JobRun:
             first = next(iter(failed.values())).error
             if isinstance(first, FatalError):
                 raise first
-            raise type(first)(f"{len(failed)} row(s) could not be delivered "
-                              f"(first: {first}); the checkpoint stays before them") from first
+            raise type(first)(
+                f"{len(failed)} row(s) could not be delivered "
+                f"(first: {first}); the checkpoint stays before them"
+            ) from first
 
-    def _send(self, outgoing: list[Outgoing], fingerprints: dict[str, str],
-              outcome: BatchOutcome, failed: dict[str, Failed]) -> None:
+    def _send(
+        self,
+        outgoing: list[Outgoing],
+        fingerprints: dict[str, str],
+        outcome: BatchOutcome,
+        failed: dict[str, Failed],
+    ) -> None:
         assert self.writer is not None
         name = self.job.name
         risky = [(o.key, str(o.payload["internal_id"])) for o in outgoing if not o.repeatable]
@@ -202,8 +228,11 @@ class JobRun:
             if isinstance(result, Delivered):
                 outcome.acks.append(Ack(item.key, result.user_id, fingerprints[item.key]))
             elif isinstance(result, Refused):
-                outcome.rejected.append(RejectedRow(item.key, item.payload, result.reason,
-                                                    result.status, fingerprints[item.key]))
+                outcome.rejected.append(
+                    RejectedRow(
+                        item.key, item.payload, result.reason, result.status, fingerprints[item.key]
+                    )
+                )
             else:
                 failed[item.key] = result
         self.stats.sent += len(outcome.acks)

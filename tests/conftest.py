@@ -29,8 +29,11 @@ def _admin(server: str, database: str, what: str):  # type: ignore[no-untyped-de
     try:
         engine.connect().close()
     except OperationalError as exc:
-        pytest.fail(f"{what} is not reachable at {server}: {exc.orig}. "
-                    "Start it (see .ci/run); these tests never skip.", pytrace=False)
+        pytest.fail(
+            f"{what} is not reachable at {server}: {exc.orig}. "
+            "Start it (see .ci/run); these tests never skip.",
+            pytrace=False,
+        )
     return engine
 
 
@@ -66,8 +69,11 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture(params=["sqlite", "postgres", "mariadb"])
 def source_url(request: pytest.FixtureRequest) -> str:
     """The same test on each source database."""
-    return str(request.getfixturevalue(
-        {"sqlite": "sqlite_url", "postgres": "pg_url", "mariadb": "mariadb_url"}[request.param]))
+    return str(
+        request.getfixturevalue(
+            {"sqlite": "sqlite_url", "postgres": "pg_url", "mariadb": "mariadb_url"}[request.param]
+        )
+    )
 
 
 @pytest.fixture
@@ -96,7 +102,14 @@ def sakila_url(mariadb_url: str) -> str:
     name = mariadb_url.rsplit("/", 1)[1]
     dump = SAKILA.read_text(encoding="utf-8")
     dump = dump.replace("CREATE SCHEMA IF NOT EXISTS sakila;", "").replace(
-        "use sakila;", f"use `{name}`;")
-    subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "--protocol=tcp"], input=dump,
-                   text=True, check=True, capture_output=True, timeout=120)
+        "use sakila;", f"use `{name}`;"
+    )
+    subprocess.run(
+        ["mariadb", "-h127.0.0.1", "-uroot", "--protocol=tcp"],
+        input=dump,
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return mariadb_url

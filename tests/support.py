@@ -21,15 +21,16 @@ from sqlalchemy import (
     update,
 )
 
-from sync.app import source_engine
 from sync.config import Config, load_config
+from sync.databases import source_engine
 
 API_KEY = "test-key-3f9a1c"
 BASE_TIME = datetime(2024, 5, 1, 12, 0, 0)
 
 metadata = MetaData()
 customers = Table(
-    "customers", metadata,
+    "customers",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("email", String(200)),
     Column("first_name", String(100)),
@@ -43,8 +44,12 @@ customers = Table(
 
 def customer(i: int, *, updated_at: datetime | None = None, **overrides: Any) -> dict[str, Any]:
     row = {
-        "id": i, "email": f"user{i}@example.com", "first_name": f"First{i}",
-        "last_name": f"Last{i}", "score": i * 1.5, "vip": i % 2 == 0,
+        "id": i,
+        "email": f"user{i}@example.com",
+        "first_name": f"First{i}",
+        "last_name": f"Last{i}",
+        "score": i * 1.5,
+        "vip": i % 2 == 0,
         "password_hash": f"secret-hash-{i}",
         # a third of the rows share one timestamp: ties on the cursor
         "updated_at": updated_at or (BASE_TIME if i % 3 == 0 else BASE_TIME + timedelta(seconds=i)),
@@ -78,25 +83,51 @@ def execute(url: str, *statements: Any) -> None:
     engine.dispose()
 
 
-DEFAULT_MAPPING = {"id": "internal_id", "email": "email", "first_name": "first_name",
-                   "last_name": "lastName", "score": "custom_f_1", "vip": "custom_i_1"}
+DEFAULT_MAPPING = {
+    "id": "internal_id",
+    "email": "email",
+    "first_name": "first_name",
+    "last_name": "lastName",
+    "score": "custom_f_1",
+    "vip": "custom_i_1",
+}
 
 
-def config_doc(*, source_url: str, api_url: str, state_url: str, job: Mapping[str, Any] | None = None,
-               source: Mapping[str, Any] | None = None,
-               personyze: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def config_doc(
+    *,
+    source_url: str,
+    api_url: str,
+    state_url: str,
+    job: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+    personyze: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "personyze": {"api_key": "${TEST_API_KEY}", "base_url": api_url, "concurrency": 4,
-                      "requests_per_second": None, "timeout_s": 5, "max_attempts": 4,
-                      **(personyze or {})},
+        "personyze": {
+            "api_key": "${TEST_API_KEY}",
+            "base_url": api_url,
+            "concurrency": 4,
+            "requests_per_second": None,
+            "timeout_s": 5,
+            "max_attempts": 4,
+            **(personyze or {}),
+        },
         "state": {"url": state_url},
-        "jobs": [{
-            "name": "customers",
-            "source": {"url": source_url, "table": "customers", "cursor": "updated_at",
-                       "key": "id", "batch_size": 50, **(source or {})},
-            "mapping": dict(DEFAULT_MAPPING),
-            **(job or {}),
-        }],
+        "jobs": [
+            {
+                "name": "customers",
+                "source": {
+                    "url": source_url,
+                    "table": "customers",
+                    "cursor": "updated_at",
+                    "key": "id",
+                    "batch_size": 50,
+                    **(source or {}),
+                },
+                "mapping": dict(DEFAULT_MAPPING),
+                **(job or {}),
+            }
+        ],
     }
     return doc
 

@@ -14,8 +14,9 @@ BIN = Path(sys.executable).parent
 def test_readme_opens_with_the_demo_and_the_test_command_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"```sh\n(.+?)\n```", readme)
-    assert commands[0] == ("python3 -m venv .venv && .venv/bin/pip install -e . "
-                           "&& .venv/bin/personyze-sync demo")
+    assert commands[0] == (
+        "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/personyze-sync demo"
+    )
     install, test = commands[1].rsplit(" && ", 1)
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == test == ".venv/bin/pytest"
@@ -24,8 +25,11 @@ def test_readme_opens_with_the_demo_and_the_test_command_ci_runs() -> None:
 
 
 def test_dockerfile_runs_as_non_root_from_a_pinned_base_without_secrets() -> None:
-    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     bases = [line.split()[1] for line in lines if line.startswith("FROM ")]
     assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", b) for b in bases)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
@@ -36,8 +40,9 @@ def test_dockerfile_runs_as_non_root_from_a_pinned_base_without_secrets() -> Non
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([str(BIN / "ruff"), "check", "sync", "tests"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / "ruff"), "check", "sync", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -40,15 +40,47 @@ from sync.sandbox import SandboxServer
 
 CONFIG = Path(__file__).with_name("demo.yaml")
 API_KEY = "demo-key"
-FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia",
-         "Tim", "Margaret", "Linus", "Guido", "Katherine", "Dennis", "Hedy"]
-LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-        "Perlman", "Berners-Lee", "Hamilton", "Torvalds", "van Rossum", "Johnson", "Ritchie"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Frances",
+    "Ken",
+    "Radia",
+    "Tim",
+    "Margaret",
+    "Linus",
+    "Guido",
+    "Katherine",
+    "Dennis",
+    "Hedy",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Thompson",
+    "Perlman",
+    "Berners-Lee",
+    "Hamilton",
+    "Torvalds",
+    "van Rossum",
+    "Johnson",
+    "Ritchie",
+]
 CITIES = ["London", " Paris", "Berlin ", "Lisbon", "Oslo", "Vienna", "Prague", "Dublin"]
 
 metadata = MetaData()
 customers = SqlTable(
-    "customers", metadata,
+    "customers",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("email", String(200)),
     Column("first_name", String(100)),
@@ -67,21 +99,27 @@ def make_shop(url: str, rows: int, seed: int = 7) -> None:
     rng = random.Random(seed)
     engine = create_engine(url)
     metadata.create_all(engine)
-    base = datetime(2024, 1, 1, 9, 0, 0)
+    base = datetime(2024, 1, 1, 9, 0, 0)  # noqa: DTZ001 - the table holds naive UTC times
     values = []
     for i in range(1, rows + 1):
         first, last = rng.choice(FIRST), rng.choice(LAST)
         email = f"{first}.{last.replace(' ', '')}{i}@example.com"
         if i % 7 == 0:
             email = f"  {email.upper()} "  # cleaned by the default email normalisation
-        values.append({
-            "id": i, "email": email if i != 13 else "not-an-email",
-            "first_name": first, "last_name": last, "city": rng.choice(CITIES),
-            "lifetime_value": Decimal(rng.randint(0, 500_00)) / 100, "vip": rng.random() < 0.1,
-            "signed_up": date(2020, 1, 1) + timedelta(days=rng.randint(0, 1500)),
-            "password_hash": f"$2b$12${rng.getrandbits(64):x}",
-            "updated_at": base if i % 3 == 0 else base + timedelta(minutes=i),
-        })
+        values.append(
+            {
+                "id": i,
+                "email": email if i != 13 else "not-an-email",
+                "first_name": first,
+                "last_name": last,
+                "city": rng.choice(CITIES),
+                "lifetime_value": Decimal(rng.randint(0, 500_00)) / 100,
+                "vip": rng.random() < 0.1,
+                "signed_up": date(2020, 1, 1) + timedelta(days=rng.randint(0, 1500)),
+                "password_hash": f"$2b$12${rng.getrandbits(64):x}",
+                "updated_at": base if i % 3 == 0 else base + timedelta(minutes=i),
+            }
+        )
     with engine.begin() as conn:
         conn.execute(customers.insert(), values)
     engine.dispose()
@@ -91,53 +129,101 @@ def change_shop(url: str, now: datetime) -> list[int]:
     """A few changes, as a shop makes them: edits, an email change, a new customer."""
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(update(customers).where(customers.c.id == 1)
-                     .values(city="Amsterdam", vip=True, updated_at=now))
-        conn.execute(update(customers).where(customers.c.id == 2)
-                     .values(email="new.address@example.com", updated_at=now))
-        conn.execute(update(customers).where(customers.c.id == 13)
-                     .values(email="fixed@example.com", updated_at=now))
+        conn.execute(
+            update(customers)
+            .where(customers.c.id == 1)
+            .values(city="Amsterdam", vip=True, updated_at=now)
+        )
+        conn.execute(
+            update(customers)
+            .where(customers.c.id == 2)
+            .values(email="new.address@example.com", updated_at=now)
+        )
+        conn.execute(
+            update(customers)
+            .where(customers.c.id == 13)
+            .values(email="fixed@example.com", updated_at=now)
+        )
         new_id = (conn.execute(select(func.max(customers.c.id))).scalar() or 0) + 1
-        conn.execute(customers.insert().values(
-            id=new_id, email="newcomer@example.com", first_name="Barbara", last_name="Liskov",
-            city="Boston", lifetime_value=Decimal("12.50"), vip=False,
-            signed_up=now.date(), password_hash="x", updated_at=now))
+        conn.execute(
+            customers.insert().values(
+                id=new_id,
+                email="newcomer@example.com",
+                first_name="Barbara",
+                last_name="Liskov",
+                city="Boston",
+                lifetime_value=Decimal("12.50"),
+                vip=False,
+                signed_up=now.date(),
+                password_hash="x",
+                updated_at=now,
+            )
+        )
     engine.dispose()
     return [1, 2, 13, new_id]
 
 
 def run_demo(console: Console, *, rows: int = 1000) -> None:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="personyze-demo-") as tmp, \
-            SandboxServer(API_KEY) as sandbox:
+    with (
+        tempfile.TemporaryDirectory(prefix="personyze-demo-") as tmp,
+        SandboxServer(API_KEY) as sandbox,
+    ):
         shop = f"sqlite:///{tmp}/shop.db"
         make_shop(shop, rows)
-        config = load_config(CONFIG, {"DEMO_DIR": tmp, "DEMO_API_URL": sandbox.url,
-                                      "DEMO_API_KEY": API_KEY})
+        config = load_config(
+            CONFIG, {"DEMO_DIR": tmp, "DEMO_API_URL": sandbox.url, "DEMO_API_KEY": API_KEY}
+        )
         job = config.jobs[0]
-        console.print(f"[bold]1. backfill[/bold] {rows} customers from {shop} "
-                      f"into the sandbox at {sandbox.url}")
+        console.print(
+            f"[bold]1. backfill[/bold] {rows} customers from {shop} "
+            f"into the sandbox at {sandbox.url}"
+        )
         with App(config) as app:
             first = app.run(job, RunOptions(kind="backfill"))
-            console.print(f"   sent {first.sent}, rejected {first.rejected} "
-                          f"(see `status`: a customer's email is invalid)", markup=False)
-            console.print("[bold]2. the shop changes[/bold] 3 customers (one changes email, "
-                          "one fixes a bad email) and gains 1")
+            console.print(
+                f"   sent {first.sent}, rejected {first.rejected} "
+                f"(see `status`: a customer's email is invalid)",
+                markup=False,
+            )
+            console.print(
+                "[bold]2. the shop changes[/bold] 3 customers (one changes email, "
+                "one fixes a bad email) and gains 1"
+            )
             changed = change_shop(shop, datetime.now(UTC).replace(tzinfo=None))
             sandbox.clear_requests()
             second = app.run(job, RunOptions(kind="once"))
-            console.print(f"[bold]3. incremental run[/bold] read {second.read}, sent "
-                          f"{second.sent}, unchanged {second.skipped}, "
-                          f"requests {len(sandbox.requests)}")
+            console.print(
+                f"[bold]3. incremental run[/bold] read {second.read}, sent "
+                f"{second.sent}, unchanged {second.skipped}, "
+                f"requests {len(sandbox.requests)}"
+            )
             status = app.status()[0]
         users = sandbox.users()
-        table = Table("user_id", "internal_id", "email", "full_name", "current_city",
-                      "custom_i_1", title="What Personyze holds for the changed customers")
+        table = Table(
+            "user_id",
+            "internal_id",
+            "email",
+            "full_name",
+            "current_city",
+            "custom_i_1",
+            title="What Personyze holds for the changed customers",
+        )
         for user in users:
             if int(user.get("internal_id", 0)) in changed:
-                table.add_row(*(str(user.get(c, "")) for c in
-                                ("user_id", "internal_id", "email", "full_name", "current_city",
-                                 "custom_i_1")))
+                table.add_row(
+                    *(
+                        str(user.get(c, ""))
+                        for c in (
+                            "user_id",
+                            "internal_id",
+                            "email",
+                            "full_name",
+                            "current_city",
+                            "custom_i_1",
+                        )
+                    )
+                )
         console.print(table)
         leaked = any("password_hash" in u for u in users)
         console.print(

@@ -95,8 +95,9 @@ def select_window(
     limit: int,
 ) -> Select[Any]:
     """A batch of the lookback window: cursor >= lower_cursor, up to and including ``end``."""
-    query = select_batch(shape, columns, start=start, upper=None, lower_cursor=lower_cursor,
-                         limit=limit)
+    query = select_batch(
+        shape, columns, start=start, upper=None, lower_cursor=lower_cursor, limit=limit
+    )
     return query.where(not_after(shape, end))
 
 
@@ -111,8 +112,9 @@ def select_max_cursor(shape: SourceShape) -> Select[Any]:
     return select(func.max(shape.cursor_col()))
 
 
-def select_count(shape: SourceShape, *, start: Position | None, upper: Any,
-                 lower_cursor: Any = None) -> Select[Any]:
+def select_count(
+    shape: SourceShape, *, start: Position | None, upper: Any, lower_cursor: Any = None
+) -> Select[Any]:
     """How many rows a pass from ``start`` up to ``upper`` will read (for progress)."""
     cursor = shape.cursor_col()
     conditions: list[ColumnElement[bool]] = [cursor.is_not(None)]

@@ -98,8 +98,14 @@ class SourceReader:
         start, lower = _split(start)
         while True:
             batch = self._rows(
-                q.select_batch(self.shape, self.columns, start=start, upper=upper,
-                               lower_cursor=lower, limit=self._source.batch_size)
+                q.select_batch(
+                    self.shape,
+                    self.columns,
+                    start=start,
+                    upper=upper,
+                    lower_cursor=lower,
+                    limit=self._source.batch_size,
+                )
             )
             if not batch:
                 return
@@ -113,8 +119,14 @@ class SourceReader:
         start: Position | None = None
         while True:
             batch = self._rows(
-                q.select_window(self.shape, self.columns, start=start, lower_cursor=lower_cursor,
-                                end=end, limit=self._source.batch_size)
+                q.select_window(
+                    self.shape,
+                    self.columns,
+                    start=start,
+                    lower_cursor=lower_cursor,
+                    end=end,
+                    limit=self._source.batch_size,
+                )
             )
             if not batch:
                 return

@@ -77,8 +77,11 @@ def raise_for_status(response: httpx.Response) -> None:
             "check personyze.api_key; the job stopped"
         )
     if status == 429 or status >= 500 or status == 408:
-        raise RetriableError(f"Personyze answered {status}", retry_after=_retry_after(response),
-                             unapplied=status == 429)
+        raise RetriableError(
+            f"Personyze answered {status}",
+            retry_after=_retry_after(response),
+            unapplied=status == 429,
+        )
     if status in (400, 413, 422):
         raise RejectedError(text or f"HTTP {status} without a reason", status=status)
     raise FatalError(
@@ -90,8 +93,9 @@ def raise_for_status(response: httpx.Response) -> None:
 class TokenBucket:
     """A client-side ceiling on requests per second, shared by every sending thread."""
 
-    def __init__(self, rate: float | None, clock: Callable[[], float],
-                 sleep: Callable[[float], None]) -> None:
+    def __init__(
+        self, rate: float | None, clock: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
         self._rate = rate
         self._tokens = 1.0 if rate else 0.0
         self._capacity = max(1.0, rate or 0.0)
@@ -134,8 +138,9 @@ class PersonyzeClient:
         self._server_offset: float | None = None
         self._on_response = on_response
         self._bucket = TokenBucket(settings.requests_per_second, clock, sleep)
-        limits = httpx.Limits(max_connections=settings.concurrency,
-                              max_keepalive_connections=settings.concurrency)
+        limits = httpx.Limits(
+            max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
+        )
         self._http = httpx.Client(
             base_url=settings.base_url + "/",
             auth=httpx.BasicAuth("api", settings.api_key.get_secret_value()),
@@ -169,8 +174,9 @@ class PersonyzeClient:
         try:
             return int(answer)
         except ValueError:
-            raise RejectedError(f"Personyze answered {answer!r} where a user_id was expected") \
-                from None
+            raise RejectedError(
+                f"Personyze answered {answer!r} where a user_id was expected"
+            ) from None
 
     def check_key(self) -> None:
         """``GET /rest/account``: changes nothing, answers 401 for a bad key."""
@@ -212,8 +218,7 @@ class PersonyzeClient:
 
     # -- plumbing --------------------------------------------------------------
 
-    def _call(self, method: str, path: str, *, json: Any = None,
-              repeatable: bool = True) -> Any:
+    def _call(self, method: str, path: str, *, json: Any = None, repeatable: bool = True) -> Any:
         def worth_retrying(exc: BaseException) -> bool:
             return isinstance(exc, RetriableError) and (repeatable or exc.unapplied)
 
@@ -240,16 +245,17 @@ class PersonyzeClient:
             response = self._http.request(method, path, json=body)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._observe(None, started)
-            raise RetriableError(f"could not connect to Personyze ({type(exc).__name__})",
-                                 unapplied=True) from None
+            raise RetriableError(
+                f"could not connect to Personyze ({type(exc).__name__})", unapplied=True
+            ) from None
         except httpx.TimeoutException as exc:
             self._observe(None, started)
-            raise RetriableError(f"Personyze did not answer in time ({type(exc).__name__})") \
-                from None
+            raise RetriableError(
+                f"Personyze did not answer in time ({type(exc).__name__})"
+            ) from None
         except httpx.TransportError as exc:
             self._observe(None, started)
-            raise RetriableError(f"connection to Personyze failed ({type(exc).__name__})") \
-                from None
+            raise RetriableError(f"connection to Personyze failed ({type(exc).__name__})") from None
         self._observe(response.status_code, started)
         self._note_server_time(response)
         raise_for_status(response)
@@ -258,7 +264,9 @@ class PersonyzeClient:
         except ValueError:
             raise RejectedError(
                 f"Personyze answered {response.status_code} with something that is not JSON: "
-                f"{response.text[:200]!r}", status=response.status_code) from None
+                f"{response.text[:200]!r}",
+                status=response.status_code,
+            ) from None
 
     def server_time(self, local: float) -> float:
         """Personyze's clock at local wall time ``local``, from the Date headers seen."""
@@ -281,4 +289,3 @@ class PersonyzeClient:
     def _observe(self, status: int | None, started: float) -> None:
         if self._on_response is not None:
             self._on_response(status, self._clock() - started)
-

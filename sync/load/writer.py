@@ -75,9 +75,15 @@ def reconcile(client: PersonyzeClient, wanted: dict[str, str], since: float) -> 
 class Writer:
     """Sends payloads through a shared pool of threads, ``concurrency`` at a time."""
 
-    def __init__(self, client: PersonyzeClient, pool: Executor, *, max_rounds: int,
-                 wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: PersonyzeClient,
+        pool: Executor,
+        *,
+        max_rounds: int,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
         self._pool = pool
         self._max_rounds = max_rounds
@@ -90,8 +96,9 @@ class Writer:
         todo = list(range(len(items)))
         for round_no in range(1, self._max_rounds + 1):
             sent_at = self._wall()
-            for index, result in zip(todo, self._pool.map(self._one, (items[i] for i in todo)),
-                                     strict=True):
+            for index, result in zip(
+                todo, self._pool.map(self._one, (items[i] for i in todo)), strict=True
+            ):
                 results[index] = result
             unsure = [i for i in todo if _lost_answer(results[i]) and not items[i].repeatable]
             if not unsure or round_no == self._max_rounds:
@@ -135,5 +142,8 @@ class Writer:
 
 
 def _lost_answer(result: Result) -> bool:
-    return isinstance(result, Failed) and isinstance(result.error, RetriableError) \
+    return (
+        isinstance(result, Failed)
+        and isinstance(result.error, RetriableError)
         and not result.error.unapplied
+    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from sqlalchemy import (
@@ -34,7 +34,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
     event,
     func,
@@ -42,17 +41,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import redact_url
+from sync.databases import database_url, engine_for
 from sync.errors import ConfigError, StateError
 from sync.extract.query import Position
+
+T = TypeVar("T")
 
 metadata = MetaData()
 
 checkpoints = Table(
-    "psync_checkpoints", metadata,
+    "psync_checkpoints",
+    metadata,
     Column("job", String(200), primary_key=True),
     Column("cursor_type", String(16), nullable=False),
     Column("cursor_value", Text, nullable=False),
@@ -61,7 +63,8 @@ checkpoints = Table(
     Column("updated_at", Float, nullable=False),
 )
 rows = Table(
-    "psync_rows", metadata,
+    "psync_rows",
+    metadata,
     Column("job", String(200), primary_key=True),
     Column("row_key", String(), primary_key=True),
     Column("user_id", BigInteger, nullable=False),
@@ -70,26 +73,30 @@ rows = Table(
     Index("ix_psync_rows_user", "job", "user_id"),
 )
 pending = Table(
-    "psync_pending", metadata,
+    "psync_pending",
+    metadata,
     Column("job", String(200), primary_key=True),
     Column("row_key", String(), primary_key=True),
     Column("internal_id", Text, nullable=False),
     Column("sent_at", Float, nullable=False),
 )
 rejected = Table(
-    "psync_rejected", metadata,
+    "psync_rejected",
+    metadata,
     Column("job", String(200), primary_key=True),
     Column("row_key", String(), primary_key=True),
     Column("payload", Text, nullable=False),
     Column("reason", Text, nullable=False),
-    Column("status", Integer, nullable=True),  # Personyze's HTTP status; NULL: refused by the mapper
+    # Personyze's HTTP status; NULL: refused by the mapper
+    Column("status", Integer, nullable=True),
     Column("fingerprint", String(32), nullable=True),
     Column("attempts", Integer, nullable=False),
     Column("first_at", Float, nullable=False),
     Column("last_at", Float, nullable=False),
 )
 collisions = Table(
-    "psync_collisions", metadata,
+    "psync_collisions",
+    metadata,
     Column("job", String(200), primary_key=True),
     Column("row_key", String(), primary_key=True),
     Column("user_id", BigInteger, nullable=False),
@@ -97,7 +104,8 @@ collisions = Table(
     Column("seen_at", Float, nullable=False),
 )
 runs = Table(
-    "psync_runs", metadata,
+    "psync_runs",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job", String(200), nullable=False, index=True),
     Column("kind", String(16), nullable=False),
@@ -240,31 +248,35 @@ class StoredRejection:
 # -- the store -------------------------------------------------------------------
 
 
+# A plain "postgresql://" (or the old "postgres://") URL would ask SQLAlchemy for psycopg2,
+# which this package does not install: it installs psycopg (3), as the source side does.
 def state_engine(url: str) -> Engine:
     """An engine for the state store; a SQLite file's folder is created if missing."""
-    try:
-        parsed = make_url(url)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a config error
-        raise ConfigError(f"state.url: not a database URL ({redact_url(url)})") from exc
+    parsed = database_url(url, "state.url")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(
             f"state.url: the state store must be SQLite or PostgreSQL, not "
             f"{parsed.get_backend_name()!r}"
         )
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+    if parsed.get_backend_name() == "postgresql":
+        return engine_for(parsed, "state.url", pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        try:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 30})
+        except OSError as exc:
+            raise StateError(
+                f"state store {redact_url(url)}: cannot create its folder: {exc.strerror or exc}"
+            ) from exc
+    engine = engine_for(parsed, "state.url", connect_args={"timeout": 30})
 
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
 
-        return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    return engine
 
 
 class StateStore:
@@ -309,8 +321,12 @@ class StateStore:
         cursor_type, cursor_value = encode_value(position.cursor)
         key_type, key_value = encode_value(position.key)
         return {
-            "job": job, "cursor_type": cursor_type, "cursor_value": cursor_value,
-            "key_type": key_type, "key_value": key_value, "updated_at": self._clock(),
+            "job": job,
+            "cursor_type": cursor_type,
+            "cursor_value": cursor_value,
+            "key_type": key_type,
+            "key_value": key_value,
+            "updated_at": self._clock(),
         }
 
     # -- identities ----------------------------------------------------------
@@ -365,8 +381,10 @@ class StateStore:
             return
         now = self._clock()
         values = [{"job": job, "row_key": k, "internal_id": i, "sent_at": now} for k, i in items]
-        self._run(lambda conn: self._upsert(conn, pending, values, ["job", "row_key"]),
-                  "marking rows as sent")
+        self._run(
+            lambda conn: self._upsert(conn, pending, values, ["job", "row_key"]),
+            "marking rows as sent",
+        )
 
     def pending(self, job: str) -> list[PendingRow]:
         def read(conn: Connection) -> list[PendingRow]:
@@ -379,19 +397,32 @@ class StateStore:
         """Record user_ids found by reconciliation (fingerprint unknown: send again)."""
 
         def write(conn: Connection) -> None:
-            values = [{"job": job, "row_key": k, "user_id": u, "fingerprint": "",
-                       "sent_at": self._clock()} for k, u in found.items()]
+            values = [
+                {
+                    "job": job,
+                    "row_key": k,
+                    "user_id": u,
+                    "fingerprint": "",
+                    "sent_at": self._clock(),
+                }
+                for k, u in found.items()
+            ]
             if values:
                 self._upsert(conn, rows, values, ["job", "row_key"])
-                conn.execute(delete(pending).where(pending.c.job == job,
-                                                   pending.c.row_key.in_(list(found))))
+                conn.execute(
+                    delete(pending).where(pending.c.job == job, pending.c.row_key.in_(list(found)))
+                )
 
         self._run(write, "adopting reconciled users")
 
     def clear_pending(self, job: str, keys: Sequence[str]) -> None:
         if keys:
-            self._run(lambda conn: conn.execute(delete(pending).where(
-                pending.c.job == job, pending.c.row_key.in_(list(keys)))), "clearing marks")
+            self._run(
+                lambda conn: conn.execute(
+                    delete(pending).where(pending.c.job == job, pending.c.row_key.in_(list(keys)))
+                ),
+                "clearing marks",
+            )
 
     # -- one batch's outcome ---------------------------------------------------
 
@@ -402,24 +433,49 @@ class StateStore:
         def write(conn: Connection) -> None:
             acked = [a.key for a in outcome.acks]
             if outcome.acks:
-                self._upsert(conn, rows, [
-                    {"job": job, "row_key": a.key, "user_id": a.user_id,
-                     "fingerprint": a.fingerprint, "sent_at": now} for a in outcome.acks
-                ], ["job", "row_key"])
-                conn.execute(delete(pending).where(pending.c.job == job,
-                                                   pending.c.row_key.in_(acked)))
-                conn.execute(delete(rejected).where(rejected.c.job == job,
-                                                    rejected.c.row_key.in_(acked)))
+                self._upsert(
+                    conn,
+                    rows,
+                    [
+                        {
+                            "job": job,
+                            "row_key": a.key,
+                            "user_id": a.user_id,
+                            "fingerprint": a.fingerprint,
+                            "sent_at": now,
+                        }
+                        for a in outcome.acks
+                    ],
+                    ["job", "row_key"],
+                )
+                conn.execute(
+                    delete(pending).where(pending.c.job == job, pending.c.row_key.in_(acked))
+                )
+                conn.execute(
+                    delete(rejected).where(rejected.c.job == job, rejected.c.row_key.in_(acked))
+                )
             for r in outcome.rejected:
                 self._record_rejection(conn, job, r, now)
             if outcome.collisions:
-                self._upsert(conn, collisions, [
-                    {"job": job, "row_key": c.key, "user_id": c.user_id,
-                     "other_key": c.other_key, "seen_at": now} for c in outcome.collisions
-                ], ["job", "row_key"])
+                self._upsert(
+                    conn,
+                    collisions,
+                    [
+                        {
+                            "job": job,
+                            "row_key": c.key,
+                            "user_id": c.user_id,
+                            "other_key": c.other_key,
+                            "seen_at": now,
+                        }
+                        for c in outcome.collisions
+                    ],
+                    ["job", "row_key"],
+                )
             if outcome.checkpoint is not None:
-                self._upsert(conn, checkpoints, [self._checkpoint_values(job, outcome.checkpoint)],
-                             ["job"])
+                self._upsert(
+                    conn, checkpoints, [self._checkpoint_values(job, outcome.checkpoint)], ["job"]
+                )
 
         self._run(write, "saving a batch's progress")
 
@@ -427,15 +483,23 @@ class StateStore:
         existing = conn.execute(
             select(rejected.c.attempts).where(rejected.c.job == job, rejected.c.row_key == r.key)
         ).scalar()
-        values = {"payload": json.dumps(r.payload, default=str), "reason": r.reason,
-                  "status": r.status, "fingerprint": r.fingerprint, "last_at": now}
+        values = {
+            "payload": json.dumps(r.payload, default=str),
+            "reason": r.reason,
+            "status": r.status,
+            "fingerprint": r.fingerprint,
+            "last_at": now,
+        }
         if existing is None:
-            conn.execute(rejected.insert().values(job=job, row_key=r.key, attempts=1,
-                                                  first_at=now, **values))
+            conn.execute(
+                rejected.insert().values(job=job, row_key=r.key, attempts=1, first_at=now, **values)
+            )
         else:
-            conn.execute(update(rejected)
-                         .where(rejected.c.job == job, rejected.c.row_key == r.key)
-                         .values(attempts=existing + 1, **values))
+            conn.execute(
+                update(rejected)
+                .where(rejected.c.job == job, rejected.c.row_key == r.key)
+                .values(attempts=existing + 1, **values)
+            )
 
     # -- rejected rows and collisions ------------------------------------------
 
@@ -443,8 +507,16 @@ class StateStore:
         def read(conn: Connection) -> list[StoredRejection]:
             query = select(rejected).where(rejected.c.job == job).order_by(rejected.c.first_at)
             return [
-                StoredRejection(r.row_key, json.loads(r.payload), r.reason, r.status,
-                                r.fingerprint, r.attempts, r.first_at, r.last_at)
+                StoredRejection(
+                    r.row_key,
+                    json.loads(r.payload),
+                    r.reason,
+                    r.status,
+                    r.fingerprint,
+                    r.attempts,
+                    r.first_at,
+                    r.last_at,
+                )
                 for r in conn.execute(query)
             ]
 
@@ -452,21 +524,32 @@ class StateStore:
 
     def drop_rejections(self, job: str, keys: Sequence[str]) -> None:
         if keys:
-            self._run(lambda conn: conn.execute(delete(rejected).where(
-                rejected.c.job == job, rejected.c.row_key.in_(list(keys)))), "dropping rejections")
+            self._run(
+                lambda conn: conn.execute(
+                    delete(rejected).where(
+                        rejected.c.job == job, rejected.c.row_key.in_(list(keys))
+                    )
+                ),
+                "dropping rejections",
+            )
 
     def collisions(self, job: str) -> list[Collision]:
         def read(conn: Connection) -> list[Collision]:
-            query = select(collisions).where(collisions.c.job == job).order_by(
-                collisions.c.row_key)
+            query = select(collisions).where(collisions.c.job == job).order_by(collisions.c.row_key)
             return [Collision(r.row_key, r.user_id, r.other_key) for r in conn.execute(query)]
 
         return self._run(read, "reading identity collisions")
 
     def row_count(self, job: str) -> int:
-        return int(self._run(lambda conn: conn.execute(
-            select(func.count()).select_from(rows).where(rows.c.job == job)).scalar(),
-            "counting rows") or 0)
+        return int(
+            self._run(
+                lambda conn: conn.execute(
+                    select(func.count()).select_from(rows).where(rows.c.job == job)
+                ).scalar(),
+                "counting rows",
+            )
+            or 0
+        )
 
     def forget_job(self, job: str) -> None:
         """Drop everything known about a job (a full reset)."""
@@ -481,19 +564,52 @@ class StateStore:
 
     def start_run(self, job: str, kind: str) -> int:
         def write(conn: Connection) -> int:
-            result = conn.execute(runs.insert().values(
-                job=job, kind=kind, started_at=self._clock(), outcome="running",
-                rows_read=0, rows_sent=0, rows_skipped=0, rows_rejected=0))
-            return int(result.inserted_primary_key[0])
+            result = conn.execute(
+                runs.insert().values(
+                    job=job,
+                    kind=kind,
+                    started_at=self._clock(),
+                    outcome="running",
+                    rows_read=0,
+                    rows_sent=0,
+                    rows_skipped=0,
+                    rows_rejected=0,
+                )
+            )
+            inserted = result.inserted_primary_key
+            if inserted is None:  # pragma: no cover - both backends report the new id
+                raise StateError("state store: a new run got no id")
+            return int(inserted[0])
 
         return self._run(write, "starting a run")
 
-    def finish_run(self, run_id: int, outcome: str, *, read: int, sent: int, skipped: int,
-                   rejected_count: int, error: str | None) -> None:
-        self._run(lambda conn: conn.execute(update(runs).where(runs.c.id == run_id).values(
-            ended_at=self._clock(), outcome=outcome, rows_read=read, rows_sent=sent,
-            rows_skipped=skipped, rows_rejected=rejected_count, error=error)),
-            "finishing a run")
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: str,
+        *,
+        read: int,
+        sent: int,
+        skipped: int,
+        rejected_count: int,
+        error: str | None,
+    ) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    ended_at=self._clock(),
+                    outcome=outcome,
+                    rows_read=read,
+                    rows_sent=sent,
+                    rows_skipped=skipped,
+                    rows_rejected=rejected_count,
+                    error=error,
+                )
+            ),
+            "finishing a run",
+        )
 
     def runs(self, job: str, limit: int = 5) -> list[RunRecord]:
         def read(conn: Connection) -> list[RunRecord]:
@@ -504,14 +620,15 @@ class StateStore:
 
     # -- plumbing --------------------------------------------------------------
 
-    def _upsert(self, conn: Connection, table: Table, values: list[dict[str, Any]],
-                keys: list[str]) -> None:
+    def _upsert(
+        self, conn: Connection, table: Table, values: list[dict[str, Any]], keys: list[str]
+    ) -> None:
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         statement = insert(table)
         updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
         conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), values)
 
-    def _run(self, work: Callable[[Connection], Any], doing: str) -> Any:
+    def _run(self, work: Callable[[Connection], T], doing: str) -> T:
         try:
             with self._engine.begin() as conn:
                 return work(conn)

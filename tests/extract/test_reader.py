@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Date, Integer, MetaData, String, Table, text
 
-from sync.app import source_engine
 from sync.config import SourceSettings
+from sync.databases import source_engine
 from sync.errors import SourceError
 from sync.extract.query import Position
 from sync.extract.reader import SourceReader
@@ -17,9 +17,16 @@ from tests.support import BASE_TIME, execute, make_customers
 
 
 def settings(url: str, **overrides: Any) -> SourceSettings:
-    return SourceSettings.model_validate({"url": url, "table": "customers",
-                                          "cursor": "updated_at", "key": "id",
-                                          "batch_size": 7, **overrides})
+    return SourceSettings.model_validate(
+        {
+            "url": url,
+            "table": "customers",
+            "cursor": "updated_at",
+            "key": "id",
+            "batch_size": 7,
+            **overrides,
+        }
+    )
 
 
 ENGINES: list[Any] = []
@@ -44,8 +51,10 @@ def ids(batches: Any) -> list[int]:
 
 def expected_order(all_ids: range) -> list[int]:
     """(updated_at, id) order of tests.support.customer rows."""
+
     def cursor(i: int) -> Any:
         return BASE_TIME if i % 3 == 0 else BASE_TIME + timedelta(seconds=i)
+
     return sorted(all_ids, key=lambda i: (cursor(i), i))
 
 
@@ -74,7 +83,8 @@ def test_upper_bound_and_window(source_url: str) -> None:
     src = reader(source_url)
     upper = BASE_TIME + timedelta(seconds=10)
     assert ids(src.batches_after(None, upper)) == expected_order(
-        [i for i in range(1, 31) if i % 3 == 0 or i <= 10])  # type: ignore[arg-type]
+        [i for i in range(1, 31) if i % 3 == 0 or i <= 10]
+    )  # type: ignore[arg-type]
     end = Position(BASE_TIME + timedelta(seconds=20), 20)
     window = ids(src.batches_in_window(BASE_TIME + timedelta(seconds=14), end))
     assert window == [14, 16, 17, 19, 20]
@@ -115,14 +125,27 @@ def test_a_query_source_with_a_computed_cursor(source_url: str) -> None:
 
 
 def test_integer_and_date_cursors(source_url: str) -> None:
-    table = Table("events", MetaData(), Column("id", String(20), primary_key=True),
-                  Column("version", Integer), Column("day", Date))
+    table = Table(
+        "events",
+        MetaData(),
+        Column("id", String(20), primary_key=True),
+        Column("version", Integer),
+        Column("day", Date),
+    )
     engine = source_engine(source_url)
     table.metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(table.insert(), [{"id": f"k{i:02d}", "version": i // 4,
-                                       "day": date(2024, 1, 1) + timedelta(days=i // 5)}
-                                      for i in range(20)])
+        conn.execute(
+            table.insert(),
+            [
+                {
+                    "id": f"k{i:02d}",
+                    "version": i // 4,
+                    "day": date(2024, 1, 1) + timedelta(days=i // 5),
+                }
+                for i in range(20)
+            ],
+        )
     engine.dispose()
     by_version = reader(source_url, (), table="events", cursor="version")
     rows = [r for b in by_version.batches_after(Position(2, "k09"), None) for r in b]
@@ -132,13 +155,17 @@ def test_integer_and_date_cursors(source_url: str) -> None:
     assert [r["id"] for r in rows] == [f"k{i:02d}" for i in range(13, 20)]
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"table": "customer"}, "table 'customer' does not exist"),
-    ({"cursor": "updatedat"}, "column 'updatedat' does not exist"),
-    ({"key": "ID_"}, "column 'ID_' does not exist"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"table": "customer"}, "table 'customer' does not exist"),
+        ({"cursor": "updatedat"}, "column 'updatedat' does not exist"),
+        ({"key": "ID_"}, "column 'ID_' does not exist"),
+    ],
+)
 def test_missing_tables_and_columns_are_named_with_a_suggestion(
-        source_url: str, overrides: dict[str, str], message: str) -> None:
+    source_url: str, overrides: dict[str, str], message: str
+) -> None:
     make_customers(source_url, range(1, 3))
     with pytest.raises(SourceError) as raised:
         reader(source_url, **overrides)
@@ -154,14 +181,21 @@ def test_a_mapped_column_that_does_not_exist(source_url: str) -> None:
 
 def test_hostile_identifiers_and_values_are_quoted_and_bound(sqlite_url: str) -> None:
     name = "Odd-Täble"  # the config refuses quotes and semicolons in table names outright
-    table = Table(name, MetaData(), Column("k'ey", Integer, primary_key=True),
-                  Column('cur"sor', Integer), Column("data", String(50)))
+    table = Table(
+        name,
+        MetaData(),
+        Column("k'ey", Integer, primary_key=True),
+        Column('cur"sor', Integer),
+        Column("data", String(50)),
+    )
     victims = Table("victims", table.metadata, Column("id", Integer, primary_key=True))
     engine = source_engine(sqlite_url)
     table.metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(table.insert(), [{"k'ey": i, 'cur"sor': 1, "data": "'); DROP TABLE victims;"}
-                                      for i in range(5)])
+        conn.execute(
+            table.insert(),
+            [{"k'ey": i, 'cur"sor': 1, "data": "'); DROP TABLE victims;"} for i in range(5)],
+        )
     src = reader(sqlite_url, ("data",), table=name, cursor='cur"sor', key="k'ey")
     rows = [r for b in src.batches_after(Position(1, 1), None) for r in b]
     assert [r["k'ey"] for r in rows] == [2, 3, 4]

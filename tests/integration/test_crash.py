@@ -13,8 +13,14 @@ import pytest
 
 from sync.app import App
 from sync.sandbox import Faults, SandboxServer
-from tests.support import API_KEY, config_doc, load, make_customers, users_by_internal_id, \
-    write_config
+from tests.support import (
+    API_KEY,
+    config_doc,
+    load,
+    make_customers,
+    users_by_internal_id,
+    write_config,
+)
 
 ROWS = 2000
 BATCH = 100
@@ -22,9 +28,12 @@ CLI = str(Path(sys.executable).parent / "personyze-sync")
 
 
 def backfill(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([CLI, "backfill", "-c", str(config), "customers"],
-                            env={**os.environ, "TEST_API_KEY": API_KEY},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [CLI, "backfill", "-c", str(config), "customers"],
+        env={**os.environ, "TEST_API_KEY": API_KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def kill_after(process: subprocess.Popen[bytes], sandbox: SandboxServer, posts: int) -> bool:
@@ -41,19 +50,27 @@ def kill_after(process: subprocess.Popen[bytes], sandbox: SandboxServer, posts: 
     return True
 
 
-@pytest.mark.parametrize(("mapping", "wiki"), [
-    ({"id": "internal_id", "email": "email", "first_name": "first_name"}, False),
-    ({"id": "internal_id", "first_name": "first_name"}, False),  # internal_id only: live API
-    ({"id": "internal_id", "first_name": "first_name"}, True),   # ... and as the wiki says
-], ids=["with-email", "internal-id-only-live", "internal-id-only-wiki"])
+@pytest.mark.parametrize(
+    ("mapping", "wiki"),
+    [
+        ({"id": "internal_id", "email": "email", "first_name": "first_name"}, False),
+        ({"id": "internal_id", "first_name": "first_name"}, False),  # internal_id only: live API
+        ({"id": "internal_id", "first_name": "first_name"}, True),  # ... and as the wiki says
+    ],
+    ids=["with-email", "internal-id-only-live", "internal-id-only-wiki"],
+)
 def test_sigkill_during_backfill_loses_and_doubles_nothing(
-        tmp_path: Path, pg_url: str, mapping: dict[str, str], wiki: bool) -> None:
+    tmp_path: Path, pg_url: str, mapping: dict[str, str], wiki: bool
+) -> None:
     make_customers(pg_url, range(1, ROWS + 1))
-    with SandboxServer(API_KEY, internal_id_merges=wiki,
-                       faults=Faults(latency_s=0.002)) as sandbox:
-        doc = config_doc(source_url=pg_url, api_url=sandbox.url,
-                         state_url=f"sqlite:///{tmp_path}/state.db",
-                         source={"batch_size": BATCH}, job={"mapping": mapping})
+    with SandboxServer(API_KEY, internal_id_merges=wiki, faults=Faults(latency_s=0.002)) as sandbox:
+        doc = config_doc(
+            source_url=pg_url,
+            api_url=sandbox.url,
+            state_url=f"sqlite:///{tmp_path}/state.db",
+            source={"batch_size": BATCH},
+            job={"mapping": mapping},
+        )
         config = write_config(tmp_path / "sync.yaml", doc)
         kills = 0
         for posts in (150, 420, 260, 333, 500):

@@ -16,8 +16,14 @@ from sync.runner import RunOptions
 from sync.sandbox import SandboxServer
 from tests.support import config_doc, load, users_by_internal_id, write_config
 
-MAPPING = {"customer_id": "internal_id", "email": "email", "first_name": "firstName",
-           "last_name": "last_name", "active": "custom_i_1", "store_id": "custom_i_2"}
+MAPPING = {
+    "customer_id": "internal_id",
+    "email": "email",
+    "first_name": "firstName",
+    "last_name": "last_name",
+    "active": "custom_i_1",
+    "store_id": "custom_i_2",
+}
 CITY_QUERY = """
     SELECT c.customer_id, c.email, c.first_name, c.last_name, a.phone, ci.city, co.country,
            GREATEST(c.last_update, a.last_update, ci.last_update, co.last_update) AS changed_at
@@ -29,11 +35,18 @@ CITY_QUERY = """
 
 
 def sakila_app(tmp_path: Path, url: str, sandbox: SandboxServer, **job: Any) -> App:
-    doc = config_doc(source_url=url, api_url=sandbox.url,
-                     state_url=f"sqlite:///{tmp_path}/state.db",
-                     source={"table": "customer", "cursor": "last_update", "key": "customer_id",
-                             "batch_size": 50},
-                     job={"mapping": MAPPING, **job})
+    doc = config_doc(
+        source_url=url,
+        api_url=sandbox.url,
+        state_url=f"sqlite:///{tmp_path}/state.db",
+        source={
+            "table": "customer",
+            "cursor": "last_update",
+            "key": "customer_id",
+            "batch_size": 50,
+        },
+        job={"mapping": MAPPING, **job},
+    )
     return App(load(write_config(tmp_path / "sakila.yaml", doc)))
 
 
@@ -65,7 +78,8 @@ def posts(sandbox: SandboxServer) -> list[Any]:
 
 
 def test_all_599_customers_arrive_once_though_they_share_one_last_update(
-        tmp_path: Path, sakila_url: str, sandbox: SandboxServer) -> None:
+    tmp_path: Path, sakila_url: str, sandbox: SandboxServer
+) -> None:
     assert len({str(r["last_update"]) for r in customers(sakila_url).values()}) == 1
     with sakila_app(tmp_path, sakila_url, sandbox) as app:
         stats = app.run(app.config.jobs[0], RunOptions(kind="backfill"))
@@ -79,7 +93,8 @@ def test_all_599_customers_arrive_once_though_they_share_one_last_update(
 
 
 def test_an_update_is_sent_on_the_next_run_and_nothing_else_is_resent(
-        tmp_path: Path, sakila_url: str, sandbox: SandboxServer) -> None:
+    tmp_path: Path, sakila_url: str, sandbox: SandboxServer
+) -> None:
     with sakila_app(tmp_path, sakila_url, sandbox) as app:
         job = app.config.jobs[0]
         app.run(job, RunOptions())
@@ -92,9 +107,12 @@ def test_an_update_is_sent_on_the_next_run_and_nothing_else_is_resent(
         second = app.run(job, RunOptions())
         assert second.sent == 1
         assert [r.body for r in posts(sandbox)] == [
-            {**posts(sandbox)[0].body, "first_name": "MARIE"}]
-        assert posts(sandbox)[0].body["user_id"] == users_by_internal_id(
-            sandbox.users())["5"][0]["user_id"]
+            {**posts(sandbox)[0].body, "first_name": "MARIE"}
+        ]
+        assert (
+            posts(sandbox)[0].body["user_id"]
+            == users_by_internal_id(sandbox.users())["5"][0]["user_id"]
+        )
 
         sandbox.clear_requests()
         third = app.run(job, RunOptions())
@@ -103,17 +121,25 @@ def test_an_update_is_sent_on_the_next_run_and_nothing_else_is_resent(
 
 
 def test_changes_and_an_email_change_leave_one_user_per_customer_in_both_modes(
-        tmp_path: Path, sakila_url: str, any_sandbox: SandboxServer) -> None:
+    tmp_path: Path, sakila_url: str, any_sandbox: SandboxServer
+) -> None:
     with sakila_app(tmp_path, sakila_url, any_sandbox) as app:
         job = app.config.jobs[0]
         app.run(job, RunOptions())
         engine = create_engine(sakila_url)
         with engine.begin() as conn:
-            conn.execute(text("UPDATE customer SET email = 'Mary.New@Example.org' "
-                              "WHERE customer_id = 1"))
-            conn.execute(text("UPDATE customer SET last_name = 'SMYTHE', active = 0 "
-                              "WHERE customer_id IN (2, 3, 4)"))
-            conn.execute(text("UPDATE customer SET store_id = 3 - store_id WHERE customer_id = 599"))
+            conn.execute(
+                text("UPDATE customer SET email = 'Mary.New@Example.org' WHERE customer_id = 1")
+            )
+            conn.execute(
+                text(
+                    "UPDATE customer SET last_name = 'SMYTHE', active = 0 "
+                    "WHERE customer_id IN (2, 3, 4)"
+                )
+            )
+            conn.execute(
+                text("UPDATE customer SET store_id = 3 - store_id WHERE customer_id = 599")
+            )
         engine.dispose()
         before = {u["internal_id"]: u["user_id"] for u in any_sandbox.users()}
         second = app.run(job, RunOptions())
@@ -126,23 +152,41 @@ def test_changes_and_an_email_change_leave_one_user_per_customer_in_both_modes(
 
 
 def test_a_query_over_customer_address_city_and_country(
-        tmp_path: Path, sakila_url: str, sandbox: SandboxServer) -> None:
-    job = {"mapping": {"customer_id": "internal_id", "email": "email", "phone": "custom_t_1",
-                       "city": "current_city", "country": "current_country"},
-           "transforms": {"full_name": [{"template": "{first_name} {last_name}"}]}}
+    tmp_path: Path, sakila_url: str, sandbox: SandboxServer
+) -> None:
+    job = {
+        "mapping": {
+            "customer_id": "internal_id",
+            "email": "email",
+            "phone": "custom_t_1",
+            "city": "current_city",
+            "country": "current_country",
+        },
+        "transforms": {"full_name": [{"template": "{first_name} {last_name}"}]},
+    }
     with sakila_app(tmp_path, sakila_url, sandbox, **job) as app:
-        settings = app.config.jobs[0].model_copy(update={"source": app.config.jobs[0].source
-                                                 .model_copy(update={"table": None,
-                                                                     "query": CITY_QUERY,
-                                                                     "cursor": "changed_at"})})
+        settings = app.config.jobs[0].model_copy(
+            update={
+                "source": app.config.jobs[0].source.model_copy(
+                    update={"table": None, "query": CITY_QUERY, "cursor": "changed_at"}
+                )
+            }
+        )
         first = app.run(settings, RunOptions())
         assert first.sent == 599
         london = users_by_internal_id(sandbox.users())
         engine = create_engine(sakila_url)
         with engine.begin() as conn:
-            in_city = conn.execute(text(
-                "SELECT c.customer_id FROM customer c JOIN address a USING (address_id) "
-                "WHERE a.city_id = 312")).scalars().all()
+            in_city = (
+                conn.execute(
+                    text(
+                        "SELECT c.customer_id FROM customer c JOIN address a USING (address_id) "
+                        "WHERE a.city_id = 312"
+                    )
+                )
+                .scalars()
+                .all()
+            )
             conn.execute(text("UPDATE city SET city = 'Londinium' WHERE city_id = 312"))
         engine.dispose()
         sandbox.clear_requests()

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, text
 
-from sync.app import App, source_engine
+from sync.app import App
+from sync.databases import source_engine
 from sync.errors import AuthError, RetriableError
 from sync.runner import RunOptions
 from sync.sandbox import Faults, SandboxServer
@@ -27,10 +28,19 @@ from tests.support import (
 )
 
 
-def make_app(tmp_path: Path, source_url: str, sandbox: SandboxServer, state_url: str | None = None,
-             **parts: Any) -> App:
-    doc = config_doc(source_url=source_url, api_url=sandbox.url,
-                     state_url=state_url or f"sqlite:///{tmp_path}/state.db", **parts)
+def make_app(
+    tmp_path: Path,
+    source_url: str,
+    sandbox: SandboxServer,
+    state_url: str | None = None,
+    **parts: Any,
+) -> App:
+    doc = config_doc(
+        source_url=source_url,
+        api_url=sandbox.url,
+        state_url=state_url or f"sqlite:///{tmp_path}/state.db",
+        **parts,
+    )
     return App(load(write_config(tmp_path / "sync.yaml", doc)))
 
 
@@ -44,8 +54,9 @@ def assert_one_user_per_row(sandbox: SandboxServer, ids: range | list[int]) -> N
     assert all(len(found) == 1 for found in users.values())
 
 
-def test_backfill_then_incremental_runs(tmp_path: Path, source_url: str,
-                                        sandbox: SandboxServer) -> None:
+def test_backfill_then_incremental_runs(
+    tmp_path: Path, source_url: str, sandbox: SandboxServer
+) -> None:
     make_customers(source_url, range(1, 121))
     with make_app(tmp_path, source_url, sandbox) as app:
         job = app.config.jobs[0]
@@ -58,8 +69,9 @@ def test_backfill_then_incremental_runs(tmp_path: Path, source_url: str,
         assert "password_hash" not in user
 
         later = BASE_TIME + timedelta(days=1)
-        change_customers(source_url, customers.c.id.in_([5, 6, 7]), first_name="Changed",
-                         updated_at=later)
+        change_customers(
+            source_url, customers.c.id.in_([5, 6, 7]), first_name="Changed", updated_at=later
+        )
         make_customers(source_url, [121, 122], updated_at=later)
         sandbox.clear_requests()
         second = app.run(job, RunOptions())
@@ -75,15 +87,21 @@ def test_backfill_then_incremental_runs(tmp_path: Path, source_url: str,
         assert (third.read, third.sent) == (0, 0) and sandbox.requests == []
         runs = app.store.runs("customers")
         assert [(r.outcome, r.rows_sent) for r in runs] == [
-            ("success", 0), ("success", 5), ("success", 120)]
+            ("success", 0),
+            ("success", 5),
+            ("success", 120),
+        ]
 
 
 def test_lookback_catches_a_row_committed_late_with_an_older_cursor(
-        tmp_path: Path, pg_url: str, sandbox: SandboxServer) -> None:
+    tmp_path: Path, pg_url: str, sandbox: SandboxServer
+) -> None:
     make_customers(pg_url, range(1, 21))
     (tmp_path / "b").mkdir()
-    with make_app(tmp_path, pg_url, sandbox, source={"lookback": "1h"}) as app, \
-            make_app(tmp_path / "b", pg_url, sandbox) as no_lookback:
+    with (
+        make_app(tmp_path, pg_url, sandbox, source={"lookback": "1h"}) as app,
+        make_app(tmp_path / "b", pg_url, sandbox) as no_lookback,
+    ):
         app.run(app.config.jobs[0], RunOptions())
         no_lookback.run(no_lookback.config.jobs[0], RunOptions())
         # committed now, but stamped before the checkpoint (a long transaction)
@@ -97,7 +115,8 @@ def test_lookback_catches_a_row_committed_late_with_an_older_cursor(
 
 
 def test_two_rows_sharing_an_email_are_one_user_and_a_reported_collision(
-        tmp_path: Path, sqlite_url: str, sandbox: SandboxServer) -> None:
+    tmp_path: Path, sqlite_url: str, sandbox: SandboxServer
+) -> None:
     make_customers(sqlite_url, range(1, 6))
     change_customers(sqlite_url, customers.c.id == 4, email="USER2@example.com")
     with make_app(tmp_path, sqlite_url, sandbox) as app:
@@ -109,20 +128,26 @@ def test_two_rows_sharing_an_email_are_one_user_and_a_reported_collision(
 
 
 def test_a_run_that_gives_up_keeps_its_checkpoint_before_the_row_still_owed(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     make_customers(pg_url, range(1, 201))
-    with SandboxServer("test-key-3f9a1c", faults=Faults(error_rate=0.05, seed=3)) as sandbox, \
-            make_app(tmp_path, pg_url, sandbox,
-                     personyze={"max_attempts": 1, "concurrency": 1}) as app:
+    with (
+        SandboxServer("test-key-3f9a1c", faults=Faults(error_rate=0.05, seed=3)) as sandbox,
+        make_app(tmp_path, pg_url, sandbox, personyze={"max_attempts": 1, "concurrency": 1}) as app,
+    ):
         job = app.config.jobs[0]
         with pytest.raises(RetriableError, match="could not be delivered"):
             app.run(job, RunOptions())
         checkpoint = app.store.checkpoint("customers")
         assert checkpoint is not None
         delivered = {int(k) for k in users_by_internal_id(sandbox.users())}
-        order = [r["id"] for r in sorted((customer(i) for i in range(1, 201)),
-                                         key=lambda r: (r["updated_at"], r["id"]))]
-        passed = order[:order.index(checkpoint.key) + 1]
+        order = [
+            r["id"]
+            for r in sorted(
+                (customer(i) for i in range(1, 201)), key=lambda r: (r["updated_at"], r["id"])
+            )
+        ]
+        passed = order[: order.index(checkpoint.key) + 1]
         assert set(passed) <= delivered, "the checkpoint moved past a row not delivered"
         assert len(delivered) < 200
         assert app.store.runs("customers")[0].outcome == "failed"
@@ -146,18 +171,37 @@ def test_a_refused_key_stops_the_job_at_once(tmp_path: Path, sqlite_url: str) ->
 
 
 def test_rows_personyze_rejects_are_kept_and_retried_once_fixed(
-        tmp_path: Path, sqlite_url: str, sandbox: SandboxServer) -> None:
-    table = Table("accounts", MetaData(), Column("id", Integer, primary_key=True),
-                  Column("email", String(100)), Column("pz", Integer),
-                  Column("version", Integer))
+    tmp_path: Path, sqlite_url: str, sandbox: SandboxServer
+) -> None:
+    table = Table(
+        "accounts",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("email", String(100)),
+        Column("pz", Integer),
+        Column("version", Integer),
+    )
     engine = source_engine(sqlite_url)
     table.metadata.create_all(engine)
     engine.dispose()
-    execute(sqlite_url, table.insert().values([
-        {"id": i, "email": f"a{i}@example.com", "pz": 999_999 if i == 3 else None, "version": 1}
-        for i in range(1, 6)]))
-    parts = {"source": {"table": "accounts", "cursor": "version"},
-             "job": {"mapping": {"id": "internal_id", "email": "email", "pz": "user_id"}}}
+    execute(
+        sqlite_url,
+        table.insert().values(
+            [
+                {
+                    "id": i,
+                    "email": f"a{i}@example.com",
+                    "pz": 999_999 if i == 3 else None,
+                    "version": 1,
+                }
+                for i in range(1, 6)
+            ]
+        ),
+    )
+    parts = {
+        "source": {"table": "accounts", "cursor": "version"},
+        "job": {"mapping": {"id": "internal_id", "email": "email", "pz": "user_id"}},
+    }
     with make_app(tmp_path, sqlite_url, sandbox, **parts) as app:
         job = app.config.jobs[0]
         first = app.run(job, RunOptions())
@@ -174,23 +218,31 @@ def test_rows_personyze_rejects_are_kept_and_retried_once_fixed(
     assert len(sandbox.users()) == 5
 
 
-def test_a_time_zone_aware_cursor_resumes_exactly(tmp_path: Path, pg_url: str,
-                                                  sandbox: SandboxServer) -> None:
-    execute(pg_url,
-            text("CREATE TABLE members (id int PRIMARY KEY, email text, "
-                 "changed timestamptz NOT NULL)"),
-            text("INSERT INTO members SELECT i, 'm' || i || '@example.com', "
-                 "timestamptz '2024-03-31 01:30:00+01' + (i % 4) * interval '1 hour' "
-                 "FROM generate_series(1, 30) i"))
-    parts = {"source": {"table": "members", "cursor": "changed", "batch_size": 4},
-             "job": {"mapping": {"id": "internal_id", "email": "email", "changed": "custom_d_1"}}}
+def test_a_time_zone_aware_cursor_resumes_exactly(
+    tmp_path: Path, pg_url: str, sandbox: SandboxServer
+) -> None:
+    execute(
+        pg_url,
+        text("CREATE TABLE members (id int PRIMARY KEY, email text, changed timestamptz NOT NULL)"),
+        text(
+            "INSERT INTO members SELECT i, 'm' || i || '@example.com', "
+            "timestamptz '2024-03-31 01:30:00+01' + (i % 4) * interval '1 hour' "
+            "FROM generate_series(1, 30) i"
+        ),
+    )
+    parts = {
+        "source": {"table": "members", "cursor": "changed", "batch_size": 4},
+        "job": {"mapping": {"id": "internal_id", "email": "email", "changed": "custom_d_1"}},
+    }
     with make_app(tmp_path, pg_url, sandbox, **parts) as app:
         job = app.config.jobs[0]
         assert app.run(job, RunOptions()).sent == 30
         checkpoint = app.store.checkpoint("customers")
         assert checkpoint is not None and checkpoint.cursor.tzinfo is not None
-        execute(pg_url, text("UPDATE members SET email = 'x' || email, changed = now() "
-                             "WHERE id IN (2, 9)"))
+        execute(
+            pg_url,
+            text("UPDATE members SET email = 'x' || email, changed = now() WHERE id IN (2, 9)"),
+        )
         sandbox.clear_requests()
         assert app.run(job, RunOptions()).sent == 2
     assert sorted(r.body["internal_id"] for r in posts(sandbox)) == [2, 9]

@@ -1,0 +1,670 @@
+"""The state store's contract, run against every backend it supports.
+
+Each test runs on an SQLite file (in a folder that does not exist yet) and on a
+fresh PostgreSQL database. Time comes from a fake clock, so every timestamp the
+store writes is asserted exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from sync.errors import ConfigError, StateError
+from sync.extract.query import Position
+from sync.state.store import (
+    Ack,
+    BatchOutcome,
+    Collision,
+    KnownRow,
+    PendingRow,
+    RejectedRow,
+    RunRecord,
+    StateStore,
+    StoredRejection,
+    state_engine,
+)
+
+JOB = "contacts"
+OTHER = "orders"
+T0 = 1_700_000_000.25
+
+
+class FakeClock:
+    """A clock that says whatever time it was set to."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        folder = tmp_path / "not" / "yet" / "there"
+        assert not folder.exists()
+        yield f"sqlite:///{folder}/state.db"
+        assert (folder / "state.db").is_file()
+    else:
+        yield str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store(store_url: str, clock: FakeClock) -> Iterator[StateStore]:
+    state = StateStore(state_engine(store_url), clock)
+    state.create_schema()
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def ack(key: str, user_id: int, fingerprint: str = "f" * 32) -> Ack:
+    return Ack(key=key, user_id=user_id, fingerprint=fingerprint)
+
+
+def reject(
+    key: str,
+    *,
+    reason: str = "bad email",
+    status: int | None = 400,
+    fingerprint: str | None = "r" * 32,
+    payload: dict[str, Any] | None = None,
+) -> RejectedRow:
+    return RejectedRow(
+        key=key,
+        payload=payload if payload is not None else {"email": "x"},
+        reason=reason,
+        status=status,
+        fingerprint=fingerprint,
+    )
+
+
+# -- checkpoints -------------------------------------------------------------------
+
+CURSOR_VALUES = [
+    pytest.param(42, id="int"),
+    pytest.param(-(2**70), id="int-beyond-64-bits"),
+    pytest.param("2024-05-01 key/with:odd chars é", id="str"),
+    pytest.param("", id="empty-str"),
+    pytest.param(Decimal("12345.6789000"), id="decimal"),
+    pytest.param(0.1 + 0.2, id="float"),
+    pytest.param(datetime(2024, 5, 1, 13, 45, 7, 123456), id="naive-datetime"),
+    pytest.param(
+        datetime(2024, 5, 1, 13, 45, 7, 5, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        id="aware-datetime",
+    ),
+    pytest.param(date(2024, 2, 29), id="date"),
+    pytest.param(UUID("12345678-1234-5678-1234-567812345678"), id="uuid"),
+]
+
+
+def assert_same(got: Any, want: Any) -> None:
+    """Equal, of the very same type, and (for decimals and datetimes) the same form."""
+    assert type(got) is type(want)
+    assert got == want
+    if isinstance(want, Decimal):
+        assert str(got) == str(want)  # trailing zeros (the precision) are kept
+    if isinstance(want, datetime):
+        assert got.tzinfo == want.tzinfo
+        assert got.utcoffset() == want.utcoffset()
+
+
+@pytest.mark.parametrize("value", CURSOR_VALUES)
+def test_checkpoint_round_trip_keeps_the_type(store: StateStore, value: Any) -> None:
+    # As a cursor, moved by hand; as a key, saved with a batch: both write paths.
+    store.set_checkpoint(JOB, Position(cursor=value, key=7))
+    store.commit_batch(OTHER, BatchOutcome(checkpoint=Position(cursor="c", key=value)))
+    as_cursor, as_key = store.checkpoint(JOB), store.checkpoint(OTHER)
+    assert as_cursor is not None
+    assert as_key is not None
+    assert_same(as_cursor.cursor, value)
+    assert_same(as_cursor.key, 7)
+    assert_same(as_key.cursor, "c")
+    assert_same(as_key.key, value)
+
+
+def test_checkpoint_with_no_key_means_from_this_cursor_on(store: StateStore) -> None:
+    store.set_checkpoint(JOB, Position(cursor=date(2024, 1, 1), key=None))
+    assert store.checkpoint(JOB) == Position(cursor=date(2024, 1, 1), key=None)
+
+
+def test_checkpoint_absent_then_moved_then_forgotten(store: StateStore) -> None:
+    assert store.checkpoint(JOB) is None
+    store.set_checkpoint(JOB, Position(cursor=1, key="a"))
+    store.set_checkpoint(JOB, Position(cursor=2, key="b"))
+    assert store.checkpoint(JOB) == Position(cursor=2, key="b")
+    store.set_checkpoint(JOB, None)
+    assert store.checkpoint(JOB) is None
+    store.set_checkpoint(JOB, None)  # forgetting twice is harmless
+    assert store.checkpoint(JOB) is None
+
+
+def test_checkpoints_of_jobs_are_independent(store: StateStore) -> None:
+    store.set_checkpoint(JOB, Position(cursor=1, key="a"))
+    store.commit_batch(OTHER, BatchOutcome(checkpoint=Position(cursor=99, key="z")))
+    assert store.checkpoint(JOB) == Position(cursor=1, key="a")
+    assert store.checkpoint(OTHER) == Position(cursor=99, key="z")
+    store.set_checkpoint(JOB, None)
+    assert store.checkpoint(JOB) is None
+    assert store.checkpoint(OTHER) == Position(cursor=99, key="z")
+
+
+def test_commit_batch_moves_an_existing_checkpoint(store: StateStore) -> None:
+    store.commit_batch(JOB, BatchOutcome(checkpoint=Position(cursor=1, key="a")))
+    store.commit_batch(JOB, BatchOutcome(checkpoint=Position(cursor=2, key="b")))
+    store.commit_batch(JOB, BatchOutcome())  # no checkpoint: it stays where it was
+    assert store.checkpoint(JOB) == Position(cursor=2, key="b")
+
+
+def test_unsupported_cursor_type_is_a_state_error(store: StateStore) -> None:
+    with pytest.raises(StateError, match="bytes"):
+        store.set_checkpoint(JOB, Position(cursor=b"raw", key=1))
+    assert store.checkpoint(JOB) is None
+
+
+# -- one batch, all or nothing -----------------------------------------------------
+
+
+def test_commit_batch_writes_everything(store: StateStore, clock: FakeClock) -> None:
+    store.commit_batch(
+        JOB,
+        BatchOutcome(
+            acks=[ack("1", 101, "a" * 32), ack("2", 102, "b" * 32)],
+            rejected=[reject("3")],
+            collisions=[Collision(key="4", user_id=101, other_key="1")],
+            checkpoint=Position(cursor=10, key="4"),
+        ),
+    )
+    assert store.known_rows(JOB, ["1", "2", "3", "4"]) == {
+        "1": KnownRow(101, "a" * 32),
+        "2": KnownRow(102, "b" * 32),
+    }
+    assert store.rejections(JOB) == [
+        StoredRejection(
+            key="3",
+            payload={"email": "x"},
+            reason="bad email",
+            status=400,
+            fingerprint="r" * 32,
+            attempts=1,
+            first_at=T0,
+            last_at=T0,
+        )
+    ]
+    assert store.collisions(JOB) == [Collision("4", 101, "1")]
+    assert store.checkpoint(JOB) == Position(cursor=10, key="4")
+    assert store.row_count(JOB) == 2
+
+
+def test_commit_batch_is_all_or_nothing(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.commit_batch(
+        JOB, BatchOutcome(acks=[ack("old", 1, "o" * 32)], checkpoint=Position(cursor=1, key="old"))
+    )
+    store.add_pending(JOB, [("1", "int-1")])
+    store.commit_batch(JOB, BatchOutcome(rejected=[reject("2")]))
+
+    def boom(*_args: Any, **_kwargs: Any) -> None:
+        raise OperationalError("INSERT INTO psync_rejected", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(StateStore, "_record_rejection", boom)
+    with pytest.raises(StateError, match="disk I/O error") as caught:
+        store.commit_batch(
+            JOB,
+            BatchOutcome(
+                acks=[ack("1", 201, "n" * 32), ack("2", 202, "n" * 32), ack("old", 9, "n" * 32)],
+                rejected=[reject("3")],
+                collisions=[Collision("4", 201, "1")],
+                checkpoint=Position(cursor=50, key="4"),
+            ),
+        )
+    assert isinstance(caught.value.__cause__, OperationalError)
+    monkeypatch.undo()
+
+    # Nothing of the failed batch stuck: not the acks written before the failure,
+    # nor the pending mark and rejection they deleted, nor the checkpoint.
+    assert store.known_rows(JOB, ["1", "2", "old"]) == {"old": KnownRow(1, "o" * 32)}
+    assert store.pending(JOB) == [PendingRow("1", "int-1", T0)]
+    assert [r.key for r in store.rejections(JOB)] == ["2"]
+    assert store.collisions(JOB) == []
+    assert store.checkpoint(JOB) == Position(cursor=1, key="old")
+    assert store.row_count(JOB) == 1
+
+
+# -- identities --------------------------------------------------------------------
+
+
+def test_acks_upsert_identities_and_replace_fingerprints(
+    store: StateStore, clock: FakeClock
+) -> None:
+    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", 101, "a" * 32), ack("2", 102, "b" * 32)]))
+    clock.advance(60)
+    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", 111, "c" * 32), ack("3", 103, "d" * 32)]))
+    assert store.known_rows(JOB, ["1", "2", "3", "missing"]) == {
+        "1": KnownRow(111, "c" * 32),
+        "2": KnownRow(102, "b" * 32),
+        "3": KnownRow(103, "d" * 32),
+    }
+    assert store.known_rows(JOB, []) == {}
+    assert store.known_rows(OTHER, ["1", "2", "3"]) == {}
+    assert store.row_count(JOB) == 3
+    assert store.row_count(OTHER) == 0
+
+
+def test_same_key_twice_in_one_batch_the_last_wins(store: StateStore) -> None:
+    store.commit_batch(
+        JOB,
+        BatchOutcome(
+            acks=[ack("1", 101, "a" * 32), ack("1", 102, "b" * 32)],
+            collisions=[Collision("9", 1, "x"), Collision("9", 2, "y")],
+        ),
+    )
+    assert store.known_rows(JOB, ["1"]) == {"1": KnownRow(102, "b" * 32)}
+    assert store.collisions(JOB) == [Collision("9", 2, "y")]
+
+
+def test_user_ids_beyond_32_bits_are_kept(store: StateStore) -> None:
+    big = 2**40 + 7
+    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", big)]))
+    assert store.known_rows(JOB, ["1"]) == {"1": KnownRow(big, "f" * 32)}
+    assert store.holders(JOB, [big]) == {big: ["1"]}
+
+
+def test_ack_clears_pending_mark_and_rejection_of_that_key_only(store: StateStore) -> None:
+    store.add_pending(JOB, [("1", "i-1"), ("2", "i-2")])
+    store.add_pending(OTHER, [("1", "i-1")])
+    store.commit_batch(JOB, BatchOutcome(rejected=[reject("1"), reject("3")]))
+    store.commit_batch(OTHER, BatchOutcome(rejected=[reject("1")]))
+
+    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", 101)]))
+
+    assert [p.key for p in store.pending(JOB)] == ["2"]
+    assert [r.key for r in store.rejections(JOB)] == ["3"]
+    assert store.rejected_fingerprints(JOB, ["1", "3"]) == {"3": "r" * 32}
+    # The same key of another job is untouched.
+    assert [p.key for p in store.pending(OTHER)] == ["1"]
+    assert [r.key for r in store.rejections(OTHER)] == ["1"]
+
+
+def test_holders_finds_keys_holding_user_ids(store: StateStore) -> None:
+    store.commit_batch(JOB, BatchOutcome(acks=[ack("a", 1), ack("b", 2), ack("c", 1)]))
+    store.commit_batch(OTHER, BatchOutcome(acks=[ack("z", 1), ack("y", 3)]))
+    found = store.holders(JOB, [1, 2, 3, 1])
+    assert {uid: sorted(keys) for uid, keys in found.items()} == {1: ["a", "c"], 2: ["b"]}
+    assert store.holders(JOB, []) == {}
+    assert store.holders(JOB, [404]) == {}
+    assert store.holders(OTHER, iter([1])) == {1: ["z"]}
+
+
+# -- rejected rows -----------------------------------------------------------------
+
+
+def test_rejection_recorded_again_counts_attempts_and_keeps_first_at(
+    store: StateStore, clock: FakeClock
+) -> None:
+    store.commit_batch(
+        JOB,
+        BatchOutcome(
+            rejected=[reject("1", reason="first", fingerprint="1" * 32, payload={"v": 1})]
+        ),
+    )
+    t1 = clock.advance(30.5)
+    store.commit_batch(
+        JOB,
+        BatchOutcome(
+            rejected=[
+                reject("1", reason="second", status=422, fingerprint="2" * 32, payload={"v": 2})
+            ]
+        ),
+    )
+    t2 = clock.advance(10)
+    store.commit_batch(
+        JOB,
+        BatchOutcome(
+            rejected=[reject("1", reason="third", fingerprint="3" * 32, payload={"v": 3})]
+        ),
+    )
+    assert t1 != T0
+    assert store.rejections(JOB) == [
+        StoredRejection(
+            key="1",
+            payload={"v": 3},
+            reason="third",
+            status=400,
+            fingerprint="3" * 32,
+            attempts=3,
+            first_at=T0,
+            last_at=t2,
+        )
+    ]
+
+
+def test_rejected_fingerprints_and_mapper_rejections(store: StateStore) -> None:
+    store.commit_batch(
+        JOB,
+        BatchOutcome(
+            rejected=[
+                reject("1", fingerprint="a" * 32),
+                reject("2", reason="no email column", status=None, fingerprint=None),
+            ]
+        ),
+    )
+    assert store.rejected_fingerprints(JOB, ["1", "2", "3"]) == {"1": "a" * 32, "2": None}
+    assert store.rejected_fingerprints(JOB, []) == {}
+    assert store.rejected_fingerprints(OTHER, ["1", "2"]) == {}
+    mapper = [r for r in store.rejections(JOB) if r.key == "2"]
+    assert mapper == [
+        StoredRejection(
+            key="2",
+            payload={"email": "x"},
+            reason="no email column",
+            status=None,
+            fingerprint=None,
+            attempts=1,
+            first_at=T0,
+            last_at=T0,
+        )
+    ]
+
+
+def test_rejections_listed_oldest_first_and_dropped(store: StateStore, clock: FakeClock) -> None:
+    store.commit_batch(JOB, BatchOutcome(rejected=[reject("b")]))
+    clock.advance(1)
+    store.commit_batch(JOB, BatchOutcome(rejected=[reject("a"), reject("c")]))
+    store.commit_batch(OTHER, BatchOutcome(rejected=[reject("a")]))
+    assert store.rejections(JOB)[0].key == "b"
+    assert sorted(r.key for r in store.rejections(JOB)) == ["a", "b", "c"]
+
+    store.drop_rejections(JOB, ["a", "b", "not-there"])
+    store.drop_rejections(JOB, [])
+    assert [r.key for r in store.rejections(JOB)] == ["c"]
+    assert [r.key for r in store.rejections(OTHER)] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "stored"),
+    [
+        pytest.param(
+            {
+                "email": "ä@例え.jp",
+                "n": 3,
+                "f": 1.5,
+                "ok": True,
+                "none": None,
+                "list": [1, "two"],
+                "nested": {"x": {"y": []}},
+            },
+            {
+                "email": "ä@例え.jp",
+                "n": 3,
+                "f": 1.5,
+                "ok": True,
+                "none": None,
+                "list": [1, "two"],
+                "nested": {"x": {"y": []}},
+            },
+            id="json",
+        ),
+        pytest.param(
+            {"at": datetime(2024, 1, 2, 3, 4, 5), "amount": Decimal("1.10")},
+            {"at": "2024-01-02 03:04:05", "amount": "1.10"},
+            id="not-json-as-text",
+        ),
+        pytest.param({}, {}, id="empty"),
+    ],
+)
+def test_rejected_payload_round_trips_through_json(
+    store: StateStore, payload: dict[str, Any], stored: dict[str, Any]
+) -> None:
+    store.commit_batch(JOB, BatchOutcome(rejected=[reject("1", payload=payload)]))
+    [got] = store.rejections(JOB)
+    assert got.payload == stored
+
+
+# -- rows sent without an answer ---------------------------------------------------
+
+
+def test_pending_marks_ordered_by_sent_at(store: StateStore, clock: FakeClock) -> None:
+    store.add_pending(JOB, [("b", "int-b")])
+    t1 = clock.advance(5)
+    store.add_pending(JOB, [("a", "int-a")])
+    t2 = clock.advance(5)
+    store.add_pending(JOB, [("c", "int-c"), ("b", "int-b2")])  # "b" marked again: later
+    store.add_pending(JOB, [])
+    store.add_pending(OTHER, [("x", "int-x")])
+    assert t1 < t2
+    got = store.pending(JOB)
+    assert got[0] == PendingRow("a", "int-a", t1)
+    assert sorted(got[1:], key=lambda p: p.key) == [
+        PendingRow("b", "int-b2", t2),
+        PendingRow("c", "int-c", t2),
+    ]
+    assert store.pending(OTHER) == [PendingRow("x", "int-x", t2)]
+
+
+def test_adopt_stores_user_id_with_empty_fingerprint(store: StateStore, clock: FakeClock) -> None:
+    store.add_pending(JOB, [("1", "i-1"), ("2", "i-2"), ("3", "i-3")])
+    store.commit_batch(JOB, BatchOutcome(acks=[ack("2", 5, "old" + "0" * 29)]))
+    clock.advance(3)
+    store.adopt(JOB, {"1": 901, "2": 902})
+    store.adopt(JOB, {})
+    assert store.known_rows(JOB, ["1", "2", "3"]) == {
+        "1": KnownRow(901, ""),
+        "2": KnownRow(902, ""),
+    }
+    assert store.pending(JOB) == [PendingRow("3", "i-3", T0)]
+    assert store.holders(JOB, [901, 902]) == {901: ["1"], 902: ["2"]}
+
+
+def test_clear_pending(store: StateStore) -> None:
+    store.add_pending(JOB, [("1", "i-1"), ("2", "i-2")])
+    store.add_pending(OTHER, [("1", "i-1")])
+    store.clear_pending(JOB, ["1", "unknown"])
+    store.clear_pending(JOB, [])
+    assert store.pending(JOB) == [PendingRow("2", "i-2", T0)]
+    assert store.pending(OTHER) == [PendingRow("1", "i-1", T0)]
+
+
+# -- collisions and forgetting a job -----------------------------------------------
+
+
+def test_collisions_listed_and_updated(store: StateStore) -> None:
+    store.commit_batch(
+        JOB, BatchOutcome(collisions=[Collision("b", 7, "a"), Collision("a", 8, "z")])
+    )
+    store.commit_batch(JOB, BatchOutcome(collisions=[Collision("b", 9, "c")]))
+    assert store.collisions(JOB) == [Collision("a", 8, "z"), Collision("b", 9, "c")]
+    assert store.collisions(OTHER) == []
+
+
+def test_forget_job_removes_one_job_only(store: StateStore) -> None:
+    for job in (JOB, OTHER):
+        store.add_pending(job, [("p", "i-p")])
+        store.commit_batch(
+            job,
+            BatchOutcome(
+                acks=[ack("1", 1)],
+                rejected=[reject("2")],
+                collisions=[Collision("3", 1, "1")],
+                checkpoint=Position(cursor=5, key="3"),
+            ),
+        )
+
+    store.forget_job(JOB)
+
+    assert store.checkpoint(JOB) is None
+    assert store.known_rows(JOB, ["1"]) == {}
+    assert store.row_count(JOB) == 0
+    assert store.pending(JOB) == []
+    assert store.rejections(JOB) == []
+    assert store.rejected_fingerprints(JOB, ["2"]) == {}
+    assert store.collisions(JOB) == []
+    assert store.holders(JOB, [1]) == {}
+
+    assert store.checkpoint(OTHER) == Position(cursor=5, key="3")
+    assert store.known_rows(OTHER, ["1"]) == {"1": KnownRow(1, "f" * 32)}
+    assert [p.key for p in store.pending(OTHER)] == ["p"]
+    assert [r.key for r in store.rejections(OTHER)] == ["2"]
+    assert store.collisions(OTHER) == [Collision("3", 1, "1")]
+
+
+# -- run history -------------------------------------------------------------------
+
+
+def test_run_history_newest_first_with_exact_counts_and_times(
+    store: StateStore, clock: FakeClock
+) -> None:
+    first = store.start_run(JOB, "sync")
+    t_end1 = clock.advance(12.5)
+    store.finish_run(first, "ok", read=10, sent=8, skipped=1, rejected_count=1, error=None)
+    t_start2 = clock.advance(100)
+    second = store.start_run(JOB, "reconcile")
+    other = store.start_run(OTHER, "sync")
+    t_end2 = clock.advance(0.25)
+    store.finish_run(
+        second,
+        "failed",
+        read=3,
+        sent=0,
+        skipped=0,
+        rejected_count=0,
+        error="state store unreachable",
+    )
+    third = store.start_run(JOB, "sync")
+
+    assert len({first, second, third, other}) == 4
+    assert store.runs(JOB) == [
+        RunRecord(
+            id=third,
+            job=JOB,
+            kind="sync",
+            started_at=t_end2,
+            ended_at=None,
+            outcome="running",
+            rows_read=0,
+            rows_sent=0,
+            rows_skipped=0,
+            rows_rejected=0,
+            error=None,
+        ),
+        RunRecord(
+            id=second,
+            job=JOB,
+            kind="reconcile",
+            started_at=t_start2,
+            ended_at=t_end2,
+            outcome="failed",
+            rows_read=3,
+            rows_sent=0,
+            rows_skipped=0,
+            rows_rejected=0,
+            error="state store unreachable",
+        ),
+        RunRecord(
+            id=first,
+            job=JOB,
+            kind="sync",
+            started_at=T0,
+            ended_at=t_end1,
+            outcome="ok",
+            rows_read=10,
+            rows_sent=8,
+            rows_skipped=1,
+            rows_rejected=1,
+            error=None,
+        ),
+    ]
+    assert [r.id for r in store.runs(JOB, limit=2)] == [third, second]
+    assert [r.id for r in store.runs(OTHER)] == [other]
+    assert store.runs("nobody") == []
+
+
+# -- schema, engines and failures --------------------------------------------------
+
+
+def test_create_schema_twice_is_harmless(
+    store: StateStore, store_url: str, clock: FakeClock
+) -> None:
+    store.set_checkpoint(JOB, Position(cursor=1, key="a"))
+    store.create_schema()
+    again = StateStore(state_engine(store_url), clock)
+    try:
+        again.create_schema()
+        assert again.checkpoint(JOB) == Position(cursor=1, key="a")
+    finally:
+        again.close()
+
+
+def test_unreachable_postgres_is_a_state_error_without_the_password(clock: FakeClock) -> None:
+    secret = "s3cr3t-Pa55"
+    state = StateStore(state_engine(f"postgresql+psycopg://sync:{secret}@127.0.0.1:1/state"), clock)
+    try:
+        with pytest.raises(StateError) as caught:
+            state.create_schema()
+    finally:
+        state.close()
+    message = str(caught.value)
+    assert secret not in message
+    assert "127.0.0.1:1" in message
+    assert "creating its tables" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://root:s3cr3t-Pa55@127.0.0.1:3306/state",
+        "mssql+pyodbc://u:s3cr3t-Pa55@dsn",
+        "postgresql+nosuchdriver://u:s3cr3t-Pa55@127.0.0.1/state",
+        "postgresql+psycopg2://u:s3cr3t-Pa55@127.0.0.1/state",  # a driver not installed
+        "not a url at all s3cr3t-Pa55",
+    ],
+)
+def test_state_engine_refuses_other_databases_and_drivers(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"state\.url") as caught:
+        state_engine(url)
+    assert "s3cr3t-Pa55" not in str(caught.value)
+    assert caught.value.__cause__ is None or "s3cr3t-Pa55" not in str(caught.value.__cause__)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_plain_postgres_url_uses_the_installed_driver(
+    pg_url: str, scheme: str, clock: FakeClock
+) -> None:
+    url = pg_url.replace("postgresql+psycopg://", f"{scheme}://", 1)
+    assert url != pg_url
+    engine = state_engine(url)
+    assert engine.dialect.name == "postgresql"
+    assert engine.dialect.driver == "psycopg"
+    state = StateStore(engine, clock)
+    try:
+        state.create_schema()
+        state.set_checkpoint(JOB, Position(cursor=1, key="a"))
+        assert state.checkpoint(JOB) == Position(cursor=1, key="a")
+    finally:
+        state.close()
+
+
+def test_sqlite_folder_that_cannot_be_created_is_a_state_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StateError, match="folder"):
+        state_engine(f"sqlite:///{blocker}/sub/state.db")
