@@ -34,8 +34,8 @@ from sync.config import load_config
 from sync.errors import SyncError
 from sync.runner import RunOptions, RunStats
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 config_option = click.option(
     "-c",
@@ -346,7 +346,8 @@ def demo(rows: int) -> None:
     """A complete sync on this machine: SQLite source, local sandbox, backfill, change, sync."""
     from sync.demo import run_demo
 
-    run_demo(out, rows=rows)
+    with progress_bar(enabled=True) as progress:
+        run_demo(out, rows=rows, progress=progress)
 
 
 def main() -> None:

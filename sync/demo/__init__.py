@@ -11,12 +11,12 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import (
     Boolean,
     Column,
@@ -35,7 +35,7 @@ from sqlalchemy import Table as SqlTable
 
 from sync.app import App
 from sync.config import load_config
-from sync.runner import RunOptions
+from sync.runner import Progress, RunOptions
 from sync.sandbox import SandboxServer
 
 CONFIG = Path(__file__).with_name("demo.yaml")
@@ -75,6 +75,7 @@ LAST = [
     "Johnson",
     "Ritchie",
 ]
+SHOWN = ("user_id", "internal_id", "email", "full_name", "current_city", "custom_i_1")
 CITIES = ["London", " Paris", "Berlin ", "Lisbon", "Oslo", "Vienna", "Prague", "Dublin"]
 
 metadata = MetaData()
@@ -163,7 +164,9 @@ def change_shop(url: str, now: datetime) -> list[int]:
     return [1, 2, 13, new_id]
 
 
-def run_demo(console: Console, *, rows: int = 1000) -> None:
+def run_demo(
+    console: Console, *, rows: int = 1000, progress: Callable[[int], Progress] | None = None
+) -> None:
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="personyze-demo-") as tmp,
@@ -180,7 +183,7 @@ def run_demo(console: Console, *, rows: int = 1000) -> None:
             f"into the sandbox at {sandbox.url}"
         )
         with App(config) as app:
-            first = app.run(job, RunOptions(kind="backfill"))
+            first = app.run(job, RunOptions(kind="backfill"), progress)
             console.print(
                 f"   sent {first.sent}, rejected {first.rejected} "
                 f"(see `status`: a customer's email is invalid)",
@@ -200,34 +203,14 @@ def run_demo(console: Console, *, rows: int = 1000) -> None:
             )
             status = app.status()[0]
         users = sandbox.users()
-        table = Table(
-            "user_id",
-            "internal_id",
-            "email",
-            "full_name",
-            "current_city",
-            "custom_i_1",
-            title="What Personyze holds for the changed customers",
-        )
+        console.print("[bold]4. what Personyze now holds for the changed customers[/bold]")
         for user in users:
             if int(user.get("internal_id", 0)) in changed:
-                table.add_row(
-                    *(
-                        str(user.get(c, ""))
-                        for c in (
-                            "user_id",
-                            "internal_id",
-                            "email",
-                            "full_name",
-                            "current_city",
-                            "custom_i_1",
-                        )
-                    )
-                )
-        console.print(table)
+                shown = ", ".join(f"{c}={user[c]}" for c in SHOWN if c in user)
+                console.print(f"   {shown}", markup=False, soft_wrap=True)
         leaked = any("password_hash" in u for u in users)
         console.print(
-            f"[bold]summary[/bold] {len(users)} Personyze users for {rows + 1} customers, "
+            f"[bold]5. summary[/bold] {len(users)} Personyze users for {rows + 1} customers, "
             f"{status.rejected} rejected row(s) left, {len(status.collisions)} identity "
             f"collision(s), password hashes sent: {'YES' if leaked else 'none'}; "
             f"{time.monotonic() - started:.1f}s"
