@@ -40,7 +40,7 @@ SIMPLE_TRANSFORMS = (
     "strip", "lower", "upper", "str", "int", "float", "bool", "date", "datetime", "unix",
 )  # fmt: skip
 # Keys whose values are never quoted back in an error, wherever they appear.
-_SECRET_KEYS = frozenset({"api_key", "url", "base_url"})
+_SECRET_KEYS = frozenset({"api_key", "url", "base_url", "webhook_url"})
 
 
 # --------------------------------------------------------------------- helpers
@@ -442,12 +442,64 @@ class JobSettings(Model):
         return tuple(columns)
 
 
+def _duration_field(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+class DaemonSettings(Model):
+    """How ``personyze-sync run`` behaves as a long-lived process."""
+
+    grace_period: timedelta = timedelta(seconds=30)  # to finish requests in flight on SIGTERM
+    http_host: str = "0.0.0.0"  # /healthz, /readyz, /metrics
+    http_port: int = 9108
+    failure_backoff_max: timedelta = timedelta(minutes=15)  # a failing job retries less often
+    stuck_after: timedelta = timedelta(hours=6)  # a run longer than this fails /readyz
+
+    _durations = field_validator("grace_period", "failure_backoff_max", "stuck_after",
+                                 mode="before")(_duration_field)
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> int:
+        return _whole_number(value, 0, 65535)
+
+
+class AlertSettings(Model):
+    """Where to say that a job failed, recovered, or moved an unusual number of rows."""
+
+    webhook_url: SecretStr | None = None  # Slack-compatible: POST {"text": ...}
+    on_failure: bool = True
+    on_recovery: bool = True
+    row_count_factor: float | None = 10.0  # a run sending more than this x the usual: alert
+    row_count_min_runs: int = 5  # recent successful runs needed before judging
+    timeout_s: float = 10.0
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parts = urlsplit(value.get_secret_value())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _fail("expected an http(s) URL")
+        return value
+
+
+DEFAULT_SCHEDULE_EVERY = timedelta(minutes=5)
+
+
 class Config(Model):
     """The whole config file."""
 
     personyze: PersonyzeSettings
     state: StateSettings = Field(default_factory=StateSettings)
     jobs: list[JobSettings]
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @field_validator("jobs")
     @classmethod
