@@ -6,6 +6,8 @@ thread pool and the clock. The CLI and the scheduler only call :class:`App`.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +22,13 @@ from sqlalchemy import Engine
 
 from sync.config import Config, JobSettings, redact_url
 from sync.databases import source_engine
-from sync.errors import ConfigError, SyncError
+from sync.errors import ConfigError, Stopped, SyncError
 from sync.extract.query import Position
 from sync.extract.reader import SourceReader
 from sync.load.client import PersonyzeClient
 from sync.load.writer import Writer
 from sync.mapping import Mapper
-from sync.runner import JobRun, Progress, RunOptions, RunStats
+from sync.runner import JobRun, Progress, RunObserver, RunOptions, RunStats
 from sync.state.store import Collision, RunRecord, StateStore, StoredRejection, state_engine
 
 
@@ -42,6 +44,9 @@ class JobStatus:
     rejections: list[StoredRejection] = field(default_factory=list)  # with reasons
 
 
+log = logging.getLogger(__name__)
+
+
 class App:
     """One config's jobs, state store and Personyze client."""
 
@@ -52,11 +57,17 @@ class App:
         transport: httpx.BaseTransport | None = None,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        observer: RunObserver | None = None,
+        on_response: Callable[[int | None, float], None] | None = None,
     ) -> None:
         self.config = config
+        self.stopping = threading.Event()  # set by a signal: runs end after their batch
         self._transport = transport
         self._wall = wall
         self._sleep = sleep
+        self._observer = observer
+        self._on_response = on_response
+        self._lock = threading.Lock()  # the daemon runs jobs in several threads
         self._engines: dict[str, Engine] = {}
         self._store: StateStore | None = None
         self._client: PersonyzeClient | None = None
@@ -65,25 +76,33 @@ class App:
 
     @property
     def store(self) -> StateStore:
-        if self._store is None:
-            store = StateStore(state_engine(self.config.state.url.get_secret_value()), self._wall)
-            store.create_schema()
-            self._store = store
-        return self._store
+        with self._lock:
+            if self._store is None:
+                url = self.config.state.url.get_secret_value()
+                store = StateStore(state_engine(url), self._wall)
+                store.create_schema()
+                self._store = store
+            return self._store
 
     @property
     def client(self) -> PersonyzeClient:
-        if self._client is None:
-            self._client = PersonyzeClient(
-                self.config.personyze, transport=self._transport, sleep=self._sleep, wall=self._wall
-            )
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = PersonyzeClient(
+                    self.config.personyze,
+                    transport=self._transport,
+                    sleep=self._sleep,
+                    wall=self._wall,
+                    on_response=self._on_response,
+                )
+            return self._client
 
     def engine(self, job: JobSettings) -> Engine:
         url = job.source.url.get_secret_value()
-        if url not in self._engines:
-            self._engines[url] = source_engine(url)
-        return self._engines[url]
+        with self._lock:
+            if url not in self._engines:
+                self._engines[url] = source_engine(url)
+            return self._engines[url]
 
     def reader(self, job: JobSettings) -> SourceReader:
         return SourceReader(self.engine(job), job.source, Mapper(job).source_columns)
@@ -121,6 +140,7 @@ class App:
                     max_rounds=self.config.personyze.max_attempts,
                     wall=self._wall,
                     sleep=self._sleep,
+                    stop=self.stopping,
                 )
             )
             yield JobRun(
@@ -129,7 +149,8 @@ class App:
                 mapper=Mapper(job),
                 store=self.store,
                 writer=writer,
-                wall=self._wall,
+                stop=self.stopping,
+                observer=self._observer,
             )
 
     def run(
@@ -138,17 +159,49 @@ class App:
         options: RunOptions,
         progress: Callable[[int], Progress] | None = None,
     ) -> RunStats:
-        """One run of one job; ``progress(total)`` may return a per-batch callback."""
-        started = False
+        """One run of one job; ``progress(total)`` may return a per-batch callback.
+
+        Logs one summary line whatever happens.
+        """
+        started, began = False, time.monotonic()
         try:
             with self.job_run(job, dry_run=options.dry_run) as run:
                 tick = progress(run.pending_total(options)) if progress else None
                 started = True  # from here on the run records its own outcome
-                return run.run(options, tick)
+                stats = run.run(options, tick)
         except SyncError as exc:
             if not started and not options.dry_run:
                 self._record_failure(job, options.kind, exc)
+            outcome = "stopped" if isinstance(exc, Stopped) else "failed"
+            log.log(
+                logging.WARNING if outcome == "stopped" else logging.ERROR,
+                "run %s",
+                outcome,
+                extra={
+                    "job": job.name,
+                    "kind": options.kind,
+                    "outcome": outcome,
+                    "error": str(exc),
+                    "seconds": round(time.monotonic() - began, 3),
+                },
+            )
             raise
+        log.info(
+            "run finished",
+            extra={
+                "job": job.name,
+                "kind": options.kind,
+                "outcome": "success",
+                "dry_run": options.dry_run,
+                "rows_read": stats.read,
+                "rows_sent": stats.sent,
+                "rows_unchanged": stats.skipped,
+                "rows_rejected": stats.rejected,
+                "collisions": stats.collisions,
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
+        return stats
 
     def _record_failure(self, job: JobSettings, kind: str, error: SyncError) -> None:
         """A run that failed before it began (source unreachable, not as configured)."""

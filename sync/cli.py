@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import click
 from rich.console import Console
@@ -32,10 +35,13 @@ from rich.text import Text
 from sync.app import App, JobStatus, run_all
 from sync.config import load_config
 from sync.errors import SyncError
+from sync.logs import configure_logging, secrets_of, set_secrets
 from sync.runner import RunOptions, RunStats
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+LogFormat = Literal["auto", "json", "text"]
 
 config_option = click.option(
     "-c",
@@ -54,20 +60,81 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    default="auto",
+    show_default=True,
+    help="Log lines as JSON or text (auto: text on a terminal).",
+)
 @click.version_option(package_name="personyze-sync")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, log_format: str) -> None:
     """Keep Personyze users in step with your customer database."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"verbose": verbose, "log_format": log_format}
+    configure_logging(fmt=cast(LogFormat, log_format), level=logging.WARNING - 10 * min(verbose, 2))
 
 
 @contextmanager
 def open_app(config_path: Path) -> Iterator[App]:
-    with App(load_config(config_path)) as app:
+    """The app for a one-shot command; SIGINT/SIGTERM stop it after the batch in flight."""
+    config = load_config(config_path)
+    set_secrets(secrets_of(config))
+    with App(config) as app, stop_on_signals(app.stopping):
         yield app
 
 
+@contextmanager
+def stop_on_signals(stopping: threading.Event) -> Iterator[None]:
+    """First signal: finish the batch in flight and stop. Second: exit at once."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            os._exit(1)  # nothing is lost: checkpoints stand before unacknowledged rows
+        stopping.set()
+        err.print("stopping after the batch in flight (again to stop at once)", markup=False)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 # -- running -----------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--http-port",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Serve /healthz, /readyz, /metrics here (default: daemon.http_port, 9108).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    default=None,
+    help="Log lines as JSON or text (auto: text on a terminal).",
+)
+@click.pass_context
+def run(
+    ctx: click.Context, config_path: Path, http_port: int | None, log_format: str | None
+) -> None:
+    """The daemon: every job on its schedule until SIGTERM or SIGINT (SIGHUP reloads)."""
+    from sync.daemon import Daemon
+
+    config = load_config(config_path)
+    level = logging.INFO - 10 * min(ctx.obj["verbose"], 1)
+    configure_logging(
+        fmt=cast(LogFormat, log_format or ctx.obj["log_format"]),
+        level=level,
+        secrets=secrets_of(config),
+    )
+    raise click.exceptions.Exit(Daemon(config_path, config, http_port=http_port).serve())
 
 
 @cli.command()

@@ -338,7 +338,7 @@ class Schedule(Model):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+        from apscheduler.triggers.cron import CronTrigger
 
         if value is not None:
             try:
@@ -460,8 +460,9 @@ class DaemonSettings(Model):
     failure_backoff_max: timedelta = timedelta(minutes=15)  # a failing job retries less often
     stuck_after: timedelta = timedelta(hours=6)  # a run longer than this fails /readyz
 
-    _durations = field_validator("grace_period", "failure_backoff_max", "stuck_after",
-                                 mode="before")(_duration_field)
+    _durations = field_validator(
+        "grace_period", "failure_backoff_max", "stuck_after", mode="before"
+    )(_duration_field)
 
     @field_validator("http_port", mode="before")
     @classmethod

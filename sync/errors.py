@@ -67,3 +67,7 @@ class RejectedError(SyncError):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class Stopped(SyncError):
+    """The run was asked to stop (a signal); what it finished is saved, nothing is lost."""

@@ -10,15 +10,15 @@ as unchanged, or durably recorded as rejected.
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sync.config import JobSettings
-from sync.errors import ConfigError, FatalError, SyncError
+from sync.errors import ConfigError, FatalError, Stopped, SyncError
 from sync.extract.query import Position
 from sync.extract.reader import Row, SourceReader
 from sync.load.writer import Delivered, Failed, Outgoing, Refused, Writer
@@ -57,6 +57,14 @@ class RunOptions:
 Progress = Callable[[int], None]
 
 
+class RunObserver(Protocol):
+    """Told of a run's progress as it happens (the daemon's metrics)."""
+
+    def rows_done(self, job: str, outcome: str, count: int) -> None: ...
+
+    def checkpoint(self, job: str, position: Position) -> None: ...
+
+
 class JobRun:
     """The parts one run of one job needs, wired together."""
 
@@ -68,14 +76,16 @@ class JobRun:
         mapper: Mapper,
         store: StateStore,
         writer: Writer | None,
-        wall: Callable[[], float] = time.time,
+        stop: threading.Event | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self.job = job
         self.reader = reader
         self.mapper = mapper
         self.store = store
         self.writer = writer  # None: dry run, nothing is sent
-        self.wall = wall
+        self.stop = stop or threading.Event()  # set: finish the batch in flight, then stop
+        self.observer = observer
         self.stats = RunStats()
         self._handled: set[str] = set()  # rows retried this run: not processed twice
 
@@ -89,6 +99,9 @@ class JobRun:
         try:
             self._sync(options, progress)
             outcome = "success"
+        except Stopped as exc:
+            outcome, error = "stopped", str(exc)
+            raise
         except SyncError as exc:
             error = str(exc)
             raise
@@ -168,7 +181,10 @@ class JobRun:
 
     def _process(self, batch: list[Row], *, advance: bool, retrying: bool = False) -> None:
         """Map, skip what is unchanged or was just handled, send the rest, commit."""
+        if self.stop.is_set():
+            raise Stopped("stopped between batches; the checkpoint is saved")
         name = self.job.name
+        skipped_before = self.stats.skipped
         if not retrying:
             self.stats.read += len(batch)
         mapped = [self.mapper.map(row) for row in batch]
@@ -204,14 +220,34 @@ class JobRun:
             outcome.checkpoint = self._done_prefix(batch, failed)
         if self.writer is not None:
             self.store.commit_batch(name, outcome)
+            self._observe(outcome, skipped=self.stats.skipped - skipped_before)
         if failed:
             first = next(iter(failed.values())).error
             if isinstance(first, FatalError):
                 raise first
+            if isinstance(first, Stopped):
+                raise Stopped(
+                    f"stopped with {len(failed)} row(s) of a batch unsent; "
+                    "the checkpoint stays before them"
+                ) from None
             raise type(first)(
                 f"{len(failed)} row(s) could not be delivered "
                 f"(first: {first}); the checkpoint stays before them"
             ) from first
+
+    def _observe(self, outcome: BatchOutcome, *, skipped: int) -> None:
+        if self.observer is None:
+            return
+        name = self.job.name
+        for kind, count in (
+            ("sent", len(outcome.acks)),
+            ("rejected", len(outcome.rejected)),
+            ("skipped", skipped),
+        ):
+            if count:
+                self.observer.rows_done(name, kind, count)
+        if outcome.checkpoint is not None:
+            self.observer.checkpoint(name, outcome.checkpoint)
 
     def _send(
         self,

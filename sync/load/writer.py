@@ -11,13 +11,14 @@ internal_id matches is adopted before anything is sent again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from sync.errors import FatalError, RejectedError, RetriableError, SyncError
+from sync.errors import FatalError, RejectedError, RetriableError, Stopped, SyncError
 from sync.load.client import PersonyzeClient
 
 MERGING_IDENTIFIERS = ("user_id", "email", "fb_id")
@@ -83,8 +84,10 @@ class Writer:
         max_rounds: int,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
     ) -> None:
         self._client = client
+        self._stop = stop or threading.Event()
         self._pool = pool
         self._max_rounds = max_rounds
         self._wall = wall
@@ -130,6 +133,8 @@ class Writer:
     def _one(self, item: Outgoing) -> Result:
         if self._fatal is not None:  # e.g. the key was refused: send nothing more
             return Failed(self._fatal)
+        if self._stop.is_set():  # a clean stop: what is in flight finishes, nothing new starts
+            return Failed(Stopped("stopping"))
         try:
             return Delivered(self._client.upsert(item.payload, repeatable=item.repeatable))
         except RejectedError as exc:

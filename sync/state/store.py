@@ -287,6 +287,10 @@ class StateStore:
         self._clock = clock
         self._where = redact_url(engine.url.render_as_string(hide_password=False))
 
+    def ping(self) -> None:
+        """Raise StateError unless the store answers (for /readyz)."""
+        self._run(lambda conn: conn.execute(select(1)).scalar(), "answering a ping")
+
     def create_schema(self) -> None:
         self._run(lambda conn: metadata.create_all(conn), "creating its tables")
 

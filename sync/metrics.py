@@ -1,0 +1,121 @@
+"""The daemon's Prometheus metrics, in a registry of its own (no module globals).
+
+Names follow DESIGN.md: rows per job and outcome, requests by status, request
+latency, run duration and outcome, each job's last success, skipped runs, and lag
+(now minus the checkpoint's cursor time, computed when scraped so it grows while
+nothing moves).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sync.extract.query import Position
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RUN_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400)
+
+
+class _Lag(Collector):
+    """personyze_sync_lag_seconds{job}: now minus each job's checkpoint cursor time."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._cursor_times: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def set(self, job: str, cursor_time: float) -> None:
+        with self._lock:
+            self._cursor_times[job] = cursor_time
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "personyze_sync_lag_seconds",
+            "Now minus the time of the job's checkpoint cursor.",
+            labels=["job"],
+        )
+        now = self._clock()
+        with self._lock:
+            for job, cursor_time in sorted(self._cursor_times.items()):
+                family.add_metric([job], max(0.0, now - cursor_time))
+        yield family
+
+
+class Metrics:
+    """Counters and gauges the daemon updates; ``render()`` is the /metrics body."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry()
+        self._clock = clock
+        r = self.registry
+        self.rows = Counter(
+            "personyze_sync_rows", "Rows by job and outcome.", ["job", "outcome"], registry=r
+        )
+        self.requests = Counter(
+            "personyze_sync_requests", "Personyze API requests by status.", ["status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "personyze_sync_request_seconds",
+            "Personyze API request latency.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.run_seconds = Histogram(
+            "personyze_sync_run_seconds",
+            "Run duration by job.",
+            ["job"],
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
+        self.runs = Counter(
+            "personyze_sync_runs", "Runs by job and outcome.", ["job", "outcome"], registry=r
+        )
+        self.runs_skipped = Counter(
+            "personyze_sync_runs_skipped",
+            "Runs skipped because the job's last run was still going.",
+            ["job"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "personyze_sync_last_success_timestamp_seconds",
+            "When each job last finished a run successfully.",
+            ["job"],
+            registry=r,
+        )
+        self._lag = _Lag(clock)
+        r.register(self._lag)
+
+    # -- RunObserver ----------------------------------------------------------
+
+    def rows_done(self, job: str, outcome: str, count: int) -> None:
+        self.rows.labels(job, outcome).inc(count)
+
+    def checkpoint(self, job: str, position: Position) -> None:
+        cursor = position.cursor
+        if isinstance(cursor, datetime):
+            aware = cursor if cursor.tzinfo is not None else cursor.replace(tzinfo=UTC)
+            self._lag.set(job, aware.timestamp())
+
+    # -- the client's on_response -----------------------------------------------
+
+    def response(self, status: int | None, seconds: float) -> None:
+        self.requests.labels("error" if status is None else str(status)).inc()
+        self.request_seconds.observe(seconds)
+
+    # -- runs -------------------------------------------------------------------
+
+    def run_ended(self, job: str, outcome: str, seconds: float) -> None:
+        self.runs.labels(job, outcome).inc()
+        self.run_seconds.labels(job).observe(seconds)
+        if outcome == "success":
+            self.last_success.labels(job).set(self._clock())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
