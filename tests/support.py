@@ -1,9 +1,12 @@
-"""Helpers the tests share: sample source tables and config files."""
+"""Helpers the tests share: sample source tables, config files, a webhook receiver."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
-    create_engine,
     update,
 )
 
@@ -148,4 +150,38 @@ def users_by_internal_id(users: list[dict[str, Any]]) -> dict[str, list[dict[str
     return found
 
 
-__all__ = ["API_KEY", "create_engine"]
+class Receiver:
+    """A Slack-compatible webhook: records each posted ``text``, answers ``status``."""
+
+    def __init__(self, token: str = "T0K3N") -> None:
+        self.texts: list[str] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.texts.append(json.loads(body)["text"])
+                answer = b"ok" if receiver.status < 300 else b"no_service"
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T0/B0/{token}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()

@@ -2,62 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from sync.alerts import Alerter, unusual_row_count
 from sync.config import AlertSettings
+from tests.support import Receiver
 
 TOKEN = "XYZsecretTOKEN"  # the part of a Slack webhook URL that is the secret
 
 
-class Receiver:
-    """A Slack-compatible webhook: records each posted ``text``, answers ``status``."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.texts.append(json.loads(body)["text"])
-                answer = b"ok" if receiver.status < 300 else b"no_service"
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T0/B0/{TOKEN}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
+    with Receiver(TOKEN) as server:
         yield server
 
 

@@ -21,6 +21,7 @@ from sync.sandbox import Faults, SandboxServer
 from tests.support import (
     API_KEY,
     BASE_TIME,
+    Receiver,
     change_customers,
     config_doc,
     customers,
@@ -207,6 +208,14 @@ def test_sigterm_during_a_large_run_exits_cleanly_and_a_restart_finishes(
 def test_a_job_on_a_dead_database_fails_while_the_other_syncs(
     tmp_path: Path, pg_url: str, sandbox: SandboxServer, daemons: list[Daemon]
 ) -> None:
+    receiver = Receiver()
+    with receiver:
+        check_dead_job(tmp_path, pg_url, sandbox, daemons, receiver)
+
+
+def check_dead_job(
+    tmp_path: Path, pg_url: str, sandbox: SandboxServer, daemons: list[Daemon], receiver: Receiver
+) -> None:
     make_customers(pg_url, range(1, 11))
     doc = config_doc(
         source_url=pg_url,
@@ -223,6 +232,7 @@ def test_a_job_on_a_dead_database_fails_while_the_other_syncs(
         },
     }
     doc["jobs"].append(dead)
+    doc["alerts"] = {"webhook_url": receiver.url}
     daemon = Daemon(write_config(tmp_path / "sync.yaml", doc), tmp_path / "daemon.log")
     daemons.append(daemon)
     wait_until(lambda: len(sandbox.users()) == 10, what="the healthy job")
@@ -242,7 +252,13 @@ def test_a_job_on_a_dead_database_fails_while_the_other_syncs(
 
     make_customers(pg_url, [11], updated_at=BASE_TIME + timedelta(days=1))
     wait_until(lambda: len(sandbox.users()) == 11, timeout=5, what="the healthy job to go on")
-    assert daemon.metric("personyze_sync_runs_total", job="dead", outcome="failed") >= 1
+    wait_until(
+        lambda: daemon.metric("personyze_sync_runs_total", job="dead", outcome="failed") >= 2,
+        what="a second failure",
+    )
+    assert len(receiver.texts) == 1, receiver.texts  # told once, not at every failure
+    assert receiver.texts[0].startswith("personyze-sync: job dead failed: ")
+    assert DB_PASSWORD not in receiver.texts[0]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(10) == 0
     assert DB_PASSWORD not in daemon.logs()
