@@ -1,24 +1,45 @@
-# personyze-sync, first version: the one-shot commands (`once`, `backfill`) in a
-# container. The daemon (`run`, health checks, metrics) comes with the daemon issue.
+# personyze-sync in a container: the daemon (`run`) by default, or any other command.
+#
 # Build:  docker build -t personyze-sync .
-# Run:    docker run --rm -v $PWD/config:/config:ro -v sync-state:/state \
-#           -e PERSONYZE_API_KEY personyze-sync once -c /config/personyze-sync.yaml
+# Run:    docker run -d --name personyze-sync -p 9108:9108 \
+#           -v "$PWD/config:/config:ro" -v personyze-sync-state:/state \
+#           -e PERSONYZE_API_KEY -e PG_PASSWORD personyze-sync
+# Once:   docker run --rm -v "$PWD/config:/config:ro" -v personyze-sync-state:/state \
+#           -e PERSONYZE_API_KEY -e PG_PASSWORD personyze-sync once -c /config/personyze-sync.yaml
+#
+# The config file goes in /config (read-only), the state store's SQLite file in the
+# /state volume. Secrets come from the environment or /run/secrets, never from the image.
+# docs/deployment.md has Compose and Kubernetes examples.
 
-FROM python:3.11.11-slim-bookworm AS build
+# --- build: the package and its dependencies in a virtualenv ----------------------------
+FROM python:3.11.13-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sync ./sync
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir '.[mysql]'
 
-FROM python:3.11.11-slim-bookworm
-RUN useradd --system --uid 10001 --home-dir /state --shell /usr/sbin/nologin sync \
-    && mkdir -p /state /config && chown sync /state
+# --- runtime: the virtualenv only, run by an unprivileged user --------------------------
+FROM python:3.11.13-slim-bookworm
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /state \
+        --shell /usr/sbin/nologin sync \
+    && mkdir -p /state /config \
+    && chown 10001:10001 /state
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1
-WORKDIR /state
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# The default state.url, sqlite:///state/personyze-sync.db, is relative to the working
+# directory: from / it is /state/personyze-sync.db, inside the volume.
+WORKDIR /
 VOLUME ["/state"]
-USER sync
+# Numeric, so Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+# /healthz, /readyz and /metrics (personyze-sync run --http-port, daemon.http_port).
+EXPOSE 9108
+# slim has no curl: ask with Python. It asks port 9108; if you move the port
+# (--http-port, daemon.http_port), override the health check as well.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
 ENTRYPOINT ["personyze-sync"]
-CMD ["once", "-c", "/config/personyze-sync.yaml"]
+CMD ["run", "-c", "/config/personyze-sync.yaml"]

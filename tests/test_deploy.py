@@ -25,7 +25,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from sync.config import Config, StateSettings, load_config
+from sync.config import Config, DaemonSettings, StateSettings, load_config
 from sync.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_the_default_state_store_lands_in_the_state_volume() -> None:
 
 def test_dockerfile_exposes_the_daemon_port_and_health_checks_healthz_with_python() -> None:
     runtime = final_stage(dockerfile())
-    port = Config.model_fields["daemon"].default_factory().http_port  # type: ignore[misc]
+    port = DaemonSettings().http_port
     assert [e.args for e in only(runtime, "EXPOSE")] == [str(port)]
     (check,) = only(runtime, "HEALTHCHECK")
     options, _, command = check.args.partition("CMD ")
