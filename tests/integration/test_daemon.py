@@ -303,3 +303,40 @@ def test_sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise(
     assert '"config reloaded"' in daemon.logs()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(10) == 0
+
+
+def test_a_second_signal_exits_at_once_and_loses_nothing(
+    tmp_path: Path, pg_url: str, daemons: list[Daemon]
+) -> None:
+    rows = 400
+    make_customers(pg_url, range(1, rows + 1))
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.05)) as sandbox:
+        doc = config_doc(
+            source_url=pg_url,
+            api_url=sandbox.url,
+            state_url=f"sqlite:///{tmp_path}/state.db",
+            source={"batch_size": 200},  # one batch takes about 5 s at concurrency 2
+            personyze={"concurrency": 2},
+        )
+        doc["daemon"] = {"grace_period": "60s"}
+        config = write_config(tmp_path / "sync.yaml", doc)
+        daemon = Daemon(config, tmp_path / "daemon.log")
+        daemons.append(daemon)
+        wait_until(lambda: len(sandbox.requests) >= 20, what="the run to be under way")
+        stopped_at = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(5) == 1
+        assert time.monotonic() - stopped_at < 2, "the second signal did not exit at once"
+        assert "second signal" in daemon.logs()
+
+        finish = subprocess.run(
+            [CLI, "once", "-c", str(config)],
+            env={**os.environ, "TEST_API_KEY": API_KEY},
+            capture_output=True,
+            timeout=120,
+        )
+        assert finish.returncode == 0, finish.stderr
+        users = users_by_internal_id(sandbox.users())
+        assert len(users) == rows and all(len(u) == 1 for u in users.values())
