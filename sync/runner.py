@@ -52,6 +52,7 @@ class RunOptions:
     dry_run: bool = False
     start: Position | None = None  # overrides the checkpoint (backfill --since / --full)
     full: bool = False
+    only_rejected: bool = False  # ``rejected retry``: retry every rejected row now, nothing else
 
 
 Progress = Callable[[int], None]
@@ -131,7 +132,9 @@ class JobRun:
         name = self.job.name
         if self.writer is not None:
             self._reconcile_pending()
-        self._retry_rejected()
+        self._retry_rejected(force=options.only_rejected)
+        if options.only_rejected:
+            return
         checkpoint = self.store.checkpoint(name)
         start = None if options.full else options.start or checkpoint
         upper = self.reader.max_cursor()
@@ -155,8 +158,12 @@ class JobRun:
         self.store.adopt(self.job.name, found)
         self.store.clear_pending(self.job.name, [m.key for m in marks if m.key not in found])
 
-    def _retry_rejected(self) -> None:
-        """Re-read rejected rows from the source and send those worth another try."""
+    def _retry_rejected(self, *, force: bool = False) -> None:
+        """Re-read rejected rows from the source and send those worth another try.
+
+        A row is worth it when its data changed, or for its first few attempts; ``force``
+        retries every one of them (``rejected retry``).
+        """
         stored = {r.key: r for r in self.store.rejections(self.job.name)}
         if not stored:
             return
@@ -169,7 +176,7 @@ class JobRun:
             mapped = self.mapper.map(row)
             previous = stored[key_text(mapped.key)]
             sendable = isinstance(mapped, Record)
-            if mapped.fingerprint != previous.fingerprint or (
+            if force or mapped.fingerprint != previous.fingerprint or (
                 sendable and previous.attempts < AUTO_RETRIES
             ):
                 due.append(row)
