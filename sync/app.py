@@ -287,6 +287,32 @@ class App:
             )
         return out
 
+    # -- rejected rows -----------------------------------------------------------
+
+    def rejections(self, job: JobSettings) -> list[StoredRejection]:
+        """``job``'s rejected rows, oldest first, with the reasons they were refused."""
+        return self.store.rejections(job.name)
+
+    def purge_rejections(self, job: JobSettings, keys: Sequence[str] = ()) -> list[str]:
+        """Drop ``job``'s rejected rows (those with ``keys``, or all): never retried again.
+
+        Returns the keys dropped. A key that is not a rejected row of the job is a
+        usage error, and then nothing is dropped.
+        """
+        stored = [r.key for r in self.store.rejections(job.name)]
+        if keys:
+            unknown = [k for k in dict.fromkeys(keys) if k not in stored]
+            if unknown:
+                raise ConfigError(
+                    f"job {job.name}: no rejected row with key "
+                    + ", ".join(repr(k) for k in unknown)
+                    + "; nothing was dropped (see: rejected list)"
+                )
+            stored = [k for k in stored if k in set(keys)]
+        self.store.drop_rejections(job.name, stored)
+        log.info("rejected rows dropped", extra={"job": job.name, "rows": len(stored)})
+        return stored
+
     def _lag(self, checkpoint: Position | None) -> float | None:
         if checkpoint is None or not isinstance(checkpoint.cursor, datetime):
             return None

@@ -37,6 +37,7 @@ from sync.config import load_config
 from sync.errors import SyncError
 from sync.logs import configure_logging, secrets_of, set_secrets
 from sync.runner import RunOptions, RunStats
+from sync.state.store import StoredRejection
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -377,6 +378,125 @@ def checkpoint_reset(config_path: Path, job: str, to: str | None) -> None:
         position = app.reset_checkpoint(app.config.job(job), to)
     where = "the beginning" if position is None else f"cursor >= {position.cursor}"
     out.print(f"{job}: the next run reads from {where}", markup=False)
+
+
+@cli.group()
+def rejected() -> None:
+    """Rows Personyze (or the mapping) refused: list them, retry them now, or drop them."""
+
+
+def _utc(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+
+
+def rejection_doc(r: StoredRejection) -> dict[str, Any]:
+    return {
+        "key": r.key,
+        "reason": r.reason,
+        "status": r.status,
+        "refused_by": "mapping" if r.status is None else "personyze",
+        "attempts": r.attempts,
+        "first_seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.first_at)),
+        "last_seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.last_at)),
+        "payload": r.payload,
+    }
+
+
+@rejected.command("list")
+@config_option
+@click.argument("job", required=False)
+@json_option
+def rejected_list(config_path: Path, job: str | None, as_json: bool) -> None:
+    """Each rejected row of each job (or of JOB): key, reason, status, attempts, payload."""
+    with open_app(config_path) as app:
+        found = {j.name: app.rejections(j) for j in app.jobs([job] if job else ())}
+    if as_json:
+        doc = [{"job": n, "rejected": [rejection_doc(r) for r in rs]} for n, rs in found.items()]
+        out.print_json(json.dumps(doc, default=str))
+        return
+    for name, rows in found.items():
+        out.print(f"[bold]{escape(name)}[/bold]: {len(rows) or 'no'} rejected row(s)")
+        for r in rows:
+            status = "mapping" if r.status is None else f"HTTP {r.status}"
+            out.print(
+                f"  key {r.key}  {status}  attempts {r.attempts}  "
+                f"first seen {_utc(r.first_at)}  last seen {_utc(r.last_at)}",
+                markup=False,
+            )
+            out.print(f"    reason: {r.reason}", markup=False, soft_wrap=True)
+            payload = json.dumps(r.payload, default=str, ensure_ascii=False)
+            out.print(f"    payload: {payload}", markup=False, soft_wrap=True)
+
+
+@rejected.command("retry")
+@config_option
+@click.argument("job", required=False)
+@dry_run_option
+@json_option
+def rejected_retry(config_path: Path, job: str | None, dry_run: bool, as_json: bool) -> None:
+    """Re-read every rejected row from the source and send it again now."""
+    with open_app(config_path) as app:
+        jobs = app.jobs([job] if job else ())
+        before = {j.name: len(app.rejections(j)) for j in jobs}
+        results = run_all(app, jobs, RunOptions(kind="retry", dry_run=dry_run, only_rejected=True))
+        after = {j.name: len(app.rejections(j)) for j in jobs}
+    doc: dict[str, Any] = {}
+    for name, r in results.items():
+        if isinstance(r, SyncError):
+            doc[name] = {"error": str(r)}
+            if not as_json:
+                err.print(f"job {name} failed: {r}", markup=False, soft_wrap=True)
+            continue
+        if dry_run:
+            doc[name] = {"rejected": before[name], "would_send": r.would_send}
+            if not as_json:
+                for payload in r.would_send:
+                    out.print(json.dumps(payload, default=str, ensure_ascii=False), markup=False)
+                out.print(
+                    f"{name}: {before[name]} rejected row(s), would send {len(r.would_send)}",
+                    markup=False,
+                )
+            continue
+        gone = max(0, before[name] - r.sent - after[name])
+        doc[name] = {"retried": before[name], "delivered": r.sent, "still_rejected": after[name]}
+        if not as_json:
+            out.print(
+                f"{name}: retried {before[name]}, delivered {r.sent}, still rejected {after[name]}"
+                + (f", no longer in the source {gone}" if gone else ""),
+                markup=False,
+            )
+    if as_json:
+        out.print_json(json.dumps({"jobs": doc}, default=str))
+    failed = [r for r in results.values() if isinstance(r, SyncError)]
+    if failed:
+        raise click.exceptions.Exit(max(e.exit_code for e in failed))
+
+
+@rejected.command("purge")
+@config_option
+@click.argument("job", required=False)
+@click.option("--key", "keys", multiple=True, metavar="K", help="Drop only this row (repeatable).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def rejected_purge(config_path: Path, job: str | None, keys: tuple[str, ...], yes: bool) -> None:
+    """Drop rejected rows deliberately: they are not retried again (until their data changes)."""
+    with open_app(config_path) as app:
+        jobs = app.jobs([job] if job else ())
+        if keys and len(jobs) > 1:
+            raise click.UsageError("--key needs the JOB it belongs to")
+        counts = {j.name: len(keys) or len(app.rejections(j)) for j in jobs}
+        if not sum(counts.values()):
+            out.print("no rejected rows to drop", markup=False)
+            return
+        if not yes:
+            what = ", ".join(f"{n} of job {j}" for j, n in counts.items() if n)
+            if not sys.stdin.isatty():
+                raise click.UsageError(
+                    f"would drop {what}; not a terminal, so nothing asked: pass --yes to drop them"
+                )
+            click.confirm(f"Drop {what} rejected row(s)? They will not be retried", abort=True)
+        for j in jobs:
+            dropped = app.purge_rejections(j, keys)
+            out.print(f"{j.name}: dropped {len(dropped)} rejected row(s)", markup=False)
 
 
 # -- trying things out ------------------------------------------------------------------

@@ -199,6 +199,8 @@ class PersonyzeSettings(Model):
     requests_per_second: float | None = 50.0
     timeout_s: float = 30.0
     max_attempts: int = 8
+    backoff_initial_s: float = 0.5  # the first wait after a failed request; it doubles
+    backoff_max_s: float = 30.0  # the longest wait between attempts (Retry-After aside)
 
     @field_validator("api_key")
     @classmethod
@@ -242,7 +244,7 @@ class PersonyzeSettings(Model):
         expected = "expected a number greater than 0, or null for no ceiling"
         return None if value is None else _positive_number(value, expected)
 
-    @field_validator("timeout_s", mode="before")
+    @field_validator("timeout_s", "backoff_initial_s", "backoff_max_s", mode="before")
     @classmethod
     def _timeout(cls, value: Any) -> float:
         return _positive_number(value)

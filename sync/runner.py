@@ -176,8 +176,10 @@ class JobRun:
             mapped = self.mapper.map(row)
             previous = stored[key_text(mapped.key)]
             sendable = isinstance(mapped, Record)
-            if force or mapped.fingerprint != previous.fingerprint or (
-                sendable and previous.attempts < AUTO_RETRIES
+            if (
+                force
+                or mapped.fingerprint != previous.fingerprint
+                or (sendable and previous.attempts < AUTO_RETRIES)
             ):
                 due.append(row)
         if due:

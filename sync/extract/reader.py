@@ -9,7 +9,8 @@ queries from :mod:`sync.extract.query`. SQLAlchemy errors are translated into
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
 from sync.config import SourceSettings, redact_url, suggest
+from sync.databases import Reconnecting
 from sync.errors import SourceError
 from sync.extract import query as q
 from sync.extract.query import Position, SourceShape
@@ -28,13 +30,21 @@ Row = dict[str, Any]
 class SourceReader:
     """Reads changed rows of one job's source in (cursor, key) order."""
 
-    def __init__(self, engine: Engine, source: SourceSettings, columns: Sequence[str]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        source: SourceSettings,
+        columns: Sequence[str],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._engine = engine
         self._source = source
         self._where = redact_url(source.url.get_secret_value())
+        self._reconnecting = Reconnecting(f"source {self._where}", sleep)
         wanted = [source.key, source.cursor, *columns]
         self.columns: tuple[str, ...] = tuple(dict.fromkeys(wanted))
         self.shape = self._resolve()
+        self._reconnecting.answered()
 
     # -- setup ---------------------------------------------------------------
 
@@ -161,17 +171,23 @@ class SourceReader:
     # -- plumbing ------------------------------------------------------------
 
     def _rows(self, statement: Any) -> list[Row]:
-        try:
+        def read() -> list[Row]:
             with self._engine.connect() as conn:
                 result = conn.execution_options(stream_results=True).execute(statement)
                 return [dict(r) for r in result.mappings()]
+
+        try:
+            return self._reconnecting(read)
         except SQLAlchemyError as exc:
             raise self._translate(exc, "reading rows") from exc
 
     def _scalar(self, statement: Any) -> Any:
-        try:
+        def read() -> Any:
             with self._engine.connect() as conn:
                 return conn.execute(statement).scalar()
+
+        try:
+            return self._reconnecting(read)
         except SQLAlchemyError as exc:
             raise self._translate(exc, "querying the source") from exc
 

@@ -138,6 +138,11 @@ class PersonyzeClient:
         self._server_offset: float | None = None
         self._on_response = on_response
         self._bucket = TokenBucket(settings.requests_per_second, clock, sleep)
+        self._backoff = wait_exponential_jitter(
+            multiplier=settings.backoff_initial_s,
+            max=settings.backoff_max_s,
+            jitter=settings.backoff_initial_s,
+        )
         limits = httpx.Limits(
             max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
         )
@@ -232,7 +237,7 @@ class PersonyzeClient:
         return retrying(self._send, method, path, json)
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(multiplier=0.5, max=30.0)(state)
+        backoff = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetriableError) and exc.retry_after is not None:
             return min(max(exc.retry_after, backoff / 4), 300.0)

@@ -14,6 +14,7 @@ The API key is never stored here.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -44,7 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import redact_url
-from sync.databases import database_url, engine_for
+from sync.databases import Reconnecting, database_url, engine_for
 from sync.errors import ConfigError, StateError
 from sync.extract.query import Position
 
@@ -282,10 +283,16 @@ def state_engine(url: str) -> Engine:
 class StateStore:
     """Checkpoints, identities, rejections and runs of every job."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._where = redact_url(engine.url.render_as_string(hide_password=False))
+        self._reconnecting = Reconnecting(f"state store {self._where}", sleep)
 
     def ping(self) -> None:
         """Raise StateError unless the store answers (for /readyz)."""
@@ -293,6 +300,7 @@ class StateStore:
 
     def create_schema(self) -> None:
         self._run(lambda conn: metadata.create_all(conn), "creating its tables")
+        self._reconnecting.answered()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -633,9 +641,14 @@ class StateStore:
         conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), values)
 
     def _run(self, work: Callable[[Connection], T], doing: str) -> T:
-        try:
+        """``work`` in one transaction, waited for across a brief outage of the store."""
+
+        def transaction() -> T:
             with self._engine.begin() as conn:
                 return work(conn)
+
+        try:
+            return self._reconnecting(transaction)
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise StateError(f"state store {self._where}: failed while {doing}: {detail}") from exc
