@@ -97,6 +97,10 @@ class App:
                 )
             return self._client
 
+    def _backoff(self, attempt: int) -> float:
+        settings = self.config.personyze
+        return float(min(settings.backoff_initial_s * 2 ** (attempt - 1), settings.backoff_max_s))
+
     def engine(self, job: JobSettings) -> Engine:
         url = job.source.url.get_secret_value()
         with self._lock:
@@ -141,6 +145,7 @@ class App:
                     wall=self._wall,
                     sleep=self._sleep,
                     stop=self.stopping,
+                    backoff=self._backoff,
                 )
             )
             yield JobRun(

@@ -488,12 +488,12 @@ def rejected_purge(config_path: Path, job: str | None, keys: tuple[str, ...], ye
             out.print("no rejected rows to drop", markup=False)
             return
         if not yes:
-            what = ", ".join(f"{n} of job {j}" for j, n in counts.items() if n)
+            what = ", ".join(f"{n} rejected row(s) of job {j}" for j, n in counts.items() if n)
             if not sys.stdin.isatty():
                 raise click.UsageError(
                     f"would drop {what}; not a terminal, so nothing asked: pass --yes to drop them"
                 )
-            click.confirm(f"Drop {what} rejected row(s)? They will not be retried", abort=True)
+            click.confirm(f"Drop {what}? They will not be retried", abort=True)
         for j in jobs:
             dropped = app.purge_rejections(j, keys)
             out.print(f"{j.name}: dropped {len(dropped)} rejected row(s)", markup=False)

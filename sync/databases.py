@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from tenacity import (
@@ -72,8 +72,21 @@ def engine_for(url: URL, key: str, **options: Any) -> Engine:
 
 
 def source_engine(url: str) -> Engine:
-    """An engine for a source database (connections checked before each use)."""
-    return engine_for(database_url(url, "source.url"), "source.url", pool_pre_ping=True)
+    """An engine for a source database (connections checked before each use).
+
+    SQLite text that is not UTF-8 is read with its bad bytes kept as surrogates, so
+    the mapper rejects that one row (naming the column) instead of the whole batch
+    failing to decode.
+    """
+    parsed = database_url(url, "source.url")
+    engine = engine_for(parsed, "source.url", pool_pre_ping=True)
+    if parsed.get_backend_name() == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _lenient_text(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+
+    return engine
 
 
 TRANSIENT_WORDS = (

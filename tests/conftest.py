@@ -25,7 +25,7 @@ MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
 
 
 def _admin(server: str, database: str, what: str):  # type: ignore[no-untyped-def]
-    engine = create_engine(f"{server}/{database}", isolation_level="AUTOCOMMIT")
+    engine = create_engine(f"{server}/{database}", isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         engine.connect().close()
     except OperationalError as exc:

@@ -12,6 +12,7 @@ message. Values spliced into a URL path are percent-encoded one by one.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -174,14 +175,14 @@ class PersonyzeClient:
         after any other failure the caller must reconcile before sending it again.
         """
         answer = self._call("POST", "users", json=payload, repeatable=repeatable)
-        if isinstance(answer, bool) or not isinstance(answer, int | str):
-            raise RejectedError(f"Personyze answered {answer!r} where a user_id was expected")
-        try:
+        if isinstance(answer, int) and not isinstance(answer, bool) and answer > 0:
+            return answer
+        if isinstance(answer, str) and answer.isdigit():
             return int(answer)
-        except ValueError:
-            raise RejectedError(
-                f"Personyze answered {answer!r} where a user_id was expected"
-            ) from None
+        raise FatalError(
+            f"Personyze answered {str(answer)[:100]!r} where a user_id was expected: "
+            "is personyze.base_url the Users API (https://app.personyze.com/rest)?"
+        )
 
     def check_key(self) -> None:
         """``GET /rest/account``: changes nothing, answers 401 for a bad key."""
@@ -250,6 +251,11 @@ class PersonyzeClient:
             response = self._http.request(method, path, json=body)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._observe(None, started)
+            if _certificate_refused(exc):
+                raise FatalError(
+                    f"the TLS certificate of {self._settings.base_url} could not be verified "
+                    f"({_ssl_reason(exc)}); personyze-sync always verifies certificates"
+                ) from None
             raise RetriableError(
                 f"could not connect to Personyze ({type(exc).__name__})", unapplied=True
             ) from None
@@ -267,10 +273,10 @@ class PersonyzeClient:
         try:
             return response.json()
         except ValueError:
-            raise RejectedError(
-                f"Personyze answered {response.status_code} with something that is not JSON: "
-                f"{response.text[:200]!r}",
-                status=response.status_code,
+            raise FatalError(
+                f"Personyze answered {response.status_code} with something that is not JSON "
+                f"({response.text[:80]!r}): is personyze.base_url the Users API "
+                "(https://app.personyze.com/rest)?"
             ) from None
 
     def server_time(self, local: float) -> float:
@@ -294,3 +300,25 @@ class PersonyzeClient:
     def _observe(self, status: int | None, started: float) -> None:
         if self._on_response is not None:
             self._on_response(status, self._clock() - started)
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under an httpx connection error, if there is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    return isinstance(_ssl_error(exc), ssl.SSLCertVerificationError) or (
+        "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    )
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    error = _ssl_error(exc)
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
+    return str(reason or "certificate verify failed")

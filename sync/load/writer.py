@@ -85,8 +85,10 @@ class Writer:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         stop: threading.Event | None = None,
+        backoff: Callable[[int], float] = lambda round_no: min(0.5 * 2 ** (round_no - 1), 30.0),
     ) -> None:
         self._client = client
+        self._backoff = backoff  # seconds to wait before reconciliation round n
         self._stop = stop or threading.Event()
         self._pool = pool
         self._max_rounds = max_rounds
@@ -106,7 +108,7 @@ class Writer:
             unsure = [i for i in todo if _lost_answer(results[i]) and not items[i].repeatable]
             if not unsure or round_no == self._max_rounds:
                 break
-            self._sleep(min(0.5 * 2 ** (round_no - 1), 30.0))
+            self._sleep(self._backoff(round_no))
             self.adopt_found([items[i] for i in unsure], sent_at)
             todo = unsure
         return results

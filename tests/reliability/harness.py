@@ -1,0 +1,249 @@
+"""The fault matrix's shared parts: a 20,000-row PostgreSQL source full of cursor ties,
+the sync as a real subprocess, a watcher that checks the checkpoint against what
+Personyze acknowledged while the sync runs, and the final row-by-row comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from sync.mapping import format_datetime
+from sync.sandbox import SandboxServer
+from tests.support import API_KEY, config_doc, write_config
+
+ROWS = 20_000
+BATCH = 200  # the in-flight window: a batch is sent whole before its checkpoint commits
+CLI = str(Path(sys.executable).parent / "personyze-sync")
+T0 = datetime(2025, 1, 1, 8, 0, 0)
+MAPPING = {
+    "id": "internal_id",
+    "email": "email",
+    "first_name": "first_name",
+    "score": "custom_f_1",
+    "deleted_at": "custom_d_1",
+}
+
+
+def make_people(url: str, rows: int = ROWS) -> None:
+    """``rows`` people; every 500 share one updated_at; every 10th has no email."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE people (id int PRIMARY KEY, email text, first_name text NOT NULL, "
+                "score numeric(12,2) NOT NULL, updated_at timestamp NOT NULL, deleted_at timestamp)"
+            )
+        )
+        conn.execute(text("CREATE INDEX people_cursor ON people (updated_at, id)"))
+        conn.execute(
+            text(
+                "INSERT INTO people SELECT i, CASE WHEN i % 10 = 0 THEN NULL "
+                "ELSE 'Person' || i || '@Example.com' END, 'First' || i, i * 1.25, "
+                ":t0 + (i / 500) * interval '1 minute', NULL FROM generate_series(1, :n) i"
+            ),
+            {"t0": T0, "n": rows},
+        )
+    engine.dispose()
+
+
+def people(url: str) -> dict[int, dict[str, Any]]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = {r["id"]: dict(r) for r in conn.execute(text("SELECT * FROM people")).mappings()}
+    engine.dispose()
+    return found
+
+
+def expected_user(row: dict[str, Any]) -> dict[str, Any]:
+    """What Personyze must hold for a source row, computed without the mapper."""
+    user: dict[str, Any] = {
+        "internal_id": row["id"],
+        "first_name": row["first_name"],
+        "custom_f_1": float(Decimal(row["score"])),
+    }
+    if row["email"]:
+        user["email"] = row["email"].strip().lower()
+    if row["deleted_at"] is not None:
+        user["custom_d_1"] = format_datetime(row["deleted_at"])
+    return user
+
+
+def sync_config(
+    tmp: Path,
+    source_url: str,
+    sandbox: SandboxServer,
+    *,
+    state_url: str | None = None,
+    lookback: str | int = 0,
+    personyze: dict[str, Any] | None = None,
+) -> Path:
+    doc = config_doc(
+        source_url=source_url,
+        api_url=sandbox.url,
+        state_url=state_url or f"sqlite:///{tmp}/state.db",
+        source={"table": "people", "batch_size": BATCH, "lookback": lookback},
+        job={"name": "people", "mapping": MAPPING},
+        personyze={
+            "concurrency": 8,
+            "max_attempts": 20,
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.2,
+            "timeout_s": 2,
+            **(personyze or {}),
+        },
+    )
+    return write_config(tmp / "sync.yaml", doc)
+
+
+def start(config: Path, command: str = "backfill") -> subprocess.Popen[bytes]:
+    args = [CLI, command, "-c", str(config)] + (["people"] if command == "backfill" else [])
+    return subprocess.Popen(
+        args,
+        env={**os.environ, "TEST_API_KEY": API_KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(process: subprocess.Popen[bytes], timeout: float = 240) -> tuple[int, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, (out + err).decode(errors="replace")
+
+
+def run_to_end(config: Path, command: str = "backfill") -> str:
+    code, output = finish(start(config, command))
+    assert code == 0, output
+    return output
+
+
+@dataclass
+class Watcher:
+    """Reads the checkpoint while the sync runs; every row at or before it must already
+    be in the sandbox (acknowledged), checked against the source's (cursor, key) order."""
+
+    state_file: Path
+    sandbox: SandboxServer
+    order: list[tuple[datetime, int]]
+    seen: list[tuple[str, int]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> Watcher:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._check()  # once more, at the end
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            self._check()
+
+    def _check(self) -> None:
+        checkpoint = self._checkpoint()
+        if checkpoint is None:
+            return
+        cursor, key = checkpoint
+        passed = [k for c, k in self.order if (c, k) <= (cursor, key)]
+        acked = {int(u["internal_id"]) for u in self.sandbox.users()}
+        missing = [k for k in passed if k not in acked]
+        self.seen.append((cursor.isoformat(), key))
+        if missing:
+            self.violations.append(
+                f"checkpoint {cursor} / {key} is past {len(missing)} row(s) "
+                f"Personyze never acknowledged, e.g. {missing[:5]}"
+            )
+
+    def _checkpoint(self) -> tuple[datetime, int] | None:
+        if not self.state_file.exists():
+            return None
+        try:
+            with sqlite3.connect(f"file:{self.state_file}?mode=ro", uri=True, timeout=5) as db:
+                row = db.execute(
+                    "SELECT cursor_value, key_value FROM psync_checkpoints WHERE job = 'people'"
+                ).fetchone()
+        except sqlite3.OperationalError:
+            return None  # tables not made yet
+        if row is None:
+            return None
+        return datetime.fromisoformat(row[0]), int(row[1])
+
+
+def cursor_order(url: str) -> list[tuple[datetime, int]]:
+    return sorted((r["updated_at"], r["id"]) for r in people(url).values())
+
+
+@dataclass
+class Outcome:
+    """What the sandbox ended with, compared with the source."""
+
+    rows: int
+    posts: int
+    acked_posts: int
+    extra_acks: int
+    faults: Counter[str]
+
+
+def assert_sandbox_equals_source(url: str, sandbox: SandboxServer) -> Outcome:
+    """No row missing, no value wrong, no duplicate user: row by row, column by column."""
+    source = people(url)
+    users: dict[int, list[dict[str, Any]]] = {}
+    for user in sandbox.users():
+        users.setdefault(int(user["internal_id"]), []).append(user)
+    missing = sorted(set(source) - set(users))
+    assert not missing, f"{len(missing)} row(s) lost, e.g. {missing[:10]}"
+    unknown = sorted(set(users) - set(source))
+    assert not unknown, f"users for rows that do not exist: {unknown[:10]}"
+    doubled = {k: len(v) for k, v in users.items() if len(v) > 1}
+    assert not doubled, f"{len(doubled)} row(s) became several users, e.g. {list(doubled)[:10]}"
+    wrong = []
+    for key, row in source.items():
+        want = expected_user(row)
+        have = {k: users[key][0].get(k) for k in [*MAPPING.values()] if k in users[key][0]}
+        if have != want:
+            wrong.append((key, want, have))
+    assert not wrong, f"{len(wrong)} row(s) hold wrong values, e.g. {wrong[:3]}"
+    posts = [r for r in sandbox.requests if r.method == "POST"]
+    acked = Counter(
+        int(r.body["internal_id"]) for r in posts if r.status == 200 and r.fault is None
+    )
+    return Outcome(
+        rows=len(source),
+        posts=len(posts),
+        acked_posts=sum(acked.values()),
+        extra_acks=sum(n - 1 for n in acked.values()),
+        faults=Counter(r.fault for r in sandbox.requests if r.fault),
+    )
+
+
+def run_history(state_file: Path) -> list[tuple[str, str | None]]:
+    with sqlite3.connect(state_file) as db:
+        return [
+            (o, e)
+            for o, e in db.execute(
+                "SELECT outcome, error FROM psync_runs WHERE job = 'people' ORDER BY id"
+            )
+        ]
+
+
+def utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC)
+
+
+__all__ = ["time", "timedelta"]

@@ -1,0 +1,305 @@
+"""The fault matrix: each scenario syncs 20,000 PostgreSQL rows full of cursor ties into
+the sandbox under one kind of fault, then compares the sandbox with the source row by
+row and column by column. Every scenario also checks, while the sync runs, that the
+checkpoint never passes a row Personyze has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from sync.sandbox import Faults, SandboxServer
+from tests.reliability.harness import (
+    BATCH,
+    ROWS,
+    T0,
+    Watcher,
+    assert_sandbox_equals_source,
+    cursor_order,
+    finish,
+    make_people,
+    run_history,
+    run_to_end,
+    start,
+    sync_config,
+)
+from tests.support import API_KEY
+
+PG_VERSION = "15"
+
+
+def pg_ctl(action: str) -> None:
+    version = subprocess.run(
+        ["ls", "/etc/postgresql"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def wait_for_posts(
+    sandbox: SandboxServer, count: int, process: subprocess.Popen[bytes], timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sandbox.requests) < count:
+        assert process.poll() is None, "the sync ended before the fault could be injected"
+        assert time.monotonic() < deadline, "the sync made no progress"
+        time.sleep(0.01)
+
+
+def report(name: str, outcome: object, **more: object) -> None:
+    """The figures the closing note quotes (pytest -s shows them)."""
+    print(f"\nFAULT-MATRIX {name}: {outcome} {more}")
+
+
+@pytest.fixture
+def source(pg_url: str) -> str:
+    make_people(pg_url)
+    return pg_url
+
+
+def test_api_errors_rate_limits_drops_and_lost_answers(tmp_path: Path, source: str) -> None:
+    faults = Faults(
+        error_rate=0.20,
+        rate_limit_rate=0.10,
+        retry_after_s=0.02,
+        latency_s=0.002,
+        drop_rate=0.02,
+        lost_answer_rate=0.05,
+        seed=11,
+    )
+    with SandboxServer(API_KEY, faults=faults) as sandbox:
+        config = sync_config(tmp_path, source, sandbox)
+        with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
+            run_to_end(config)
+        outcome = assert_sandbox_equals_source(source, sandbox)
+    assert watcher.violations == [] and len(watcher.seen) > 3
+    assert outcome.extra_acks == 0  # no row acknowledged twice
+    faulted_posts = sum(1 for r in sandbox.requests if r.method == "POST" and r.fault)
+    assert outcome.posts == ROWS + faulted_posts  # every extra request answers one fault
+    assert outcome.faults["error"] > 3000 and outcome.faults["lost_answer"] > 700
+    assert [o for o, _ in run_history(tmp_path / "state.db")] == ["success"]
+    report("api-faults", outcome, faulted_posts=faulted_posts)
+
+
+def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: str) -> None:
+    rng = random.Random(20)
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.001)) as sandbox:
+        config = sync_config(tmp_path, source, sandbox)
+        kills = 0
+        with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
+            for _ in range(20):
+                process = start(config)
+                time.sleep(rng.uniform(0.8, 1.8))  # start-up takes ~0.7 s
+                if process.poll() is None:
+                    process.send_signal(signal.SIGKILL)
+                    kills += 1
+                finish(process)
+            run_to_end(config)
+        outcome = assert_sandbox_equals_source(source, sandbox)
+    history = run_history(tmp_path / "state.db")
+    assert watcher.violations == []
+    assert kills == 20
+    assert outcome.extra_acks <= kills * BATCH, "resent more than the unacknowledged tails"
+    assert history[-1][0] == "success"
+    assert sum(1 for o, _ in history if o == "running") <= kills  # killed before finishing
+    report("sigkill", outcome, kills=kills, runs=len(history))
+
+
+def test_the_source_database_restarts_in_the_middle_of_a_run(tmp_path: Path, source: str) -> None:
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.002)) as sandbox:
+        config = sync_config(tmp_path, source, sandbox)
+        with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
+            process = start(config)
+            wait_for_posts(sandbox, ROWS // 4, process)
+            pg_ctl("restart")
+            code, output = finish(process)
+        assert code == 0, output
+        outcome = assert_sandbox_equals_source(source, sandbox)
+    assert watcher.violations == []
+    assert "database connection lost; retrying" in output
+    assert outcome.extra_acks == 0
+    assert [o for o, _ in run_history(tmp_path / "state.db")] == ["success"]
+    report("source-restart", outcome)
+
+
+def test_a_locked_sqlite_state_store(tmp_path: Path, source: str) -> None:
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.001)) as sandbox:
+        config = sync_config(tmp_path, source, sandbox)
+        with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
+            process = start(config)
+            wait_for_posts(sandbox, ROWS // 4, process)
+            locker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")  # no other writer until it ends
+            held_at = len(sandbox.requests)
+            time.sleep(4)
+            stalled_at = len(sandbox.requests)
+            locker.execute("ROLLBACK")
+            locker.close()
+            code, output = finish(process)
+        assert code == 0, output
+        outcome = assert_sandbox_equals_source(source, sandbox)
+    assert watcher.violations == []
+    assert stalled_at - held_at <= BATCH  # the sync waited instead of sending on
+    assert outcome.extra_acks == 0
+    report("sqlite-locked", outcome, sent_while_locked=stalled_at - held_at)
+
+
+def test_a_postgresql_state_store_that_stops_for_a_while(
+    tmp_path: Path, source: str, pg_url: str
+) -> None:
+    state_url = pg_url  # its own tables beside the source's, on the same server
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.001)) as sandbox:
+        config = sync_config(tmp_path, source, sandbox, state_url=state_url)
+        process = start(config)
+        wait_for_posts(sandbox, ROWS // 4, process)
+        pg_ctl("stop")
+        time.sleep(3)
+        pg_ctl("start")
+        code, output = finish(process)
+        if code != 0:  # a longer outage than the store waits for: the next run resumes
+            assert "state store" in output or "source database" in output, output
+            run_to_end(config)
+        outcome = assert_sandbox_equals_source(source, sandbox)
+    engine = create_engine(state_url)
+    with engine.connect() as conn:
+        runs = conn.execute(text("SELECT outcome FROM psync_runs ORDER BY id")).scalars().all()
+        checkpoint = conn.execute(text("SELECT key_value FROM psync_checkpoints")).scalar()
+    engine.dispose()
+    assert runs[-1] == "success"
+    assert checkpoint == str(ROWS)  # the last row in (cursor, key) order
+    assert outcome.extra_acks <= BATCH
+    report("pg-state-stopped", outcome, runs=runs)
+
+
+def test_rows_change_while_a_run_is_reading(tmp_path: Path, source: str) -> None:
+    rng = random.Random(5)
+    changed: dict[int, int] = {}
+    stop = threading.Event()
+
+    def mutate() -> None:
+        engine = create_engine(source)
+        next_id = ROWS + 1
+        while not stop.wait(0.02):
+            with engine.begin() as conn:
+                for _ in range(5):
+                    key, what = rng.randint(1, ROWS), rng.random()
+                    if what < 0.5:
+                        conn.execute(
+                            text(
+                                "UPDATE people SET first_name = first_name || '+', "
+                                "updated_at = now() WHERE id = :k"
+                            ),
+                            {"k": key},
+                        )
+                    elif what < 0.8:
+                        conn.execute(
+                            text(
+                                "UPDATE people SET deleted_at = now(), "
+                                "updated_at = now() WHERE id = :k"
+                            ),
+                            {"k": key},
+                        )
+                    else:
+                        conn.execute(
+                            text(
+                                "INSERT INTO people VALUES (:k, 'new' || :k || "
+                                "'@example.com', 'New', 1, now(), NULL)"
+                            ),
+                            {"k": next_id},
+                        )
+                        key, next_id = next_id, next_id + 1
+                    changed[key] = changed.get(key, 0) + 1
+        engine.dispose()
+
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.001)) as sandbox:
+        config = sync_config(tmp_path, source, sandbox)
+        writer = threading.Thread(target=mutate)
+        process = start(config)
+        wait_for_posts(sandbox, 1000, process)
+        writer.start()
+        time.sleep(5)
+        stop.set()
+        writer.join()
+        code, output = finish(process)
+        assert code == 0, output
+        run_to_end(config, "once")  # what changed after the first run's upper bound
+        outcome = assert_sandbox_equals_source(source, sandbox)
+    assert len(changed) > 500
+    assert outcome.extra_acks <= sum(changed.values())  # one more send per change at most
+    report("changes-while-reading", outcome, changes=sum(changed.values()))
+
+
+def test_a_late_commit_with_an_older_cursor_is_caught_by_lookback(
+    tmp_path: Path, source: str
+) -> None:
+    late_stamp = T0 + timedelta(minutes=35)  # older than the checkpoint the run will reach
+    with SandboxServer(API_KEY) as sandbox:
+        config = sync_config(tmp_path, source, sandbox, lookback="10m")
+        engine = create_engine(source)
+        late = engine.connect()
+        transaction = late.begin()  # began before the run; commits after it
+        late.execute(
+            text("INSERT INTO people VALUES (:k, 'late@example.com', 'Late', 2, :t, NULL)"),
+            {"k": ROWS + 1, "t": late_stamp},
+        )
+        run_to_end(config)
+        assert not any(int(u["internal_id"]) == ROWS + 1 for u in sandbox.users())
+        transaction.commit()
+        late.close()
+        engine.dispose()
+        sandbox.clear_requests()
+        run_to_end(config, "once")
+        posts = [r for r in sandbox.requests if r.method == "POST"]
+        outcome = assert_sandbox_equals_source(source, sandbox)
+    assert [r.body["internal_id"] for r in posts] == [ROWS + 1]  # the window costs no request
+    report("late-commit", outcome)
+
+
+@pytest.mark.parametrize("wiki", [False, True], ids=["live", "wiki"])
+def test_internal_id_only_rows_killed_between_send_and_answer(
+    tmp_path: Path, source: str, wiki: bool
+) -> None:
+    engine = create_engine(source)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE people SET email = NULL"))
+    engine.dispose()
+    rng = random.Random(7)
+    with SandboxServer(API_KEY, internal_id_merges=wiki, faults=Faults(latency_s=0.004)) as sandbox:
+        config = sync_config(tmp_path, source, sandbox)
+        kills = 0
+        with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
+            for _ in range(6):
+                process = start(config)
+                wait_for_posts(sandbox, len(sandbox.requests) + rng.randint(50, 1500), process)
+                process.send_signal(signal.SIGKILL)  # requests are in flight: answers lost
+                kills += 1
+                finish(process)
+            run_to_end(config)
+        outcome = assert_sandbox_equals_source(source, sandbox)  # one user per row
+    assert watcher.violations == []
+    assert outcome.extra_acks <= kills * BATCH
+    reads = [r for r in sandbox.requests if r.method == "GET" and "data_last_modified" in r.path]
+    assert reads, "no read-back reconciled the lost answers"
+    report(
+        f"internal-id-only-{'wiki' if wiki else 'live'}",
+        outcome,
+        kills=kills,
+        reconciliation_reads=len(reads),
+    )
+
+
+__all__ = ["datetime"]

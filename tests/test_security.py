@@ -1,0 +1,337 @@
+"""Secrets stay secret, TLS is always verified, and a read-only database user is enough.
+
+The secrets are the API key (and a wrong one), the password of a PostgreSQL source URL
+(trust auth accepts any) and the real password of a MariaDB user made for the test,
+with characters that must be percent-encoded in a URL. Every output is searched for
+each of them, raw and percent-encoded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import ssl
+import subprocess
+import threading
+import traceback
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from sync.app import App
+from sync.config import PersonyzeSettings
+from sync.databases import source_engine
+from sync.errors import SyncError
+from sync.runner import RunOptions
+from sync.sandbox import SandboxServer
+from tests import test_cli
+from tests.conftest import MARIADB_SERVER, PG_SERVER
+from tests.support import API_KEY, config_doc, execute, load, make_customers, write_config
+
+cli = test_cli.cli  # the in-process ``personyze-sync`` runner; it checks its own secrets too
+WRONG_KEY = test_cli.WRONG_KEY
+PG_PASSWORD = "Pg-S3cret.word99"
+MARIADB_PASSWORD = "Ma/ri@db:S3cret!"
+SECRETS = (API_KEY, WRONG_KEY, PG_PASSWORD, MARIADB_PASSWORD)
+
+
+def assert_no_secret(text: str | bytes, where: str) -> None:
+    for secret in SECRETS:
+        for form in {secret, quote(secret, safe=""), quote(secret, safe="").lower()}:
+            needle: str | bytes = form.encode() if isinstance(text, bytes) else form
+            assert needle not in text, f"{where} holds a secret ({form!r}):\n{text!r}"
+
+
+def shown(result: Any, where: str) -> Any:
+    assert_no_secret(result.text, where)
+    return result
+
+
+@pytest.fixture
+def pg_reader(pg_url: str) -> Iterator[str]:
+    """customers 1..10 in PostgreSQL, and the URL of a role that may only SELECT them."""
+    make_customers(pg_url, range(1, 11))
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{PG_PASSWORD}'"))
+    execute(pg_url, text(f'GRANT SELECT ON customers TO "{role}"'))
+    yield pg_url.replace("postgres@", f"{role}:{quote(PG_PASSWORD, safe='')}@")
+    execute(pg_url, text(f'DROP OWNED BY "{role}"'))
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
+            {"r": role},
+        )
+        conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def mariadb_reader(mariadb_url: str) -> Iterator[str]:
+    """customers 1..10 in MariaDB, and the URL of a user with a password and SELECT only."""
+    make_customers(mariadb_url, range(1, 11))
+    user = f"u_{uuid.uuid4().hex[:10]}"
+    database = mariadb_url.rsplit("/", 1)[1]
+    admin = create_engine(f"{MARIADB_SERVER}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for host in ("%", "localhost"):
+            conn.execute(
+                text(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY :pw"), {"pw": MARIADB_PASSWORD}
+            )
+            conn.execute(text(f"GRANT SELECT ON `{database}`.customers TO '{user}'@'{host}'"))
+    yield f"mysql+pymysql://{user}:{quote(MARIADB_PASSWORD, safe='')}@127.0.0.1:3306/{database}"
+    with admin.connect() as conn:
+        for host in ("%", "localhost"):
+            conn.execute(text(f"DROP USER IF EXISTS '{user}'@'{host}'"))
+    admin.dispose()
+
+
+def write(tmp_path: Path, source_url: str, api_url: str, **parts: Any) -> str:
+    doc = config_doc(
+        source_url=source_url,
+        api_url=api_url,
+        state_url=f"sqlite:///{tmp_path}/state/state.db",
+        job={"mapping": dict(test_cli.MAPPING)},
+        **parts,
+    )
+    return str(write_config(tmp_path / "sync.yaml", doc))
+
+
+def state_bytes(tmp_path: Path) -> bytes:
+    """The SQLite state store's files, write-ahead log included, and every row of it."""
+    files = sorted((tmp_path / "state").glob("state.db*"))
+    assert files
+    raw = b"".join(f.read_bytes() for f in files)
+    conn = sqlite3.connect(tmp_path / "state" / "state.db")
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        assert "psync_rejected" in tables and "psync_runs" in tables
+        rows = [repr(conn.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables]
+    finally:
+        conn.close()
+    return raw + "\n".join(rows).encode()
+
+
+# -- a read-only user, and nothing printed holds a secret -----------------------------------
+
+
+@pytest.mark.parametrize("reader", ["pg_reader", "mariadb_reader"])
+def test_a_read_only_user_is_enough_and_no_output_holds_a_secret(
+    cli, tmp_path, sandbox, request, reader
+):
+    url = request.getfixturevalue(reader)
+    engine = source_engine(url)
+    try:
+        with pytest.raises(SQLAlchemyError), engine.begin() as conn:  # really read-only
+            conn.execute(text("UPDATE customers SET first_name = 'x' WHERE id = 1"))
+    finally:
+        engine.dispose()
+    config = write(tmp_path, url, sandbox.url)
+
+    result = shown(cli("validate", "-c", config, "--connect"), "validate --connect")
+    assert result.code == 0, result.text
+    assert "API key accepted" in result.out
+    result = shown(cli("once", "-c", config, "--dry-run"), "--dry-run")
+    assert result.code == 0 and "would send 10" in result.out
+    assert sandbox.requests == [r for r in sandbox.requests if r.method == "GET"]
+
+    result = shown(cli("-vv", "--log-format", "json", "once", "-c", config), "a run's -vv log")
+    assert result.code == 0, result.text
+    assert '"event": "run finished"' in result.err  # the debug log was really written
+    assert "read 10, sent 10" in result.out
+    assert {int(u["internal_id"]) for u in sandbox.users()} == set(range(1, 11))
+
+    for args in (["status"], ["status", "--json"]):
+        result = shown(cli(*args, "-c", config), " ".join(args))
+        assert result.code == 0, result.text
+    assert_no_secret(state_bytes(tmp_path), "the state store")
+
+
+# -- failing runs: errors, logs, tracebacks, status ------------------------------------------
+
+
+@pytest.fixture
+def failing(tmp_path: Path, sandbox: SandboxServer, pg_url: str, mariadb_reader: str):  # type: ignore[no-untyped-def]
+    """name -> (config path, API key, words of the expected error)."""
+    wrong_password = mariadb_reader.replace(quote(MARIADB_PASSWORD, safe=""), quote(PG_PASSWORD))
+    pg_dead = f"postgresql+psycopg://reader:{quote(PG_PASSWORD, safe='')}@127.0.0.1:1/shop"
+    sqlite_url = f"sqlite:///{tmp_path}/source.db"
+    make_customers(sqlite_url, range(1, 4))
+    cases = {
+        "wrong-api-key": (sqlite_url, {}, WRONG_KEY, "Personyze refused the API key"),
+        "wrong-db-password": (wrong_password, {}, API_KEY, "Access denied"),
+        "unreachable-db": (pg_dead, {}, API_KEY, "127.0.0.1:1"),
+        "unreachable-state-store": (
+            sqlite_url,
+            {"state_url": pg_dead.replace("/shop", "/state")},
+            API_KEY,
+            "state store",
+        ),
+    }
+    made = {}
+    for name, (url, state, key, words) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        doc = config_doc(
+            source_url=url,
+            api_url=sandbox.url,
+            state_url=state.get("state_url", f"sqlite:///{folder}/state.db"),
+            job={"mapping": dict(test_cli.MAPPING)},
+        )
+        made[name] = (str(write_config(folder / "sync.yaml", doc)), key, words)
+    return made
+
+
+CASES = ["wrong-api-key", "wrong-db-password", "unreachable-db", "unreachable-state-store"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_failing_run_never_shows_a_secret(cli, failing, case):
+    config, key, words = failing[case]
+    result = shown(
+        cli("-vv", "--log-format", "json", "once", "-c", config, key=key), "a failing run"
+    )
+    assert result.code == 1, result.text
+    assert words in result.flat
+    result = shown(cli("validate", "-c", config, "--connect", key=key), "validate --connect")
+    assert result.code == 1, result.text
+    if case != "unreachable-state-store":
+        for args in (["status"], ["status", "--json"]):
+            result = shown(cli(*args, "-c", config, key=key), " ".join(args))
+            assert result.code == 0, result.text
+            assert "failed" in result.text
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_tracebacks_of_a_failing_run_never_show_a_secret(failing, case, monkeypatch):
+    config, key, words = failing[case]
+    monkeypatch.setenv("TEST_API_KEY", key)
+    from sync.config import load_config
+
+    with App(load_config(config)) as app, pytest.raises(SyncError) as caught:
+        app.run(app.config.jobs[0], RunOptions())
+    chain = "".join(traceback.format_exception(caught.value))  # every cause, with locals' reprs
+    assert words in chain
+    assert_no_secret(chain, "the traceback")
+
+
+def test_the_state_store_never_holds_the_api_key(cli, tmp_path, sandbox, sqlite_url):
+    make_customers(sqlite_url, range(1, 6))
+    execute(sqlite_url, text("UPDATE customers SET email = 'no-email' WHERE id = 2"))
+    config = write(tmp_path, sqlite_url, sandbox.url)
+    assert cli("once", "-c", config).code == 0  # sent, and one rejected with its payload
+    assert "no-email" in state_bytes(tmp_path).decode("utf-8", "replace")
+    execute(
+        sqlite_url,
+        text("UPDATE customers SET first_name = 'New', updated_at = '2030-01-01' WHERE id = 3"),
+    )
+    assert cli("once", "-c", config, key=WRONG_KEY).code == 1
+    assert "refused the API key" in state_bytes(tmp_path).decode("utf-8", "replace")
+    assert_no_secret(state_bytes(tmp_path), "the state store")
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["verify", "verify_ssl", "ssl_verify", "tls_verify", "insecure", "insecure_skip_verify"]
+)
+def test_no_config_key_turns_certificate_checks_off(cli, tmp_path, sandbox, sqlite_url, key):
+    make_customers(sqlite_url, range(1, 3))
+    config = write(tmp_path, sqlite_url, sandbox.url, personyze={key: False})
+    result = cli("validate", "-c", config)
+    assert result.code == 2, result.text
+    assert f"personyze.{key}: unknown key" in result.err
+
+
+def test_the_client_verifies_certificates_and_hostnames(tmp_path, sandbox, sqlite_url):
+    assert not [
+        f
+        for f in PersonyzeSettings.model_fields
+        if any(word in f for word in ("verify", "ssl", "tls", "cert"))
+    ]
+    make_customers(sqlite_url, range(1, 3))
+    with App(load(Path(write(tmp_path, sqlite_url, "https://app.personyze.com/rest")))) as app:
+        context = app.client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        assert context.check_hostname is True
+
+
+class SelfSigned:
+    """An https server on loopback with a self-signed certificate, answering user_id 1."""
+
+    def __init__(self, folder: Path) -> None:
+        openssl = shutil.which("openssl")
+        assert openssl, "the openssl command is needed to make a self-signed certificate"
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                outer.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1")
+                self.end_headers()
+                self.wfile.write(b"1")
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_port}/rest"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> SelfSigned:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_a_self_signed_certificate_is_refused_with_a_clear_error(cli, tmp_path, sqlite_url):
+    make_customers(sqlite_url, range(1, 4))
+    with SelfSigned(tmp_path) as server:
+        config = write(
+            tmp_path,
+            sqlite_url,
+            server.url,
+            personyze={"max_attempts": 2, "backoff_initial_s": 0.01},
+        )
+        checked = cli("validate", "-c", config, "--connect")
+        ran = cli("once", "-c", config)
+        assert server.requests == 0, "a request was answered over an unverified connection"
+    assert checked.code == 1, checked.text
+    assert ran.code == 1, ran.text
+    assert "API key accepted" not in checked.out
+    for result in (checked, ran):
+        assert "Traceback" not in result.text
+        assert "certificate" in result.flat, f"the error does not say why: {result.flat}"
+    job = test_cli.status_json(cli, config)
+    assert job["checkpoint"] is None and job["rows_known"] == 0
