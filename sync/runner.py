@@ -11,6 +11,7 @@ as unchanged, or durably recorded as rejected.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -21,6 +22,7 @@ from sync.config import JobSettings
 from sync.errors import ConfigError, FatalError, Stopped, SyncError
 from sync.extract.query import Position
 from sync.extract.reader import Row, SourceReader
+from sync.load.window import Slot, Window
 from sync.load.writer import Delivered, Failed, Outgoing, Refused, Writer
 from sync.mapping import Mapper, Record, Rejection
 from sync.state.store import (
@@ -89,6 +91,11 @@ class JobRun:
         self.observer = observer
         self.stats = RunStats()
         self._handled: set[str] = set()  # rows retried this run: not processed twice
+        self._window = Window()  # rows read, in order, some still being sent
+        self._finished: list[Slot] = []  # handed back by the window, not yet committed
+        self._committed_at = time.monotonic()
+        self._skipped = 0  # unchanged rows since the last commit
+        self._failure: SyncError | None = None  # the first row that could not be delivered
 
     def run(self, options: RunOptions, progress: Progress | None = None) -> RunStats:
         """Run once; the run history records the outcome whatever happens."""
@@ -134,6 +141,7 @@ class JobRun:
             self._reconcile_pending()
         self._retry_rejected(force=options.only_rejected)
         if options.only_rejected:
+            self._finish()
             return
         checkpoint = self.store.checkpoint(name)
         start = None if options.full else options.start or checkpoint
@@ -141,11 +149,12 @@ class JobRun:
         if start is not None and start is checkpoint and self.job.source.lookback:
             lower = _minus(checkpoint.cursor, self.job.source.lookback)
             for batch in self.reader.batches_in_window(lower, checkpoint):
-                self._process(batch, advance=False)
+                self._feed(batch, advance=False)
         for batch in self.reader.batches_after(start, upper):
-            self._process(batch, advance=True)
+            self._feed(batch, advance=True)
             if progress is not None:
                 progress(len(batch))
+        self._finish()
 
     def _reconcile_pending(self) -> None:
         """Rows sent without an answer by a run that died: adopt what Personyze made."""
@@ -183,66 +192,126 @@ class JobRun:
             ):
                 due.append(row)
         if due:
-            self._process(due, advance=False, retrying=True)
+            self._feed(due, advance=False, retrying=True)
             self._handled.update(key_text(self.reader.position(r).key) for r in due)
 
-    # -- one batch -------------------------------------------------------------
+    # -- rows through the window -------------------------------------------------
 
-    def _process(self, batch: list[Row], *, advance: bool, retrying: bool = False) -> None:
-        """Map, skip what is unchanged or was just handled, send the rest, commit."""
+    def _feed(self, batch: list[Row], *, advance: bool, retrying: bool = False) -> None:
+        """Map a batch, skip what is unchanged or was just handled, start sending the rest.
+
+        Slots go into the window in source order; ``advance``: these rows move the
+        checkpoint once they and every row before them are done.
+        """
         if self.stop.is_set():
+            self._finish()
             raise Stopped("stopped between batches; the checkpoint is saved")
         name = self.job.name
-        skipped_before = self.stats.skipped
         if not retrying:
             self.stats.read += len(batch)
         mapped = [self.mapper.map(row) for row in batch]
         keys = [key_text(m.key) for m in mapped]
         known = self.store.known_rows(name, keys)
         refused = {} if retrying else self.store.rejected_fingerprints(name, keys)
-        outgoing: list[Outgoing] = []
-        fingerprints: dict[str, str] = {}
-        outcome = BatchOutcome()
-        for m in mapped:
-            key = key_text(m.key)
+        slots: list[Slot] = []
+        for row, m, key in zip(batch, mapped, keys, strict=True):
+            slot = Slot(key, self.reader.position(row) if advance else None, m.fingerprint)
             previous = known.get(key)
             unchanged = previous is not None and previous.fingerprint == m.fingerprint
             if not retrying and (
                 unchanged or key in self._handled or refused.get(key) == m.fingerprint
             ):
-                self.stats.skipped += 1
-                continue
-            if isinstance(m, Rejection):
-                outcome.rejected.append(RejectedRow(key, m.payload, m.reason, None, m.fingerprint))
-                continue
-            outgoing.append(_outgoing(key, m, previous))
-            fingerprints[key] = m.fingerprint
+                self._skipped += 1
+            elif isinstance(m, Rejection):
+                slot.payload, slot.reason = m.payload, m.reason
+            else:
+                slot.payload = _payload(m, previous)
+            slots.append(slot)
+        if self.writer is None:  # a dry run: say what would be sent, send nothing
+            self.stats.skipped += self._skipped
+            self._skipped = 0
+            self.stats.rejected += sum(1 for s in slots if s.reason is not None)
+            self.stats.would_send += [s.payload for s in slots if _to_send(s)]
+            return
+        risky = [
+            (s.key, str(s.payload["internal_id"]))
+            for s in slots
+            if _to_send(s) and not Outgoing(s.key, s.payload).repeatable
+        ]
+        self.store.add_pending(name, risky)  # durably, before they are sent
+        for slot in slots:
+            if _to_send(slot):
+                slot.future = self.writer.submit(Outgoing(slot.key, slot.payload))
+            self._window.add(slot)
+            while len(self._window) >= self.job.source.batch_size:
+                self._collect(block=True)
+        self._collect()
 
-        failed: dict[str, Failed] = {}
+    def _collect(self, *, block: bool = False) -> None:
+        """Take the finished prefix; commit it every quarter batch or half second."""
+        self._finished += self._window.finished(block=block)
+        due = len(self._finished) >= max(1, self.job.source.batch_size // 4) or (
+            self._finished and time.monotonic() - self._committed_at > 0.5
+        )
+        if due:
+            self._commit()
+        if self._failure is not None:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Wait for every row in flight, commit, and raise what stopped the run, if anything."""
         if self.writer is None:
-            self.stats.would_send += [o.payload for o in outgoing]
-        else:
-            self._send(outgoing, fingerprints, outcome, failed)
-        self.stats.rejected += len(outcome.rejected)
+            return
+        if self._failure is not None:
+            self.writer.abort()
+        self._finished += self._window.drain()
+        self._commit()
+        failure = self._failure
+        if failure is None:
+            return
+        if isinstance(failure, FatalError):
+            raise failure
+        if isinstance(failure, Stopped):
+            raise Stopped("stopped; the checkpoint stays before the rows not yet delivered")
+        raise type(failure)(
+            f"a row could not be delivered ({failure}); the checkpoint stays before it"
+        ) from failure
 
-        if advance and self.writer is not None:
-            outcome.checkpoint = self._done_prefix(batch, failed)
-        if self.writer is not None:
-            self.store.commit_batch(name, outcome)
-            self._observe(outcome, skipped=self.stats.skipped - skipped_before)
-        if failed:
-            first = next(iter(failed.values())).error
-            if isinstance(first, FatalError):
-                raise first
-            if isinstance(first, Stopped):
-                raise Stopped(
-                    f"stopped with {len(failed)} row(s) of a batch unsent; "
-                    "the checkpoint stays before them"
-                ) from None
-            raise type(first)(
-                f"{len(failed)} row(s) could not be delivered "
-                f"(first: {first}); the checkpoint stays before them"
-            ) from first
+    def _commit(self) -> None:
+        """Record the finished slots in one transaction; the checkpoint stops at a failure."""
+        outcome = BatchOutcome()
+        for slot in self._finished:
+            result = slot.result()
+            if slot.reason is not None:
+                outcome.rejected.append(
+                    RejectedRow(slot.key, slot.payload, slot.reason, None, slot.fingerprint)
+                )
+            elif isinstance(result, Delivered):
+                outcome.acks.append(Ack(slot.key, result.user_id, slot.fingerprint))
+            elif isinstance(result, Refused):
+                outcome.rejected.append(
+                    RejectedRow(
+                        slot.key, slot.payload, result.reason, result.status, slot.fingerprint
+                    )
+                )
+            elif isinstance(result, Failed) and self._failure is None:
+                self._failure = result.error
+                assert self.writer is not None
+                self.writer.abort()  # start nothing more: the run ends here
+            if self._failure is None and slot.position is not None:
+                outcome.checkpoint = slot.position
+        self._finished = []
+        self._committed_at = time.monotonic()
+        outcome.collisions = self._collisions(outcome.acks)
+        if outcome.acks or outcome.rejected or outcome.checkpoint is not None:
+            self.store.commit_batch(self.job.name, outcome)
+        stats = self.stats
+        stats.sent += len(outcome.acks)
+        stats.rejected += len(outcome.rejected)
+        stats.collisions += len(outcome.collisions)
+        stats.skipped += self._skipped
+        self._observe(outcome, skipped=self._skipped)
+        self._skipped = 0
 
     def _observe(self, outcome: BatchOutcome, *, skipped: int) -> None:
         if self.observer is None:
@@ -258,32 +327,6 @@ class JobRun:
         if outcome.checkpoint is not None:
             self.observer.checkpoint(name, outcome.checkpoint)
 
-    def _send(
-        self,
-        outgoing: list[Outgoing],
-        fingerprints: dict[str, str],
-        outcome: BatchOutcome,
-        failed: dict[str, Failed],
-    ) -> None:
-        assert self.writer is not None
-        name = self.job.name
-        risky = [(o.key, str(o.payload["internal_id"])) for o in outgoing if not o.repeatable]
-        self.store.add_pending(name, risky)
-        for item, result in zip(outgoing, self.writer.send(outgoing), strict=True):
-            if isinstance(result, Delivered):
-                outcome.acks.append(Ack(item.key, result.user_id, fingerprints[item.key]))
-            elif isinstance(result, Refused):
-                outcome.rejected.append(
-                    RejectedRow(
-                        item.key, item.payload, result.reason, result.status, fingerprints[item.key]
-                    )
-                )
-            else:
-                failed[item.key] = result
-        self.stats.sent += len(outcome.acks)
-        outcome.collisions = self._collisions(outcome.acks)
-        self.stats.collisions += len(outcome.collisions)
-
     def _collisions(self, acks: list[Ack]) -> list[Collision]:
         """Acks whose user_id another row already holds: two rows, one Personyze user."""
         holders = self.store.holders(self.job.name, (a.user_id for a in acks))
@@ -297,22 +340,17 @@ class JobRun:
             seen.setdefault(ack.user_id, ack.key)
         return found
 
-    def _done_prefix(self, batch: list[Row], failed: dict[str, Failed]) -> Position | None:
-        """The position of the last row before the first row still owed."""
-        last: Position | None = None
-        for row in batch:
-            position = self.reader.position(row)
-            if key_text(position.key) in failed:
-                break
-            last = position
-        return last
+
+def _to_send(slot: Slot) -> bool:
+    return slot.reason is None and bool(slot.payload)
 
 
-def _outgoing(key: str, record: Record, previous: KnownRow | None) -> Outgoing:
+def _payload(record: Record, previous: KnownRow | None) -> dict[str, Any]:
+    """The record's payload, carrying the user_id Personyze gave this row before."""
     payload: dict[str, Any] = dict(record.payload)
     if previous is not None and "user_id" not in payload:
         payload["user_id"] = previous.user_id
-    return Outgoing(key, payload)
+    return payload
 
 
 def _typed_key(key: str, reader: SourceReader) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,23 +95,33 @@ class Writer:
         self._wall = wall
         self._sleep = sleep
         self._fatal: FatalError | None = None
+        self._aborted = threading.Event()
 
     def send(self, items: list[Outgoing]) -> list[Result]:
-        results: list[Result] = [Failed(SyncError("not sent"))] * len(items)
-        todo = list(range(len(items)))
+        """Deliver a batch through the pool; results in the items' order."""
+        return list(self._pool.map(self.deliver, items))
+
+    def submit(self, item: Outgoing) -> Future[Result]:
+        """Deliver one item on the pool; the future never raises."""
+        return self._pool.submit(self.deliver, item)
+
+    def deliver(self, item: Outgoing) -> Result:
+        """Send one item, reconciling it first whenever an answer was lost."""
         for round_no in range(1, self._max_rounds + 1):
             sent_at = self._wall()
-            for index, result in zip(
-                todo, self._pool.map(self._one, (items[i] for i in todo)), strict=True
-            ):
-                results[index] = result
-            unsure = [i for i in todo if _lost_answer(results[i]) and not items[i].repeatable]
-            if not unsure or round_no == self._max_rounds:
-                break
+            result = self._one(item)
+            if item.repeatable or not _lost_answer(result) or round_no == self._max_rounds:
+                return result
             self._sleep(self._backoff(round_no))
-            self.adopt_found([items[i] for i in unsure], sent_at)
-            todo = unsure
-        return results
+            try:
+                self.adopt_found([item], sent_at)
+            except SyncError as exc:
+                return Failed(exc)
+        return result
+
+    def abort(self) -> None:
+        """Start nothing more (a row could not be delivered): what is in flight finishes."""
+        self._aborted.set()
 
     def adopt_found(self, items: Iterable[Outgoing], sent_at: float) -> dict[str, int]:
         """Give each item whose user Personyze already made that user's id."""
@@ -137,6 +147,8 @@ class Writer:
             return Failed(self._fatal)
         if self._stop.is_set():  # a clean stop: what is in flight finishes, nothing new starts
             return Failed(Stopped("stopping"))
+        if self._aborted.is_set():
+            return Failed(Stopped("not sent: an earlier row could not be delivered"))
         try:
             return Delivered(self._client.upsert(item.payload, repeatable=item.repeatable))
         except RejectedError as exc:

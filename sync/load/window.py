@@ -1,0 +1,63 @@
+"""Rows in source order, while their requests finish in any order.
+
+The runner adds a slot for every row it reads. A slot that needs no request (the row
+is unchanged, or the mapper refused it) is finished at once; the others finish when
+their request does. :meth:`Window.finished` hands back the longest finished prefix,
+so the checkpoint only ever moves over rows that are done, however many requests are
+in flight and whatever order their answers come in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync.extract.query import Position
+from sync.load.writer import Result
+
+
+@dataclass
+class Slot:
+    """One row on its way: what it is, where it stands, and how it ended."""
+
+    key: str
+    position: Position | None  # None: this row does not move the checkpoint
+    fingerprint: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # refused by the mapper: never sent
+    future: Future[Result] | None = None  # None and no reason: unchanged, nothing to send
+
+    def done(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def result(self) -> Result | None:
+        return None if self.future is None else self.future.result()
+
+
+class Window:
+    """The slots not yet handed back, oldest first."""
+
+    def __init__(self) -> None:
+        self._slots: deque[Slot] = deque()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def add(self, slot: Slot) -> None:
+        self._slots.append(slot)
+
+    def finished(self, *, block: bool = False) -> list[Slot]:
+        """The finished prefix; with ``block``, wait until the oldest slot is finished."""
+        if block and self._slots and self._slots[0].future is not None:
+            wait([self._slots[0].future])
+        prefix = []
+        while self._slots and self._slots[0].done():
+            prefix.append(self._slots.popleft())
+        return prefix
+
+    def drain(self) -> list[Slot]:
+        """Wait for every slot, then hand them all back."""
+        wait([s.future for s in self._slots if s.future is not None])
+        return self.finished()
