@@ -36,6 +36,7 @@ from sync.state.store import (
 )
 
 AUTO_RETRIES = 3  # an unchanged rejected row is retried on this many runs, then on demand
+WINDOW_BATCHES = 4  # rows read but not yet done, in batches: room for slow rows to retry
 
 
 @dataclass
@@ -92,7 +93,8 @@ class JobRun:
         self.stats = RunStats()
         self._handled: set[str] = set()  # rows retried this run: not processed twice
         self._window = Window()  # rows read, in order, some still being sent
-        self._finished: list[Slot] = []  # handed back by the window, not yet committed
+        self._finished: list[Slot] = []  # the window's finished prefix, not yet committed
+        self._ahead: list[Slot] = []  # finished beyond that prefix, not yet committed
         self._committed_at = time.monotonic()
         self._skipped = 0  # unchanged rows since the last commit
         self._failure: SyncError | None = None  # the first row that could not be delivered
@@ -243,17 +245,18 @@ class JobRun:
             if _to_send(slot):
                 slot.future = self.writer.submit(Outgoing(slot.key, slot.payload))
             self._window.add(slot)
-            while len(self._window) >= self.job.source.batch_size:
+            while len(self._window) >= WINDOW_BATCHES * self.job.source.batch_size:
                 self._collect(block=True)
         self._collect()
 
     def _collect(self, *, block: bool = False) -> None:
-        """Take the finished prefix; commit it every quarter batch or half second."""
+        """Take what finished; commit every quarter batch or half second."""
         self._finished += self._window.finished(block=block)
-        due = len(self._finished) >= max(1, self.job.source.batch_size // 4) or (
-            self._finished and time.monotonic() - self._committed_at > 0.5
-        )
-        if due:
+        self._ahead += self._window.done_ahead()
+        waiting = len(self._finished) + len(self._ahead)
+        if waiting >= max(1, self.job.source.batch_size // 4) or (
+            waiting and time.monotonic() - self._committed_at > 0.5
+        ):
             self._commit()
         if self._failure is not None:
             self._finish()
@@ -278,29 +281,21 @@ class JobRun:
         ) from failure
 
     def _commit(self) -> None:
-        """Record the finished slots in one transaction; the checkpoint stops at a failure."""
+        """Record finished slots in one transaction.
+
+        The checkpoint moves to the end of the finished prefix, and never again once a
+        row could not be delivered; outcomes of rows finished beyond the prefix are
+        recorded too, so that a crash does not send them again.
+        """
         outcome = BatchOutcome()
+        for slot in self._ahead:
+            self._record(slot, outcome)
         for slot in self._finished:
-            result = slot.result()
-            if slot.reason is not None:
-                outcome.rejected.append(
-                    RejectedRow(slot.key, slot.payload, slot.reason, None, slot.fingerprint)
-                )
-            elif isinstance(result, Delivered):
-                outcome.acks.append(Ack(slot.key, result.user_id, slot.fingerprint))
-            elif isinstance(result, Refused):
-                outcome.rejected.append(
-                    RejectedRow(
-                        slot.key, slot.payload, result.reason, result.status, slot.fingerprint
-                    )
-                )
-            elif isinstance(result, Failed) and self._failure is None:
-                self._failure = result.error
-                assert self.writer is not None
-                self.writer.abort()  # start nothing more: the run ends here
+            if not slot.recorded:
+                self._record(slot, outcome)
             if self._failure is None and slot.position is not None:
                 outcome.checkpoint = slot.position
-        self._finished = []
+        self._finished, self._ahead = [], []
         self._committed_at = time.monotonic()
         outcome.collisions = self._collisions(outcome.acks)
         if outcome.acks or outcome.rejected or outcome.checkpoint is not None:
@@ -312,6 +307,25 @@ class JobRun:
         stats.skipped += self._skipped
         self._observe(outcome, skipped=self._skipped)
         self._skipped = 0
+
+    def _record(self, slot: Slot, outcome: BatchOutcome) -> None:
+        """Add one finished slot's outcome; the first failure ends the run's progress."""
+        slot.recorded = True
+        result = slot.result()
+        if slot.reason is not None:
+            outcome.rejected.append(
+                RejectedRow(slot.key, slot.payload, slot.reason, None, slot.fingerprint)
+            )
+        elif isinstance(result, Delivered):
+            outcome.acks.append(Ack(slot.key, result.user_id, slot.fingerprint))
+        elif isinstance(result, Refused):
+            outcome.rejected.append(
+                RejectedRow(slot.key, slot.payload, result.reason, result.status, slot.fingerprint)
+            )
+        elif isinstance(result, Failed) and self._failure is None:
+            self._failure = result.error
+            assert self.writer is not None
+            self.writer.abort()  # start nothing more: the run ends here
 
     def _observe(self, outcome: BatchOutcome, *, skipped: int) -> None:
         if self.observer is None:

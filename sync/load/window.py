@@ -4,7 +4,8 @@ The runner adds a slot for every row it reads. A slot that needs no request (the
 is unchanged, or the mapper refused it) is finished at once; the others finish when
 their request does. :meth:`Window.finished` hands back the longest finished prefix,
 so the checkpoint only ever moves over rows that are done, however many requests are
-in flight and whatever order their answers come in.
+in flight and whatever order their answers come in; :meth:`Window.done_ahead` hands
+back what finished beyond it, so its outcome can be stored without waiting.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Slot:
     payload: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # refused by the mapper: never sent
     future: Future[Result] | None = None  # None and no reason: unchanged, nothing to send
+    recorded: bool = False  # its outcome is already in the state store
 
     def done(self) -> bool:
         return self.future is None or self.future.done()
@@ -56,6 +58,17 @@ class Window:
         while self._slots and self._slots[0].done():
             prefix.append(self._slots.popleft())
         return prefix
+
+    def done_ahead(self) -> list[Slot]:
+        """Finished slots behind an unfinished one, not yet recorded; marks them recorded.
+
+        Their outcomes can be stored at once (so a crash does not resend them); only
+        the checkpoint has to wait for the slots before them.
+        """
+        ahead = [s for s in self._slots if not s.recorded and s.future is not None and s.done()]
+        for slot in ahead:
+            slot.recorded = True
+        return ahead
 
     def drain(self) -> list[Slot]:
         """Wait for every slot, then hand them all back."""

@@ -622,7 +622,14 @@ def _bounds(where: Where | None, column: str) -> Bounds:
     """Numeric range tests on ``column`` in a single-group where (used to skip ahead)."""
     lows: list[tuple[str, float]] = []
     highs: list[tuple[str, float]] = []
-    if where is None or len(where) != 1:
+    if where is None:
+        return lows, highs
+    if len(where) > 1:  # or-groups: the loosest of the groups' bounds, if each has one
+        each = [_bounds((group,), column) for group in where]
+        if all(group_lows for group_lows, _ in each):
+            lows.append((">=", min(min(v for _, v in group_lows) for group_lows, _ in each)))
+        if all(group_highs for _, group_highs in each):
+            highs.append(("<=", max(max(v for _, v in group_highs) for _, group_highs in each)))
         return lows, highs
     for condition in where[0]:
         if condition.column != column or condition.op not in (">", ">=", "<", "<=", "="):

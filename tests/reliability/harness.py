@@ -38,7 +38,7 @@ MAPPING = {
 
 
 def make_people(url: str, rows: int = ROWS) -> None:
-    """``rows`` people; every 500 share one updated_at; every 10th has no email."""
+    """``rows`` people; every 500 share one updated_at; every 50th has no email."""
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(
@@ -50,7 +50,7 @@ def make_people(url: str, rows: int = ROWS) -> None:
         conn.execute(text("CREATE INDEX people_cursor ON people (updated_at, id)"))
         conn.execute(
             text(
-                "INSERT INTO people SELECT i, CASE WHEN i % 10 = 0 THEN NULL "
+                "INSERT INTO people SELECT i, CASE WHEN i % 50 = 0 THEN NULL "
                 "ELSE 'Person' || i || '@Example.com' END, 'First' || i, i * 1.25, "
                 ":t0 + (i / 500) * interval '1 minute', NULL FROM generate_series(1, :n) i"
             ),
@@ -97,10 +97,10 @@ def sync_config(
         source={"table": "people", "batch_size": BATCH, "lookback": lookback},
         job={"name": "people", "mapping": MAPPING},
         personyze={
-            "concurrency": 8,
+            "concurrency": 16,
             "max_attempts": 20,
-            "backoff_initial_s": 0.01,
-            "backoff_max_s": 0.2,
+            "backoff_initial_s": 0.002,
+            "backoff_max_s": 0.05,
             "timeout_s": 2,
             **(personyze or {}),
         },

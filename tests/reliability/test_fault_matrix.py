@@ -75,7 +75,7 @@ def test_api_errors_rate_limits_drops_and_lost_answers(tmp_path: Path, source: s
     faults = Faults(
         error_rate=0.20,
         rate_limit_rate=0.10,
-        retry_after_s=0.02,
+        retry_after_s=0.005,
         latency_s=0.002,
         drop_rate=0.02,
         lost_answer_rate=0.05,
