@@ -288,13 +288,14 @@ class JobRun:
         recorded too, so that a crash does not send them again.
         """
         outcome = BatchOutcome()
-        for slot in self._ahead:
-            self._record(slot, outcome)
-        for slot in self._finished:
+        for slot in self._finished:  # in order: a failure stops the checkpoint right there
             if not slot.recorded:
                 self._record(slot, outcome)
             if self._failure is None and slot.position is not None:
                 outcome.checkpoint = slot.position
+        for slot in self._ahead:
+            if not slot.recorded:
+                self._record(slot, outcome)
         self._finished, self._ahead = [], []
         self._committed_at = time.monotonic()
         outcome.collisions = self._collisions(outcome.acks)

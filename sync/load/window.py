@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import Any
 
 from sync.extract.query import Position
@@ -43,12 +44,15 @@ class Window:
 
     def __init__(self) -> None:
         self._slots: deque[Slot] = deque()
+        self._just_done: SimpleQueue[Slot] = SimpleQueue()  # filled by the sending threads
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def add(self, slot: Slot) -> None:
         self._slots.append(slot)
+        if slot.future is not None:
+            slot.future.add_done_callback(lambda _: self._just_done.put(slot))
 
     def finished(self, *, block: bool = False) -> list[Slot]:
         """The finished prefix; with ``block``, wait until the oldest slot is finished."""
@@ -60,14 +64,16 @@ class Window:
         return prefix
 
     def done_ahead(self) -> list[Slot]:
-        """Finished slots behind an unfinished one, not yet recorded; marks them recorded.
+        """Slots that finished since the last call, wherever they stand, not yet recorded.
 
         Their outcomes can be stored at once (so a crash does not resend them); only
         the checkpoint has to wait for the slots before them.
         """
-        ahead = [s for s in self._slots if not s.recorded and s.future is not None and s.done()]
-        for slot in ahead:
-            slot.recorded = True
+        ahead = []
+        while not self._just_done.empty():
+            slot = self._just_done.get()
+            if not slot.recorded:
+                ahead.append(slot)
         return ahead
 
     def drain(self) -> list[Slot]:

@@ -21,11 +21,13 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from sync.mapping import format_datetime
+from sync.runner import WINDOW_BATCHES
 from sync.sandbox import SandboxServer
 from tests.support import API_KEY, config_doc, write_config
 
 ROWS = 20_000
-BATCH = 200  # the in-flight window: a batch is sent whole before its checkpoint commits
+BATCH = 200
+WINDOW = WINDOW_BATCHES * BATCH  # rows read but not yet recorded: what a crash may resend
 CLI = str(Path(sys.executable).parent / "personyze-sync")
 T0 = datetime(2025, 1, 1, 8, 0, 0)
 MAPPING = {

@@ -20,9 +20,9 @@ from sqlalchemy import create_engine, text
 
 from sync.sandbox import Faults, SandboxServer
 from tests.reliability.harness import (
-    BATCH,
     ROWS,
     T0,
+    WINDOW,
     Watcher,
     assert_sandbox_equals_source,
     cursor_order,
@@ -113,7 +113,7 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
     history = run_history(tmp_path / "state.db")
     assert watcher.violations == []
     assert kills == 20
-    assert outcome.extra_acks <= kills * BATCH, "resent more than the unacknowledged tails"
+    assert outcome.extra_acks <= kills * WINDOW, "resent more than the unacknowledged tails"
     assert history[-1][0] == "success"
     assert sum(1 for o, _ in history if o == "running") <= kills  # killed before finishing
     report("sigkill", outcome, kills=kills, runs=len(history))
@@ -126,11 +126,12 @@ def test_the_source_database_restarts_in_the_middle_of_a_run(tmp_path: Path, sou
             process = start(config)
             wait_for_posts(sandbox, ROWS // 4, process)
             pg_ctl("restart")
+            restarted_at = len(sandbox.requests)
             code, output = finish(process)
-        assert code == 0, output
+        assert code == 0, output  # the same run went on after the restart
         outcome = assert_sandbox_equals_source(source, sandbox)
+    assert restarted_at < ROWS
     assert watcher.violations == []
-    assert "database connection lost; retrying" in output
     assert outcome.extra_acks == 0
     assert [o for o, _ in run_history(tmp_path / "state.db")] == ["success"]
     report("source-restart", outcome)
@@ -153,7 +154,7 @@ def test_a_locked_sqlite_state_store(tmp_path: Path, source: str) -> None:
         assert code == 0, output
         outcome = assert_sandbox_equals_source(source, sandbox)
     assert watcher.violations == []
-    assert stalled_at - held_at <= BATCH  # the sync waited instead of sending on
+    assert stalled_at - held_at <= WINDOW  # it waited once its window was full
     assert outcome.extra_acks == 0
     report("sqlite-locked", outcome, sent_while_locked=stalled_at - held_at)
 
@@ -181,7 +182,7 @@ def test_a_postgresql_state_store_that_stops_for_a_while(
     engine.dispose()
     assert runs[-1] == "success"
     assert checkpoint == str(ROWS)  # the last row in (cursor, key) order
-    assert outcome.extra_acks <= BATCH
+    assert outcome.extra_acks <= WINDOW
     report("pg-state-stopped", outcome, runs=runs)
 
 
@@ -291,7 +292,7 @@ def test_internal_id_only_rows_killed_between_send_and_answer(
             run_to_end(config)
         outcome = assert_sandbox_equals_source(source, sandbox)  # one user per row
     assert watcher.violations == []
-    assert outcome.extra_acks <= kills * BATCH
+    assert outcome.extra_acks <= kills * WINDOW
     reads = [r for r in sandbox.requests if r.method == "GET" and "data_last_modified" in r.path]
     assert reads, "no read-back reconciled the lost answers"
     report(
