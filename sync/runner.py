@@ -3,9 +3,10 @@
 A run first finishes what the last one left (rows sent without an answer, rows
 Personyze rejected), then re-reads the lookback window behind the checkpoint, then
 reads every row after the checkpoint up to the largest cursor value seen at the
-start. Each batch's outcome is committed in one transaction, and the checkpoint only
-ever moves to the end of the longest prefix of rows that were acknowledged, skipped
-as unchanged, or durably recorded as rejected.
+start. Rows go through an ordered window (:mod:`sync.load.window`) while their
+requests finish in any order; outcomes are committed a few times a second, and the
+checkpoint only ever moves to the end of the longest prefix of rows that were
+acknowledged, skipped as unchanged, or durably recorded as rejected.
 """
 
 from __future__ import annotations
