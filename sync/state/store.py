@@ -51,6 +51,8 @@ from sync.extract.query import Position
 
 T = TypeVar("T")
 
+DIED = "the process ended before the run did (killed or crashed); nothing was lost"
+
 metadata = MetaData()
 
 checkpoints = Table(
@@ -575,7 +577,18 @@ class StateStore:
     # -- run history -----------------------------------------------------------
 
     def start_run(self, job: str, kind: str) -> int:
+        """A new run in the history; runs of the job still marked running never ended.
+
+        One run of a job goes at a time, so a "running" one left behind belongs to a
+        process that died (killed, crashed): it is marked so, for ``status``.
+        """
+
         def write(conn: Connection) -> int:
+            conn.execute(
+                update(runs)
+                .where(runs.c.job == job, runs.c.outcome == "running")
+                .values(outcome="died", error=DIED)
+            )
             result = conn.execute(
                 runs.insert().values(
                     job=job,

@@ -96,4 +96,4 @@ def test_sigkill_during_backfill_loses_and_doubles_nothing(
             assert app.store.row_count("customers") == ROWS
             outcomes = [r.outcome for r in app.store.runs("customers", limit=10)]
     assert checkpoint is not None and checkpoint.key == ROWS  # the last row in (cursor, key) order
-    assert outcomes[0] == "success" and outcomes.count("running") == kills
+    assert outcomes[0] == "success" and outcomes.count("died") == kills

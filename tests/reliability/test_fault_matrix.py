@@ -115,7 +115,9 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
     assert kills == 20
     assert outcome.extra_acks <= kills * WINDOW, "resent more than the unacknowledged tails"
     assert history[-1][0] == "success"
-    assert sum(1 for o, _ in history if o == "running") <= kills  # killed before finishing
+    assert not any(o == "running" for o, _ in history)
+    died = sum(1 for o, _ in history if o == "died")
+    assert kills - 3 <= died <= kills  # a kill during start-up may come before the run began
     report("sigkill", outcome, kills=kills, runs=len(history))
 
 
