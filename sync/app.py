@@ -69,6 +69,7 @@ class App:
         self._on_response = on_response
         self._lock = threading.Lock()  # the daemon runs jobs in several threads
         self._engines: dict[str, Engine] = {}
+        self._readers: dict[str, SourceReader] = {}
         self._store: StateStore | None = None
         self._client: PersonyzeClient | None = None
 
@@ -109,7 +110,14 @@ class App:
             return self._engines[url]
 
     def reader(self, job: JobSettings) -> SourceReader:
-        return SourceReader(self.engine(job), job.source, Mapper(job).source_columns)
+        """The job's reader, its table reflected once for the life of this app."""
+        with self._lock:
+            reader = self._readers.get(job.name)
+        if reader is None:
+            reader = SourceReader(self.engine(job), job.source, Mapper(job).source_columns)
+            with self._lock:
+                self._readers[job.name] = reader
+        return reader
 
     def close(self) -> None:
         if self._client is not None:

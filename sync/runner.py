@@ -148,12 +148,11 @@ class JobRun:
             return
         checkpoint = self.store.checkpoint(name)
         start = None if options.full else options.start or checkpoint
-        upper = self.reader.max_cursor()
         if start is not None and start is checkpoint and self.job.source.lookback:
             lower = _minus(checkpoint.cursor, self.job.source.lookback)
             for batch in self.reader.batches_in_window(lower, checkpoint):
                 self._feed(batch, advance=False)
-        for batch in self.reader.batches_after(start, upper):
+        for batch in self.reader.batches_after(start):
             self._feed(batch, advance=True)
             if progress is not None:
                 progress(len(batch))

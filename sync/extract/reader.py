@@ -25,6 +25,7 @@ from sync.extract import query as q
 from sync.extract.query import Position, SourceShape
 
 Row = dict[str, Any]
+UP_TO_NOW: Any = object()  # batches_after's default bound: the largest cursor once needed
 
 
 class SourceReader:
@@ -99,13 +100,20 @@ class SourceReader:
     def null_cursor_count(self) -> int:
         return int(self._scalar(q.select_null_cursors(self.shape)) or 0)
 
-    def batches_after(self, start: Position | None, upper: Any) -> Iterator[list[Row]]:
+    def batches_after(self, start: Position | None, upper: Any = UP_TO_NOW) -> Iterator[list[Row]]:
         """Every row after ``start`` with cursor <= ``upper``, a batch at a time.
 
         A start without a key (``--since``, ``checkpoint reset --to``) means every
-        row whose cursor is at least that value.
+        row whose cursor is at least that value. ``UP_TO_NOW`` bounds the pass by the
+        largest cursor present once a second batch is needed (so rows changing while
+        it runs cannot keep it going forever); a run with nothing new costs one query.
         """
         start, lower = _split(start)
+        if upper is UP_TO_NOW:
+            upper = None
+            bound_later = True
+        else:
+            bound_later = False
         while True:
             batch = self._rows(
                 q.select_batch(
@@ -123,6 +131,8 @@ class SourceReader:
             start = self.position(batch[-1])
             if len(batch) < self._source.batch_size:
                 return
+            if bound_later:
+                upper, bound_later = self.max_cursor(), False
 
     def batches_in_window(self, lower_cursor: Any, end: Position) -> Iterator[list[Row]]:
         """Rows already passed whose cursor is within the lookback window."""

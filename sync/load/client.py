@@ -94,30 +94,56 @@ def raise_for_status(response: httpx.Response) -> None:
 
 
 class TokenBucket:
-    """A client-side ceiling on requests per second, shared by every sending thread."""
+    """A client-side ceiling on requests per second, shared by every sending thread.
+
+    It adapts under the ceiling: each 429 halves the rate, each success wins back 1 %,
+    so after a burst of 429s the rate climbs back to the ceiling over a few hundred
+    requests. Without a ceiling (``requests_per_second: null``) nothing is limited and
+    429s are met by ``Retry-After`` and backoff alone.
+    """
+
+    MIN_RATE = 0.5
+    RECOVERY = 1.01
 
     def __init__(
         self, rate: float | None, clock: Callable[[], float], sleep: Callable[[float], None]
     ) -> None:
-        self._rate = rate
-        self._tokens = 1.0 if rate else 0.0
-        self._capacity = max(1.0, rate or 0.0)
+        self._ceiling = rate
+        self._rate = rate  # the rate in force
+        self._tokens = 1.0
         self._clock = clock
         self._sleep = sleep
         self._last = clock()
         self._lock = threading.Lock()
+
+    @property
+    def rate(self) -> float | None:
+        return self._rate
 
     def take(self) -> None:
         if not self._rate:
             return
         with self._lock:
             now = self._clock()
-            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+            rate = self._rate
+            self._tokens = min(max(1.0, rate), self._tokens + (now - self._last) * rate)
             self._last = now
             self._tokens -= 1.0
-            wait = -self._tokens / self._rate if self._tokens < 0 else 0.0
+            wait = -self._tokens / rate if self._tokens < 0 else 0.0
         if wait > 0:
             self._sleep(wait)
+
+    def throttled(self) -> None:
+        """Personyze answered 429: halve the rate."""
+        with self._lock:
+            if self._rate:
+                self._rate = max(self.MIN_RATE, self._rate / 2)
+
+    def succeeded(self) -> None:
+        """A request went through: win back a little of the rate."""
+        with self._lock:
+            if self._rate and self._ceiling and self._rate < self._ceiling:
+                self._rate = min(self._ceiling, self._rate * self.RECOVERY)
 
 
 class PersonyzeClient:
@@ -276,6 +302,10 @@ class PersonyzeClient:
             raise RetriableError(f"connection to Personyze failed ({type(exc).__name__})") from None
         self._observe(response.status_code, started)
         self._note_server_time(response)
+        if response.status_code == 429:
+            self._bucket.throttled()
+        elif response.status_code < 400:
+            self._bucket.succeeded()
         raise_for_status(response)
         try:
             return response.json()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, text
 
 from sync.app import App
 from sync.databases import source_engine
@@ -248,3 +248,47 @@ def test_a_time_zone_aware_cursor_resumes_exactly(
     assert sorted(r.body["internal_id"] for r in posts(sandbox)) == [2, 9]
     user = users_by_internal_id(sandbox.users())["1"][0]
     assert user["custom_d_1"] == "2024-03-31 01:30:00"  # 02:30+01 in UTC
+
+
+def test_a_run_with_nothing_changed_costs_one_query_and_no_request(
+    tmp_path: Path, source_url: str, sandbox: SandboxServer
+) -> None:
+    make_customers(source_url, range(1, 121))
+    with make_app(tmp_path, source_url, sandbox) as app:
+        job = app.config.jobs[0]
+        app.run(job, RunOptions(kind="backfill"))
+        app.run(job, RunOptions())  # the reader reflects the table once per app
+        statements: list[str] = []
+        event.listen(
+            app.engine(job), "before_cursor_execute", lambda *args: statements.append(args[2])
+        )
+        sandbox.clear_requests()
+        stats = app.run(job, RunOptions())
+    assert (stats.read, stats.sent) == (0, 0)
+    assert sandbox.requests == []
+    assert len(statements) == 1, statements
+    assert "ORDER BY" in statements[0] and "LIMIT" in statements[0].upper()
+
+
+def test_requests_in_flight_never_exceed_the_concurrency(tmp_path: Path, sqlite_url: str) -> None:
+    make_customers(sqlite_url, range(1, 201))
+    with SandboxServer("test-key-3f9a1c", faults=Faults(latency_s=0.01)) as sandbox:
+        with make_app(tmp_path, sqlite_url, sandbox, personyze={"concurrency": 5}) as app:
+            app.run(app.config.jobs[0], RunOptions())
+    spans = sorted((r.start, r.end) for r in sandbox.requests)
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most == 5  # all of it used, never more
+
+
+def test_the_rate_ceiling_holds_over_many_requests(
+    tmp_path: Path, sqlite_url: str, sandbox: SandboxServer
+) -> None:
+    make_customers(sqlite_url, range(1, 151))
+    with make_app(
+        tmp_path, sqlite_url, sandbox, personyze={"requests_per_second": 100, "concurrency": 8}
+    ) as app:
+        app.run(app.config.jobs[0], RunOptions())
+    starts = sorted(r.start for r in sandbox.requests)
+    assert len(starts) == 150
+    # the bucket starts with one token: then no faster than 100 a second
+    assert starts[-1] - starts[0] >= (150 - 1) / 100 * 0.9

@@ -1,0 +1,88 @@
+"""The rate ceiling adapts to 429s; the window keeps order while answers come in any order."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import pytest
+
+from sync.extract.query import Position
+from sync.load.client import TokenBucket
+from sync.load.window import Slot, Window
+from sync.load.writer import Delivered
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_429_halves_the_rate_and_successes_win_it_back_slowly() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(40.0, time.clock, time.sleep)
+    bucket.throttled()
+    bucket.throttled()
+    assert bucket.rate == 10.0
+    for _ in range(10):
+        bucket.succeeded()
+    assert bucket.rate == pytest.approx(10.0 * 1.01**10)
+    for _ in range(1000):
+        bucket.succeeded()
+    assert bucket.rate == 40.0  # never above the ceiling
+
+
+def test_the_throttled_rate_is_what_requests_actually_get() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(100.0, time.clock, time.sleep)
+    for _ in range(5):
+        bucket.throttled()  # 100 -> 3.125 per second
+    start = time.now
+    for _ in range(50):
+        bucket.take()
+    assert (time.now - start) == pytest.approx(49 / 3.125, rel=0.05)
+
+
+def test_without_a_ceiling_nothing_is_limited_or_adapted() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(None, time.clock, time.sleep)
+    bucket.throttled()
+    for _ in range(100):
+        bucket.take()
+    assert bucket.rate is None and time.now == 0.0
+
+
+def done(value: int) -> Future[Delivered]:
+    future: Future[Delivered] = Future()
+    future.set_result(Delivered(value))
+    return future
+
+
+def test_the_window_hands_back_only_the_finished_prefix_in_order() -> None:
+    window = Window()
+    futures: list[Future[Delivered]] = [Future() for _ in range(4)]
+    slots = [Slot(str(i), Position(i, i), "fp", future=f) for i, f in enumerate(futures)]
+    for slot in slots:
+        window.add(slot)
+    futures[2].set_result(Delivered(12))  # answers arrive out of order
+    futures[1].set_result(Delivered(11))
+    assert window.finished() == []  # the first is still owed: nothing moves
+    assert {s.key for s in window.done_ahead()} == {"1", "2"}  # but these can be stored
+    futures[0].set_result(Delivered(10))
+    assert [s.key for s in window.finished()] == ["0", "1", "2"]
+    assert len(window) == 1
+    futures[3].set_result(Delivered(13))
+    assert [s.key for s in window.drain()] == ["3"]
+
+
+def test_rows_with_nothing_to_send_finish_at_once() -> None:
+    window = Window()
+    window.add(Slot("a", Position(1, 1), "fp"))  # unchanged: no request
+    window.add(Slot("b", Position(1, 2), "fp", future=done(5)))
+    window.add(Slot("c", Position(1, 3), "fp", reason="no identifier"))
+    assert [s.key for s in window.finished()] == ["a", "b", "c"]
