@@ -272,9 +272,12 @@ def test_a_run_with_nothing_changed_costs_one_query_and_no_request(
 
 def test_requests_in_flight_never_exceed_the_concurrency(tmp_path: Path, sqlite_url: str) -> None:
     make_customers(sqlite_url, range(1, 201))
-    with SandboxServer("test-key-3f9a1c", faults=Faults(latency_s=0.01)) as sandbox:
-        with make_app(tmp_path, sqlite_url, sandbox, personyze={"concurrency": 5}) as app:
-            app.run(app.config.jobs[0], RunOptions())
+    faults = Faults(latency_s=0.01)
+    with (
+        SandboxServer("test-key-3f9a1c", faults=faults) as sandbox,
+        make_app(tmp_path, sqlite_url, sandbox, personyze={"concurrency": 5}) as app,
+    ):
+        app.run(app.config.jobs[0], RunOptions())
     spans = sorted((r.start, r.end) for r in sandbox.requests)
     most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
     assert most == 5  # all of it used, never more
