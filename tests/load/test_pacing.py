@@ -86,3 +86,43 @@ def test_rows_with_nothing_to_send_finish_at_once() -> None:
     window.add(Slot("b", Position(1, 2), "fp", future=done(5)))
     window.add(Slot("c", Position(1, 3), "fp", reason="no identifier"))
     assert [s.key for s in window.finished()] == ["a", "b", "c"]
+
+
+def test_the_client_offers_http2_when_it_speaks_tls() -> None:
+    """HTTP/2 is negotiated by ALPN: the TLS ClientHello must offer "h2"."""
+    import socket
+    import threading
+
+    from pydantic import SecretStr
+
+    from sync.config import PersonyzeSettings
+    from sync.errors import SyncError
+    from sync.load.client import PersonyzeClient
+
+    hello: list[bytes] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            hello.append(conn.recv(4096))  # the ClientHello, in clear; then hang up
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    settings = PersonyzeSettings(
+        api_key=SecretStr("k"),
+        base_url=f"https://127.0.0.1:{port}/rest",
+        max_attempts=1,
+        requests_per_second=None,
+        timeout_s=5,
+    )
+    with PersonyzeClient(settings) as client, pytest.raises(SyncError):
+        client.check_key()
+    thread.join(5)
+    server.close()
+    assert hello and hello[0][:1] == b"\x16"  # a TLS handshake record
+    assert b"\x02h2" in hello[0] and b"\x08http/1.1" in hello[0]
