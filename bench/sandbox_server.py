@@ -43,7 +43,11 @@ class CountingSandbox(SandboxServer):
     def stats(self) -> dict[str, Any]:
         with self._count_lock:
             by_method = dict(self.counts)
-        return {"requests": sum(by_method.values()), "by_method": by_method, "users": len(self.store)}
+        return {
+            "requests": sum(by_method.values()),
+            "by_method": by_method,
+            "users": len(self.store),
+        }
 
     def reset_all(self) -> None:
         self.store.reset()
@@ -94,7 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     sandbox = CountingSandbox(
-        args.api_key, host=args.host, port=args.port, faults=Faults(latency_s=args.latency_ms / 1000)
+        args.api_key,
+        host=args.host,
+        port=args.port,
+        faults=Faults(latency_s=args.latency_ms / 1000),
     )
     sandbox.start()
     stats = stats_server(sandbox, args.host, args.stats_port)

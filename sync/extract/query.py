@@ -69,6 +69,18 @@ def select_batch(
     ``upper``: the largest cursor value this pass reads (None: no bound).
     ``lower_cursor``: the smallest cursor value read (the lookback window's edge).
     """
+    return (
+        select(*(shape.selectable.c[name] for name in columns))
+        .where(*_in_range(shape, start, upper, lower_cursor))
+        .order_by(shape.cursor_col(), shape.key_col())
+        .limit(limit)
+    )
+
+
+def _in_range(
+    shape: SourceShape, start: Position | None, upper: Any, lower_cursor: Any
+) -> list[ColumnElement[bool]]:
+    """A non-NULL cursor, after ``start``, between ``lower_cursor`` and ``upper``."""
     cursor = shape.cursor_col()
     conditions: list[ColumnElement[bool]] = [cursor.is_not(None)]
     if start is not None:
@@ -77,12 +89,7 @@ def select_batch(
         conditions.append(cursor >= lower_cursor)
     if upper is not None:
         conditions.append(cursor <= upper)
-    return (
-        select(*(shape.selectable.c[name] for name in columns))
-        .where(*conditions)
-        .order_by(cursor, shape.key_col())
-        .limit(limit)
-    )
+    return conditions
 
 
 def select_window(
@@ -116,14 +123,7 @@ def select_count(
     shape: SourceShape, *, start: Position | None, upper: Any, lower_cursor: Any = None
 ) -> Select[Any]:
     """How many rows a pass from ``start`` up to ``upper`` will read (for progress)."""
-    cursor = shape.cursor_col()
-    conditions: list[ColumnElement[bool]] = [cursor.is_not(None)]
-    if start is not None:
-        conditions.append(after(shape, start))
-    if lower_cursor is not None:
-        conditions.append(cursor >= lower_cursor)
-    if upper is not None:
-        conditions.append(cursor <= upper)
+    conditions = _in_range(shape, start, upper, lower_cursor)
     return select(func.count()).select_from(shape.selectable).where(*conditions)
 
 

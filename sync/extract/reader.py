@@ -109,51 +109,51 @@ class SourceReader:
         it runs cannot keep it going forever); a run with nothing new costs one query.
         """
         start, lower = _split(start)
-        if upper is UP_TO_NOW:
-            upper = None
-            bound_later = True
-        else:
-            bound_later = False
-        while True:
-            batch = self._rows(
-                q.select_batch(
-                    self.shape,
-                    self.columns,
-                    start=start,
-                    upper=upper,
-                    lower_cursor=lower,
-                    limit=self._source.batch_size,
-                )
+        limit: Any = None if upper is UP_TO_NOW else upper
+        pages = 0
+
+        def batch_after(position: Position | None) -> Any:
+            nonlocal limit, pages
+            if pages == 1 and upper is UP_TO_NOW:
+                limit = self.max_cursor()  # a second batch is needed: bound the pass
+            pages += 1
+            return q.select_batch(
+                self.shape,
+                self.columns,
+                start=position,
+                upper=limit,
+                lower_cursor=lower,
+                limit=self._source.batch_size,
             )
-            if not batch:
-                return
-            yield batch
-            start = self.position(batch[-1])
-            if len(batch) < self._source.batch_size:
-                return
-            if bound_later:
-                upper, bound_later = self.max_cursor(), False
+
+        return self._pages(batch_after, start)
 
     def batches_in_window(self, lower_cursor: Any, end: Position) -> Iterator[list[Row]]:
         """Rows already passed whose cursor is within the lookback window."""
-        start: Position | None = None
+        return self._pages(
+            lambda position: q.select_window(
+                self.shape,
+                self.columns,
+                start=position,
+                lower_cursor=lower_cursor,
+                end=end,
+                limit=self._source.batch_size,
+            ),
+            None,
+        )
+
+    def _pages(
+        self, statement: Callable[[Position | None], Any], start: Position | None
+    ) -> Iterator[list[Row]]:
+        """Keyset paging: each batch starts after the last row of the one before."""
         while True:
-            batch = self._rows(
-                q.select_window(
-                    self.shape,
-                    self.columns,
-                    start=start,
-                    lower_cursor=lower_cursor,
-                    end=end,
-                    limit=self._source.batch_size,
-                )
-            )
+            batch = self._rows(statement(start))
             if not batch:
                 return
             yield batch
-            start = self.position(batch[-1])
             if len(batch) < self._source.batch_size:
                 return
+            start = self.position(batch[-1])
 
     def rows_by_key(self, keys: Sequence[Any]) -> list[Row]:
         if not keys:

@@ -291,7 +291,7 @@ def test_the_rate_ceiling_holds_over_many_requests(
         tmp_path, sqlite_url, sandbox, personyze={"requests_per_second": 100, "concurrency": 8}
     ) as app:
         app.run(app.config.jobs[0], RunOptions())
-    starts = sorted(r.start for r in sandbox.requests)
-    assert len(starts) == 150
+    starts = sorted(r.start for r in sandbox.requests if r.method == "POST")
+    assert len(starts) >= 150  # (a retried request only adds to the time)
     # the bucket starts with one token: then no faster than 100 a second
     assert starts[-1] - starts[0] >= (150 - 1) / 100 * 0.9

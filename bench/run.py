@@ -1,0 +1,712 @@
+"""personyze-sync side by side with a sequential script and with the API's own ceiling.
+
+    .venv/bin/python bench/run.py [--rows N | --million] [--latency-ms 50]
+                                  [--concurrency 32] [--baseline-seconds 20] [--quick]
+
+In one run on this machine: N rows in a fresh PostgreSQL database, the sandbox as a
+separate process (once with no added latency, once with ``--latency-ms`` per request),
+and for each setting personyze-sync's backfill, a no-change incremental run and an
+incremental run after 1% of the rows changed; the sequential baseline
+(``bench/baseline.py``); and the ceiling (``wrk`` against the sandbox, and
+concurrency ÷ latency). Every run is checked against the source. See bench/README.md.
+
+Exit status: 0 when every correctness check passed (targets missed are reported, not
+failed), 1 when one did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from sqlalchemy import Engine, create_engine, text
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from measure import Usage, run_measured  # noqa: E402
+
+PYTHON = sys.executable
+CLI = str(Path(sys.executable).parent / "personyze-sync")
+API_KEY = "bench"
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+T0 = "2025-01-01 08:00:00"  # the first updated_at
+TIE = 500  # rows sharing one updated_at
+SAMPLE = 1000  # random rows compared column by column, besides every changed row
+CHANGED = 0.01  # share of rows changed before the second incremental run
+MAPPING = {
+    "id": "internal_id",
+    "email": "email",
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "score": "custom_f_1",
+    "vip": "custom_i_1",
+}
+COLUMNS = tuple(MAPPING.values())
+
+
+# --- results ------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table: a measured (or computed) run."""
+
+    setting: str
+    what: str
+    rows: int | None
+    seconds: float | None
+    rate: float | None = None  # rows/s; computed from rows/seconds when None
+    requests: int | None = None
+    cpu_s: float | None = None
+    rss_mb: float | None = None
+
+    @property
+    def rows_per_s(self) -> float | None:
+        if self.rate is not None:
+            return self.rate
+        if self.rows and self.seconds:
+            return self.rows / self.seconds
+        return None
+
+
+@dataclass
+class Report:
+    """Everything measured and checked in a run."""
+
+    rows: list[Row] = field(default_factory=list)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append((name, ok, detail))
+        print(f"[{'PASS' if ok else 'FAIL'}] {name}{': ' + detail if detail else ''}", flush=True)
+        return ok
+
+    def find(self, setting: str, what: str) -> Row | None:
+        return next((r for r in self.rows if r.setting == setting and r.what == what), None)
+
+
+# --- the source ---------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new PostgreSQL database for this run (its URL), dropped at the end."""
+    name = f"personyze_bench_{os.getpid()}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def make_table(engine: Engine, table: str, rows: int) -> None:
+    """``rows`` people made by generate_series; every TIE rows share one updated_at."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE TABLE {table} (id int PRIMARY KEY, email text NOT NULL, "
+                "first_name text NOT NULL, last_name text NOT NULL, score numeric(12,2) NOT NULL, "
+                "vip boolean NOT NULL, updated_at timestamp NOT NULL)"
+            )
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO {table} SELECT i, 'Person' || i || '@Example.com', 'First' || i, "
+                "'Last' || i, i * 1.25, i % 7 = 0, "
+                f"timestamp '{T0}' + (i / {TIE}) * interval '1 minute' "
+                "FROM generate_series(1, :n) i"
+            ),
+            {"n": rows},
+        )
+        conn.execute(text(f"CREATE INDEX {table}_cursor ON {table} (updated_at, id)"))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {table}"))
+
+
+def change_rows(engine: Engine, table: str, share: float, round_: int) -> int:
+    """Change ``share`` of the rows (a new name, score and updated_at); how many changed."""
+    step = round(1 / share)
+    with engine.begin() as conn:
+        result = conn.execute(
+            text(
+                f"UPDATE {table} SET first_name = 'Changed' || :r || '-' || id, "
+                "score = score + 1, updated_at = clock_timestamp() WHERE id % :step = :r"
+            ),
+            {"r": round_ % step, "step": step},
+        )
+    return int(result.rowcount)
+
+
+def expected(row: Any) -> dict[str, Any]:
+    """What Personyze must hold for a source row, computed without the product's mapper."""
+    return {
+        "internal_id": row.id,
+        "email": row.email.strip().lower(),
+        "first_name": row.first_name,
+        "last_name": row.last_name,
+        "custom_f_1": float(Decimal(row.score)),
+        "custom_i_1": int(row.vip),
+    }
+
+
+def same(want: Any, have: Any) -> bool:
+    if isinstance(want, int | float) and not isinstance(want, bool):
+        try:
+            return float(have) == float(want)
+        except (TypeError, ValueError):
+            return False
+    return bool(want == have)
+
+
+# --- the sandbox --------------------------------------------------------------------
+
+
+class Sandbox:
+    """``bench/sandbox_server.py`` as a separate process."""
+
+    def __init__(self, latency_ms: float) -> None:
+        self.latency_ms = latency_ms
+        self.process = subprocess.Popen(
+            [PYTHON, str(HERE / "sandbox_server.py"), "--latency-ms", str(latency_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        ready = json.loads(self.process.stdout.readline())
+        self.url: str = ready["api"]
+        self.stats_url: str = ready["stats"]
+        self.http = httpx.Client(timeout=60)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.stats_url}/stats").json())
+
+    def requests(self) -> int:
+        return int(self.stats()["requests"])
+
+    def reset(self) -> None:
+        self.http.post(f"{self.stats_url}/reset").raise_for_status()
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user, read through the API with keyset pages, many pages at a time."""
+        with httpx.Client(base_url=self.url, auth=("api", API_KEY), timeout=60) as api:
+            last = api.get("/users/order_by_desc/user_id/limit/1").json()
+            top = int(last[0]["user_id"]) if last else 0
+
+            def page(after: int) -> list[dict[str, Any]]:
+                answer = api.get(f"/users/where/user_id>{after}/order_by/user_id/limit/1000")
+                answer.raise_for_status()
+                return [u for u in answer.json() if int(u["user_id"]) <= after + 1000]
+
+            with ThreadPoolExecutor(16) as pool:
+                pages = pool.map(page, range(0, top, 1000))
+                return [user for chunk in pages for user in chunk]
+
+    def stop(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def compare(
+    engine: Engine, table: str, sandbox: Sandbox, keys: set[int] | None, must: set[int]
+) -> tuple[bool, str]:
+    """Does the sandbox hold exactly the rows ``keys`` (None: all) of ``table``, right?
+
+    Every user is checked for identity (one user per row, none extra); a random
+    sample of SAMPLE rows and every row in ``must`` are compared column by column.
+    """
+    with engine.connect() as conn:
+        ids = {int(i) for (i,) in conn.execute(text(f"SELECT id FROM {table}"))}
+    wanted = ids if keys is None else keys
+    users = sandbox.users()
+    by_key: dict[int, dict[str, Any]] = {}
+    doubled = 0
+    for user in users:
+        key = int(user.get("internal_id", -1))
+        doubled += key in by_key
+        by_key[key] = user
+    missing = wanted - by_key.keys()
+    extra = by_key.keys() - wanted
+    if doubled or missing or extra:
+        return False, (
+            f"{len(users)} users for {len(wanted)} rows: {len(missing)} missing "
+            f"(e.g. {sorted(missing)[:5]}), {len(extra)} unknown, {doubled} doubled"
+        )
+    sample = set(random.Random(len(wanted)).sample(sorted(wanted), min(SAMPLE, len(wanted))))
+    sample |= must & wanted
+    wrong: list[str] = []
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(f"SELECT * FROM {table} WHERE id = ANY(:ids)"), {"ids": sorted(sample)}
+        )
+        for row in found:
+            want, have = expected(row), by_key[row.id]
+            bad = [c for c in COLUMNS if not same(want[c], have.get(c))]
+            if bad:
+                wrong.append(f"id {row.id}: {bad[0]} {have.get(bad[0])!r} != {want[bad[0]]!r}")
+    if wrong:
+        return False, f"{len(wrong)} of {len(sample)} compared rows differ, e.g. {wrong[:3]}"
+    return True, f"{len(users)} users == {len(wanted)} rows; {len(sample)} compared by column"
+
+
+# --- the measured runs --------------------------------------------------------------
+
+
+def write_config(
+    path: Path, source_url: str, sandbox: Sandbox, table: str, concurrency: int, state: Path
+) -> Path:
+    doc = {
+        "personyze": {
+            "api_key": API_KEY,
+            "base_url": sandbox.url,
+            "concurrency": concurrency,
+            "requests_per_second": None,
+            "timeout_s": 30,
+            "max_attempts": 8,
+        },
+        "state": {"url": f"sqlite:///{state}"},
+        "jobs": [
+            {
+                "name": "bench",
+                "source": {
+                    "url": source_url,
+                    "table": table,
+                    "cursor": "updated_at",
+                    "key": "id",
+                    "batch_size": 1000,
+                    "lookback": 0,
+                },
+                "mapping": dict(MAPPING),
+            }
+        ],
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def measured(
+    report: Report,
+    sandbox: Sandbox,
+    setting: str,
+    what: str,
+    cmd: list[str],
+    rows: Callable[[Usage], int],
+    timeout_s: float,
+) -> tuple[Row, Usage]:
+    """Run ``cmd`` measured, count the sandbox requests it made, add its table row."""
+    before = sandbox.requests()
+    usage = run_measured(cmd, timeout_s=timeout_s)
+    requests = sandbox.requests() - before
+    ok = report.check(
+        f"{setting} {what}: exit status", usage.returncode == 0, str(usage.returncode)
+    )
+    if not ok:
+        print(usage.stdout[-2000:], usage.stderr[-2000:], sep="\n", file=sys.stderr)
+    done = rows(usage) if ok else 0
+    row = Row(setting, what, done, usage.wall_s, None, requests, usage.cpu_s, usage.maxrss_mb)
+    report.rows.append(row)
+    return row, usage
+
+
+def sync_runs(
+    report: Report,
+    sandbox: Sandbox,
+    setting: str,
+    engine: Engine,
+    source_url: str,
+    args: argparse.Namespace,
+    tmp: Path,
+    round_: int,
+) -> None:
+    """Backfill, a no-change incremental run, and an incremental run after 1% changed."""
+    state = tmp / f"state-{setting}.db"
+    config = write_config(
+        tmp / f"sync-{setting}.yaml", source_url, sandbox, "people", args.concurrency, state
+    )
+    timeout = max(600.0, args.rows / 50)
+    sandbox.reset()
+    measured(
+        report,
+        sandbox,
+        setting,
+        "personyze-sync backfill",
+        [CLI, "backfill", "-c", str(config), "bench"],
+        lambda _: args.rows,
+        timeout,
+    )
+    report.check(
+        f"{setting} backfill: sandbox == source", *compare(engine, "people", sandbox, None, set())
+    )
+
+    measured(
+        report,
+        sandbox,
+        setting,
+        "personyze-sync once, nothing changed",
+        [CLI, "once", "-c", str(config)],
+        lambda _: 0,
+        timeout,
+    )
+    report.check(
+        f"{setting} once, nothing changed: sandbox == source",
+        *compare(engine, "people", sandbox, None, set()),
+    )
+
+    changed = change_rows(engine, "people", CHANGED, round_)
+    with engine.connect() as conn:
+        touched = {
+            int(i)
+            for (i,) in conn.execute(
+                text("SELECT id FROM people WHERE id % :step = :r"),
+                {"step": round(1 / CHANGED), "r": round_ % round(1 / CHANGED)},
+            )
+        }
+    measured(
+        report,
+        sandbox,
+        setting,
+        f"personyze-sync once, {CHANGED:.0%} changed",
+        [CLI, "once", "-c", str(config)],
+        lambda _: changed,
+        timeout,
+    )
+    report.check(
+        f"{setting} once, {CHANGED:.0%} changed: sandbox == source",
+        *compare(engine, "people", sandbox, None, touched),
+    )
+
+
+def baseline_run(
+    report: Report,
+    sandbox: Sandbox,
+    setting: str,
+    engine: Engine,
+    source_url: str,
+    seconds: float,
+) -> None:
+    """The sequential script, time-boxed; the sandbox must hold exactly the rows it did."""
+    sandbox.reset()
+    cmd = [
+        PYTHON,
+        str(HERE / "baseline.py"),
+        "--source-url",
+        source_url,
+        "--table",
+        "people",
+        "--api-url",
+        sandbox.url,
+        "--api-key",
+        API_KEY,
+        "--seconds",
+        str(seconds),
+    ]
+
+    def done(usage: Usage) -> int:
+        return int(json.loads(usage.stdout.strip().splitlines()[-1])["rows"])
+
+    row, usage = measured(
+        report, sandbox, setting, "baseline (sequential)", cmd, done, seconds + 120
+    )
+    if usage.returncode == 0:
+        row.seconds = float(json.loads(usage.stdout.strip().splitlines()[-1])["seconds"])
+    with engine.connect() as conn:
+        keys = {
+            int(i)
+            for (i,) in conn.execute(
+                text("SELECT id FROM people ORDER BY updated_at, id LIMIT :n"), {"n": row.rows}
+            )
+        }
+    report.check(
+        f"{setting} baseline: sandbox == the {row.rows} rows it sent",
+        *compare(engine, "people", sandbox, keys, set()),
+    )
+
+
+def wrk_ceiling(report: Report, args: argparse.Namespace, seconds: int) -> None:
+    """The sandbox's own request rate, measured by wrk against a sandbox of its own."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk is not installed: no ceiling measured (apt-get install -y wrk)", flush=True)
+        return
+    sandbox = Sandbox(0)
+    try:
+        auth = "Basic " + base64.b64encode(f"api:{API_KEY}".encode()).decode()
+        base = sandbox.url.removesuffix("/rest")
+        cmd = [wrk, "-t2", f"-c{args.concurrency}", f"-d{seconds}s"]
+        cmd += ["-s", str(HERE / "post_users.lua"), base, "--", auth]
+        before = sandbox.requests()
+        usage = run_measured(cmd, timeout_s=seconds + 60)
+        requests = sandbox.requests() - before
+        rate = re.search(r"Requests/sec:\s*([\d.]+)", usage.stdout)
+        count = re.search(r"(\d+) requests in ([\d.]+)(m?s)", usage.stdout)
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", usage.stdout)
+        ok = usage.returncode == 0 and rate is not None and count is not None and errors is None
+        report.check(
+            "0 ms wrk: ran, every answer 2xx", ok, usage.stdout.strip()[-300:] if not ok else ""
+        )
+        if rate is None or count is None:
+            return
+        unit = 1000 if count.group(3) == "ms" else 1
+        report.rows.append(
+            Row(
+                "0 ms",
+                "ceiling: wrk POST /rest/users",
+                int(count.group(1)),
+                float(count.group(2)) / unit,
+                float(rate.group(1)),
+                requests,
+                usage.cpu_s,
+                usage.maxrss_mb,
+            )
+        )
+    finally:
+        sandbox.stop()
+
+
+def memory_flatness(
+    report: Report, engine: Engine, source_url: str, args: argparse.Namespace, tmp: Path
+) -> None:
+    """A backfill of a tenth of the rows (no latency), to see whether peak RSS grows."""
+    small = max(args.rows // 10, 1)
+    make_table(engine, "people_small", small)
+    sandbox = Sandbox(0)
+    try:
+        config = write_config(
+            tmp / "sync-small.yaml",
+            source_url,
+            sandbox,
+            "people_small",
+            args.concurrency,
+            tmp / "state-small.db",
+        )
+        measured(
+            report,
+            sandbox,
+            "0 ms",
+            f"personyze-sync backfill, {small:,} rows",
+            [CLI, "backfill", "-c", str(config), "bench"],
+            lambda _: small,
+            600,
+        )
+        report.check(
+            f"0 ms backfill of {small:,} rows: sandbox == source",
+            *compare(engine, "people_small", sandbox, None, set()),
+        )
+    finally:
+        sandbox.stop()
+
+
+# --- the report ---------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(report: Report) -> None:
+    head = (
+        f"{'setting':<8} {'what':<38} {'rows':>9} {'seconds':>8} {'rows/s':>9} "
+        f"{'requests/row':>12} {'CPU s/1k rows':>13} {'peak RSS MB':>11}"
+    )
+    print()
+    print(head)
+    print("-" * len(head))
+    for r in report.rows:
+        if r.requests is None:
+            per_row = "-"
+        elif r.rows:
+            per_row = f"{r.requests / r.rows:.3f}"
+        else:
+            per_row = f"{r.requests} req"
+        cpu = r.cpu_s / r.rows * 1000 if r.cpu_s is not None and r.rows else None
+        print(
+            f"{r.setting:<8} {r.what:<38} {fmt(r.rows, ',d'):>9} {fmt(r.seconds, '.2f'):>8} "
+            f"{fmt(r.rows_per_s, ',.0f'):>9} {per_row:>12} {fmt(cpu, '.3f'):>13} "
+            f"{fmt(r.rss_mb, '.1f'):>11}"
+        )
+    print()
+
+
+def print_targets(report: Report, args: argparse.Namespace) -> None:
+    """The issue's targets, each with what was measured and PASS or MISS."""
+    slow = f"{args.latency_ms:g} ms"
+    lines: list[tuple[str, str, bool | None]] = []
+
+    def ratio(name: str, a: Row | None, b: Row | None, target: float) -> None:
+        ra, rb = (a.rows_per_s if a else None), (b.rows_per_s if b else None)
+        if ra is None or not rb:
+            lines.append((name, "not measured", None))
+            return
+        value = ra / rb
+        shown = f"{value:.1f}×" if target >= 2 else f"{value:.0%}"
+        want = f">= {target:g}×" if target >= 2 else f">= {target:.0%}"
+        lines.append((f"{name} {want}", shown, value >= target))
+
+    backfill_slow = report.find(slow, "personyze-sync backfill")
+    backfill_fast = report.find("0 ms", "personyze-sync backfill")
+    ratio(
+        f"personyze-sync ÷ baseline at {slow}",
+        backfill_slow,
+        report.find(slow, "baseline (sequential)"),
+        25,
+    )
+    ratio(
+        f"personyze-sync ÷ (concurrency ÷ latency) at {slow}",
+        backfill_slow,
+        report.find(slow, "ceiling: concurrency ÷ latency"),
+        0.85,
+    )
+    ratio(
+        "personyze-sync ÷ wrk ceiling at 0 ms",
+        backfill_fast,
+        report.find("0 ms", "ceiling: wrk POST /rest/users"),
+        0.60,
+    )
+    for r in report.rows:
+        if not r.what.startswith("personyze-sync") or r.requests is None:
+            continue
+        name = f"{r.setting} {r.what}: requests == rows changed"
+        lines.append((name, f"{r.requests} requests for {r.rows} rows", r.requests == r.rows))
+    for setting in ("0 ms", slow):
+        noop = report.find(setting, "personyze-sync once, nothing changed")
+        if noop and noop.seconds is not None:
+            lines.append(
+                (
+                    f"{setting} no-change run < 2 s (target for 1,000,000 rows)",
+                    f"{noop.seconds:.2f} s over {args.rows:,} rows",
+                    noop.seconds < 2,
+                )
+            )
+    peaks = [r for r in report.rows if r.what == "personyze-sync backfill" and r.rss_mb]
+    if peaks:
+        peak = max(r.rss_mb or 0 for r in peaks)
+        lines.append(
+            (
+                "backfill peak RSS < 200 MB (target for 1,000,000 rows)",
+                f"{peak:.1f} MB at {args.rows:,} rows",
+                peak < 200,
+            )
+        )
+    small = next((r for r in report.rows if r.what.startswith("personyze-sync backfill, ")), None)
+    if backfill_fast and backfill_fast.rss_mb and small and small.rss_mb:
+        growth = backfill_fast.rss_mb / small.rss_mb - 1
+        lines.append(
+            (
+                "backfill peak RSS within 10% of a tenth of the rows",
+                f"{backfill_fast.rss_mb:.1f} MB vs {small.rss_mb:.1f} MB ({growth:+.0%})",
+                abs(growth) <= 0.10,
+            )
+        )
+    print("targets")
+    for name, shown, ok in lines:
+        verdict = "----" if ok is None else ("PASS" if ok else "MISS")
+        print(f"  [{verdict}] {name:<68} {shown}")
+    print()
+
+
+# --- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--rows", type=int, default=100_000, help="rows to make (100,000)")
+    size.add_argument("--million", action="store_true", help="1,000,000 rows")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="added per request")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument("--baseline-seconds", type=float, default=20.0)
+    parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument(
+        "--quick", action="store_true", help="5,000 rows, baseline 5 s, wrk 3 s (for the tests)"
+    )
+    args = parser.parse_args(argv)
+    if args.million:
+        args.rows = 1_000_000
+    if args.quick:
+        args.rows, args.baseline_seconds, args.wrk_seconds = 5_000, 5.0, 3
+    if args.latency_ms <= 0:
+        parser.error("--latency-ms must be above 0 (the no-latency setting always runs)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = Report()
+    slow = f"{args.latency_ms:g} ms"
+    print(
+        f"personyze-sync bench: {args.rows:,} rows, concurrency {args.concurrency}, "
+        f"added latency 0 ms and {slow}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    began = time.monotonic()
+    with fresh_database() as source_url, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        engine = create_engine(source_url)
+        try:
+            made = time.monotonic()
+            make_table(engine, "people", args.rows)
+            print(f"made {args.rows:,} rows in {time.monotonic() - made:.1f} s", flush=True)
+            wrk_ceiling(report, args, args.wrk_seconds)
+            for round_, (setting, latency) in enumerate(
+                (("0 ms", 0.0), (slow, args.latency_ms)), start=1
+            ):
+                if latency:
+                    report.rows.append(
+                        Row(
+                            setting,
+                            "ceiling: concurrency ÷ latency",
+                            None,
+                            None,
+                            args.concurrency / (latency / 1000),
+                        )
+                    )
+                sandbox = Sandbox(latency)
+                try:
+                    baseline_run(
+                        report, sandbox, setting, engine, source_url, args.baseline_seconds
+                    )
+                    sync_runs(report, sandbox, setting, engine, source_url, args, tmp, round_)
+                finally:
+                    sandbox.stop()
+            memory_flatness(report, engine, source_url, args, tmp)
+        finally:
+            engine.dispose()
+    print_table(report)
+    print_targets(report, args)
+    failed = [name for name, ok, _ in report.checks if not ok]
+    print(
+        f"{len(report.checks) - len(failed)} of {len(report.checks)} correctness checks passed "
+        f"in {time.monotonic() - began:.0f} s"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
