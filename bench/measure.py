@@ -1,6 +1,8 @@
 """Run a command and measure it: wall seconds, CPU seconds (user + system), peak RSS.
 
-    python bench/measure.py CMD [ARG...]     # prints the figures as one JSON line
+    python bench/measure.py [--figures FILE] [--timeout S] -- CMD [ARG...]
+
+prints (or writes to FILE) the figures as one JSON line.
 
 The figures are the process's own, read with ``os.wait4`` when it ends (they include
 any children it waited for), so the benchmark can run several processes side by side
@@ -9,6 +11,7 @@ and still tell them apart.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,7 +20,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -38,41 +42,65 @@ def run_measured(
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
 ) -> Usage:
-    """Run ``cmd`` to its end (killed after ``timeout_s``) and return its usage."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        began = time.monotonic()
-        process = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
-        timer = threading.Timer(timeout_s, process.kill) if timeout_s else None
+    """Run ``cmd`` through this file's small wrapper process and return its usage.
+
+    Not forked from the caller directly: on Linux a child's peak RSS starts at its
+    parent's at fork time (the kernel keeps the larger across exec), so a big caller
+    would inflate every figure. The wrapper's own few MB are the floor instead.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".json") as figures:
+        wrapper = [sys.executable, __file__, "--figures", figures.name]
+        if timeout_s:
+            wrapper += ["--timeout", str(timeout_s)]
+        done = subprocess.run([*wrapper, "--", *cmd], capture_output=True, env=env)
+        text = Path(figures.name).read_text()
+    found = json.loads(text) if text else {}
+    return Usage(
+        returncode=int(found.get("returncode", done.returncode)),
+        wall_s=float(found.get("wall_s", 0.0)),
+        cpu_s=float(found.get("cpu_s", 0.0)),
+        maxrss_mb=float(found.get("maxrss_mb", 0.0)),
+        stdout=done.stdout.decode(errors="replace"),
+        stderr=done.stderr.decode(errors="replace"),
+    )
+
+
+def measure(cmd: Sequence[str], timeout_s: float | None) -> dict[str, float | int]:
+    """Run ``cmd`` (its output passes through), wait with os.wait4; its own figures."""
+    began = time.monotonic()
+    process = subprocess.Popen(list(cmd))
+    timer = threading.Timer(timeout_s, process.kill) if timeout_s else None
+    if timer is not None:
+        timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
         if timer is not None:
-            timer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            if timer is not None:
-                timer.cancel()
-        wall = time.monotonic() - began
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Usage(
-            returncode=process.returncode,
-            wall_s=wall,
-            cpu_s=usage.ru_utime + usage.ru_stime,
-            maxrss_mb=usage.ru_maxrss / 1024,  # Linux reports kilobytes
-            stdout=out.read().decode(errors="replace"),
-            stderr=err.read().decode(errors="replace"),
-        )
+            timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "returncode": process.returncode,
+        "wall_s": time.monotonic() - began,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "maxrss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes
+    }
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: measure.py CMD [ARG...]")
-    usage = run_measured(sys.argv[1:])
-    sys.stdout.write(usage.stdout)
-    sys.stderr.write(usage.stderr)
-    figures = {k: v for k, v in asdict(usage).items() if k not in ("stdout", "stderr")}
-    print(json.dumps(figures))
-    sys.exit(usage.returncode)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--figures", help="write the figures here (default: stdout)")
+    parser.add_argument("--timeout", type=float, help="kill the command after this long")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        parser.error("no command given")
+    figures = measure(cmd, args.timeout)
+    if args.figures:
+        Path(args.figures).write_text(json.dumps(figures))
+    else:
+        print(json.dumps(figures))
+    sys.exit(int(figures["returncode"]))
 
 
 if __name__ == "__main__":
