@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -384,14 +384,3 @@ def _minus(cursor: Any, lookback: timedelta | int | float) -> Any:
         f"lookback {lookback!r} does not fit a cursor of type {type(cursor).__name__}: "
         "use a duration (5m) for time cursors and a number for numeric ones"
     )
-
-
-def total(stats: Iterable[RunStats]) -> RunStats:
-    out = RunStats()
-    for s in stats:
-        out.read += s.read
-        out.sent += s.sent
-        out.skipped += s.skipped
-        out.rejected += s.rejected
-        out.collisions += s.collisions
-    return out
