@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from sqlalchemy import (
@@ -150,7 +151,31 @@ def users_by_internal_id(users: list[dict[str, Any]]) -> dict[str, list[dict[str
     return found
 
 
-class Receiver:
+class LoopbackServer:
+    """An HTTP(S) server on a free loopback port, served from a thread inside a with-block."""
+
+    def __init__(
+        self, handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class Receiver(LoopbackServer):
     """A Slack-compatible webhook: records each posted ``text``, answers ``status``."""
 
     def __init__(self, token: str = "T0K3N") -> None:
@@ -171,17 +196,5 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T0/B0/{token}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/services/T0/B0/{token}"

@@ -16,10 +16,9 @@ SQLite BLOB (tests/test_cli.py); a 400 on some rows with the others delivered
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from sync.databases import source_engine
 from sync.sandbox import SandboxServer
 from tests import test_cli
 from tests.conftest import PG_SERVER
-from tests.support import config_doc, execute, load, make_customers, write_config
+from tests.support import LoopbackServer, config_doc, execute, load, make_customers, write_config
 
 cli = test_cli.cli  # the in-process ``personyze-sync`` runner, shared
 setup = test_cli.setup
@@ -396,7 +395,7 @@ def test_duplicate_emails_across_keys_are_one_user_and_a_reported_collision(
 # -- the API -----------------------------------------------------------------------------
 
 
-class NotJson:
+class NotJson(LoopbackServer):
     """A stand-in for Personyze on loopback that answers 200 with an HTML page."""
 
     def __init__(self) -> None:
@@ -421,18 +420,8 @@ class NotJson:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/rest"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> NotJson:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/rest"
 
 
 def test_answers_that_are_not_json_fail_the_run_and_hold_the_checkpoint(

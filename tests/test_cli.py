@@ -26,21 +26,19 @@ from sqlalchemy import text
 
 from sync.cli import main
 from sync.sandbox import SandboxServer
-from tests.support import API_KEY, config_doc, execute, make_customers, write_config
+from tests.support import (
+    API_KEY,
+    DEFAULT_MAPPING,
+    config_doc,
+    execute,
+    make_customers,
+    write_config,
+)
 
 WRONG_KEY = "wrong-key-7d1e0b"
 DB_PASSWORD = "Hunter2pw77"
 SECRETS = (API_KEY, WRONG_KEY, DB_PASSWORD)
-# Identifiers: internal_id and email (the support module's default maps a column
-# the sample table does not have).
-MAPPING = {
-    "id": "internal_id",
-    "email": "email",
-    "first_name": "first_name",
-    "last_name": "lastName",
-    "score": "custom_f_1",
-    "vip": "custom_i_1",
-}
+MAPPING = DEFAULT_MAPPING  # identifiers: internal_id and email
 # The same, but identified by email alone: a row without an email has no identifier.
 EMAIL_ONLY = {**MAPPING, "id": "custom_i_2"}
 

@@ -12,11 +12,10 @@ import shutil
 import sqlite3
 import ssl
 import subprocess
-import threading
 import traceback
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +32,15 @@ from sync.runner import RunOptions
 from sync.sandbox import SandboxServer
 from tests import test_cli
 from tests.conftest import MARIADB_SERVER, PG_SERVER
-from tests.support import API_KEY, config_doc, execute, load, make_customers, write_config
+from tests.support import (
+    API_KEY,
+    LoopbackServer,
+    config_doc,
+    execute,
+    load,
+    make_customers,
+    write_config,
+)
 
 cli = test_cli.cli  # the in-process ``personyze-sync`` runner; it checks its own secrets too
 WRONG_KEY = test_cli.WRONG_KEY
@@ -265,7 +272,7 @@ def test_the_client_verifies_certificates_and_hostnames(tmp_path, sandbox, sqlit
         assert context.check_hostname is True
 
 
-class SelfSigned:
+class SelfSigned(LoopbackServer):
     """An https server on loopback with a self-signed certificate, answering user_id 1."""
 
     def __init__(self, folder: Path) -> None:
@@ -300,19 +307,8 @@ class SelfSigned:
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_port}/rest"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> SelfSigned:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler, tls=context)
+        self.url = f"https://127.0.0.1:{self.port}/rest"
 
 
 def test_a_self_signed_certificate_is_refused_with_a_clear_error(cli, tmp_path, sqlite_url):
