@@ -29,7 +29,8 @@ from sync.load.client import PersonyzeClient
 from sync.load.writer import Writer
 from sync.mapping import Mapper
 from sync.runner import JobRun, Progress, RunObserver, RunOptions, RunStats
-from sync.state.store import Collision, RunRecord, StateStore, StoredRejection, state_engine
+from sync.state.records import Collision, RunRecord, StoredRejection
+from sync.state.store import StateStore, state_engine
 
 
 @dataclass(frozen=True)

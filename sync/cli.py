@@ -37,7 +37,7 @@ from sync.config import load_config
 from sync.errors import SyncError
 from sync.logs import configure_logging, secrets_of, set_secrets
 from sync.runner import RunOptions, RunStats
-from sync.state.store import StoredRejection
+from sync.state.records import StoredRejection
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

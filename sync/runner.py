@@ -26,15 +26,9 @@ from sync.extract.reader import Row, SourceReader
 from sync.load.window import Slot, Window
 from sync.load.writer import Delivered, Failed, Outgoing, Refused, Writer
 from sync.mapping import Mapper, Record, Rejection
-from sync.state.store import (
-    Ack,
-    BatchOutcome,
-    Collision,
-    KnownRow,
-    RejectedRow,
-    StateStore,
-    key_text,
-)
+from sync.state.records import Ack, BatchOutcome, Collision, KnownRow, RejectedRow
+from sync.state.schema import key_text
+from sync.state.store import StateStore
 
 AUTO_RETRIES = 3  # an unchanged rejected row is retried on this many runs, then on demand
 WINDOW_BATCHES = 4  # rows read but not yet done, in batches: room for slow rows to retry

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from sync.errors import ConfigError, StateError
 from sync.extract.query import Position
-from sync.state.store import (
+from sync.state.records import (
     Ack,
     BatchOutcome,
     Collision,
@@ -27,10 +27,9 @@ from sync.state.store import (
     PendingRow,
     RejectedRow,
     RunRecord,
-    StateStore,
     StoredRejection,
-    state_engine,
 )
+from sync.state.store import StateStore, state_engine
 
 JOB = "contacts"
 OTHER = "orders"

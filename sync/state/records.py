@@ -1,0 +1,83 @@
+"""What goes into the state store and comes out of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync.extract.query import Position
+
+
+@dataclass(frozen=True)
+class KnownRow:
+    user_id: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Personyze accepted this row's payload and answered with its user_id."""
+
+    key: str
+    user_id: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    key: str
+    payload: dict[str, Any]
+    reason: str
+    status: int | None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Collision:
+    key: str
+    user_id: int
+    other_key: str
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    key: str
+    internal_id: str
+    sent_at: float
+
+
+@dataclass
+class BatchOutcome:
+    """Everything one batch changed, written in one transaction."""
+
+    acks: list[Ack] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+    collisions: list[Collision] = field(default_factory=list)
+    checkpoint: Position | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    job: str
+    kind: str
+    started_at: float
+    ended_at: float | None
+    outcome: str
+    rows_read: int
+    rows_sent: int
+    rows_skipped: int
+    rows_rejected: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StoredRejection:
+    key: str
+    payload: dict[str, Any]
+    reason: str
+    status: int | None
+    fingerprint: str | None
+    attempts: int
+    first_at: float
+    last_at: float

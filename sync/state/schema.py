@@ -1,0 +1,135 @@
+"""The state store's tables, and how cursor and key values are kept as text.
+
+One schema for SQLite and PostgreSQL alike; every table is keyed by job, so several
+jobs (and, later, several replicas) share one store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+from sync.errors import StateError
+
+DIED = "the process ended before the run did (killed or crashed); nothing was lost"
+
+metadata = MetaData()
+
+checkpoints = Table(
+    "psync_checkpoints",
+    metadata,
+    Column("job", String(200), primary_key=True),
+    Column("cursor_type", String(16), nullable=False),
+    Column("cursor_value", Text, nullable=False),
+    Column("key_type", String(16), nullable=False),
+    Column("key_value", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+rows = Table(
+    "psync_rows",
+    metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("sent_at", Float, nullable=False),
+    Index("ix_psync_rows_user", "job", "user_id"),
+)
+pending = Table(
+    "psync_pending",
+    metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("internal_id", Text, nullable=False),
+    Column("sent_at", Float, nullable=False),
+)
+rejected = Table(
+    "psync_rejected",
+    metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("payload", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    # Personyze's HTTP status; NULL: refused by the mapper
+    Column("status", Integer, nullable=True),
+    Column("fingerprint", String(32), nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("first_at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+)
+collisions = Table(
+    "psync_collisions",
+    metadata,
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("other_key", String(), nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+runs = Table(
+    "psync_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(200), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("rows_read", Integer, nullable=False, default=0),
+    Column("rows_sent", Integer, nullable=False, default=0),
+    Column("rows_skipped", Integer, nullable=False, default=0),
+    Column("rows_rejected", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+)
+
+
+# -- typed values as text ------------------------------------------------------
+
+
+def encode_value(value: Any) -> tuple[str, str]:
+    """A cursor or key value as (type, text), so it comes back with its type."""
+    if value is None:
+        return "none", ""
+    if isinstance(value, bool):
+        return "int", str(int(value))
+    if isinstance(value, int):
+        return "int", str(value)
+    if isinstance(value, Decimal):
+        return "decimal", str(value)
+    if isinstance(value, float):
+        return "float", repr(value)
+    if isinstance(value, datetime):
+        return "datetime", value.isoformat()
+    if isinstance(value, date):
+        return "date", value.isoformat()
+    if isinstance(value, UUID):
+        return "uuid", str(value)
+    if isinstance(value, str):
+        return "str", value
+    raise StateError(f"cannot keep a cursor or key of type {type(value).__name__}")
+
+
+DECODERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "decimal": Decimal,
+    "float": float,
+    "datetime": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "uuid": UUID,
+    "str": str,
+    "none": lambda _text: None,
+}
+
+
+def decode_value(kind: str, text: str) -> Any:
+    return DECODERS[kind](text)
+
+
+def key_text(key: Any) -> str:
+    """The identity map's form of a row key."""
+    return str(key)
