@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -39,10 +39,13 @@ class JobStatus:
     checkpoint: Position | None
     runs: list[RunRecord]
     rows_known: int
-    rejected: int
     collisions: list[Collision]
     lag_s: float | None
-    rejections: list[StoredRejection] = field(default_factory=list)  # with reasons
+    rejections: list[StoredRejection]  # with Personyze's (or the mapper's) reasons
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejections)
 
 
 log = logging.getLogger(__name__)
@@ -286,17 +289,15 @@ class App:
         out = []
         for job in self.config.jobs:
             checkpoint = self.store.checkpoint(job.name)
-            rejections = self.store.rejections(job.name)
             out.append(
                 JobStatus(
                     name=job.name,
                     checkpoint=checkpoint,
                     runs=self.store.runs(job.name),
                     rows_known=self.store.row_count(job.name),
-                    rejected=len(rejections),
                     collisions=self.store.collisions(job.name),
                     lag_s=self._lag(checkpoint),
-                    rejections=rejections,
+                    rejections=self.store.rejections(job.name),
                 )
             )
         return out
