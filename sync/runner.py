@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -119,6 +119,35 @@ class JobRun:
                 run_id,
                 outcome,
                 read=s.read,
+                sent=s.sent,
+                skipped=s.skipped,
+                rejected_count=s.rejected,
+                error=error,
+            )
+        return self.stats
+
+    def resend(self, rows: list[Row], *, forget: Sequence[str] = ()) -> RunStats:
+        """Send these rows whatever their fingerprints say (``verify --repair``).
+
+        ``forget``: keys whose users are gone from Personyze: their rows are sent as new.
+        """
+        run_id = self.store.start_run(self.job.name, "repair")
+        outcome, error = "failed", None
+        try:
+            self.store.forget_rows(self.job.name, forget)
+            if rows:
+                self._feed(rows, advance=False, retrying=True)
+            self._finish()
+            outcome = "success"
+        except SyncError as exc:
+            error = str(exc)
+            raise
+        finally:
+            s = self.stats
+            self.store.finish_run(
+                run_id,
+                outcome,
+                read=len(rows),
                 sent=s.sent,
                 skipped=s.skipped,
                 rejected_count=s.rejected,

@@ -218,6 +218,30 @@ class PersonyzeClient:
             "is personyze.base_url the Users API (https://app.personyze.com/rest)?"
         )
 
+    def update(self, identifier: str, value: Any, payload: dict[str, Any]) -> int:
+        """PUT to the users whose ``identifier`` equals ``value``; how many were changed.
+
+        Never creates a user: 0 means Personyze has no such user.
+        """
+        where = f"{identifier}={quote(str(value), safe='')}"
+        return _count(self._call("PUT", f"users/where/{where}", json=payload))
+
+    def delete(self, user_id: int) -> int:
+        """DELETE the user with this user_id; how many were deleted (0: already gone)."""
+        return _count(self._call("DELETE", f"users/where/user_id={int(user_id)}"))
+
+    def users_by_email(self, emails: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
+        """The users with these emails, asked for in chunks."""
+        cols = ",".join(dict.fromkeys(["user_id", "email", *columns]))
+        wanted = list(dict.fromkeys(emails))
+        found: list[dict[str, Any]] = []
+        for at in range(0, len(wanted), ID_CHUNK):
+            values = ",".join(quote(e, safe="") for e in wanted[at : at + ID_CHUNK])
+            answer = self._call("GET", f"users/where/email:{values}/columns/{cols}/limit/{PAGE}")
+            if isinstance(answer, list):
+                found.extend(answer)
+        return found
+
     def check_key(self) -> None:
         """``GET /rest/account``: changes nothing, answers 401 for a bad key."""
         self._call("GET", "account")
@@ -358,6 +382,15 @@ class PersonyzeClient:
     def _observe(self, status: int | None, started: float) -> None:
         if self._on_response is not None:
             self._on_response(status, self._clock() - started)
+
+
+def _count(answer: Any) -> int:
+    """A PUT's or DELETE's answer: the number of rows affected."""
+    if isinstance(answer, bool) or not isinstance(answer, int | str) or not str(answer).isdigit():
+        raise FatalError(
+            f"Personyze answered {str(answer)[:100]!r} where a count of users was expected"
+        )
+    return int(answer)
 
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:

@@ -53,6 +53,7 @@ class BatchOutcome:
     acks: list[Ack] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     collisions: list[Collision] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # keys whose users Personyze deleted
     checkpoint: Position | None = None
 
 

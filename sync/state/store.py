@@ -199,6 +199,38 @@ class StateStore:
 
         return self._run(read, "reading the identity map")
 
+    def known_keys(self, job: str, after: str | None, limit: int) -> list[tuple[str, int]]:
+        """One page of the identity map, (key, user_id) in key order after ``after``."""
+
+        def read(conn: Connection) -> list[tuple[str, int]]:
+            query = select(rows.c.row_key, rows.c.user_id).where(rows.c.job == job)
+            if after is not None:
+                query = query.where(rows.c.row_key > after)
+            query = query.order_by(rows.c.row_key).limit(limit)
+            return [(r.row_key, r.user_id) for r in conn.execute(query)]
+
+        return self._run(read, "reading the identity map")
+
+    def sample_keys(self, job: str, count: int) -> list[str]:
+        """Up to ``count`` keys of the identity map, picked at random (``verify --sample``)."""
+
+        def read(conn: Connection) -> list[str]:
+            query = (
+                select(rows.c.row_key).where(rows.c.job == job).order_by(func.random()).limit(count)
+            )
+            return [r.row_key for r in conn.execute(query)]
+
+        return self._run(read, "sampling the identity map")
+
+    def forget_rows(self, job: str, keys: Sequence[str]) -> None:
+        """Forget these rows' users (deleted in Personyze): a later write creates anew."""
+        if keys:
+            self._run(lambda conn: self._forget(conn, job, keys), "forgetting rows")
+
+    def _forget(self, conn: Connection, job: str, keys: Sequence[str]) -> None:
+        for table in (rows, pending, rejected, collisions):
+            conn.execute(delete(table).where(table.c.job == job, table.c.row_key.in_(list(keys))))
+
     # -- rows sent without an answer -------------------------------------------
 
     def add_pending(self, job: str, items: Sequence[tuple[str, str]]) -> None:
@@ -298,6 +330,8 @@ class StateStore:
                     ],
                     ["job", "row_key"],
                 )
+            if outcome.deleted:
+                self._forget(conn, job, outcome.deleted)
             if outcome.checkpoint is not None:
                 self._upsert(
                     conn, checkpoints, [self._checkpoint_values(job, outcome.checkpoint)], ["job"]
