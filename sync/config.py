@@ -14,6 +14,7 @@ import os
 import re
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -264,7 +265,8 @@ class SourceSettings(Model):
     url: SecretStr
     table: str | None = None
     query: str | None = None
-    cursor: str = Field(min_length=1)
+    cursor: str | None = Field(default=None, min_length=1)
+    detect: Literal["cursor", "diff"] = "cursor"  # diff: no cursor, compare fingerprints
     key: str = Field(min_length=1)
     batch_size: int = 1000
     lookback: timedelta | int | float = 0
@@ -315,6 +317,58 @@ class SourceSettings(Model):
             raise _fail("missing required key 'table' or 'query'")
         return self
 
+    @model_validator(mode="after")
+    def _cursor_or_diff(self) -> SourceSettings:
+        if self.detect == "diff":
+            if self.cursor is not None:
+                raise _fail("give either 'cursor' or 'detect: diff', not both", "detect")
+            if self.lookback:
+                raise _fail("a lookback needs a cursor; 'detect: diff' reads every row", "lookback")
+        elif self.cursor is None:
+            raise _fail("missing required key 'cursor' (or 'detect: diff' for a table without one)")
+        return self
+
+    @property
+    def order_column(self) -> str:
+        """The column rows are read in order of: the cursor, or the key in diff mode."""
+        return self.cursor if self.cursor is not None else self.key
+
+
+@dataclass(frozen=True)
+class DeleteLimit:
+    """``max_deletes_per_run``: a count, or a share of the users the job has synced."""
+
+    count: int | None = None
+    share: float | None = None  # percent
+
+    @classmethod
+    def parse(cls, value: Any) -> DeleteLimit:
+        if isinstance(value, DeleteLimit):
+            return value
+        expected = "expected a count such as 100 or a share such as 1%"
+        if isinstance(value, str) and value.strip().endswith("%"):
+            number = value.strip()[:-1].strip()
+            if not _NUMBER.fullmatch(number) or not 0 <= float(number) <= 100:
+                raise _fail(f"{expected} (a share is between 0% and 100%)")
+            return cls(share=float(number))
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+        ):
+            raise _fail(expected)
+        if int(value) < 0:
+            raise _fail(expected)
+        return cls(count=int(value))
+
+    def allowed(self, known: int) -> int:
+        """How many deletes a run may make when the job has synced ``known`` users."""
+        if self.count is not None:
+            return self.count
+        assert self.share is not None
+        return max(1, math.floor(known * self.share / 100)) if self.share else 0
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.share:g}%"
+
 
 class Schedule(Model):
     """When the daemon runs a job: every so often, or on a crontab."""
@@ -363,7 +417,9 @@ class JobSettings(Model):
     source: SourceSettings
     mapping: dict[str, str]
     transforms: dict[str, list[Transform]] = Field(default_factory=dict)
-    sync: Literal["upsert"] = "upsert"
+    sync: Literal["upsert", "update", "mirror"] = "upsert"
+    delete_when: str | None = None  # a SQL condition: such rows' users are deleted
+    max_deletes_per_run: DeleteLimit = DeleteLimit(share=10.0)
     schedule: Schedule | None = None
 
     @field_validator("name")
@@ -374,6 +430,18 @@ class JobSettings(Model):
                 "expected letters, digits, '_', '.' or '-', starting with a letter or digit"
             )
         return value
+
+    @field_validator("delete_when")
+    @classmethod
+    def _delete_when(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or ";" in value):
+            raise _fail('expected a SQL condition such as "deleted_at IS NOT NULL"')
+        return value
+
+    @field_validator("max_deletes_per_run", mode="before")
+    @classmethod
+    def _max_deletes(cls, value: Any) -> DeleteLimit:
+        return DeleteLimit.parse(value)
 
     @field_validator("mapping")
     @classmethod

@@ -5,7 +5,8 @@
     ├── FatalError            this job cannot go on: stop it and say why (exit 1)
     │   ├── AuthError         Personyze refused the API key
     │   ├── SourceError       the source database is unreachable or not as configured
-    │   └── StateError        the state store cannot be read or written
+    │   ├── StateError        the state store cannot be read or written
+    │   └── TooManyDeletes    a run would delete more users than allowed: it deleted none
     ├── RetriableError        a passing failure (429, 5xx, timeout): back off and retry
     └── RejectedError         Personyze refused one record (400): record it, go on
 
@@ -43,6 +44,10 @@ class SourceError(FatalError):
 
 class StateError(FatalError):
     """The state store failed; no checkpoint was moved."""
+
+
+class TooManyDeletes(FatalError):
+    """A run would delete more users than ``max_deletes_per_run`` allows; it deleted none."""
 
 
 class RetriableError(SyncError):

@@ -1,9 +1,12 @@
 """One run of one job: checkpoint -> extract -> map -> load -> commit.
 
 A run first finishes what the last one left (rows sent without an answer, rows
-Personyze rejected), then re-reads the lookback window behind the checkpoint, then
-reads every row after the checkpoint up to the largest cursor value seen at the
-start. Rows go through an ordered window (:mod:`sync.load.window`) while their
+Personyze rejected), then counts the deletes it would make and stops before sending
+anything if they are more than ``max_deletes_per_run`` allows, then re-reads the
+lookback window behind the checkpoint, then reads every row after the checkpoint up
+to the largest cursor value seen at the start (in ``detect: diff`` mode: every row,
+in key order), and last, with ``sync: mirror``, deletes the users of rows that
+vanished from the source. Rows go through an ordered window (:mod:`sync.load.window`) while their
 requests finish in any order; outcomes are committed a few times a second, and the
 checkpoint only ever moves to the end of the longest prefix of rows that were
 acknowledged, skipped as unchanged, or durably recorded as rejected.
@@ -13,18 +16,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 from sync.config import JobSettings
-from sync.errors import ConfigError, FatalError, Stopped, SyncError
-from sync.extract.query import Position
+from sync.errors import ConfigError, FatalError, Stopped, SyncError, TooManyDeletes
+from sync.extract.query import DELETED, Position
 from sync.extract.reader import Row, SourceReader
 from sync.load.window import Slot, Window
-from sync.load.writer import Delivered, Failed, Outgoing, Refused, Writer
+from sync.load.writer import Delivered, Failed, Missing, Outgoing, Refused, Writer
 from sync.mapping import Mapper, Record, Rejection
 from sync.state.records import Ack, BatchOutcome, Collision, KnownRow, RejectedRow
 from sync.state.schema import key_text
@@ -32,6 +35,7 @@ from sync.state.store import StateStore
 
 AUTO_RETRIES = 3  # an unchanged rejected row is retried on this many runs, then on demand
 WINDOW_BATCHES = 4  # rows read but not yet done, in batches: room for slow rows to retry
+KEY_PAGE = 1000  # identity-map keys checked against the source per query (vanished rows)
 
 
 @dataclass
@@ -41,7 +45,12 @@ class RunStats:
     skipped: int = 0
     rejected: int = 0
     collisions: int = 0
+    deleted: int = 0  # users deleted (delete_when, or vanished rows with sync: mirror)
+    missing: int = 0  # sync: update found no such user: counted, never created
+    vanished: int = 0  # synced rows no longer in the source (deleted only with mirror)
     would_send: list[dict[str, Any]] = field(default_factory=list)
+    would_delete: list[dict[str, Any]] = field(default_factory=list)
+    too_many_deletes: str | None = None  # a dry run says why the real run would stop
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class JobRun:
         self._ahead: list[Slot] = []  # finished beyond that prefix, not yet committed
         self._committed_at = time.monotonic()
         self._skipped = 0  # unchanged rows since the last commit
+        self._deleted = 0  # users deleted since the last commit
+        self._deletes_left = 0  # deletes this run may still make (max_deletes_per_run)
         self._failure: SyncError | None = None  # the first row that could not be delivered
 
     def run(self, options: RunOptions, progress: Progress | None = None) -> RunStats:
@@ -171,6 +182,7 @@ class JobRun:
             return
         checkpoint = self.store.checkpoint(name)
         start = None if options.full else options.start or checkpoint
+        self._plan_deletes(start)
         if start is not None and start is checkpoint and self.job.source.lookback:
             lower = _minus(checkpoint.cursor, self.job.source.lookback)
             for batch in self.reader.batches_in_window(lower, checkpoint):
@@ -180,6 +192,102 @@ class JobRun:
             if progress is not None:
                 progress(len(batch))
         self._finish()
+        if self.job.sync == "mirror" or self.job.source.detect == "diff":
+            self._vanished(delete=self.job.sync == "mirror")
+        if self.job.source.detect == "diff" and self.writer is not None:
+            self.store.set_checkpoint(name, None)  # a whole pass is done: the next starts over
+
+    # -- deletes ---------------------------------------------------------------
+
+    def _plan_deletes(self, start: Position | None) -> None:
+        """Count the deletes this run would make; stop now, deleting nothing, if too many.
+
+        A dry run lists them instead.
+        """
+        job = self.job
+        if self.reader.shape.deleted is None and job.sync != "mirror":
+            return
+        known = self.store.row_count(job.name)
+        allowed = job.max_deletes_per_run.allowed(known)
+        planned = 0
+        listing = self.writer is None
+        for key, user_id in self._soft_deletes(start):
+            planned += 1
+            if listing:
+                entry = {"key": key, "user_id": user_id, "why": "delete_when"}
+                self.stats.would_delete.append(entry)
+            elif planned > allowed:
+                break
+        if job.sync == "mirror" and (listing or planned <= allowed):
+            for gone in self._vanished_pages():
+                planned += len(gone)
+                if listing:
+                    self.stats.would_delete += [
+                        {"key": k, "user_id": u, "why": "vanished from the source"} for k, u in gone
+                    ]
+                elif planned > allowed:
+                    break
+        self._deletes_left = allowed
+        if planned > allowed:
+            reason = (
+                f"job {job.name!r} would delete {'at least ' if not listing else ''}{planned} "
+                f"Personyze users, more than max_deletes_per_run allows ({allowed}: "
+                f"{job.max_deletes_per_run} of the {known} users this job has synced); "
+                "nothing was deleted and nothing sent. Check the source (run with --dry-run "
+                "to list them), then raise max_deletes_per_run if the deletes are meant"
+            )
+            if listing:
+                self.stats.too_many_deletes = reason
+            else:
+                raise TooManyDeletes(reason)
+
+    def _soft_deletes(self, start: Position | None) -> Iterator[tuple[str, int]]:
+        """Synced rows that ``delete_when`` now marks, from ``start`` on."""
+        if self.reader.shape.deleted is None:
+            return
+        key = self.job.source.key
+        for batch in self.reader.deleted_after(start, None):
+            keys = [key_text(r[key]) for r in batch]
+            known = self.store.known_rows(self.job.name, keys)
+            yield from ((k, known[k].user_id) for k in keys if k in known)
+
+    def _vanished_pages(self) -> Iterator[list[tuple[str, int]]]:
+        """Synced rows whose keys the source no longer holds, a page at a time."""
+        after: str | None = None
+        while page := self.store.known_keys(self.job.name, after, KEY_PAGE):
+            after = page[-1][0]
+            typed = [_typed_key(k, self.reader) for k, _ in page]
+            present = {key_text(k) for k in self.reader.present_keys(typed)}
+            gone = [(k, u) for k, u in page if k not in present]
+            if gone:
+                yield gone
+
+    def _vanished(self, *, delete: bool) -> None:
+        """Count synced rows that vanished; with ``delete``, delete their users."""
+        for gone in self._vanished_pages():
+            self.stats.vanished += len(gone)
+            if not delete or self.writer is None:
+                continue
+            self._deletes_left -= len(gone)
+            if self._deletes_left < 0:
+                raise TooManyDeletes(
+                    f"job {self.job.name!r}: more rows vanished from the source while the run "
+                    "went on than max_deletes_per_run allows; the rest were not deleted"
+                )
+            items = [Outgoing(k, {"user_id": u}, "delete") for k, u in gone]
+            results = self.writer.send(items)
+            outcome = BatchOutcome()
+            for item, result in zip(items, results, strict=True):
+                if isinstance(result, Failed):
+                    self._failure = self._failure or result.error
+                elif isinstance(result, Delivered):
+                    outcome.deleted.append(item.key)
+            self.store.commit_batch(self.job.name, outcome)
+            self.stats.deleted += len(outcome.deleted)
+            if self.observer is not None and outcome.deleted:
+                self.observer.rows_done(self.job.name, "deleted", len(outcome.deleted))
+            if self._failure is not None:
+                self._finish()
 
     def _reconcile_pending(self) -> None:
         """Rows sent without an answer by a run that died: adopt what Personyze made."""
@@ -202,6 +310,7 @@ class JobRun:
         if not stored:
             return
         rows = self.reader.rows_by_key([_typed_key(k, self.reader) for k in stored])
+        rows = [r for r in rows if r.pop(DELETED, 0) != 1]  # deleted at the source: no retry
         found = {key_text(r[self.job.source.key]) for r in rows}
         if self.writer is not None:  # rows gone from the source need no retry
             self.store.drop_rejections(self.job.name, [k for k in stored if k not in found])
@@ -234,16 +343,28 @@ class JobRun:
         name = self.job.name
         if not retrying:
             self.stats.read += len(batch)
+        flagged = [row.pop(DELETED, 0) == 1 for row in batch]
         mapped = [self.mapper.map(row) for row in batch]
         keys = [key_text(m.key) for m in mapped]
         known = self.store.known_rows(name, keys)
         refused = {} if retrying else self.store.rejected_fingerprints(name, keys)
         slots: list[Slot] = []
-        for row, m, key in zip(batch, mapped, keys, strict=True):
+        for row, m, key, deleted in zip(batch, mapped, keys, flagged, strict=True):
             slot = Slot(key, self.reader.position(row) if advance else None, m.fingerprint)
             previous = known.get(key)
             unchanged = previous is not None and previous.fingerprint == m.fingerprint
-            if not retrying and (
+            if deleted:  # delete_when marks it: delete its user, if it has one
+                if previous is None:
+                    self._skipped += 1  # never synced: nothing to delete
+                elif self.writer is not None:
+                    slot.payload, slot.action = {"user_id": previous.user_id}, "delete"
+                    self._deletes_left -= 1
+                    if self._deletes_left < 0:
+                        raise TooManyDeletes(
+                            f"job {name!r}: more rows were marked deleted while the run went "
+                            "on than max_deletes_per_run allows; the rest were not deleted"
+                        )
+            elif not retrying and (
                 unchanged or key in self._handled or refused.get(key) == m.fingerprint
             ):
                 self._skipped += 1
@@ -251,7 +372,11 @@ class JobRun:
                 slot.payload, slot.reason = m.payload, m.reason
             else:
                 slot.payload = _payload(m, previous)
+                if self.job.sync == "update":
+                    slot.action = "update"
             slots.append(slot)
+        if self.job.sync == "update" and self.writer is not None:
+            self._find_users(slots)
         if self.writer is None:  # a dry run: say what would be sent, send nothing
             self.stats.skipped += self._skipped
             self._skipped = 0
@@ -261,16 +386,34 @@ class JobRun:
         risky = [
             (s.key, str(s.payload["internal_id"]))
             for s in slots
-            if _to_send(s) and not Outgoing(s.key, s.payload).repeatable
+            if _to_send(s) and not Outgoing(s.key, s.payload, s.action).repeatable
         ]
         self.store.add_pending(name, risky)  # durably, before they are sent
         for slot in slots:
             if _to_send(slot):
-                slot.future = self.writer.submit(Outgoing(slot.key, slot.payload))
+                slot.future = self.writer.submit(Outgoing(slot.key, slot.payload, slot.action))
             self._window.add(slot)
             while len(self._window) >= WINDOW_BATCHES * self.job.source.batch_size:
                 self._collect(block=True)
         self._collect()
+
+    def _find_users(self, slots: list[Slot]) -> None:
+        """``sync: update``: find by email the users of rows never synced; skip the rest.
+
+        Such a row is never sent as an insert: a user Personyze does not have is counted
+        as missing and left alone.
+        """
+        assert self.writer is not None
+        unknown = [s for s in slots if s.action == "update" and "user_id" not in s.payload]
+        emails = [str(s.payload["email"]) for s in unknown if s.payload.get("email")]
+        found = self.writer.find_by_email(emails) if emails else {}
+        for slot in unknown:
+            user_id = found.get(str(slot.payload.get("email", "")).lower())
+            if user_id is None:
+                slot.payload = {}
+                self.stats.missing += 1
+            else:
+                slot.payload["user_id"] = user_id
 
     def _collect(self, *, block: bool = False) -> None:
         """Take what finished; commit every quarter batch or half second."""
@@ -329,8 +472,9 @@ class JobRun:
         stats.rejected += len(outcome.rejected)
         stats.collisions += len(outcome.collisions)
         stats.skipped += self._skipped
-        self._observe(outcome, skipped=self._skipped)
-        self._skipped = 0
+        stats.deleted += self._deleted
+        self._observe(outcome, skipped=self._skipped, deleted=self._deleted)
+        self._skipped = self._deleted = 0
 
     def _record(self, slot: Slot, outcome: BatchOutcome) -> None:
         """Add one finished slot's outcome; the first failure ends the run's progress."""
@@ -340,8 +484,14 @@ class JobRun:
             outcome.rejected.append(
                 RejectedRow(slot.key, slot.payload, slot.reason, None, slot.fingerprint)
             )
+        elif isinstance(result, Delivered) and slot.action == "delete":
+            outcome.deleted.append(slot.key)
+            self._deleted += 1
         elif isinstance(result, Delivered):
             outcome.acks.append(Ack(slot.key, result.user_id, slot.fingerprint))
+        elif isinstance(result, Missing):
+            outcome.deleted.append(slot.key)  # its user is gone: forget the user_id
+            self.stats.missing += 1
         elif isinstance(result, Refused):
             outcome.rejected.append(
                 RejectedRow(slot.key, slot.payload, result.reason, result.status, slot.fingerprint)
@@ -351,7 +501,7 @@ class JobRun:
             assert self.writer is not None
             self.writer.abort()  # start nothing more: the run ends here
 
-    def _observe(self, outcome: BatchOutcome, *, skipped: int) -> None:
+    def _observe(self, outcome: BatchOutcome, *, skipped: int, deleted: int) -> None:
         if self.observer is None:
             return
         name = self.job.name
@@ -359,6 +509,7 @@ class JobRun:
             ("sent", len(outcome.acks)),
             ("rejected", len(outcome.rejected)),
             ("skipped", skipped),
+            ("deleted", deleted),
         ):
             if count:
                 self.observer.rows_done(name, kind, count)

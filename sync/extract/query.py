@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, FromClause, Select, TextClause, and_, case, func, or_, select
+
+DELETED = "_psync_deleted"  # the extra column a job with ``delete_when`` reads: 1 or 0
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,20 @@ class Position:
 
 @dataclass(frozen=True)
 class SourceShape:
-    """The selectable to read and the names of its cursor and key columns."""
+    """The selectable to read, the names of its cursor and key columns, and, for a job
+    with ``delete_when``, the condition that marks a row deleted."""
 
     selectable: FromClause
     cursor: str
     key: str
+    deleted: ColumnElement[bool] | TextClause | None = None
+
+    def columns(self, names: Sequence[str]) -> list[ColumnElement[Any]]:
+        """The named columns, and the deleted flag when there is a condition."""
+        cols: list[ColumnElement[Any]] = [self.selectable.c[name] for name in names]
+        if self.deleted is not None:
+            cols.append(case((self.deleted, 1), else_=0).label(DELETED))
+        return cols
 
     def cursor_col(self) -> ColumnElement[Any]:
         return self.selectable.c[self.cursor]
@@ -70,7 +81,7 @@ def select_batch(
     ``lower_cursor``: the smallest cursor value read (the lookback window's edge).
     """
     return (
-        select(*(shape.selectable.c[name] for name in columns))
+        select(*shape.columns(columns))
         .where(*_in_range(shape, start, upper, lower_cursor))
         .order_by(shape.cursor_col(), shape.key_col())
         .limit(limit)
@@ -110,8 +121,24 @@ def select_window(
 
 def select_keys(shape: SourceShape, columns: Sequence[str], keys: Sequence[Any]) -> Select[Any]:
     """Rows by key, for re-reading rows that were rejected earlier."""
-    return select(*(shape.selectable.c[name] for name in columns)).where(
-        shape.key_col().in_(list(keys))
+    return select(*shape.columns(columns)).where(shape.key_col().in_(list(keys)))
+
+
+def select_present_keys(shape: SourceShape, keys: Sequence[Any]) -> Select[Any]:
+    """Which of these keys the source still holds (rows that vanished are not)."""
+    return select(shape.key_col()).where(shape.key_col().in_(list(keys)))
+
+
+def select_deleted(
+    shape: SourceShape, *, start: Position | None, upper: Any, limit: int
+) -> Select[Any]:
+    """A batch of the rows ``delete_when`` marks, in keyset order, cursor and key only."""
+    assert shape.deleted is not None
+    return (
+        select(shape.cursor_col(), shape.key_col())
+        .where(*_in_range(shape, start, upper, None), shape.deleted)
+        .order_by(shape.cursor_col(), shape.key_col())
+        .limit(limit)
     )
 
 

@@ -14,7 +14,18 @@ from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, Integer, MetaData, Numeric, Table, column, inspect, select, text
+from sqlalchemy import (
+    Engine,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    column,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
@@ -37,12 +48,16 @@ class SourceReader:
         source: SourceSettings,
         columns: Sequence[str],
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        delete_when: str | None = None,
     ) -> None:
         self._engine = engine
         self._source = source
+        self._delete_when = delete_when
         self._where = redact_url(source.url.get_secret_value())
         self._reconnecting = Reconnecting(f"source {self._where}", sleep)
-        wanted = [source.key, source.cursor, *columns]
+        self._order = source.order_column
+        wanted = [source.key, self._order, *columns]
         self.columns: tuple[str, ...] = tuple(dict.fromkeys(wanted))
         self.shape = self._resolve()
         self._reconnecting.answered()
@@ -68,7 +83,24 @@ class SourceReader:
                     f"column {name!r} does not exist in {what} at {self._where}"
                     f"{suggest(name, available)}; its columns are: {', '.join(available)}"
                 )
-        return SourceShape(selectable=selectable, cursor=source.cursor, key=source.key)
+        shape = SourceShape(selectable=selectable, cursor=self._order, key=source.key)
+        if self._delete_when is None:
+            return shape
+        condition = text(f"({self._delete_when})")
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(
+                    select(func.count()).select_from(selectable).where(condition, text("1 = 0"))
+                )
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise SourceError(
+                f"delete_when {self._delete_when!r} is not a condition {what} at "
+                f"{self._where} understands: {detail}"
+            ) from None
+        return SourceShape(
+            selectable=selectable, cursor=self._order, key=source.key, deleted=condition
+        )
 
     def _reflect(self, name: str) -> Table:
         schema, _, table = name.rpartition(".")
@@ -155,6 +187,22 @@ class SourceReader:
                 return
             start = self.position(batch[-1])
 
+    def deleted_after(self, start: Position | None, upper: Any) -> Iterator[list[Row]]:
+        """Cursor and key of every row ``delete_when`` marks from ``start`` up to ``upper``."""
+        start, _lower = _split(start)
+        return self._pages(
+            lambda position: q.select_deleted(
+                self.shape, start=position, upper=upper, limit=self._source.batch_size
+            ),
+            start,
+        )
+
+    def present_keys(self, keys: Sequence[Any]) -> set[Any]:
+        """Which of these keys the source still holds."""
+        if not keys:
+            return set()
+        return {r[self._source.key] for r in self._rows(q.select_present_keys(self.shape, keys))}
+
     def rows_by_key(self, keys: Sequence[Any]) -> list[Row]:
         if not keys:
             return []
@@ -176,7 +224,7 @@ class SourceReader:
                 f"key column {self._source.key!r} is NULL in a row of {self._where}: "
                 "the key must be unique and never NULL"
             )
-        return Position(cursor=row[self._source.cursor], key=key)
+        return Position(cursor=row[self._order], key=key)
 
     # -- plumbing ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, Literal
 
 from sync.extract.query import Position
 from sync.load.writer import Result
@@ -28,6 +28,7 @@ class Slot:
     position: Position | None  # None: this row does not move the checkpoint
     fingerprint: str
     payload: dict[str, Any] = field(default_factory=dict)
+    action: Literal["upsert", "update", "delete"] = "upsert"
     reason: str | None = None  # refused by the mapper: never sent
     future: Future[Result] | None = None  # None and no reason: unchanged, nothing to send
     recorded: bool = False  # its outcome is already in the state store

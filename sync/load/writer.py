@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sync.errors import FatalError, RejectedError, RetriableError, Stopped, SyncError
 from sync.load.client import PersonyzeClient
@@ -28,14 +28,19 @@ UNKNOWN_CLOCK_MARGIN_S = 300.0  # when no Date header was ever seen
 
 @dataclass
 class Outgoing:
-    """One row's payload on its way to Personyze."""
+    """One row's payload on its way to Personyze.
+
+    ``action``: ``upsert`` POSTs (creates or merges); ``update`` PUTs to the user
+    ``payload["user_id"]`` and never creates one; ``delete`` deletes that user.
+    """
 
     key: str
     payload: dict[str, Any]
+    action: Literal["upsert", "update", "delete"] = "upsert"
 
     @property
     def repeatable(self) -> bool:
-        return any(name in self.payload for name in MERGING_IDENTIFIERS)
+        return self.action != "upsert" or any(name in self.payload for name in MERGING_IDENTIFIERS)
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,16 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Missing:
+    """An update found no such user in Personyze (it was not created)."""
+
+
+@dataclass(frozen=True)
 class Failed:
     error: SyncError
 
 
-Result = Delivered | Refused | Failed
+Result = Delivered | Refused | Missing | Failed
 
 
 def reconcile(client: PersonyzeClient, wanted: dict[str, str], since: float) -> dict[str, int]:
@@ -119,6 +129,14 @@ class Writer:
                 return Failed(exc)
         return result
 
+    def find_by_email(self, emails: list[str]) -> dict[str, int]:
+        """Lower-cased email -> user_id of the users Personyze has with these emails."""
+        found: dict[str, int] = {}
+        for user in self._client.users_by_email(emails, []):
+            email, user_id = str(user.get("email", "")).lower(), int(user["user_id"])
+            found[email] = min(found.get(email, user_id), user_id)
+        return found
+
     def abort(self) -> None:
         """Start nothing more (a row could not be delivered): what is in flight finishes."""
         self._aborted.set()
@@ -150,7 +168,7 @@ class Writer:
         if self._aborted.is_set():
             return Failed(Stopped("not sent: an earlier row could not be delivered"))
         try:
-            return Delivered(self._client.upsert(item.payload, repeatable=item.repeatable))
+            return self._apply(item)
         except RejectedError as exc:
             return Refused(exc.reason, exc.status)
         except FatalError as exc:
@@ -158,6 +176,16 @@ class Writer:
             return Failed(exc)
         except SyncError as exc:
             return Failed(exc)
+
+    def _apply(self, item: Outgoing) -> Delivered | Missing:
+        if item.action == "upsert":
+            return Delivered(self._client.upsert(item.payload, repeatable=item.repeatable))
+        user_id = int(item.payload["user_id"])
+        if item.action == "delete":
+            self._client.delete(user_id)  # 0: already gone, as wanted
+            return Delivered(user_id)
+        changes = {k: v for k, v in item.payload.items() if k != "user_id"}
+        return Delivered(user_id) if self._client.update("user_id", user_id, changes) else Missing()
 
 
 def _lost_answer(result: Result) -> bool:
