@@ -78,7 +78,8 @@ ERRORS = [
     (
         "missing required key at the parent's line",
         edit("      cursor: updated_at", ""),
-        "config.yaml:5: jobs[0].source: missing required key 'cursor'",
+        "config.yaml:5: jobs[0].source: missing required key 'cursor' "
+        "(or 'detect: diff' for a table without one)",
     ),
     (
         "missing api_key mentions api_key_file",
@@ -149,6 +150,45 @@ ERRORS = [
         "config.yaml:3: personyze.concurency: unknown key (did you mean 'concurrency'?)",
     ),
     (
+        "cursor and detect: diff",
+        edit("      key: id", "      key: id\n      detect: diff"),
+        "config.yaml:10: jobs[0].source.detect: give either 'cursor' or 'detect: diff', not both",
+    ),
+    (
+        "detect: something else",
+        edit("      cursor: updated_at", "      detect: guess"),
+        "config.yaml:8: jobs[0].source.detect: expected one of: cursor or diff (got 'guess')",
+    ),
+    (
+        "diff with a lookback",
+        edit("      cursor: updated_at", "      detect: diff\n      lookback: 5m"),
+        "config.yaml:9: jobs[0].source.lookback: "
+        "a lookback needs a cursor; 'detect: diff' reads every row",
+    ),
+    (
+        "sync mode unknown",
+        edit("      email: email", "      email: email\n    sync: replace"),
+        "config.yaml:13: jobs[0].sync: expected one of: upsert, update or mirror (got 'replace')",
+    ),
+    (
+        "max_deletes_per_run not a count",
+        edit("      email: email", "      email: email\n    max_deletes_per_run: lots"),
+        "config.yaml:13: jobs[0].max_deletes_per_run: "
+        "expected a count such as 100 or a share such as 1% (got 'lots')",
+    ),
+    (
+        "max_deletes_per_run share over 100%",
+        edit("      email: email", "      email: email\n    max_deletes_per_run: 120%"),
+        "config.yaml:13: jobs[0].max_deletes_per_run: expected a count such as 100 or a "
+        "share such as 1% (a share is between 0% and 100%) (got '120%')",
+    ),
+    (
+        "delete_when with two statements",
+        edit("      email: email", "      email: email\n    delete_when: 'x = 1; DROP TABLE t'"),
+        "config.yaml:13: jobs[0].delete_when: "
+        "expected a SQL condition such as \"deleted_at IS NOT NULL\" (got 'x = 1; DROP TABLE t')",
+    ),
+    (
         "batch_size out of range",
         edit("      key: id", "      key: id\n      batch_size: 0"),
         "config.yaml:10: jobs[0].source.batch_size: "
@@ -194,11 +234,6 @@ ERRORS = [
         "config.yaml:4: jobs[0].name: "
         "expected letters, digits, '_', '.' or '-', starting with a letter or digit "
         "(got '-customers')",
-    ),
-    (
-        "sync mode",
-        BASE + "    sync: mirror\n",
-        "config.yaml:13: jobs[0].sync: expected one of: upsert (got 'mirror')",
     ),
     (
         "no jobs",
@@ -398,7 +433,8 @@ def test_every_error_is_reported_once_in_file_order() -> None:
     assert error_of(text).splitlines() == [
         "config.yaml:2: personyze.api_key: environment variable MISSING is not set",
         "config.yaml:3: personyze.concurrency: expected a whole number from 1 to 256 (got 0)",
-        "config.yaml:6: jobs[0].source: missing required key 'cursor'",
+        "config.yaml:6: jobs[0].source: missing required key 'cursor' "
+        "(or 'detect: diff' for a table without one)",
         "config.yaml:9: jobs[0].source.cursr: unknown key (did you mean 'cursor'?)",
         "config.yaml:13: jobs[0].mapping.x: duplicate key 'x' (first given on line 12)",
     ]
@@ -694,8 +730,10 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
 def test_example_config_loads() -> None:
     env = {"PERSONYZE_API_KEY": "k", "PG_PASSWORD": "p", "MYSQL_PASSWORD": "m"}
     config = load_config(REPO / "config" / "personyze-sync.example.yaml", env)
-    assert [job.name for job in config.jobs] == ["customers", "mysql-orders"]
-    pg, mysql = config.jobs
+    assert [job.name for job in config.jobs] == ["customers", "mysql-orders", "loyalty"]
+    pg, mysql, loyalty = config.jobs
+    assert (loyalty.source.detect, loyalty.source.cursor, loyalty.sync) == ("diff", None, "mirror")
+    assert str(pg.max_deletes_per_run) == "1%" and pg.delete_when == "deleted_at IS NOT NULL"
     assert pg.source.table == "public.customers" and mysql.source.query is not None
     assert mysql.source.url.get_secret_value().startswith("mysql+pymysql://reader:m@")
     assert isinstance(pg.transforms["full_name"][0], TemplateTransform)
@@ -771,3 +809,28 @@ def test_suggest() -> None:
 )
 def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "text", "allowed"),
+    [
+        (5, "5", {0: 5, 1000: 5}),
+        ("0", "0", {0: 0, 1000: 0}),
+        ("1%", "1%", {0: 1, 50: 1, 1000: 10, 1999: 19}),
+        ("0%", "0%", {1000: 0}),
+        ("100%", "100%", {3: 3}),
+        ("2.5%", "2.5%", {1000: 25}),
+    ],
+)
+def test_max_deletes_per_run(value: object, text: str, allowed: dict[int, int]) -> None:
+    job = parse(
+        edit("      email: email", f"      email: email\n    max_deletes_per_run: {value}")
+    ).jobs[0]
+    assert str(job.max_deletes_per_run) == text
+    assert {known: job.max_deletes_per_run.allowed(known) for known in allowed} == allowed
+
+
+def test_diff_mode_orders_by_the_key_and_deletes_default_to_10_percent() -> None:
+    job = parse(edit("      cursor: updated_at", "      detect: diff")).jobs[0]
+    assert (job.source.cursor, job.source.order_column, job.sync) == (None, "id", "upsert")
+    assert str(job.max_deletes_per_run) == "10%" and job.delete_when is None

@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from sync.app import App
+from sync.config import load_config
 from sync.runner import RunOptions
 from sync.sandbox import SandboxServer
-from tests.support import config_doc, load, users_by_internal_id, write_config
+from tests.support import API_KEY, config_doc, load, users_by_internal_id, write_config
 
 MAPPING = {
     "customer_id": "internal_id",
@@ -200,3 +201,46 @@ def test_a_query_over_customer_address_city_and_country(
     mary = users["1"][0]
     assert mary["full_name"] == "MARY SMITH"
     assert mary["current_country"] == london["1"][0]["current_country"]
+
+
+def test_the_worked_example_in_config(
+    tmp_path: Path, sakila_url: str, sandbox: SandboxServer
+) -> None:
+    """config/sakila.example.yaml as shipped: a cursor that is an expression over four
+    tables, and inactive customers deleted."""
+    example = Path(__file__).parents[2] / "config" / "sakila.example.yaml"
+    env = {
+        "PERSONYZE_API_KEY": API_KEY,
+        "PERSONYZE_BASE_URL": sandbox.url,
+        "SAKILA_URL": sakila_url,
+        "STATE_URL": f"sqlite:///{tmp_path}/state.db",
+    }
+    inactive = [c for c, row in customers(sakila_url).items() if not row["active"]]
+    with App(load_config(example, env)) as app:
+        job = app.config.jobs[0]
+        first = app.run(job, RunOptions())
+        assert first.sent == 599 - len(inactive)  # soft-deleted rows are never created
+        users = users_by_internal_id(sandbox.users())
+        assert set(users).isdisjoint(inactive) and len(users) == 599 - len(inactive)
+
+        engine = create_engine(sakila_url)
+        with engine.begin() as conn:
+            in_city = conn.execute(
+                text(
+                    "SELECT c.customer_id FROM customer c JOIN address a USING (address_id) "
+                    "WHERE a.city_id = 312 AND c.active = 1 AND c.customer_id > 2"
+                )
+            ).scalars()
+            in_city = [str(c) for c in in_city]
+            conn.execute(text("UPDATE city SET city = 'Londinium' WHERE city_id = 312"))
+            conn.execute(text("UPDATE customer SET active = 0 WHERE customer_id IN (1, 2)"))
+        engine.dispose()
+        sandbox.clear_requests()
+        second = app.run(job, RunOptions())
+
+    assert in_city and (second.deleted, second.sent) == (2, len(in_city))
+    methods = sorted(r.method for r in sandbox.requests if r.method != "GET")
+    assert methods == ["DELETE", "DELETE"] + ["POST"] * len(in_city)
+    users = users_by_internal_id(sandbox.users())
+    assert "1" not in users and "2" not in users
+    assert all(users[c][0]["current_city"] == "Londinium" for c in in_city)
