@@ -420,6 +420,7 @@ class JobSettings(Model):
     sync: Literal["upsert", "update", "mirror"] = "upsert"
     delete_when: str | None = None  # a SQL condition: such rows' users are deleted
     max_deletes_per_run: DeleteLimit = DeleteLimit(share=10.0)
+    shards: int = 1  # parts of the key space, each with its own checkpoint and lease
     schedule: Schedule | None = None
 
     @field_validator("name")
@@ -437,6 +438,11 @@ class JobSettings(Model):
         if value is not None and (not value.strip() or ";" in value):
             raise _fail('expected a SQL condition such as "deleted_at IS NOT NULL"')
         return value
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shards(cls, value: Any) -> int:
+        return _whole_number(value, 1, 64)
 
     @field_validator("max_deletes_per_run", mode="before")
     @classmethod

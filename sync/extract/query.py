@@ -30,6 +30,22 @@ class Position:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count``: the rows whose integer key modulo ``count`` is ``index``."""
+
+    index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def holds(self, key: int) -> bool:
+        """The same test as :func:`in_shard`, in Python."""
+        return abs(key) % self.count == self.index
+
+
+@dataclass(frozen=True)
 class SourceShape:
     """The selectable to read, the names of its cursor and key columns, and, for a job
     with ``delete_when``, the condition that marks a row deleted."""
@@ -38,6 +54,7 @@ class SourceShape:
     cursor: str
     key: str
     deleted: ColumnElement[bool] | TextClause | None = None
+    shard: Shard | None = None
 
     def columns(self, names: Sequence[str]) -> list[ColumnElement[Any]]:
         """The named columns, and the deleted flag when there is a condition."""
@@ -88,12 +105,19 @@ def select_batch(
     )
 
 
+def in_shard(shape: SourceShape, shard: Shard) -> ColumnElement[bool]:
+    """The key's shard, computed by the database so that each replica reads its part only."""
+    return func.abs(shape.key_col()) % shard.count == shard.index
+
+
 def _in_range(
     shape: SourceShape, start: Position | None, upper: Any, lower_cursor: Any
 ) -> list[ColumnElement[bool]]:
-    """A non-NULL cursor, after ``start``, between ``lower_cursor`` and ``upper``."""
+    """A non-NULL cursor in the shard, after ``start``, between ``lower_cursor`` and ``upper``."""
     cursor = shape.cursor_col()
     conditions: list[ColumnElement[bool]] = [cursor.is_not(None)]
+    if shape.shard is not None:
+        conditions.append(in_shard(shape, shape.shard))
     if start is not None:
         conditions.append(after(shape, start))
     if lower_cursor is not None:
@@ -143,7 +167,8 @@ def select_deleted(
 
 
 def select_max_cursor(shape: SourceShape) -> Select[Any]:
-    return select(func.max(shape.cursor_col()))
+    query = select(func.max(shape.cursor_col()))
+    return query if shape.shard is None else query.where(in_shard(shape, shape.shard))
 
 
 def select_count(

@@ -8,6 +8,7 @@ queries from :mod:`sync.extract.query`. SQLAlchemy errors are translated into
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +34,7 @@ from sync.config import SourceSettings, redact_url, suggest
 from sync.databases import Reconnecting
 from sync.errors import SourceError
 from sync.extract import query as q
-from sync.extract.query import Position, SourceShape
+from sync.extract.query import Position, Shard, SourceShape
 
 Row = dict[str, Any]
 UP_TO_NOW: Any = object()  # batches_after's default bound: the largest cursor once needed
@@ -50,10 +51,12 @@ class SourceReader:
         sleep: Callable[[float], None] = time.sleep,
         *,
         delete_when: str | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self._engine = engine
         self._source = source
         self._delete_when = delete_when
+        self._shard = shard
         self._where = redact_url(source.url.get_secret_value())
         self._reconnecting = Reconnecting(f"source {self._where}", sleep)
         self._order = source.order_column
@@ -61,6 +64,11 @@ class SourceReader:
         self.columns: tuple[str, ...] = tuple(dict.fromkeys(wanted))
         self.shape = self._resolve()
         self._reconnecting.answered()
+        if shard is not None and not self.key_is_numeric:
+            raise SourceError(
+                f"key {source.key!r} at {self._where} is not a number: shards split the key "
+                "space by key modulo the number of shards; use a numeric key, or no shards"
+            )
 
     # -- setup ---------------------------------------------------------------
 
@@ -83,7 +91,9 @@ class SourceReader:
                     f"column {name!r} does not exist in {what} at {self._where}"
                     f"{suggest(name, available)}; its columns are: {', '.join(available)}"
                 )
-        shape = SourceShape(selectable=selectable, cursor=self._order, key=source.key)
+        shape = SourceShape(
+            selectable=selectable, cursor=self._order, key=source.key, shard=self._shard
+        )
         if self._delete_when is None:
             return shape
         condition = text(f"({self._delete_when})")
@@ -98,9 +108,7 @@ class SourceReader:
                 f"delete_when {self._delete_when!r} is not a condition {what} at "
                 f"{self._where} understands: {detail}"
             ) from None
-        return SourceShape(
-            selectable=selectable, cursor=self._order, key=source.key, deleted=condition
-        )
+        return dataclasses.replace(shape, deleted=condition)
 
     def _reflect(self, name: str) -> Table:
         schema, _, table = name.rpartition(".")

@@ -104,6 +104,7 @@ class TokenBucket:
 
     MIN_RATE = 0.5
     RECOVERY = 1.01
+    BURST_S = 0.1  # an idle client may then send a tenth of a second's worth at once
 
     def __init__(
         self, rate: float | None, clock: Callable[[], float], sleep: Callable[[float], None]
@@ -126,7 +127,8 @@ class TokenBucket:
         with self._lock:
             now = self._clock()
             rate = self._rate
-            self._tokens = min(max(1.0, rate), self._tokens + (now - self._last) * rate)
+            burst = max(1.0, rate * self.BURST_S)
+            self._tokens = min(burst, self._tokens + (now - self._last) * rate)
             self._last = now
             self._tokens -= 1.0
             wait = -self._tokens / rate if self._tokens < 0 else 0.0

@@ -315,7 +315,8 @@ class FakeTime:
         (2.0, [0, 0, 0], True, [0.5, 0.5]),
         (10.0, [0, 0.1, 0.1, 0.1], True, []),  # already at the ceiling: never waits
         (10.0, [0, 0.05, 0.05], True, [0.05, 0.05]),  # slots at 0, 0.1, 0.2
-        (4.0, [10, 0, 0, 0, 0], True, [0.25]),  # idle refills to a burst of `rate`
+        (4.0, [10, 0, 0, 0, 0], True, [0.25, 0.25, 0.25, 0.25]),  # idle: a burst of 1 at 4/s
+        (100.0, [10] + [0] * 11, True, [0.01, 0.01]),  # ... of a tenth of a second at 100/s
         (10.0, [0, 0, 0, 0], False, [0.1, 0.2, 0.3]),  # threads reserving at once
         (0.5, [0, 0], True, [2.0]),
     ],
