@@ -7,8 +7,9 @@ In one run on this machine: N rows in a fresh PostgreSQL database, the sandbox a
 separate process (once with no added latency, once with ``--latency-ms`` per request),
 and for each setting personyze-sync's backfill, a no-change incremental run and an
 incremental run after 1% of the rows changed; the sequential baseline
-(``bench/baseline.py``); and the ceiling (``wrk`` against the sandbox, and
-concurrency ÷ latency). Every run is checked against the source. See bench/README.md.
+(``bench/baseline.py``); and the ceilings (``wrk`` against the sandbox, the best
+P processes of bare httpx POSTs reach, ``bench/httpx_ceiling.py``, and concurrency ÷
+latency). Every run is checked against the source. See bench/README.md.
 
 Exit status: 0 when every correctness check passed (targets missed are reported, not
 failed), 1 when one did not.
@@ -60,6 +61,8 @@ MAPPING = {
     "vip": "custom_i_1",
 }
 COLUMNS = tuple(MAPPING.values())
+WRK = "ceiling: wrk POST /rest/users"
+HTTPX_ONLY = "ceiling: httpx only"
 
 
 # --- results ------------------------------------------------------------------------
@@ -477,7 +480,7 @@ def wrk_ceiling(report: Report, args: argparse.Namespace, seconds: int) -> None:
         report.rows.append(
             Row(
                 "0 ms",
-                "ceiling: wrk POST /rest/users",
+                WRK,
                 int(count.group(1)),
                 float(count.group(2)) / unit,
                 float(rate.group(1)),
@@ -486,6 +489,66 @@ def wrk_ceiling(report: Report, args: argparse.Namespace, seconds: int) -> None:
                 usage.maxrss_mb,
             )
         )
+    finally:
+        sandbox.stop()
+
+
+def httpx_label(processes: int) -> str:
+    return f"{HTTPX_ONLY}, {processes} process{'' if processes == 1 else 'es'}"
+
+
+def httpx_ceiling(report: Report, args: argparse.Namespace) -> None:
+    """The best a Python httpx client reaches here: ``bench/httpx_ceiling.py`` for each P.
+
+    A sandbox of its own with no added latency, emptied before each P; the rate is
+    the workers' 200 answers over their timed span, the CPU their own process time.
+    """
+    sandbox = Sandbox(0)
+    try:
+        for processes in args.httpx_processes:
+            what = httpx_label(processes)
+            sandbox.reset()
+            cmd = [PYTHON, str(HERE / "httpx_ceiling.py"), "--api-url", sandbox.url]
+            cmd += ["--api-key", API_KEY, "--processes", str(processes)]
+            cmd += ["--seconds", str(args.httpx_seconds)]
+            before = sandbox.requests()
+            usage = run_measured(cmd, timeout_s=args.httpx_seconds + 120)
+            requests = sandbox.requests() - before
+            try:
+                figures = json.loads(usage.stdout.strip().splitlines()[-1])
+            except (IndexError, ValueError):
+                figures = None
+            if figures is None:
+                report.check(
+                    f"0 ms {what}: ran",
+                    False,
+                    f"exit status {usage.returncode}: {usage.stderr.strip()[-500:]}",
+                )
+                continue
+            report.check(
+                f"0 ms {what}: every answer 200",
+                usage.returncode == 0 and figures["failures"] == 0 and figures["ok"] > 0,
+                f"{figures['ok']} of {figures['requests']} answered 200"
+                + (f"; first failure: {figures['first_failure']}" if figures["failures"] else ""),
+            )
+            users = int(sandbox.stats()["users"])
+            report.check(
+                f"0 ms {what}: sandbox holds one user per answer",
+                users == figures["ok"],
+                f"{users} users for {figures['ok']} answers",
+            )
+            report.rows.append(
+                Row(
+                    "0 ms",
+                    what,
+                    int(figures["ok"]),
+                    float(figures["seconds"]),
+                    float(figures["requests_per_s"]),
+                    requests,
+                    float(figures["cpu_s"]),
+                    usage.maxrss_mb,
+                )
+            )
     finally:
         sandbox.stop()
 
@@ -557,17 +620,24 @@ def print_table(report: Report) -> None:
 def print_targets(report: Report, args: argparse.Namespace) -> None:
     """The issue's targets, each with what was measured and PASS or MISS."""
     slow = f"{args.latency_ms:g} ms"
-    lines: list[tuple[str, str, bool | None]] = []
+    lines: list[tuple[str, str, bool | str | None]] = []  # PASS/MISS, a word, or not measured
 
-    def ratio(name: str, a: Row | None, b: Row | None, target: float) -> None:
+    def share(a: Row | None, b: Row | None) -> float | None:
         ra, rb = (a.rows_per_s if a else None), (b.rows_per_s if b else None)
-        if ra is None or not rb:
+        return None if ra is None or not rb else ra / rb
+
+    def ratio(name: str, a: Row | None, b: Row | None, target: float, note: str = "") -> None:
+        value = share(a, b)
+        if value is None:
             lines.append((name, "not measured", None))
             return
-        value = ra / rb
         shown = f"{value:.1f}×" if target >= 2 else f"{value:.0%}"
         want = f">= {target:g}×" if target >= 2 else f">= {target:.0%}"
-        lines.append((f"{name} {want}", shown, value >= target))
+        lines.append((f"{name} {want}", shown + note, value >= target))
+
+    wrk = report.find("0 ms", WRK)
+    httpx_rows = [r for r in report.rows if r.what.startswith(HTTPX_ONLY) and r.rows_per_s]
+    best_httpx = max(httpx_rows, key=lambda r: r.rows_per_s or 0.0, default=None)
 
     backfill_slow = report.find(slow, "personyze-sync backfill")
     backfill_fast = report.find("0 ms", "personyze-sync backfill")
@@ -583,12 +653,22 @@ def print_targets(report: Report, args: argparse.Namespace) -> None:
         report.find(slow, "ceiling: concurrency ÷ latency"),
         0.85,
     )
+    of_httpx = share(backfill_fast, best_httpx)
     ratio(
         "personyze-sync ÷ wrk ceiling at 0 ms",
         backfill_fast,
-        report.find("0 ms", "ceiling: wrk POST /rest/users"),
+        wrk,
         0.60,
+        "" if of_httpx is None else f" ({of_httpx:.0%} of the best httpx-only rate)",
     )
+    httpx_of_wrk = share(best_httpx, wrk)
+    info = (
+        "not measured"
+        if best_httpx is None or httpx_of_wrk is None
+        else f"{httpx_of_wrk:.0%} ({best_httpx.what.removeprefix(HTTPX_ONLY + ', ')}, "
+        f"{best_httpx.rows_per_s:,.0f} req/s; not a target)"
+    )
+    lines.append(("best httpx-only ÷ wrk ceiling at 0 ms (informational)", info, "INFO"))
     for r in report.rows:
         if not r.what.startswith("personyze-sync") or r.requests is None:
             continue
@@ -626,12 +706,25 @@ def print_targets(report: Report, args: argparse.Namespace) -> None:
         )
     print("targets")
     for name, shown, ok in lines:
-        verdict = "----" if ok is None else ("PASS" if ok else "MISS")
+        verdict = ok if isinstance(ok, str) else {True: "PASS", False: "MISS", None: "----"}[ok]
         print(f"  [{verdict}] {name:<68} {shown}")
     print()
 
 
 # --- main ---------------------------------------------------------------------------
+
+
+def processes_list(value: str) -> tuple[int, ...]:
+    """``1,2,4`` as (1, 2, 4): each a number of processes, at least 1."""
+    try:
+        found = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {value}"
+        ) from None
+    if not found or min(found) < 1:
+        raise argparse.ArgumentTypeError(f"each number of processes must be at least 1: {value}")
+    return found
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -644,13 +737,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument(
-        "--quick", action="store_true", help="5,000 rows, baseline 5 s, wrk 3 s (for the tests)"
+        "--httpx-seconds", type=float, help="each httpx-only run (default: --wrk-seconds)"
+    )
+    parser.add_argument(
+        "--httpx-processes",
+        type=processes_list,
+        default=(1, 2, 4),
+        help="worker processes of the httpx-only runs, comma-separated (1,2,4)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="5,000 rows, baseline 5 s, wrk 3 s, httpx-only 3 s with 2 processes (for the tests)",
     )
     args = parser.parse_args(argv)
     if args.million:
         args.rows = 1_000_000
     if args.quick:
         args.rows, args.baseline_seconds, args.wrk_seconds = 5_000, 5.0, 3
+        args.httpx_seconds, args.httpx_processes = 3.0, (2,)
+    if args.httpx_seconds is None:
+        args.httpx_seconds = float(args.wrk_seconds)
     if args.latency_ms <= 0:
         parser.error("--latency-ms must be above 0 (the no-latency setting always runs)")
     return args
@@ -674,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             make_table(engine, "people", args.rows)
             print(f"made {args.rows:,} rows in {time.monotonic() - made:.1f} s", flush=True)
             wrk_ceiling(report, args, args.wrk_seconds)
+            httpx_ceiling(report, args)
             for round_, (setting, latency) in enumerate(
                 (("0 ms", 0.0), (slow, args.latency_ms)), start=1
             ):
