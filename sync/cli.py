@@ -38,6 +38,7 @@ from sync.errors import SyncError
 from sync.logs import configure_logging, secrets_of, set_secrets
 from sync.runner import RunOptions, RunStats
 from sync.state.records import StoredRejection
+from sync.verify import Finding, VerifyReport
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -225,7 +226,18 @@ def report(
                 "skipped": r.skipped,
                 "rejected": r.rejected,
                 "collisions": r.collisions,
-                **({"would_send": r.would_send} if dry_run else {}),
+                "deleted": r.deleted,
+                "missing": r.missing,
+                "vanished": r.vanished,
+                **(
+                    {
+                        "would_send": r.would_send,
+                        "would_delete": r.would_delete,
+                        "too_many_deletes": r.too_many_deletes,
+                    }
+                    if dry_run
+                    else {}
+                ),
             }
             for name, r in results.items()
         }
@@ -246,10 +258,23 @@ def report(
                         markup=False,
                         soft_wrap=True,
                     )
+                for doomed in r.would_delete:
+                    out.print(
+                        f"would delete user {doomed['user_id']} (row {doomed['key']}: "
+                        f"{doomed['why']})",
+                        markup=False,
+                        soft_wrap=True,
+                    )
+                if r.too_many_deletes:
+                    err.print(f"a real run would stop: {r.too_many_deletes}", markup=False)
             verb, count = ("would send", len(r.would_send)) if dry_run else ("sent", r.sent)
+            deletes = len(r.would_delete) if dry_run else r.deleted
             out.print(
                 f"{name}: read {r.read}, {verb} {count}"
                 f", unchanged {r.skipped}, rejected {r.rejected}"
+                + (f", {'would delete' if dry_run else 'deleted'} {deletes}" if deletes else "")
+                + (f", missing in Personyze {r.missing}" if r.missing else "")
+                + (f", vanished from the source {r.vanished}" if r.vanished else "")
                 + (f", identity collisions {r.collisions}" if r.collisions else "")
                 + f" ({seconds:.1f}s)",
                 markup=False,
@@ -497,6 +522,171 @@ def rejected_purge(config_path: Path, job: str | None, keys: tuple[str, ...], ye
         for j in jobs:
             dropped = app.purge_rejections(j, keys)
             out.print(f"{j.name}: dropped {len(dropped)} rejected row(s)", markup=False)
+
+
+# -- verify --------------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.argument("job")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Check N rows of the identity map, picked at random (the default, N=100).",
+)
+@click.option("--all", "everything", is_flag=True, help="Check every source row.")
+@click.option("--repair", is_flag=True, help="Resend what drifted, then check it again.")
+@click.option(
+    "--dry-run", is_flag=True, help="With --repair: say what would be resent; send nothing."
+)
+@json_option
+def verify(
+    config_path: Path,
+    job: str,
+    sample: int | None,
+    everything: bool,
+    repair: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Read JOB's users back from Personyze and compare them with the source as it is now.
+
+    Without --repair only reads (GETs). Exit 0 when nothing drifted (or all of it was
+    repaired), 1 when drift remains.
+    """
+    if sample is not None and everything:
+        raise click.UsageError("--sample and --all exclude each other")
+    with open_app(config_path) as app:
+        report = app.verify(
+            app.config.job(job), sample=sample, everything=everything, repair=repair and not dry_run
+        )
+    would_resend = report.to_repair if repair and dry_run else None
+    if as_json:
+        doc = verify_doc(report)
+        if would_resend is not None:
+            doc["would_resend"] = would_resend
+        out.print_json(json.dumps(doc, default=str))
+    else:
+        print_verify(report, would_resend)
+    if report.drift_remaining:
+        raise click.exceptions.Exit(1)
+
+
+def _iso_utc(stamp: float | None) -> str | None:
+    return None if stamp is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def finding_doc(f: Finding) -> dict[str, Any]:
+    return {
+        "kind": f.kind,
+        "key": f.key,
+        "user_id": f.user_id,
+        "columns": [{"column": d.column, "want": d.want, "have": d.have} for d in f.columns],
+        "cannot_clear": [{"column": d.column, "have": d.have} for d in f.cannot_clear],
+        "data_last_modified": _iso_utc(f.modified_at),
+        "reason": f.reason,
+        "note": f.note,
+    }
+
+
+def verify_doc(report: VerifyReport) -> dict[str, Any]:
+    repair = report.repair
+    return {
+        "job": report.job,
+        "mode": report.mode,
+        "sample": report.sample,
+        "checked": report.checked,
+        "in_step": report.in_step,
+        **{kind: report.count(kind) for kind in ("different", "missing", "unsynced", "vanished")},
+        "cannot_clear": report.cannot_clear,
+        "unsendable": report.count("unsendable"),
+        "no_user": report.count("no_user"),
+        "findings": [finding_doc(f) for f in report.findings],
+        "collisions": [
+            {"key": c.key, "user_id": c.user_id, "other_key": c.other_key}
+            for c in report.collisions
+        ],
+        "repair": None
+        if repair is None
+        else {
+            "resent": repair.resent,
+            "delivered": repair.sent,
+            "rejected": repair.rejected,
+            "still_drifting": [finding_doc(f) for f in repair.still],
+        },
+        "drift_remaining": report.drift_remaining,
+    }
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def findings_table(findings: list[Finding]) -> Table:
+    table = Table("finding", "key", "user_id", "last modified", "detail", box=None, pad_edge=False)
+    for f in findings:
+        lines = [f"{d.column}: want {_shown(d.want)}, have {_shown(d.have)}" for d in f.columns]
+        lines += [
+            f"{d.column}: empty in the source, Personyze keeps {_shown(d.have)} (cannot clear)"
+            for d in f.cannot_clear
+        ]
+        lines += [line for line in (f.reason, f.note) if line]
+        table.add_row(
+            f.kind.replace("_", " "),
+            Text(f.key),
+            "" if f.user_id is None else str(f.user_id),
+            "" if f.modified_at is None else _utc(f.modified_at),
+            Text("\n".join(lines)),
+        )
+    return table
+
+
+def print_verify(report: VerifyReport, would_resend: int | None) -> None:
+    what = (
+        "every source row"
+        if report.mode == "all"
+        else f"up to {report.sample} rows of the identity map, picked at random"
+    )
+    out.print(f"[bold]{escape(report.job)}[/bold]: verify of {what}")
+    if report.findings:
+        out.print(findings_table(report.findings))
+    extra = [
+        f"{label} {n}"
+        for label, n in (
+            ("vanished from the source", report.count("vanished")),
+            ("cannot clear", report.cannot_clear),
+            ("unsendable", report.count("unsendable")),
+            ("without a user (sync: update)", report.count("no_user")),
+            ("identity collisions", len(report.collisions)),
+        )
+        if n
+    ]
+    out.print(
+        f"{report.job}: checked {report.checked}, in step {report.in_step}, "
+        f"different {report.count('different')}, missing {report.count('missing')}, "
+        f"unsynced {report.count('unsynced')}" + "".join(f", {e}" for e in extra),
+        markup=False,
+    )
+    for c in report.collisions[:10]:
+        out.print(
+            f"  note: row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
+            markup=False,
+        )
+    if would_resend is not None:
+        out.print(f"dry run: would resend {would_resend} row(s); nothing was sent", markup=False)
+    repair = report.repair
+    if repair is not None:
+        out.print(
+            f"{report.job}: repair resent {repair.resent}, delivered {repair.sent}, "
+            f"rejected {repair.rejected}, still drifting {len(repair.still)}",
+            markup=False,
+        )
+        if repair.still:
+            out.print(findings_table(repair.still))
 
 
 # -- trying things out ------------------------------------------------------------------

@@ -237,8 +237,10 @@ class Daemon:
         outcome, error, sent = "failed", None, 0
         try:
             job = app.config.job(name)
-            sent = app.run(job, RunOptions(kind="scheduled")).sent
-            outcome = "success"
+            stats = app.run(job, RunOptions(kind="scheduled"))
+            sent = stats.sent
+            everywhere = len(stats.held_elsewhere) == len(app.parts(job))
+            outcome = "held elsewhere" if everywhere else "success"
         except Stopped:
             outcome = "stopped"
         except SyncError as exc:
@@ -252,6 +254,11 @@ class Daemon:
         self, app: App, name: str, outcome: str, error: str | None, sent: int, seconds: float
     ) -> None:
         now = self.clock()
+        if outcome == "held elsewhere":  # another replica runs it: nothing to judge here
+            self.metrics.runs_skipped.labels(name).inc()
+            with self._lock:
+                self._health.setdefault(name, JobHealth()).running_since = None
+            return
         self.metrics.run_ended(name, outcome, seconds)
         with self._lock:
             health = self._health.setdefault(name, JobHealth())

@@ -51,6 +51,22 @@ class RunStats:
     would_send: list[dict[str, Any]] = field(default_factory=list)
     would_delete: list[dict[str, Any]] = field(default_factory=list)
     too_many_deletes: str | None = None  # a dry run says why the real run would stop
+    held_elsewhere: list[str] = field(default_factory=list)  # parts another process ran
+
+    def add(self, other: RunStats) -> None:
+        """Fold in the figures of another part (shard) of the same run."""
+        self.read += other.read
+        self.sent += other.sent
+        self.skipped += other.skipped
+        self.rejected += other.rejected
+        self.collisions += other.collisions
+        self.deleted += other.deleted
+        self.missing += other.missing
+        self.vanished += other.vanished
+        self.would_send += other.would_send
+        self.would_delete += other.would_delete
+        self.held_elsewhere += other.held_elsewhere
+        self.too_many_deletes = self.too_many_deletes or other.too_many_deletes
 
 
 @dataclass(frozen=True)
@@ -86,8 +102,10 @@ class JobRun:
         writer: Writer | None,
         stop: threading.Event | None = None,
         observer: RunObserver | None = None,
+        name: str | None = None,
     ) -> None:
         self.job = job
+        self.name = name or job.name  # what the state store knows it by: the job, or a shard
         self.reader = reader
         self.mapper = mapper
         self.store = store
@@ -110,7 +128,7 @@ class JobRun:
         if options.dry_run:
             self._sync(options, progress)
             return self.stats
-        run_id = self.store.start_run(self.job.name, options.kind)
+        run_id = self.store.start_run(self.name, options.kind)
         outcome, error = "failed", None
         try:
             self._sync(options, progress)
@@ -142,10 +160,10 @@ class JobRun:
 
         ``forget``: keys whose users are gone from Personyze: their rows are sent as new.
         """
-        run_id = self.store.start_run(self.job.name, "repair")
+        run_id = self.store.start_run(self.name, "repair")
         outcome, error = "failed", None
         try:
-            self.store.forget_rows(self.job.name, forget)
+            self.store.forget_rows(self.name, forget)
             if rows:
                 self._feed(rows, advance=False, retrying=True)
             self._finish()
@@ -167,13 +185,13 @@ class JobRun:
         return self.stats
 
     def pending_total(self, options: RunOptions) -> int:
-        start = None if options.full else options.start or self.store.checkpoint(self.job.name)
+        start = None if options.full else options.start or self.store.checkpoint(self.name)
         return self.reader.count(start, self.reader.max_cursor())
 
     # -- the phases ------------------------------------------------------------
 
     def _sync(self, options: RunOptions, progress: Progress | None) -> None:
-        name = self.job.name
+        name = self.name
         if self.writer is not None:
             self._reconcile_pending()
         self._retry_rejected(force=options.only_rejected)
@@ -207,7 +225,7 @@ class JobRun:
         job = self.job
         if self.reader.shape.deleted is None and job.sync != "mirror":
             return
-        known = self.store.row_count(job.name)
+        known = self.store.row_count(self.name)
         allowed = job.max_deletes_per_run.allowed(known)
         planned = 0
         listing = self.writer is None
@@ -230,7 +248,7 @@ class JobRun:
         self._deletes_left = allowed
         if planned > allowed:
             reason = (
-                f"job {job.name!r} would delete {'at least ' if not listing else ''}{planned} "
+                f"job {self.name!r} would delete {'at least ' if not listing else ''}{planned} "
                 f"Personyze users, more than max_deletes_per_run allows ({allowed}: "
                 f"{job.max_deletes_per_run} of the {known} users this job has synced); "
                 "nothing was deleted and nothing sent. Check the source (run with --dry-run "
@@ -248,13 +266,13 @@ class JobRun:
         key = self.job.source.key
         for batch in self.reader.deleted_after(start, None):
             keys = [key_text(r[key]) for r in batch]
-            known = self.store.known_rows(self.job.name, keys)
+            known = self.store.known_rows(self.name, keys)
             yield from ((k, known[k].user_id) for k in keys if k in known)
 
     def _vanished_pages(self) -> Iterator[list[tuple[str, int]]]:
         """Synced rows whose keys the source no longer holds, a page at a time."""
         after: str | None = None
-        while page := self.store.known_keys(self.job.name, after, KEY_PAGE):
+        while page := self.store.known_keys(self.name, after, KEY_PAGE):
             after = page[-1][0]
             typed = [_typed_key(k, self.reader) for k, _ in page]
             present = {key_text(k) for k in self.reader.present_keys(typed)}
@@ -271,7 +289,7 @@ class JobRun:
             self._deletes_left -= len(gone)
             if self._deletes_left < 0:
                 raise TooManyDeletes(
-                    f"job {self.job.name!r}: more rows vanished from the source while the run "
+                    f"job {self.name!r}: more rows vanished from the source while the run "
                     "went on than max_deletes_per_run allows; the rest were not deleted"
                 )
             items = [Outgoing(k, {"user_id": u}, "delete") for k, u in gone]
@@ -282,23 +300,23 @@ class JobRun:
                     self._failure = self._failure or result.error
                 elif isinstance(result, Delivered):
                     outcome.deleted.append(item.key)
-            self.store.commit_batch(self.job.name, outcome)
+            self.store.commit_batch(self.name, outcome)
             self.stats.deleted += len(outcome.deleted)
             if self.observer is not None and outcome.deleted:
-                self.observer.rows_done(self.job.name, "deleted", len(outcome.deleted))
+                self.observer.rows_done(self.name, "deleted", len(outcome.deleted))
             if self._failure is not None:
                 self._finish()
 
     def _reconcile_pending(self) -> None:
         """Rows sent without an answer by a run that died: adopt what Personyze made."""
         assert self.writer is not None
-        marks = self.store.pending(self.job.name)
+        marks = self.store.pending(self.name)
         if not marks:
             return
         items = [Outgoing(m.key, {"internal_id": m.internal_id}) for m in marks]
         found = self.writer.adopt_found(items, min(m.sent_at for m in marks))
-        self.store.adopt(self.job.name, found)
-        self.store.clear_pending(self.job.name, [m.key for m in marks if m.key not in found])
+        self.store.adopt(self.name, found)
+        self.store.clear_pending(self.name, [m.key for m in marks if m.key not in found])
 
     def _retry_rejected(self, *, force: bool = False) -> None:
         """Re-read rejected rows from the source and send those worth another try.
@@ -306,14 +324,14 @@ class JobRun:
         A row is worth it when its data changed, or for its first few attempts; ``force``
         retries every one of them (``rejected retry``).
         """
-        stored = {r.key: r for r in self.store.rejections(self.job.name)}
+        stored = {r.key: r for r in self.store.rejections(self.name)}
         if not stored:
             return
         rows = self.reader.rows_by_key([_typed_key(k, self.reader) for k in stored])
         rows = [r for r in rows if r.pop(DELETED, 0) != 1]  # deleted at the source: no retry
         found = {key_text(r[self.job.source.key]) for r in rows}
         if self.writer is not None:  # rows gone from the source need no retry
-            self.store.drop_rejections(self.job.name, [k for k in stored if k not in found])
+            self.store.drop_rejections(self.name, [k for k in stored if k not in found])
         due = []
         for row in rows:
             mapped = self.mapper.map(row)
@@ -340,7 +358,7 @@ class JobRun:
         if self.stop.is_set():
             self._finish()
             raise Stopped("stopped between batches; the checkpoint is saved")
-        name = self.job.name
+        name = self.name
         if not retrying:
             self.stats.read += len(batch)
         flagged = [row.pop(DELETED, 0) == 1 for row in batch]
@@ -466,7 +484,7 @@ class JobRun:
         self._committed_at = time.monotonic()
         outcome.collisions = self._collisions(outcome.acks)
         if outcome.acks or outcome.rejected or outcome.checkpoint is not None:
-            self.store.commit_batch(self.job.name, outcome)
+            self.store.commit_batch(self.name, outcome)
         stats = self.stats
         stats.sent += len(outcome.acks)
         stats.rejected += len(outcome.rejected)
@@ -504,7 +522,7 @@ class JobRun:
     def _observe(self, outcome: BatchOutcome, *, skipped: int, deleted: int) -> None:
         if self.observer is None:
             return
-        name = self.job.name
+        name = self.name
         for kind, count in (
             ("sent", len(outcome.acks)),
             ("rejected", len(outcome.rejected)),
@@ -518,7 +536,7 @@ class JobRun:
 
     def _collisions(self, acks: list[Ack]) -> list[Collision]:
         """Acks whose user_id another row already holds: two rows, one Personyze user."""
-        holders = self.store.holders(self.job.name, (a.user_id for a in acks))
+        holders = self.store.holders(self.name, (a.user_id for a in acks))
         seen: dict[int, str] = {}
         found = []
         for ack in acks:

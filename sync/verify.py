@@ -1,0 +1,513 @@
+"""``verify``: read users back from Personyze and compare them with the source as it is now.
+
+The comparison of one row with one user is pure (:func:`compare`): it takes the
+payload the mapper makes from the source row now and the user Personyze returned,
+and names each column that differs (what the source wants, what Personyze has).
+It is lenient where the API is loose and strict everywhere else:
+
+- numbers compare as numbers when either side is one (``5`` == ``"5"`` == ``5.0``),
+  floats within a tiny relative tolerance; two texts compare as text, so ``"02139"``
+  and ``"2139"`` differ;
+- dates and times compare as instants (``"2024-05-01"`` == ``"2024-05-01 00:00:00"``,
+  a time without a zone is UTC);
+- emails compare without regard to case (the sync lower-cases them);
+- a column the source leaves empty is not drift: the live API drops empty values,
+  so the sync cannot clear Personyze's copy. Such a column is reported as "cannot
+  clear" when Personyze still holds a value, and never resent;
+- ``user_id`` is the handle, not data: it is not compared.
+
+:class:`Verifier` walks rows (a random sample of the identity map, or every source
+row a batch at a time), reads their users by ``user_id`` (GETs only) and classifies
+each row; with a ``resend`` callback it then resends what drifted and checks those
+rows again.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sync.config import JobSettings
+from sync.errors import FatalError, Stopped
+from sync.extract.query import DELETED
+from sync.extract.reader import Row, SourceReader
+from sync.load.client import PersonyzeClient
+from sync.mapping import Mapper, Record, Rejection
+from sync.runner import RunStats, _typed_key
+from sync.state.records import Collision, KnownRow
+from sync.state.schema import key_text
+from sync.state.store import StateStore
+
+Kind = Literal[
+    "different", "missing", "unsynced", "vanished", "cannot_clear", "unsendable", "no_user"
+]
+DRIFT: tuple[Kind, ...] = ("different", "missing", "unsynced")  # what --repair resends
+SAMPLE = 100  # rows a verify checks when told neither --sample nor --all
+FLOAT_TOLERANCE = 1e-9  # relative (and absolute, near zero): what a float's round trip may lose
+MODIFIED = "data_last_modified"
+
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_WHEN = re.compile(
+    r"\d{4}-\d\d-\d\d(?:[ T]\d\d:\d\d(?::\d\d(?:\.\d+)?)?)?(?:Z|[+-]\d\d:?\d\d)?", re.ASCII
+)
+
+
+# -- comparing one row with one user (pure) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One column: what the source maps to now (``want``) and what Personyze has."""
+
+    column: str
+    want: Any
+    have: Any
+
+
+@dataclass(frozen=True)
+class Comparison:
+    different: tuple[Drift, ...] = ()  # drift a resend repairs
+    cannot_clear: tuple[Drift, ...] = ()  # empty in the source, a value in Personyze
+
+
+def compare(
+    want: Mapping[str, Any], have: Mapping[str, Any], columns: Iterable[str] = ()
+) -> Comparison:
+    """Compare a mapped payload with a user Personyze returned.
+
+    ``columns``: every Personyze column the job maps, so that a column the mapper
+    left out of the payload (empty in the source) is still looked at.
+    """
+    different: list[Drift] = []
+    cannot_clear: list[Drift] = []
+    for column in dict.fromkeys([*columns, *want]):
+        if column == "user_id":
+            continue
+        value, held = want.get(column), have.get(column)
+        if _empty(value):
+            if not _empty(held):
+                cannot_clear.append(Drift(column, None, held))
+        elif not same_value(value, held, email=column == "email"):
+            different.append(Drift(column, value, held))
+    return Comparison(tuple(different), tuple(cannot_clear))
+
+
+def same_value(want: Any, have: Any, *, email: bool = False) -> bool:
+    """Whether Personyze's ``have`` holds the value ``want``, allowing for the API's ways."""
+    if _empty(have):
+        return _empty(want)
+    if _is_number(want) or _is_number(have):
+        a, b = _as_number(want), _as_number(have)
+        if a is None or b is None:
+            return False
+        if isinstance(a, int) and isinstance(b, int):
+            return a == b
+        return math.isclose(a, b, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
+    x, y = str(want), str(have)
+    if x == y:
+        return True
+    if email:
+        return x.strip().casefold() == y.strip().casefold()
+    a_when, b_when = _when(x), _when(y)
+    return a_when is not None and a_when == b_when
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float)  # bool is an int: sent as 1/0
+
+
+def _as_number(value: Any) -> int | float | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float):
+        return value
+    text = str(value).strip()
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    return None
+
+
+def _when(text: str) -> datetime | None:
+    """A date or date-time text as a UTC instant (no zone: UTC), else None."""
+    text = text.strip()
+    if not _WHEN.fullmatch(text):
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def modified_at(user: Mapping[str, Any] | None) -> float | None:
+    """A user's ``data_last_modified`` (Unix seconds), if it holds a readable one."""
+    if user is None:
+        return None
+    value = _as_number(user.get(MODIFIED)) if not _empty(user.get(MODIFIED)) else None
+    return None if value is None else float(value)
+
+
+# -- what verify found -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row that is not simply in step.
+
+    ``different``: its user holds other values; ``missing``: the identity map names a
+    user Personyze no longer has; ``unsynced``: a sendable row with no user (never
+    sent, or rejected: ``reason``); ``vanished``: a known row gone from the source;
+    ``cannot_clear``: in step but for columns emptied in the source; ``unsendable``:
+    the mapping refuses the row now (see ``rejected list``); ``no_user``: with
+    ``sync: update``, a row whose user Personyze does not have (a run never creates it).
+    Only the first three are drift, which ``--repair`` resends.
+    """
+
+    kind: Kind
+    key: str
+    user_id: int | None = None
+    columns: tuple[Drift, ...] = ()
+    cannot_clear: tuple[Drift, ...] = ()
+    modified_at: float | None = None  # the user's data_last_modified, Unix seconds
+    reason: str | None = None
+    note: str | None = None  # e.g. an identity collision
+
+    @property
+    def drift(self) -> bool:
+        return self.kind in DRIFT
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What ``--repair`` resent and what a second look found still drifting."""
+
+    resent: int
+    sent: int
+    rejected: int
+    still: list[Finding]  # the repaired rows that still drift, as checked again
+
+
+@dataclass
+class VerifyReport:
+    job: str
+    mode: Literal["sample", "all"]
+    sample: int | None = None  # rows asked for with --sample
+    checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    collisions: list[Collision] = field(default_factory=list)
+    repair: Repair | None = None
+
+    def count(self, kind: Kind) -> int:
+        return sum(1 for f in self.findings if f.kind == kind)
+
+    @property
+    def in_step(self) -> int:
+        """Rows whose user holds what the source maps to (cannot-clear columns aside)."""
+        return self.checked - sum(1 for f in self.findings if f.kind != "cannot_clear")
+
+    @property
+    def cannot_clear(self) -> int:
+        return sum(1 for f in self.findings if f.cannot_clear)
+
+    @property
+    def to_repair(self) -> int:
+        return sum(1 for f in self.findings if f.drift)
+
+    @property
+    def drift_remaining(self) -> bool:
+        """Drift left after this verify (after the repair, if there was one)."""
+        if self.repair is not None:
+            return any(f.drift for f in self.repair.still)
+        return self.to_repair > 0
+
+
+# -- walking rows ------------------------------------------------------------------------
+
+Resend = Callable[[list[Row], list[str]], RunStats]
+
+
+class Verifier:
+    """One verify of one job (or of one shard of it, with ``reader`` and ``name`` to match).
+
+    It reads only, unless :meth:`repair` is given a ``resend``.
+    """
+
+    def __init__(
+        self,
+        job: JobSettings,
+        *,
+        reader: SourceReader,
+        store: StateStore,
+        client: PersonyzeClient,
+        name: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.job = job
+        self.name = name or job.name  # what the state store knows it by: the job, or a shard
+        self.reader = reader
+        self.mapper = Mapper(job)
+        self.store = store
+        self.client = client
+        self.stop = stop or threading.Event()
+        # Every Personyze column the job writes (targets are snake_case already).
+        self.columns = tuple(dict.fromkeys([*job.mapping.values(), *job.transforms]))
+        self._read = tuple(dict.fromkeys([*self.columns, MODIFIED]))
+        self._rejections: dict[str, str] | None = None
+        self._pending: set[str] | None = None
+        self._repair: dict[str, Row] = {}  # key -> source row: only rows found drifting
+        self._forget: list[str] = []  # keys whose users Personyze no longer has
+
+    def sample(self, count: int) -> VerifyReport:
+        """Up to ``count`` rows of the identity map, picked at random."""
+        report = VerifyReport(self.job.name, "sample", sample=count)
+        keys = self.store.sample_keys(self.name, count)
+        size = self.job.source.batch_size
+        for at in range(0, len(keys), size):
+            self._check_stop()
+            chunk = keys[at : at + size]
+            rows = self.reader.rows_by_key([_typed_key(k, self.reader) for k in chunk])
+            marked = {key_text(r[self.job.source.key]) for r in rows if r.get(DELETED)}
+            rows = [r for r in rows if not r.get(DELETED)]  # delete_when's rows: not users
+            known = self.store.known_rows(self.name, chunk)
+            found = {key_text(r[self.job.source.key]) for r in rows}
+            for key in chunk:
+                if key not in found and key not in marked and key in known:
+                    report.findings.append(
+                        Finding(
+                            "vanished",
+                            key,
+                            known[key].user_id,
+                            reason="the source row is gone; "
+                            + (
+                                "the next run deletes its user"
+                                if self.job.sync == "mirror"
+                                else "its Personyze user stays"
+                            ),
+                        )
+                    )
+            report.checked += len(chunk) - len(marked)
+            report.findings += self._check(rows, known)
+        return self._finish(report)
+
+    def everything(self) -> VerifyReport:
+        """Every source row, a batch at a time (never the whole table at once)."""
+        report = VerifyReport(self.job.name, "all")
+        for batch in self.reader.batches_after(None):
+            self._check_stop()
+            rows = [r for r in batch if not r.get(DELETED)]  # delete_when's rows: not users
+            keys = [key_text(r[self.job.source.key]) for r in rows]
+            report.checked += len(rows)
+            report.findings += self._check(rows, self.store.known_rows(self.name, keys))
+        return self._finish(report)
+
+    def repair(self, report: VerifyReport, resend: Resend) -> VerifyReport:
+        """Resend the rows found drifting, then read their users back and check again.
+
+        Rows in an identity collision are not resent: one user cannot hold two rows, and
+        a resend would only move the drift from one row to the other. Whatever is not
+        resent stays in ``Repair.still`` as it was found.
+        """
+        shared = {k for c in report.collisions for k in (c.key, c.other_key)}
+        queued = {k: row for k, row in self._repair.items() if k not in shared}
+        forget = [k for k in self._forget if k in queued]
+        left = [f for f in report.findings if f.drift and f.key not in queued]
+        stats = resend(list(queued.values()), forget) if queued else RunStats()
+        self._rejections = self._pending = None  # the resend changed them
+        seen, again = self._recheck(list(queued.values()))
+        self._repair, self._forget = {}, []  # one repair: the second look queues nothing
+        still = [f for f in left if f.key not in seen] + [f for f in again if f.drift]
+        report.repair = Repair(len(queued), stats.sent, stats.rejected, still)
+        report.collisions = self.store.collisions(self.name)
+        return self._noted(report)
+
+    def _recheck(self, rows: list[Row]) -> tuple[set[str], list[Finding]]:
+        """These rows checked again, with the other rows holding the same users.
+
+        Returns the keys checked and what was found.
+        """
+        seen: set[str] = set()
+        again: dict[str, Finding] = {}  # by key: a row sharing users may come twice
+        size = self.job.source.batch_size
+        for at in range(0, len(rows), size):
+            chunk = rows[at : at + size]
+            keys = [key_text(r[self.job.source.key]) for r in chunk]
+            known = self.store.known_rows(self.name, keys)
+            holders = self.store.holders(self.name, (k.user_id for k in known.values()))
+            others = {k for held in holders.values() for k in held} - set(keys)
+            if others:
+                typed = [_typed_key(k, self.reader) for k in sorted(others)]
+                partners = [r for r in self.reader.rows_by_key(typed) if not r.get(DELETED)]
+                chunk = chunk + partners
+                known |= self.store.known_rows(self.name, sorted(others))
+            seen.update(key_text(r[self.job.source.key]) for r in chunk)
+            again.update((f.key, f) for f in self._check(chunk, known))
+        return seen, list(again.values())
+
+    # -- one batch -------------------------------------------------------------------
+
+    def _check(self, rows: list[Row], known: dict[str, KnownRow]) -> list[Finding]:
+        """Classify each row against its user; queue the drifting ones for a repair."""
+        mapped = [self.mapper.map(r) for r in rows]
+        ids = [known[key_text(m.key)].user_id for m in mapped if key_text(m.key) in known]
+        users = _by_id(self.client.users_by_id(ids, self._read) if ids else [])
+        creates = self.job.sync != "update"  # sync: update never creates a user
+        by_email = {} if creates else self._by_email(mapped, known)
+        findings: list[Finding] = []
+        for row, m in zip(rows, mapped, strict=True):
+            key = key_text(m.key)
+            previous = known.get(key)
+            if isinstance(m, Rejection):
+                uid = previous.user_id if previous is not None else None
+                findings.append(Finding("unsendable", key, uid, reason=m.reason))
+                continue
+            if previous is not None:
+                user = users.get(previous.user_id)
+            else:
+                user = by_email.get(_email(m.payload))
+            if user is None:
+                findings.append(self._no_user(key, row, previous, creates))
+                continue
+            uid = int(user["user_id"])
+            result = compare(m.payload, user, self.columns)
+            if not (result.different or result.cannot_clear):
+                continue
+            kind: Kind = "different" if result.different else "cannot_clear"
+            reason = None
+            if result.different:
+                self._repair[key] = row
+                if previous is None:  # sync: update, its user found by email
+                    kind, reason = "unsynced", self._why_unsynced(key)[0]
+            findings.append(
+                Finding(
+                    kind,
+                    key,
+                    uid,
+                    result.different,
+                    result.cannot_clear,
+                    modified_at(user),
+                    reason,
+                )
+            )
+        return findings
+
+    def _no_user(self, key: str, row: Row, previous: KnownRow | None, creates: bool) -> Finding:
+        """A sendable row whose user Personyze does not have; queued for a repair if due."""
+        if not creates:  # sync: update: nothing to repair, a run would not create it
+            return Finding(
+                "no_user",
+                key,
+                None if previous is None else previous.user_id,
+                reason=(
+                    "Personyze has no user with this row's email"
+                    if previous is None
+                    else "Personyze has no user with this user_id any more"
+                )
+                + "; sync: update never creates one",
+            )
+        if previous is not None:
+            self._repair[key] = row
+            self._forget.append(key)
+            reason = "Personyze has no user with this user_id any more"
+            return Finding("missing", key, previous.user_id, reason=reason)
+        reason, repairable = self._why_unsynced(key)
+        if repairable:
+            self._repair[key] = row
+        return Finding("unsynced", key, reason=reason)
+
+    def _by_email(
+        self, mapped: Sequence[Record | Rejection], known: Mapping[str, KnownRow]
+    ) -> dict[str, dict[str, Any]]:
+        """``sync: update``: the users of rows never synced, found by email as a run would."""
+        emails = [
+            _email(m.payload)
+            for m in mapped
+            if isinstance(m, Record) and key_text(m.key) not in known and _email(m.payload)
+        ]
+        found: dict[str, dict[str, Any]] = {}
+        users = _by_id(self.client.users_by_email(emails, self._read) if emails else [])
+        for uid in sorted(users, reverse=True):  # the lowest user_id wins, as a run's lookup
+            found[_email(users[uid])] = users[uid]
+        return found
+
+    def _why_unsynced(self, key: str) -> tuple[str, bool]:
+        """Why a sendable row has no user, and whether resending it now is safe."""
+        if self._rejections is None:
+            self._rejections = {r.key: r.reason for r in self.store.rejections(self.name)}
+            self._pending = {p.key for p in self.store.pending(self.name)}
+        assert self._pending is not None
+        if key in self._rejections:
+            return f"rejected: {self._rejections[key]}", True
+        if key in self._pending:
+            # resending before the next run reconciles it could make a second user
+            return "sent without an answer; the next run reconciles it", False
+        return "never sent", True
+
+    def _finish(self, report: VerifyReport) -> VerifyReport:
+        report.collisions = self.store.collisions(self.name)
+        return self._noted(report)
+
+    def _noted(self, report: VerifyReport) -> VerifyReport:
+        """Note identity collisions on the findings of the rows involved."""
+        shared: dict[str, str] = {}
+        for c in report.collisions:
+            shared.setdefault(c.key, f"shares Personyze user {c.user_id} with row {c.other_key}")
+            shared.setdefault(c.other_key, f"shares Personyze user {c.user_id} with row {c.key}")
+        report.findings = _with_notes(report.findings, shared)
+        if report.repair is not None:
+            report.repair = replace(report.repair, still=_with_notes(report.repair.still, shared))
+        return report
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped("verify stopped; nothing was changed")
+
+
+def _with_notes(findings: Sequence[Finding], notes: Mapping[str, str]) -> list[Finding]:
+    return [
+        replace(f, note=notes[f.key]) if f.key in notes and f.note is None else f for f in findings
+    ]
+
+
+def combine(job: str, reports: Sequence[VerifyReport], *, sample: int | None) -> VerifyReport:
+    """The reports on a job's shards as one report on the job."""
+    whole = VerifyReport(job, "all" if sample is None else "sample", sample=sample)
+    repairs = [r.repair for r in reports if r.repair is not None]
+    for report in reports:
+        whole.checked += report.checked
+        whole.findings += report.findings
+        whole.collisions += report.collisions
+    if repairs:
+        whole.repair = Repair(
+            sum(r.resent for r in repairs),
+            sum(r.sent for r in repairs),
+            sum(r.rejected for r in repairs),
+            [f for r in repairs for f in r.still],
+        )
+    return whole
+
+
+def _by_id(users: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Users Personyze returned, by user_id."""
+    found: dict[int, dict[str, Any]] = {}
+    for user in users:
+        uid = _as_number(user.get("user_id"))
+        if not isinstance(uid, int):
+            raise FatalError("Personyze answered a read of users with a user without a user_id")
+        found[uid] = {**user, "user_id": uid}
+    return found
+
+
+def _email(values: Mapping[str, Any]) -> str:
+    return str(values.get("email") or "").strip().lower()
