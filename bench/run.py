@@ -6,7 +6,8 @@
 In one run on this machine: N rows in a fresh PostgreSQL database, the sandbox as a
 separate process (once with no added latency, once with ``--latency-ms`` per request),
 and for each setting personyze-sync's backfill, a no-change incremental run and an
-incremental run after 1% of the rows changed; the sequential baseline
+incremental run after 1% of the rows changed (at 0 ms, the same three with
+``detect: diff``: a first run, a no-change run, a run after 1% changed); the sequential baseline
 (``bench/baseline.py``); and the ceilings (``wrk`` against the sandbox, the best
 P processes of bare httpx POSTs reach, ``bench/httpx_ceiling.py``, and concurrency ÷
 latency). Every run is checked against the source. See bench/README.md.
@@ -62,6 +63,9 @@ MAPPING = {
 }
 COLUMNS = tuple(MAPPING.values())
 WRK = "ceiling: wrk POST /rest/users"
+DIFF_JOB = "bench-diff"  # the job of the detect: diff config
+DIFF = "personyze-sync diff"  # the diff runs' rows start with this
+DIFF_ROUND = 3  # change_rows round of the diff runs (the cursor runs use 1 and 2)
 HTTPX_ONLY = "ceiling: httpx only"
 
 
@@ -283,8 +287,25 @@ def compare(
 
 
 def write_config(
-    path: Path, source_url: str, sandbox: Sandbox, table: str, concurrency: int, state: Path
+    path: Path,
+    source_url: str,
+    sandbox: Sandbox,
+    table: str,
+    concurrency: int,
+    state: Path,
+    *,
+    diff: bool = False,
 ) -> Path:
+    """A config of one job: ``bench`` (cursor ``updated_at``) or ``bench-diff`` (``diff``).
+
+    The diff job reads the same table in key order with ``detect: diff`` (no cursor, no
+    lookback); give it a state file of its own.
+    """
+    source: dict[str, Any] = {"url": source_url, "table": table}
+    if diff:
+        source |= {"detect": "diff", "key": "id", "batch_size": 1000}
+    else:
+        source |= {"cursor": "updated_at", "key": "id", "batch_size": 1000, "lookback": 0}
     doc = {
         "personyze": {
             "api_key": API_KEY,
@@ -297,15 +318,8 @@ def write_config(
         "state": {"url": f"sqlite:///{state}"},
         "jobs": [
             {
-                "name": "bench",
-                "source": {
-                    "url": source_url,
-                    "table": table,
-                    "cursor": "updated_at",
-                    "key": "id",
-                    "batch_size": 1000,
-                    "lookback": 0,
-                },
+                "name": DIFF_JOB if diff else "bench",
+                "source": source,
                 "mapping": dict(MAPPING),
             }
         ],
@@ -404,6 +418,65 @@ def sync_runs(
         f"{setting} once, {CHANGED:.0%} changed: sandbox == source",
         *compare(engine, "people", sandbox, None, touched),
     )
+
+
+def diff_runs(
+    report: Report,
+    sandbox: Sandbox,
+    setting: str,
+    engine: Engine,
+    source_url: str,
+    args: argparse.Namespace,
+    tmp: Path,
+) -> None:
+    """``detect: diff`` on the same table: a first run, a no-change run, a run after 1% changed.
+
+    A config of its own (job ``bench-diff``, key ``id``, no cursor) and a fresh state
+    file, on an emptied sandbox. Each run is ``personyze-sync once``: the first sends
+    every row; the second reads every row and must send nothing; the third must send
+    exactly the changed rows (any mapped column counts: the cursor plays no part).
+    """
+    config = write_config(
+        tmp / "sync-diff.yaml",
+        source_url,
+        sandbox,
+        "people",
+        args.concurrency,
+        tmp / "state-diff.db",
+        diff=True,
+    )
+    timeout = max(600.0, args.rows / 50)
+    once = [CLI, "once", "-c", str(config), DIFF_JOB]
+    step = round(1 / CHANGED)
+    sandbox.reset()
+
+    def run(what: str, rows: int, must: set[int]) -> None:
+        row, usage = measured(
+            report, sandbox, setting, f"{DIFF}: {what}", once, lambda _: rows, timeout
+        )
+        if usage.returncode == 0:
+            report.check(
+                f"{setting} diff, {what}: requests == rows changed",
+                row.requests == rows,
+                f"{row.requests} requests for {rows} rows",
+            )
+        report.check(
+            f"{setting} diff, {what}: sandbox == source",
+            *compare(engine, "people", sandbox, None, must),
+        )
+
+    run("first run", args.rows, set())
+    run("nothing changed", 0, set())
+    changed = change_rows(engine, "people", CHANGED, DIFF_ROUND)
+    with engine.connect() as conn:
+        touched = {
+            int(i)
+            for (i,) in conn.execute(
+                text("SELECT id FROM people WHERE id % :step = :r"),
+                {"step": step, "r": DIFF_ROUND % step},
+            )
+        }
+    run(f"{CHANGED:.0%} changed", changed, touched)
 
 
 def baseline_run(
@@ -704,6 +777,31 @@ def print_targets(report: Report, args: argparse.Namespace) -> None:
                 abs(growth) <= 0.10,
             )
         )
+    diff_noop = report.find("0 ms", f"{DIFF}: nothing changed")
+    if diff_noop is not None and diff_noop.requests is not None:
+        read_cpu = None if diff_noop.cpu_s is None else diff_noop.cpu_s / args.rows * 1000
+        lines.append(
+            (
+                "0 ms diff, nothing changed: requests == 0",
+                f"{diff_noop.requests} requests; {fmt(diff_noop.seconds, '.2f')} s, "
+                f"{fmt(diff_noop.cpu_s, '.2f')} CPU s "
+                f"({fmt(read_cpu, '.3f')} per 1k rows read), "
+                f"{fmt(diff_noop.rss_mb, '.1f')} MB over {args.rows:,} rows",
+                "PASS" if diff_noop.requests == 0 else "FAIL",
+            )
+        )
+    diffs = [r for r in report.rows if r.what.startswith(DIFF) and r.rss_mb]
+    if diffs and backfill_fast and backfill_fast.rss_mb:
+        top = max(r.rss_mb or 0.0 for r in diffs)
+        growth = round((top / backfill_fast.rss_mb - 1) * 100)
+        each = ", ".join(f"{r.what.removeprefix(DIFF + ': ')} {r.rss_mb:.1f}" for r in diffs)
+        lines.append(
+            (
+                "diff peak RSS vs the 0 ms cursor backfill's (informational)",
+                f"{each} MB vs {backfill_fast.rss_mb:.1f} MB (largest {growth:+d}%; not a target)",
+                "INFO",
+            )
+        )
     print("targets")
     for name, shown, ok in lines:
         verdict = ok if isinstance(ok, str) else {True: "PASS", False: "MISS", None: "----"}[ok]
@@ -801,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
                         report, sandbox, setting, engine, source_url, args.baseline_seconds
                     )
                     sync_runs(report, sandbox, setting, engine, source_url, args, tmp, round_)
+                    if not latency:
+                        diff_runs(report, sandbox, setting, engine, source_url, args, tmp)
                 finally:
                     sandbox.stop()
             memory_flatness(report, engine, source_url, args, tmp)

@@ -7,11 +7,12 @@ thread pool and the clock. The CLI and the scheduler only call :class:`App`.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -22,8 +23,8 @@ from sqlalchemy import Engine
 
 from sync.config import Config, JobSettings, redact_url
 from sync.databases import source_engine
-from sync.errors import ConfigError, Stopped, SyncError
-from sync.extract.query import Position
+from sync.errors import ConfigError, FatalError, Stopped, SyncError
+from sync.extract.query import Position, Shard
 from sync.extract.reader import SourceReader
 from sync.load.client import PersonyzeClient
 from sync.load.writer import Writer
@@ -31,6 +32,7 @@ from sync.mapping import Mapper
 from sync.runner import JobRun, Progress, RunObserver, RunOptions, RunStats
 from sync.state.records import Collision, RunRecord, StoredRejection
 from sync.state.store import StateStore, state_engine
+from sync.verify import DRIFT, SAMPLE, Verifier, VerifyReport, combine
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class JobStatus:
     collisions: list[Collision]
     lag_s: float | None
     rejections: list[StoredRejection]  # with Personyze's (or the mapper's) reasons
+    held_by: str | None = None  # the process running it now (host:pid), if any
+    held_since: float | None = None
 
     @property
     def rejected(self) -> int:
@@ -49,6 +53,11 @@ class JobStatus:
 
 
 log = logging.getLogger(__name__)
+
+
+def part_name(job: JobSettings, shard: Shard | None) -> str:
+    """What the state store knows a job, or one of its shards, by: ``customers#2/3``."""
+    return job.name if shard is None else f"{job.name}#{shard.name}"
 
 
 class App:
@@ -113,14 +122,21 @@ class App:
                 self._engines[url] = source_engine(url)
             return self._engines[url]
 
-    def reader(self, job: JobSettings) -> SourceReader:
-        """The job's reader, its table reflected once for the life of this app."""
+    def reader(self, job: JobSettings, shard: Shard | None = None) -> SourceReader:
+        """The job's (or shard's) reader, its table reflected once for the life of this app."""
+        name = part_name(job, shard)
         with self._lock:
-            reader = self._readers.get(job.name)
+            reader = self._readers.get(name)
         if reader is None:
-            reader = SourceReader(self.engine(job), job.source, Mapper(job).source_columns)
+            reader = SourceReader(
+                self.engine(job),
+                job.source,
+                Mapper(job).source_columns,
+                delete_when=job.delete_when,
+                shard=shard,
+            )
             with self._lock:
-                self._readers[job.name] = reader
+                self._readers[name] = reader
         return reader
 
     def close(self) -> None:
@@ -142,8 +158,16 @@ class App:
     def jobs(self, names: Sequence[str] = ()) -> list[JobSettings]:
         return [self.config.job(n) for n in names] if names else list(self.config.jobs)
 
+    def parts(self, job: JobSettings) -> list[tuple[str, Shard | None]]:
+        """The names the state store knows a job by: the job's, or one per shard."""
+        if job.shards == 1:
+            return [(job.name, None)]
+        return [(part_name(job, s), s) for s in (Shard(i, job.shards) for i in range(job.shards))]
+
     @contextmanager
-    def job_run(self, job: JobSettings, *, dry_run: bool = False) -> Iterator[JobRun]:
+    def job_run(
+        self, job: JobSettings, *, dry_run: bool = False, shard: Shard | None = None
+    ) -> Iterator[JobRun]:
         """A run of ``job`` wired to this app's parts; its sending threads end with it."""
         concurrency = self.config.personyze.concurrency
         with ThreadPoolExecutor(concurrency, thread_name_prefix=f"send-{job.name}") as pool:
@@ -162,12 +186,13 @@ class App:
             )
             yield JobRun(
                 job,
-                reader=self.reader(job),
+                reader=self.reader(job, shard),
                 mapper=Mapper(job),
                 store=self.store,
                 writer=writer,
                 stop=self.stopping,
                 observer=self._observer,
+                name=part_name(job, shard),
             )
 
     def run(
@@ -176,19 +201,95 @@ class App:
         options: RunOptions,
         progress: Callable[[int], Progress] | None = None,
     ) -> RunStats:
-        """One run of one job; ``progress(total)`` may return a per-batch callback.
+        """One run of one job: of each of its shards this process can lease, in turn.
 
-        Logs one summary line whatever happens.
+        A part another process holds (a replica on the same PostgreSQL state store) is
+        skipped and named in ``RunStats.held_elsewhere``. ``progress(total)`` may return
+        a per-batch callback.
         """
-        started, began = False, time.monotonic()
+        if not options.dry_run:
+            self.store.claim()  # a SQLite state store serves one process
+        self._check_layout(job)
+        parts = self.parts(job)
+        first = random.randrange(len(parts))  # replicas spread over the shards
+        total = RunStats()
+        for name, shard in parts[first:] + parts[:first]:
+            lease = None if options.dry_run else self.store.lease(name)
+            if lease is None and not options.dry_run:
+                total.held_elsewhere.append(name)
+                log.info("run skipped: another process runs it", extra={"job": name})
+                continue
+            with lease or nullcontext():
+                total.add(self._run_part(job, shard, options, progress))
+        return total
+
+    def _check_layout(self, job: JobSettings) -> None:
+        """Refuse a number of shards other than the one the job's state is kept in."""
+        kept = self.store.shards_of(job.name)
+        if kept is None:  # first run, or state kept before shard counts were recorded
+            used = self.store.checkpoint(job.name) is not None or self.store.row_count(job.name)
+            kept = 1 if used or job.shards == 1 else job.shards
+            self.store.set_shards(job.name, kept)
+        if kept != job.shards:
+            raise ConfigError(
+                f"job {job.name}: its state is kept in {kept} shard(s) but the config says "
+                f"shards: {job.shards}; nothing was run. To change it, stop every replica, then "
+                f"run: personyze-sync checkpoint reset -c CONFIG {job.name} --reshard "
+                "(identities move to the new shards; each reads from the start and sends "
+                "only what changed)"
+            )
+
+    def reshard(self, job: JobSettings) -> int:
+        """Move the job's state to ``job.shards`` shards; the rows moved."""
+        self.store.claim()
+        kept = self.store.shards_of(job.name) or 1
+        old = [job.name] if kept == 1 else [f"{job.name}#{i}/{kept}" for i in range(kept)]
+        new = self.parts(job)
+
+        def target(key: str) -> str:
+            if len(new) == 1:
+                return job.name
+            try:
+                number = int(Decimal(key))
+            except InvalidOperation:
+                raise ConfigError(
+                    f"job {job.name}: key {key!r} is not a number: shards need a numeric key"
+                ) from None
+            return new[abs(number) % len(new)][0]
+
+        leases = [self.store.lease(name) for name in old + [n for n, _ in new]]
         try:
-            with self.job_run(job, dry_run=options.dry_run) as run:
+            if any(lease is None for lease in leases):
+                raise ConfigError(
+                    f"job {job.name} is running in another process: stop every replica first"
+                )
+            moved = sum(self.store.rehome(name, target) for name in old)
+            self.store.set_shards(job.name, job.shards)
+        finally:
+            for lease in leases:
+                if lease is not None:
+                    lease.release()
+        log.info("job resharded", extra={"job": job.name, "from": kept, "to": job.shards})
+        return moved
+
+    def _run_part(
+        self,
+        job: JobSettings,
+        shard: Shard | None,
+        options: RunOptions,
+        progress: Callable[[int], Progress] | None,
+    ) -> RunStats:
+        """One run of a job or of one of its shards; logs one summary line whatever happens."""
+        started, began = False, time.monotonic()
+        name = part_name(job, shard)
+        try:
+            with self.job_run(job, dry_run=options.dry_run, shard=shard) as run:
                 tick = progress(run.pending_total(options)) if progress else None
                 started = True  # from here on the run records its own outcome
                 stats = run.run(options, tick)
         except SyncError as exc:
             if not started and not options.dry_run:
-                self._record_failure(job, options.kind, exc)
+                self._record_failure(name, options.kind, exc)
             outcome = "stopped" if isinstance(exc, Stopped) else "failed"
             log.log(
                 logging.WARNING if outcome == "stopped" else logging.ERROR,
@@ -214,16 +315,19 @@ class App:
                 "rows_sent": stats.sent,
                 "rows_unchanged": stats.skipped,
                 "rows_rejected": stats.rejected,
+                "rows_deleted": stats.deleted,
+                "rows_missing": stats.missing,
+                "rows_vanished": stats.vanished,
                 "collisions": stats.collisions,
                 "seconds": round(time.monotonic() - began, 3),
             },
         )
         return stats
 
-    def _record_failure(self, job: JobSettings, kind: str, error: SyncError) -> None:
+    def _record_failure(self, name: str, kind: str, error: SyncError) -> None:
         """A run that failed before it began (source unreachable, not as configured)."""
         try:
-            run_id = self.store.start_run(job.name, kind)
+            run_id = self.store.start_run(name, kind)
             self.store.finish_run(
                 run_id, "failed", read=0, sent=0, skipped=0, rejected_count=0, error=str(error)
             )
@@ -254,7 +358,9 @@ class App:
 
     def reset_checkpoint(self, job: JobSettings, to: str | None) -> Position | None:
         position = None if to is None else Position(self.parse_cursor(job, to), None)
-        self.store.set_checkpoint(job.name, position)
+        self.store.claim()  # not while a daemon runs on the same SQLite store
+        for name, _shard in self.parts(job):
+            self.store.set_checkpoint(name, position)
         return position
 
     # -- looking -----------------------------------------------------------------
@@ -286,27 +392,34 @@ class App:
         return lines
 
     def status(self) -> list[JobStatus]:
+        """Per job, or per shard of a sharded job; with the replica running it, if any."""
+        held = {lease.name: lease for lease in self.store.leases()}
         out = []
         for job in self.config.jobs:
-            checkpoint = self.store.checkpoint(job.name)
-            out.append(
-                JobStatus(
-                    name=job.name,
-                    checkpoint=checkpoint,
-                    runs=self.store.runs(job.name),
-                    rows_known=self.store.row_count(job.name),
-                    collisions=self.store.collisions(job.name),
-                    lag_s=self._lag(checkpoint),
-                    rejections=self.store.rejections(job.name),
+            for name, _shard in self.parts(job):
+                checkpoint = self.store.checkpoint(name)
+                lease = held.get(name)
+                out.append(
+                    JobStatus(
+                        name=name,
+                        checkpoint=checkpoint,
+                        runs=self.store.runs(name),
+                        rows_known=self.store.row_count(name),
+                        collisions=self.store.collisions(name),
+                        lag_s=self._lag(checkpoint),
+                        rejections=self.store.rejections(name),
+                        held_by=None if lease is None else lease.holder,
+                        held_since=None if lease is None else lease.since,
+                    )
                 )
-            )
         return out
 
     # -- rejected rows -----------------------------------------------------------
 
     def rejections(self, job: JobSettings) -> list[StoredRejection]:
-        """``job``'s rejected rows, oldest first, with the reasons they were refused."""
-        return self.store.rejections(job.name)
+        """``job``'s rejected rows (of every shard), with the reasons they were refused."""
+        found = [r for name, _ in self.parts(job) for r in self.store.rejections(name)]
+        return sorted(found, key=lambda r: r.first_at)
 
     def purge_rejections(self, job: JobSettings, keys: Sequence[str] = ()) -> list[str]:
         """Drop ``job``'s rejected rows (those with ``keys``, or all): never retried again.
@@ -314,7 +427,7 @@ class App:
         Returns the keys dropped. A key that is not a rejected row of the job is a
         usage error, and then nothing is dropped.
         """
-        stored = [r.key for r in self.store.rejections(job.name)]
+        stored = [r.key for r in self.rejections(job)]
         if keys:
             unknown = [k for k in dict.fromkeys(keys) if k not in stored]
             if unknown:
@@ -324,7 +437,9 @@ class App:
                     + "; nothing was dropped (see: rejected list)"
                 )
             stored = [k for k in stored if k in set(keys)]
-        self.store.drop_rejections(job.name, stored)
+        self.store.claim()
+        for name, _shard in self.parts(job):
+            self.store.drop_rejections(name, stored)
         log.info("rejected rows dropped", extra={"job": job.name, "rows": len(stored)})
         return stored
 
@@ -335,6 +450,75 @@ class App:
         if cursor.tzinfo is None:
             cursor = cursor.replace(tzinfo=UTC)
         return max(0.0, self._wall() - cursor.timestamp())
+
+    # -- verify ------------------------------------------------------------------------
+
+    def verify(
+        self, job: JobSettings, *, sample: int | None, everything: bool, repair: bool
+    ) -> VerifyReport:
+        """Read ``job``'s users back from Personyze and compare them with the source now.
+
+        ``sample`` rows of the identity map picked at random (default 100, shared out
+        among the job's shards), or ``everything``: every source row, a batch at a time.
+        Only GETs are sent unless ``repair``: then the rows found drifting are resent
+        (users gone from Personyze are created anew) and checked again, under the
+        job's leases, so never while a run of the job goes on elsewhere.
+        """
+        if everything and sample is not None:
+            raise ConfigError("--sample and --all exclude each other")
+        if sample is not None and sample < 1:
+            raise ConfigError(f"--sample must be at least 1, got {sample}")
+        count = None if everything else sample or SAMPLE
+        parts = self.parts(job)
+        reports: list[VerifyReport] = []
+        with ExitStack() as held:
+            if repair:
+                self.store.claim()  # a SQLite state store serves one process
+                for name, _ in parts:
+                    lease = self.store.lease(name)
+                    if lease is None:
+                        raise FatalError(
+                            f"job {name} is being run by another process; nothing was "
+                            "resent: try verify --repair again when that run has finished"
+                        )
+                    held.enter_context(lease)
+            for i, (name, shard) in enumerate(parts):
+                share = None if count is None else count // len(parts) + (i < count % len(parts))
+                if share == 0:
+                    continue
+                verifier = Verifier(
+                    job,
+                    name=name,
+                    reader=self.reader(job, shard),
+                    store=self.store,
+                    client=self.client,
+                    stop=self.stopping,
+                )
+                report = verifier.everything() if share is None else verifier.sample(share)
+                if repair:
+
+                    def resend(
+                        rows: list[dict[str, Any]], forget: list[str], shard: Shard | None = shard
+                    ) -> RunStats:
+                        with self.job_run(job, shard=shard) as run:
+                            return run.resend(rows, forget=forget)
+
+                    report = verifier.repair(report, resend)
+                reports.append(report)
+        whole = combine(job.name, reports, sample=count)
+        log.info(
+            "verify finished",
+            extra={
+                "job": job.name,
+                "mode": whole.mode,
+                "rows_checked": whole.checked,
+                "rows_in_step": whole.in_step,
+                **{f"rows_{kind}": whole.count(kind) for kind in DRIFT},
+                "rows_resent": whole.repair.resent if whole.repair else 0,
+                "drift_remaining": whole.drift_remaining,
+            },
+        )
+        return whole
 
 
 def run_all(

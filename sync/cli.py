@@ -320,6 +320,8 @@ def status_doc(job: JobStatus) -> dict[str, Any]:
         if job.checkpoint is None
         else {"cursor": job.checkpoint.cursor, "key": job.checkpoint.key},
         "lag_seconds": job.lag_s,
+        "held_by": job.held_by,
+        "held_since": job.held_since,
         "rows_known": job.rows_known,
         "rejected": job.rejected,
         "rejections": [
@@ -341,6 +343,8 @@ def print_status(job: JobStatus) -> None:
         + (f", lag {job.lag_s:.0f}s" if job.lag_s is not None else ""),
         markup=False,
     )
+    if job.held_by is not None and job.held_since is not None:
+        out.print(f"  running now in {job.held_by} since {_utc(job.held_since)}", markup=False)
     out.print(
         f"  users known: {job.rows_known}, rejected rows: {job.rejected}, "
         f"identity collisions: {len(job.collisions)}",
@@ -397,10 +401,21 @@ def checkpoint() -> None:
     metavar="VALUE",
     help="Resume from this cursor value (inclusive); without it, from the start.",
 )
-def checkpoint_reset(config_path: Path, job: str, to: str | None) -> None:
+@click.option(
+    "--reshard",
+    is_flag=True,
+    help="Move the job's state to the number of shards its config now gives.",
+)
+def checkpoint_reset(config_path: Path, job: str, to: str | None, reshard: bool) -> None:
     """Move JOB's checkpoint deliberately. Rows already sent unchanged are still not resent."""
     with open_app(config_path) as app:
-        position = app.reset_checkpoint(app.config.job(job), to)
+        settings = app.config.job(job)
+        if reshard:
+            moved = app.reshard(settings)
+            out.print(
+                f"{job}: {moved} synced row(s) moved to {settings.shards} shard(s)", markup=False
+            )
+        position = app.reset_checkpoint(settings, to)
     where = "the beginning" if position is None else f"cursor >= {position.cursor}"
     out.print(f"{job}: the next run reads from {where}", markup=False)
 

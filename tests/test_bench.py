@@ -23,6 +23,9 @@ TABLE_ROWS = [
     ("0 ms", "personyze-sync backfill"),
     ("0 ms", "personyze-sync once, nothing changed"),
     ("0 ms", "personyze-sync once, 1% changed"),
+    ("0 ms", "personyze-sync diff: first run"),
+    ("0 ms", "personyze-sync diff: nothing changed"),
+    ("0 ms", "personyze-sync diff: 1% changed"),
     ("50 ms", "ceiling: concurrency ÷ latency"),
     ("50 ms", "baseline (sequential)"),
     ("50 ms", "personyze-sync backfill"),
@@ -78,9 +81,47 @@ def test_the_httpx_only_ceiling_is_measured(output: str) -> None:
         assert re.search(r"\d+% \(2 processes, [\d,]+ req/s", line.group(0)), line.group(0)
 
 
+def test_the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(output: str) -> None:
+    """detect: diff on the same table: every row, then nothing, then exactly the 1% changed."""
+    first = re.search(
+        r"^0 ms\s+personyze-sync diff: first run\s+5,000\s+[\d.]+\s+[\d,]+\s+1\.000\s+[\d.]+"
+        r"\s+[\d.]+$",
+        output,
+        re.M,
+    )
+    assert first, output
+    noop = re.search(
+        r"^0 ms\s+personyze-sync diff: nothing changed\s+0\s+([\d.]+)\s+-\s+0 req\s+-\s+([\d.]+)$",
+        output,
+        re.M,
+    )
+    assert noop, output
+    assert float(noop.group(1)) > 0 and float(noop.group(2)) > 0
+    changed = re.search(
+        r"^0 ms\s+personyze-sync diff: 1% changed\s+50\s+[\d.]+\s+[\d,]+\s+1\.000\s", output, re.M
+    )
+    assert changed, output
+    for what in ("first run", "nothing changed", "1% changed"):
+        assert re.search(rf"^\[PASS\] 0 ms diff, {what}: requests == rows changed", output, re.M)
+        assert re.search(rf"^\[PASS\] 0 ms diff, {what}: sandbox == source", output, re.M)
+    assert re.search(
+        r"^\[PASS\] 0 ms diff, nothing changed: requests == rows changed: 0 requests", output, re.M
+    )
+    targets = output.split("\ntargets\n", 1)[1]
+    assert re.search(
+        r"^\s+\[PASS\] 0 ms diff, nothing changed: requests == 0\s+0 requests;", targets, re.M
+    ), targets
+    assert re.search(
+        r"^\s+\[INFO\] diff peak RSS vs the 0 ms cursor backfill's \(informational\)\s+first run "
+        r"[\d.]+, nothing changed [\d.]+, 1% changed [\d.]+ MB vs [\d.]+ MB",
+        targets,
+        re.M,
+    ), targets
+
+
 def test_every_correctness_check_passes(output: str) -> None:
     checks = re.findall(r"^\[(PASS|FAIL)\] (.*)$", output, re.M)
-    assert len(checks) >= 18, output
+    assert len(checks) >= 27, output
     assert all(verdict == "PASS" for verdict, _ in checks), [c for v, c in checks if v != "PASS"]
     assert re.search(r"^(\d+) of \1 correctness checks passed", output, re.M)
 

@@ -70,6 +70,16 @@ class RunRecord:
     rows_skipped: int
     rows_rejected: int
     error: str | None
+    holder: str | None = None  # the process that ran it (None before schema version 2)
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A lease held right now: ``holder`` runs ``name`` (a job or a shard) since ``since``."""
+
+    name: str
+    holder: str
+    since: float
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The state store's tables, and how cursor and key values are kept as text.
 
 One schema for SQLite and PostgreSQL alike; every table is keyed by job, so several
-jobs (and, later, several replicas) share one store.
+jobs (and several replicas) share one store. These tables are the latest version;
+``sync.state.migrations`` brings an older store up to them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from sync.errors import StateError
 DIED = "the process ended before the run did (killed or crashed); nothing was lost"
 
 metadata = MetaData()
+
+schema_version = Table(
+    "psync_schema",
+    metadata,
+    # one row: the version of these tables (see sync.state.migrations)
+    Column("version", Integer, nullable=False),
+)
 
 checkpoints = Table(
     "psync_checkpoints",
@@ -85,6 +93,21 @@ runs = Table(
     Column("rows_skipped", Integer, nullable=False, default=0),
     Column("rows_rejected", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
+    Column("holder", String(200), nullable=True),  # version 2; NULL in older runs
+)
+jobs = Table(
+    "psync_jobs",
+    metadata,
+    Column("job", String(200), primary_key=True),
+    Column("shards", Integer, nullable=False),  # the layout its state was kept in
+)
+leases = Table(
+    "psync_leases",
+    metadata,
+    # who runs a job (or a shard of one) now; counts only while its lock is held
+    Column("job", String(200), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("since", Float, nullable=False),
 )
 
 

@@ -9,11 +9,18 @@ rejected rows, identity collisions and the run history.
 Every batch's outcome is written in one transaction (:meth:`StateStore.commit_batch`),
 so a checkpoint can never be stored without the acknowledgements behind it.
 The API key is never stored here.
+
+:meth:`StateStore.create_schema` creates the tables or upgrades older ones
+(``sync.state.migrations``); :meth:`StateStore.lease` lets one process at a time run
+a job (``sync.state.leases``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -36,10 +43,13 @@ from sync.config import redact_url
 from sync.databases import Reconnecting, database_url, engine_for
 from sync.errors import ConfigError, StateError
 from sync.extract.query import Position
+from sync.state.leases import Lease, leases_for
+from sync.state.migrations import LATEST, migrate, stored_version
 from sync.state.records import (
     BatchOutcome,
     Collision,
     KnownRow,
+    LeaseInfo,
     PendingRow,
     RejectedRow,
     RunRecord,
@@ -51,7 +61,7 @@ from sync.state.schema import (
     collisions,
     decode_value,
     encode_value,
-    metadata,
+    jobs,
     pending,
     rejected,
     rows,
@@ -102,22 +112,56 @@ class StateStore:
         engine: Engine,
         clock: Callable[[], float],
         sleep: Callable[[float], None] = time.sleep,
+        holder: str | None = None,
     ) -> None:
+        """``holder`` names this process in leases and runs (default: host:pid)."""
         self._engine = engine
         self._clock = clock
         self._where = redact_url(engine.url.render_as_string(hide_password=False))
         self._reconnecting = Reconnecting(f"state store {self._where}", sleep)
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self._leases = leases_for(engine, self.holder, clock, self._run, self._where, sleep)
 
     def ping(self) -> None:
         """Raise StateError unless the store answers (for /readyz)."""
         self._run(lambda conn: conn.execute(select(1)).scalar(), "answering a ping")
 
     def create_schema(self) -> None:
-        self._run(lambda conn: metadata.create_all(conn), "creating its tables")
+        """Create the tables, or bring an older store's up to date; one process at a time.
+
+        A store already up to date is only read: no lock, no write (``status`` may run
+        beside a busy daemon, or as a user who may only read).
+        """
+        if self._run(stored_version, "creating its tables") != LATEST:
+            self._run(lambda conn: migrate(conn, self._where), "creating its tables")
         self._reconnecting.answered()
 
     def close(self) -> None:
+        """Release this store's leases and claim, then its connections."""
+        self._leases.close()
         self._engine.dispose()
+
+    # -- leases: one run of a job at a time ------------------------------------
+
+    def claim(self) -> None:
+        """Take a SQLite store for this process (StateError if another has it).
+
+        A SQLite file serves one process at a time; call this before running jobs.
+        On PostgreSQL it does nothing: replicas share the store, and leases divide it.
+        """
+        self._leases.claim()
+
+    def lease(self, name: str) -> Lease | None:
+        """The lease to run ``name`` (a job, or a shard such as "customers#2/3"), or None.
+
+        Never waits: None means another holder runs it now. Release it (or use it as a
+        context manager) when the run ends; a process that dies releases it by itself.
+        """
+        return self._leases.take(name)
+
+    def leases(self) -> list[LeaseInfo]:
+        """The leases held right now, by any process (for ``status``)."""
+        return self._leases.held()
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -230,6 +274,65 @@ class StateStore:
     def _forget(self, conn: Connection, job: str, keys: Sequence[str]) -> None:
         for table in (rows, pending, rejected, collisions):
             conn.execute(delete(table).where(table.c.job == job, table.c.row_key.in_(list(keys))))
+
+    # -- how a job's state is split into shards ---------------------------------
+
+    def shards_of(self, job: str) -> int | None:
+        """The number of shards ``job``'s state is kept in; None: not recorded yet."""
+        return self._run(
+            lambda conn: conn.execute(select(jobs.c.shards).where(jobs.c.job == job)).scalar(),
+            "reading a job's shards",
+        )
+
+    def set_shards(self, job: str, shards: int) -> None:
+        self._run(
+            lambda conn: self._upsert(conn, jobs, [{"job": job, "shards": shards}], ["job"]),
+            "recording a job's shards",
+        )
+
+    def rehome(self, part: str, target: Callable[[str], str]) -> int:
+        """Move every row kept under ``part`` to the part ``target(key)`` names.
+
+        For a change in the number of shards: identities, fingerprints, marks and
+        rejections follow their rows; ``part``'s checkpoint is dropped (each new part
+        reads from the start, and sends only what changed). Returns the rows moved.
+        """
+        moved = 0
+        for table in (rows, pending, rejected, collisions):
+            after: str | None = None
+            while True:
+                page = self._keys_page(table, part, after)
+                if not page:
+                    break
+                after = page[-1]
+                groups: dict[str, list[str]] = {}
+                for key in page:
+                    groups.setdefault(target(key), []).append(key)
+                move = functools.partial(self._move, table=table, part=part, groups=groups)
+                self._run(move, "moving rows")
+                moved += len(page) if table is rows else 0
+        self.set_checkpoint(part, None)
+        return moved
+
+    def _keys_page(self, table: Table, part: str, after: str | None) -> list[str]:
+        def read(conn: Connection) -> list[str]:
+            query = select(table.c.row_key).where(table.c.job == part)
+            if after is not None:
+                query = query.where(table.c.row_key > after)
+            return list(conn.execute(query.order_by(table.c.row_key).limit(1000)).scalars())
+
+        return self._run(read, "reading rows to move")
+
+    def _move(
+        self, conn: Connection, table: Table, part: str, groups: dict[str, list[str]]
+    ) -> None:
+        for to, keys in groups.items():
+            if to != part:
+                conn.execute(
+                    update(table)
+                    .where(table.c.job == part, table.c.row_key.in_(keys))
+                    .values(job=to)
+                )
 
     # -- rows sent without an answer -------------------------------------------
 
@@ -439,6 +542,7 @@ class StateStore:
                 runs.insert().values(
                     job=job,
                     kind=kind,
+                    holder=self.holder,
                     started_at=self._clock(),
                     outcome="running",
                     rows_read=0,

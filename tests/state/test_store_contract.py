@@ -33,6 +33,7 @@ from sync.state.store import StateStore, state_engine
 
 JOB = "contacts"
 OTHER = "orders"
+HOLDER = "test-host:4242"
 T0 = 1_700_000_000.25
 
 
@@ -68,7 +69,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def store(store_url: str, clock: FakeClock) -> Iterator[StateStore]:
-    state = StateStore(state_engine(store_url), clock)
+    state = StateStore(state_engine(store_url), clock, holder=HOLDER)
     state.create_schema()
     try:
         yield state
@@ -563,6 +564,7 @@ def test_run_history_newest_first_with_exact_counts_and_times(
             rows_skipped=0,
             rows_rejected=0,
             error=None,
+            holder=HOLDER,
         ),
         RunRecord(
             id=second,
@@ -576,6 +578,7 @@ def test_run_history_newest_first_with_exact_counts_and_times(
             rows_skipped=0,
             rows_rejected=0,
             error="state store unreachable",
+            holder=HOLDER,
         ),
         RunRecord(
             id=first,
@@ -589,6 +592,7 @@ def test_run_history_newest_first_with_exact_counts_and_times(
             rows_skipped=1,
             rows_rejected=1,
             error=None,
+            holder=HOLDER,
         ),
     ]
     assert [r.id for r in store.runs(JOB, limit=2)] == [third, second]

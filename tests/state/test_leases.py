@@ -1,0 +1,449 @@
+"""Run leases: one run of a job at a time, across stores, threads and processes.
+
+Real PostgreSQL and SQLite, real processes killed with SIGKILL: a lease must free
+itself when its holder dies, and ``leases()`` must never report a dead holder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from sync.errors import StateError
+from sync.state.leases import key_halves, lease_key
+from sync.state.records import LeaseInfo
+from sync.state.store import StateStore, state_engine
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_700_000_000.5
+JOB = "customers"
+
+# A process that takes a lease and holds it until it is killed.
+HOLD = """
+import sys, time
+from sync.state.store import StateStore, state_engine
+store = StateStore(state_engine(sys.argv[1]), lambda: 1234.5, holder=sys.argv[2])
+store.create_schema()
+lease = store.lease(sys.argv[3])
+print("held" if lease is not None else "refused", flush=True)
+time.sleep(300)
+"""
+# A process that tries to claim a SQLite store and says what happened.
+CLAIM = """
+import sys, time
+from sync.errors import StateError
+from sync.state.store import StateStore, state_engine
+store = StateStore(state_engine(sys.argv[1]), time.time)
+try:
+    store.claim()
+except StateError as exc:
+    print(exc, flush=True)
+    sys.exit(3)
+print("claimed", flush=True)
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state/state.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def open_store(store_url: str) -> Iterator[Callable[..., StateStore]]:
+    """Opens stores (holders "a", "b", ...) on the test's database, closed at the end."""
+    opened: list[StateStore] = []
+
+    def open_one(holder: str, clock: Callable[[], float] = lambda: T0) -> StateStore:
+        store = StateStore(state_engine(store_url), clock, holder=holder)
+        store.create_schema()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def hold_in_process(
+    processes: list[subprocess.Popen[str]], url: str, holder: str, name: str
+) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, url, holder, name],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    processes.append(proc)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+
+
+def eventually(check: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
+
+
+def lease_rows(url: str) -> list[tuple[str, str]]:
+    """The psync_leases rows as stored, stale ones included."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [
+                (r.job, r.holder)
+                for r in conn.execute(text("SELECT job, holder FROM psync_leases ORDER BY job"))
+            ]
+    finally:
+        engine.dispose()
+
+
+# -- both backends -----------------------------------------------------------------
+
+
+def test_one_holder_at_a_time_until_released(open_store: Callable[..., StateStore]) -> None:
+    a, b = open_store("a"), open_store("b")
+    first = a.lease(JOB)
+    assert first is not None
+    assert (first.name, first.holder, first.since) == (JOB, "a", T0)
+    assert b.lease(JOB) is None
+    assert a.lease(JOB) is None  # not twice, even for its holder
+    other = b.lease("orders")  # another job is free
+    assert other is not None
+
+    first.release()
+    first.release()  # harmless twice
+    assert not first.held()
+    second = b.lease(JOB)
+    assert second is not None
+    assert second.held()
+    assert a.lease(JOB) is None
+    second.release()
+    other.release()
+
+
+def test_leases_shows_holder_and_since(
+    open_store: Callable[..., StateStore], store_url: str
+) -> None:
+    a = open_store("a", lambda: T0)
+    b = open_store("b", lambda: T0 + 7)
+    assert a.leases() == []
+    names = [JOB, "orders", "customers#2/3", "x" * 200]
+    taken = [a.lease(names[0]), b.lease(names[1]), b.lease(names[2]), a.lease(names[3])]
+    assert all(lease is not None for lease in taken)
+    expected = sorted(
+        [
+            LeaseInfo(names[0], "a", T0),
+            LeaseInfo(names[1], "b", T0 + 7),
+            LeaseInfo(names[2], "b", T0 + 7),
+            LeaseInfo(names[3], "a", T0),
+        ],
+        key=lambda i: i.name,
+    )
+    assert a.leases() == expected
+    assert b.leases() == expected
+    for lease in taken:
+        assert lease is not None
+        lease.release()
+    assert a.leases() == []
+    assert lease_rows(store_url) == []  # released leases delete their rows
+
+
+def test_a_lease_is_a_context_manager(open_store: Callable[..., StateStore]) -> None:
+    a, b = open_store("a"), open_store("b")
+    with a.lease(JOB) as lease:
+        assert lease is not None
+        assert b.lease(JOB) is None
+    assert not lease.held()
+    with b.lease(JOB) as again:
+        assert again is not None
+
+
+def test_close_releases_the_leases_of_that_store(open_store: Callable[..., StateStore]) -> None:
+    a, b = open_store("a"), open_store("b")
+    assert a.lease(JOB) is not None
+    assert b.lease(JOB) is None
+    a.close()
+    lease = b.lease(JOB)
+    assert lease is not None
+    assert [i.holder for i in b.leases()] == ["b"]
+
+
+def test_threads_racing_for_one_job_get_one_lease(open_store: Callable[..., StateStore]) -> None:
+    stores = [open_store(f"h{i}") for i in range(6)]
+    ready = threading.Barrier(len(stores) * 2)
+    got: list[object] = []
+    lock = threading.Lock()
+
+    def race(store: StateStore) -> None:
+        ready.wait()
+        lease = store.lease(JOB)
+        with lock:
+            got.append(lease)
+
+    threads = [threading.Thread(target=race, args=(s,)) for s in stores * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(got) == len(threads)
+    assert len([g for g in got if g is not None]) == 1
+
+
+def test_runs_record_their_holder(open_store: Callable[..., StateStore], store_url: str) -> None:
+    a = open_store("replica-a")
+    a.start_run(JOB, "sync")
+    assert a.runs(JOB)[0].holder == "replica-a"
+    default = StateStore(state_engine(store_url), lambda: T0)
+    try:
+        assert default.holder == f"{socket.gethostname()}:{os.getpid()}"
+        default.start_run(JOB, "sync")
+        assert default.runs(JOB)[0].holder == default.holder
+    finally:
+        default.close()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_lease_keys_are_stable_signed_64_bit_and_match_pg_locks(pg_url: str) -> None:
+    assert lease_key(JOB) == lease_key(JOB) != lease_key("orders")
+    keys = [lease_key(f"job-{i}") for i in range(200)]
+    assert all(-(2**63) <= k < 2**63 for k in keys)
+    assert min(keys) < 0 < max(keys)  # both signs occur, and both must be found in pg_locks
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            for key in (min(keys), max(keys)):
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                found = conn.execute(
+                    text(
+                        "SELECT classid::bigint, objid::bigint FROM pg_locks"
+                        " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                    )
+                ).all()
+                assert [tuple(r) for r in found] == [key_halves(key)]
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_killed_holder_frees_its_lease(
+    pg_url: str, processes: list[subprocess.Popen[str]]
+) -> None:
+    store = StateStore(state_engine(pg_url), lambda: T0, holder="survivor")
+    try:
+        store.create_schema()
+        doomed = hold_in_process(processes, pg_url, "doomed", JOB)
+        assert store.lease(JOB) is None
+        assert store.leases() == [LeaseInfo(JOB, "doomed", 1234.5)]
+
+        kill(doomed)
+
+        eventually(lambda: store.leases() == [])
+        assert lease_rows(pg_url) == [(JOB, "doomed")]  # the stale row, not reported
+        lease = store.lease(JOB)
+        assert lease is not None
+        assert store.leases() == [LeaseInfo(JOB, "survivor", T0)]
+        lease.release()
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_lease_whose_connection_is_lost_says_so(pg_url: str) -> None:
+    a = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    b = StateStore(state_engine(pg_url), lambda: T0, holder="b")
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        a.create_schema()
+        lease = a.lease(JOB)
+        assert lease is not None
+        assert lease.held()
+        hi, lo = key_halves(lease_key(JOB))
+        with admin.connect() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND classid::bigint = :hi AND objid::bigint = :lo"
+                ),
+                {"hi": hi, "lo": lo},
+            ).scalars()
+            assert list(killed) == [True]
+        eventually(lambda: not lease.held())
+        eventually(lambda: b.lease(JOB) is not None)
+        lease.release()  # on a dead connection: quietly done
+        assert [i.holder for i in b.leases()] == ["b"]
+    finally:
+        a.close()
+        b.close()
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_lease_connections_are_not_left_in_a_transaction(pg_url: str) -> None:
+    store = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        store.create_schema()
+        lease = store.lease(JOB)
+        assert lease is not None
+        assert lease.held()
+        with admin.connect() as conn:
+            states = conn.execute(
+                text(
+                    "SELECT state FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+            assert "idle in transaction" not in list(states)
+        lease.release()
+    finally:
+        store.close()
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_claim_does_nothing_on_postgres(pg_url: str) -> None:
+    a = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    b = StateStore(state_engine(pg_url), lambda: T0, holder="b")
+    try:
+        a.create_schema()
+        a.claim()
+        a.claim()
+        b.claim()  # replicas share a PostgreSQL store
+    finally:
+        a.close()
+        b.close()
+
+
+# -- SQLite --------------------------------------------------------------------------
+
+
+def test_a_second_process_cannot_claim_a_sqlite_store(
+    state_url: str, processes: list[subprocess.Popen[str]]
+) -> None:
+    store = StateStore(state_engine(state_url), lambda: T0, holder="first")
+    try:
+        store.create_schema()
+        store.claim()
+        store.claim()  # idempotent
+        refused = subprocess.run(
+            [sys.executable, "-c", CLAIM, state_url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 3, refused.stderr
+        message = refused.stdout
+        lock_file = state_url.removeprefix("sqlite:///") + ".lock"
+        assert f"another process holds {lock_file}" in message
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in message
+        assert "a SQLite state store serves one process at a time" in message
+        assert "stop the other one (e.g. the daemon) first" in message
+        assert "state.url: postgresql+psycopg://" in message
+    finally:
+        store.close()
+    # Closed: the next process may claim it.
+    claimed = subprocess.run(
+        [sys.executable, "-c", CLAIM, state_url], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (claimed.returncode, claimed.stdout.strip()) == (0, "claimed"), claimed.stderr
+
+
+def test_a_killed_sqlite_holder_leaves_no_live_lease(
+    state_url: str, processes: list[subprocess.Popen[str]]
+) -> None:
+    store = StateStore(state_engine(state_url), lambda: T0, holder="survivor")
+    try:
+        store.create_schema()
+        doomed = hold_in_process(processes, state_url, "doomed", JOB)
+        # Seen from a process that does not hold the file (like ``status``):
+        assert store.leases() == [LeaseInfo(JOB, "doomed", 1234.5)]
+        with pytest.raises(StateError, match=f"pid {doomed.pid} on "):
+            store.claim()
+        with pytest.raises(StateError, match="serves one process at a time"):
+            store.lease(JOB)
+
+        kill(doomed)
+
+        assert lease_rows(state_url) == [(JOB, "doomed")]  # left behind ...
+        assert store.leases() == []  # ... and not reported
+        store.claim()
+        assert lease_rows(state_url) == []  # the file is ours: every row left was stale
+        lease = store.lease(JOB)
+        assert lease is not None
+        assert store.leases() == [LeaseInfo(JOB, "survivor", T0)]
+    finally:
+        store.close()
+
+
+def test_sqlite_leases_are_per_name_within_the_process(state_url: str) -> None:
+    a = StateStore(state_engine(state_url), lambda: T0, holder="a")
+    b = StateStore(state_engine(state_url), lambda: T0, holder="b")
+    try:
+        a.create_schema()
+        lease = a.lease(JOB)
+        assert lease is not None
+        assert a.lease(JOB) is None
+        assert b.lease(JOB) is None  # another store of this process: the same file
+        found: list[object] = []
+        thread = threading.Thread(target=lambda: found.append(a.lease(JOB)))
+        thread.start()
+        thread.join(timeout=10)
+        assert found == [None]
+        b.close()  # one store closing keeps the file claimed for the other
+        assert a.lease("orders") is not None
+        lease.release()
+        assert a.lease(JOB) is not None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_in_memory_sqlite_store_has_leases_too() -> None:
+    store = StateStore(state_engine("sqlite://"), lambda: T0, holder="a")
+    try:
+        store.create_schema()
+        store.claim()
+        lease = store.lease(JOB)
+        assert lease is not None
+        assert store.lease(JOB) is None
+        assert store.leases() == [LeaseInfo(JOB, "a", T0)]
+        lease.release()
+        assert store.leases() == []
+    finally:
+        store.close()
