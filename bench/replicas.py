@@ -204,15 +204,18 @@ def skipped_of(usage: Usage) -> list[str]:
 
 
 def spread(result: Replicas) -> list[str]:
-    """How the shards spread over the processes, from the run history they wrote."""
+    """How the shards spread over the replicas, from the run history they wrote.
+
+    One line per replica (``host:pid``, as the state store names it), each run of a
+    shard with its rows and its seconds from the first run's start. A shard another
+    replica already finished is leased and run again from its checkpoint: 0 rows.
+    """
     if not result.runs:
         return ["  (no run history)"]
     zero = min(float(r["started_at"]) for r in result.runs)
-    labels: dict[str, str] = {}
-    for run in result.runs:
-        labels.setdefault(str(run["holder"]), f"P{len(labels) + 1}")
+    holders = list(dict.fromkeys(str(r["holder"]) for r in result.runs))
     lines = []
-    for holder, label in labels.items():
+    for holder in holders:
         parts = []
         for run in result.runs:
             if str(run["holder"]) != holder:
@@ -223,7 +226,7 @@ def spread(result: Replicas) -> list[str]:
                 f"read {int(run['rows_read']):,} sent {int(run['rows_sent']):,} "
                 f"({float(run['started_at']) - zero:.1f}-{end} s)"
             )
-        lines.append(f"  {label} {holder}: " + "; ".join(parts))
+        lines.append(f"  replica {holder}: " + "; ".join(parts))
     return lines
 
 
@@ -266,7 +269,7 @@ def one_count(
         f"{name}: sandbox holds one user per source row",
         *compare(engine, TABLE, sandbox, None, set()),
     )
-    for i, usage in enumerate(usages, start=1):
+    for i, usage in enumerate(usages, start=1):  # measure.py's figures, by thread
         skipped = skipped_of(usage)
         print(
             f"  process {i}: exit {usage.returncode}, {usage.wall_s:.1f} s, "

@@ -1,4 +1,4 @@
-"""bench/run.py --quick runs end to end: every measurement in the table, every check PASS.
+"""bench/run.py --quick and bench/replicas.py --quick run end to end: every check PASS.
 
 No timing is asserted (machines are noisy); the figures are the benchmark's business.
 """
@@ -131,3 +131,56 @@ def test_every_target_is_reported(output: str) -> None:
     for name in ("÷ baseline at 50 ms", "÷ (concurrency ÷ latency)", "peak RSS", "no-change run"):
         assert name in targets
     assert re.findall(r"^\s+\[(PASS|MISS)\]", targets, re.M)
+
+
+# --- bench/replicas.py --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicas_output() -> str:
+    """bench/replicas.py --quick: 6,000 rows, 1 then 3 replicas, 20 ms a request."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "replicas.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_replicas_has_a_row_per_replica_count_with_one_request_per_row(
+    replicas_output: str,
+) -> None:
+    assert re.search(
+        r"^\s*replicas\s+rows\s+seconds\s+rows/s\s+speedup\s+requests/row\s+CPU s/1k rows"
+        r"\s+peak RSS MB$",
+        replicas_output,
+        re.M,
+    ), replicas_output
+    for count in (1, 3):
+        row = re.search(
+            rf"^\s+{count}\s+6,000\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)×\s+(\S+)\s+([\d.]+)\s+([\d.]+)$",
+            replicas_output,
+            re.M,
+        )
+        assert row, replicas_output
+        seconds, rate, speedup, per_row, cpu, rss = row.groups()
+        assert per_row == "1.000"
+        assert float(seconds) > 0 and int(rate.replace(",", "")) > 0 and float(speedup) > 0
+        assert float(cpu) > 0 and float(rss) > 0
+    assert re.search(r"^\s+1\s+6,000\s+\S+\s+\S+\s+1\.00×", replicas_output, re.M)
+    assert re.search(r"^\s+3 × 8 ÷ 20 ms = 1,200 rows/s", replicas_output, re.M)
+
+
+def test_replicas_every_check_passes(replicas_output: str) -> None:
+    checks = re.findall(r"^\[(PASS|FAIL)\] (.*)$", replicas_output, re.M)
+    assert len(checks) == 6, replicas_output  # 3 checks for each of 1 and 3 replicas
+    assert all(verdict == "PASS" for verdict, _ in checks), checks
+    for count, name in ((1, "1 replica"), (3, "3 replicas")):
+        assert f"[PASS] {name}: requests == rows: 6000 requests for 6000 rows" in replicas_output
+        assert f"[PASS] {name}: every process exited 0: {[0] * count}" in replicas_output
+        assert f"[PASS] {name}: sandbox holds one user per source row: 6000 users" in (
+            replicas_output
+        )
