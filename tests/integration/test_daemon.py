@@ -315,7 +315,7 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(
             source_url=pg_url,
             api_url=sandbox.url,
             state_url=f"sqlite:///{tmp_path}/state.db",
-            source={"batch_size": 200},  # one batch takes about 5 s at concurrency 2
+            source={"batch_size": 200},
             personyze={"concurrency": 2},
         )
         doc["daemon"] = {"grace_period": "60s"}
@@ -323,6 +323,10 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(
         daemon = Daemon(config, tmp_path / "daemon.log")
         daemons.append(daemon)
         wait_until(lambda: len(sandbox.requests) >= 20, what="the run to be under way")
+        # from now on a request takes 3 s: the first signal's graceful stop waits for the
+        # two in flight, and the second signal comes while it does
+        sandbox.faults = Faults(latency_s=3.0)
+        time.sleep(0.2)
         stopped_at = time.monotonic()
         daemon.signal(signal.SIGTERM)
         time.sleep(0.2)
@@ -330,6 +334,7 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(
         assert daemon.wait(5) == 1
         assert time.monotonic() - stopped_at < 2, "the second signal did not exit at once"
         assert "second signal" in daemon.logs()
+        sandbox.faults = Faults()
 
         finish = subprocess.run(
             [CLI, "once", "-c", str(config)],
