@@ -256,7 +256,11 @@ def one_count(
         print(f"  could not read psync_runs: {exc}", flush=True)
     name = f"{count} replica{'s' if count > 1 else ''}"
     codes = [u.returncode for u in usages]
-    if not report.check(f"{name}: every process exited 0", all(c == 0 for c in codes), str(codes)):
+    if not report.check(
+        f"{name}: every process exited 0",
+        len(codes) == count and all(c == 0 for c in codes),
+        str(codes),
+    ):
         for usage in usages:
             if usage.returncode:
                 print(usage.stdout[-2000:], usage.stderr[-3000:], sep="\n", file=sys.stderr)

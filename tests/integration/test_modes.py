@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert, text, update
 
 from sync.app import App
 from sync.runner import RunOptions
@@ -331,3 +331,44 @@ def test_config_refuses_cursor_and_diff_together(tmp_path: Path) -> None:
     doc["jobs"][0]["source"]["detect"] = "diff"
     with pytest.raises(ConfigError, match="give either 'cursor' or 'detect: diff'"):
         load(write_config(tmp_path / "sync.yaml", doc))
+
+
+def test_an_unchanged_100k_row_table_costs_no_request(
+    tmp_path: Path, pg_url: str, sandbox: SandboxServer
+) -> None:
+    """The second diff run over 100,000 unchanged rows reads them all and sends nothing.
+
+    The first run's outcome (a user_id and fingerprint per row) is written straight into
+    the state store, from the job's own mapper, instead of being sent: sending 100,000
+    rows would cost the suite minutes (bench/ measures that run). A row inserted
+    afterwards shows the run still sends what is new.
+    """
+    from sync.mapping import Mapper
+    from sync.state.records import Ack, BatchOutcome
+
+    config = diff_config(tmp_path, pg_url, sandbox)
+    execute(
+        pg_url,
+        text(
+            "INSERT INTO contacts SELECT i, 'c' || i || '@example.com', 'Name' || i, i "
+            "FROM generate_series(1, 100000) AS i"
+        ),
+    )
+    with App(load(config)) as app:
+        job = app.config.jobs[0]
+        mapper = Mapper(job)
+        for batch in app.reader(job).batches_after(None):
+            acks = [Ack(str(r["id"]), int(r["id"]), mapper.map(r).fingerprint) for r in batch]
+            app.store.commit_batch(job.name, BatchOutcome(acks=acks))
+        assert app.store.row_count(job.name) == 100_000
+
+        stats = app.run(job, RunOptions())
+        assert (stats.read, stats.skipped, stats.sent) == (100_000, 100_000, 0)
+        assert sandbox.requests == []
+
+        execute(pg_url, insert(contacts).values(contact(100_001)))
+        stats = app.run(job, RunOptions())
+    assert (stats.read, stats.sent) == (100_001, 1)
+    assert [r.method for r in sandbox.requests] == ["POST"]
+    (user,) = sandbox.users()
+    assert (user["internal_id"], user["email"]) == (100_001, "c100001@example.com")
