@@ -194,13 +194,14 @@ class JobRun:
         name = self.name
         if self.writer is not None:
             self._reconcile_pending()
+        checkpoint = self.store.checkpoint(name)
+        start = None if options.full else options.start or checkpoint
+        if not options.only_rejected:
+            self._plan_deletes(start)  # before anything is sent
         self._retry_rejected(force=options.only_rejected)
         if options.only_rejected:
             self._finish()
             return
-        checkpoint = self.store.checkpoint(name)
-        start = None if options.full else options.start or checkpoint
-        self._plan_deletes(start)
         if start is not None and start is checkpoint and self.job.source.lookback:
             lower = _minus(checkpoint.cursor, self.job.source.lookback)
             for batch in self.reader.batches_in_window(lower, checkpoint):
@@ -378,6 +379,7 @@ class JobRun:
                     slot.payload, slot.action = {"user_id": previous.user_id}, "delete"
                     self._deletes_left -= 1
                     if self._deletes_left < 0:
+                        self._finish()  # what was read before this batch is saved
                         raise TooManyDeletes(
                             f"job {name!r}: more rows were marked deleted while the run went "
                             "on than max_deletes_per_run allows; the rest were not deleted"

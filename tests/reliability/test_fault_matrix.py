@@ -60,6 +60,22 @@ def wait_for_posts(
         time.sleep(0.01)
 
 
+def wait_for_run(state_file: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until ``process`` has begun its run (the run history names it as the holder)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the sync ended before its run began"
+        assert time.monotonic() < deadline, "the sync's run never began"
+        try:
+            with sqlite3.connect(state_file) as db:
+                holders = [h for (h,) in db.execute("SELECT holder FROM psync_runs")]
+        except sqlite3.OperationalError:  # not created yet
+            holders = []
+        if any(h and h.endswith(f":{process.pid}") for h in holders):
+            return
+        time.sleep(0.01)
+
+
 def report(name: str, outcome: object, **more: object) -> None:
     """The figures the closing note quotes (pytest -s shows them)."""
     print(f"\nFAULT-MATRIX {name}: {outcome} {more}")
@@ -103,7 +119,8 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
         with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
             for _ in range(20):
                 process = start(config)
-                time.sleep(rng.uniform(0.8, 1.8))  # start-up takes ~0.7 s
+                wait_for_run(tmp_path / "state.db", process)
+                time.sleep(rng.uniform(0.0, 1.0))
                 if process.poll() is None:
                     process.send_signal(signal.SIGKILL)
                     kills += 1
@@ -116,8 +133,7 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
     assert outcome.extra_acks <= kills * WINDOW, "resent more than the unacknowledged tails"
     assert history[-1][0] == "success"
     assert not any(o == "running" for o, _ in history)
-    died = sum(1 for o, _ in history if o == "died")
-    assert kills - 3 <= died <= kills  # a kill during start-up may come before the run began
+    assert sum(1 for o, _ in history if o == "died") == kills, history
     report("sigkill", outcome, kills=kills, runs=len(history))
 
 
