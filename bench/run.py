@@ -846,14 +846,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="5,000 rows, baseline 5 s, wrk 3 s, httpx-only 3 s with 2 processes (for the tests)",
+        help="2,000 rows, baseline 2 s, wrk 2 s, httpx-only 2 s with 2 processes (for the tests)",
     )
     args = parser.parse_args(argv)
     if args.million:
         args.rows = 1_000_000
     if args.quick:
-        args.rows, args.baseline_seconds, args.wrk_seconds = 5_000, 5.0, 3
-        args.httpx_seconds, args.httpx_processes = 3.0, (2,)
+        args.rows, args.baseline_seconds, args.wrk_seconds = 2_000, 2.0, 2
+        args.httpx_seconds, args.httpx_processes = 2.0, (2,)
     if args.httpx_seconds is None:
         args.httpx_seconds = float(args.wrk_seconds)
     if args.latency_ms <= 0:

@@ -31,7 +31,7 @@ TABLE_ROWS = [
     ("50 ms", "personyze-sync backfill"),
     ("50 ms", "personyze-sync once, nothing changed"),
     ("50 ms", "personyze-sync once, 1% changed"),
-    ("0 ms", "personyze-sync backfill, 500 rows"),
+    ("0 ms", "personyze-sync backfill, 200 rows"),
 ]
 
 
@@ -84,7 +84,7 @@ def test_the_httpx_only_ceiling_is_measured(output: str) -> None:
 def test_the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(output: str) -> None:
     """detect: diff on the same table: every row, then nothing, then exactly the 1% changed."""
     first = re.search(
-        r"^0 ms\s+personyze-sync diff: first run\s+5,000\s+[\d.]+\s+[\d,]+\s+1\.000\s+[\d.]+"
+        r"^0 ms\s+personyze-sync diff: first run\s+2,000\s+[\d.]+\s+[\d,]+\s+1\.000\s+[\d.]+"
         r"\s+[\d.]+$",
         output,
         re.M,
@@ -138,7 +138,7 @@ def test_every_target_is_reported(output: str) -> None:
 
 @pytest.fixture(scope="module")
 def replicas_output() -> str:
-    """bench/replicas.py --quick: 6,000 rows, 1 then 3 replicas, 20 ms a request."""
+    """bench/replicas.py --quick: 3,000 rows, 1 then 3 replicas, 20 ms a request."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "replicas.py"), "--quick"],
         cwd=ROOT,
@@ -161,7 +161,7 @@ def test_replicas_has_a_row_per_replica_count_with_one_request_per_row(
     ), replicas_output
     for count in (1, 3):
         row = re.search(
-            rf"^\s+{count}\s+6,000\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)×\s+(\S+)\s+([\d.]+)\s+([\d.]+)$",
+            rf"^\s+{count}\s+3,000\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)×\s+(\S+)\s+([\d.]+)\s+([\d.]+)$",
             replicas_output,
             re.M,
         )
@@ -170,7 +170,7 @@ def test_replicas_has_a_row_per_replica_count_with_one_request_per_row(
         assert per_row == "1.000"
         assert float(seconds) > 0 and int(rate.replace(",", "")) > 0 and float(speedup) > 0
         assert float(cpu) > 0 and float(rss) > 0
-    assert re.search(r"^\s+1\s+6,000\s+\S+\s+\S+\s+1\.00×", replicas_output, re.M)
+    assert re.search(r"^\s+1\s+3,000\s+\S+\s+\S+\s+1\.00×", replicas_output, re.M)
     assert re.search(r"^\s+3 × 8 ÷ 20 ms = 1,200 rows/s", replicas_output, re.M)
 
 
@@ -179,8 +179,8 @@ def test_replicas_every_check_passes(replicas_output: str) -> None:
     assert len(checks) == 6, replicas_output  # 3 checks for each of 1 and 3 replicas
     assert all(verdict == "PASS" for verdict, _ in checks), checks
     for count, name in ((1, "1 replica"), (3, "3 replicas")):
-        assert f"[PASS] {name}: requests == rows: 6000 requests for 6000 rows" in replicas_output
+        assert f"[PASS] {name}: requests == rows: 3000 requests for 3000 rows" in replicas_output
         assert f"[PASS] {name}: every process exited 0: {[0] * count}" in replicas_output
-        assert f"[PASS] {name}: sandbox holds one user per source row: 6000 users" in (
+        assert f"[PASS] {name}: sandbox holds one user per source row: 3000 users" in (
             replicas_output
         )

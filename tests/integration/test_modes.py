@@ -56,7 +56,9 @@ def make_contacts(url: str, ids: range | list[int]) -> None:
     execute(url, insert(contacts).values([contact(i) for i in ids]))
 
 
-def diff_config(tmp_path: Path, url: str, sandbox: SandboxServer, **job: Any) -> Path:
+def diff_config(
+    tmp_path: Path, url: str, sandbox: SandboxServer, batch_size: int = 50, **job: Any
+) -> Path:
     from sync.databases import source_engine
 
     engine = source_engine(url)
@@ -69,7 +71,7 @@ def diff_config(tmp_path: Path, url: str, sandbox: SandboxServer, **job: Any) ->
         job={"mapping": dict(CONTACT_MAPPING), **job},
     )
     source = doc["jobs"][0]["source"]
-    source.update(table="contacts", detect="diff")
+    source.update(table="contacts", detect="diff", batch_size=batch_size)
     del source["cursor"]
     return write_config(tmp_path / "sync.yaml", doc)
 
@@ -346,7 +348,7 @@ def test_an_unchanged_100k_row_table_costs_no_request(
     from sync.mapping import Mapper
     from sync.state.records import Ack, BatchOutcome
 
-    config = diff_config(tmp_path, pg_url, sandbox)
+    config = diff_config(tmp_path, pg_url, sandbox, batch_size=1000)
     execute(
         pg_url,
         text(

@@ -1,4 +1,4 @@
-"""The fault matrix: each scenario syncs 20,000 PostgreSQL rows full of cursor ties into
+"""The fault matrix: each scenario syncs 10,000 PostgreSQL rows full of cursor ties into
 the sandbox under one kind of fault, then compares the sandbox with the source row by
 row and column by column. Every scenario also checks, while the sync runs, that the
 checkpoint never passes a row Personyze has not acknowledged.
@@ -106,7 +106,7 @@ def test_api_errors_rate_limits_drops_and_lost_answers(tmp_path: Path, source: s
     assert outcome.extra_acks == 0  # no row acknowledged twice
     faulted_posts = sum(1 for r in sandbox.requests if r.method == "POST" and r.fault)
     assert outcome.posts == ROWS + faulted_posts  # every extra request answers one fault
-    assert outcome.faults["error"] > 3000 and outcome.faults["lost_answer"] > 700
+    assert outcome.faults["error"] > ROWS // 8 and outcome.faults["lost_answer"] > ROWS // 40
     assert [o for o, _ in run_history(tmp_path / "state.db")] == ["success"]
     report("api-faults", outcome, faulted_posts=faulted_posts)
 
@@ -120,7 +120,7 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
             for _ in range(20):
                 process = start(config)
                 wait_for_run(tmp_path / "state.db", process)
-                time.sleep(rng.uniform(0.0, 1.0))
+                time.sleep(rng.uniform(0.0, 0.5))
                 if process.poll() is None:
                     process.send_signal(signal.SIGKILL)
                     kills += 1
