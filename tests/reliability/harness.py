@@ -1,4 +1,4 @@
-"""The fault matrix's shared parts: a 10,000-row PostgreSQL source full of cursor ties,
+"""The fault matrix's shared parts: a 6,000-row PostgreSQL source full of cursor ties,
 the sync as a real subprocess, a watcher that checks the checkpoint against what
 Personyze acknowledged while the sync runs, and the final row-by-row comparison.
 """
@@ -25,7 +25,7 @@ from sync.runner import WINDOW_BATCHES
 from sync.sandbox import SandboxServer
 from tests.support import API_KEY, config_doc, write_config
 
-ROWS = 10_000
+ROWS = 6_000
 BATCH = 200
 WINDOW = WINDOW_BATCHES * BATCH  # rows read but not yet recorded: what a crash may resend
 CLI = str(Path(sys.executable).parent / "personyze-sync")
