@@ -60,6 +60,13 @@ def part_name(job: JobSettings, shard: Shard | None) -> str:
     return job.name if shard is None else f"{job.name}#{shard.name}"
 
 
+def layout(job: JobSettings, shards: int) -> list[tuple[str, Shard | None]]:
+    """The parts of ``job`` split into ``shards``: its own name alone when 1."""
+    if shards == 1:
+        return [(job.name, None)]
+    return [(part_name(job, s), s) for s in (Shard(i, shards) for i in range(shards))]
+
+
 class App:
     """One config's jobs, state store and Personyze client."""
 
@@ -160,9 +167,7 @@ class App:
 
     def parts(self, job: JobSettings) -> list[tuple[str, Shard | None]]:
         """The names the state store knows a job by: the job's, or one per shard."""
-        if job.shards == 1:
-            return [(job.name, None)]
-        return [(part_name(job, s), s) for s in (Shard(i, job.shards) for i in range(job.shards))]
+        return layout(job, job.shards)
 
     @contextmanager
     def job_run(
@@ -209,7 +214,7 @@ class App:
         """
         if not options.dry_run:
             self.store.claim()  # a SQLite state store serves one process
-        self._check_layout(job)
+        self._check_layout(job, record=not options.dry_run)
         parts = self.parts(job)
         first = random.randrange(len(parts))  # replicas spread over the shards
         total = RunStats()
@@ -223,13 +228,14 @@ class App:
                 total.add(self._run_part(job, shard, options, progress))
         return total
 
-    def _check_layout(self, job: JobSettings) -> None:
+    def _check_layout(self, job: JobSettings, *, record: bool) -> None:
         """Refuse a number of shards other than the one the job's state is kept in."""
         kept = self.store.shards_of(job.name)
         if kept is None:  # first run, or state kept before shard counts were recorded
             used = self.store.checkpoint(job.name) is not None or self.store.row_count(job.name)
             kept = 1 if used or job.shards == 1 else job.shards
-            self.store.set_shards(job.name, kept)
+            if record:
+                self.store.set_shards(job.name, kept)
         if kept != job.shards:
             raise ConfigError(
                 f"job {job.name}: its state is kept in {kept} shard(s) but the config says "
@@ -243,7 +249,9 @@ class App:
         """Move the job's state to ``job.shards`` shards; the rows moved."""
         self.store.claim()
         kept = self.store.shards_of(job.name) or 1
-        old = [job.name] if kept == 1 else [f"{job.name}#{i}/{kept}" for i in range(kept)]
+        if kept == job.shards:
+            return 0
+        old = [name for name, _ in layout(job, kept)]
         new = self.parts(job)
 
         def target(key: str) -> str:
