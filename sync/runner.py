@@ -275,7 +275,7 @@ class JobRun:
         after: str | None = None
         while page := self.store.known_keys(self.name, after, KEY_PAGE):
             after = page[-1][0]
-            typed = [_typed_key(k, self.reader) for k, _ in page]
+            typed = [self.reader.typed_key(k) for k, _ in page]
             present = {key_text(k) for k in self.reader.present_keys(typed)}
             gone = [(k, u) for k, u in page if k not in present]
             if gone:
@@ -328,7 +328,7 @@ class JobRun:
         stored = {r.key: r for r in self.store.rejections(self.name)}
         if not stored:
             return
-        rows = self.reader.rows_by_key([_typed_key(k, self.reader) for k in stored])
+        rows = self.reader.rows_by_key([self.reader.typed_key(k) for k in stored])
         rows = [r for r in rows if r.pop(DELETED, 0) != 1]  # deleted at the source: no retry
         found = {key_text(r[self.job.source.key]) for r in rows}
         if self.writer is not None:  # rows gone from the source need no retry
@@ -560,11 +560,6 @@ def _payload(record: Record, previous: KnownRow | None) -> dict[str, Any]:
     if previous is not None and "user_id" not in payload:
         payload["user_id"] = previous.user_id
     return payload
-
-
-def _typed_key(key: str, reader: SourceReader) -> Any:
-    """A stored key text back as the value the source compares with."""
-    return int(key) if key.lstrip("-").isdigit() and reader.key_is_numeric else key
 
 
 def _minus(cursor: Any, lookback: timedelta | int | float) -> Any:

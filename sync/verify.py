@@ -38,7 +38,7 @@ from sync.extract.query import DELETED
 from sync.extract.reader import Row, SourceReader
 from sync.load.client import PersonyzeClient
 from sync.mapping import Mapper, Record, Rejection
-from sync.runner import RunStats, _typed_key
+from sync.runner import RunStats
 from sync.state.records import Collision, KnownRow
 from sync.state.schema import key_text
 from sync.state.store import StateStore
@@ -277,7 +277,7 @@ class Verifier:
         for at in range(0, len(keys), size):
             self._check_stop()
             chunk = keys[at : at + size]
-            rows = self.reader.rows_by_key([_typed_key(k, self.reader) for k in chunk])
+            rows = self.reader.rows_by_key([self.reader.typed_key(k) for k in chunk])
             marked = {key_text(r[self.job.source.key]) for r in rows if r.get(DELETED)}
             rows = [r for r in rows if not r.get(DELETED)]  # delete_when's rows: not users
             known = self.store.known_rows(self.name, chunk)
@@ -347,7 +347,7 @@ class Verifier:
             holders = self.store.holders(self.name, (k.user_id for k in known.values()))
             others = {k for held in holders.values() for k in held} - set(keys)
             if others:
-                typed = [_typed_key(k, self.reader) for k in sorted(others)]
+                typed = [self.reader.typed_key(k) for k in sorted(others)]
                 partners = [r for r in self.reader.rows_by_key(typed) if not r.get(DELETED)]
                 chunk = chunk + partners
                 known |= self.store.known_rows(self.name, sorted(others))

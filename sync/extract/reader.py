@@ -225,6 +225,10 @@ class SourceReader:
         sample = self._scalar(select(col).where(col.is_not(None)).limit(1))
         return isinstance(sample, int | Decimal) and not isinstance(sample, bool)
 
+    def typed_key(self, text: str) -> Any:
+        """A key kept as text in the state store, back as the value the source compares."""
+        return int(text) if text.lstrip("-").isdigit() and self.key_is_numeric else text
+
     def position(self, row: Row) -> Position:
         key = row[self._source.key]
         if key is None:
