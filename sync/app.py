@@ -11,7 +11,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -27,8 +26,10 @@ from sync.errors import ConfigError, FatalError, Stopped, SyncError
 from sync.extract.query import Position, Shard
 from sync.extract.reader import SourceReader
 from sync.load.client import PersonyzeClient
-from sync.load.writer import Writer
+from sync.load.writer import SenderThreads, Writer
 from sync.mapping import Mapper
+from sync.processes import LogSetup, run_in_processes
+from sync.processes import check as processes_check
 from sync.runner import JobRun, Progress, RunObserver, RunOptions, RunStats
 from sync.state.records import Collision, RunRecord, StoredRejection
 from sync.state.store import StateStore, state_engine
@@ -175,7 +176,7 @@ class App:
     ) -> Iterator[JobRun]:
         """A run of ``job`` wired to this app's parts; its sending threads end with it."""
         concurrency = self.config.personyze.concurrency
-        with ThreadPoolExecutor(concurrency, thread_name_prefix=f"send-{job.name}") as pool:
+        with SenderThreads(concurrency, name=f"send-{job.name}") as pool:
             writer = (
                 None
                 if dry_run
@@ -205,18 +206,20 @@ class App:
         job: JobSettings,
         options: RunOptions,
         progress: Callable[[int], Progress] | None = None,
+        *,
+        only: Sequence[str] | None = None,
     ) -> RunStats:
         """One run of one job: of each of its shards this process can lease, in turn.
 
         A part another process holds (a replica on the same PostgreSQL state store) is
         skipped and named in ``RunStats.held_elsewhere``. ``progress(total)`` may return
-        a per-batch callback.
+        a per-batch callback. ``only``: run just the parts of these names.
         """
         if not options.dry_run:
             self.store.claim()  # a SQLite state store serves one process
-        self._check_layout(job, record=not options.dry_run)
-        parts = self.parts(job)
-        first = random.randrange(len(parts))  # replicas spread over the shards
+        self.check_layout(job, record=not options.dry_run)
+        parts = [p for p in self.parts(job) if only is None or p[0] in only]
+        first = random.randrange(len(parts)) if parts else 0  # replicas spread over shards
         total = RunStats()
         for name, shard in parts[first:] + parts[:first]:
             lease = None if options.dry_run else self.store.lease(name)
@@ -228,7 +231,31 @@ class App:
                 total.add(self._run_part(job, shard, options, progress))
         return total
 
-    def _check_layout(self, job: JobSettings, *, record: bool) -> None:
+    def run_in_processes(
+        self,
+        job: JobSettings,
+        options: RunOptions,
+        progress: Callable[[int], Progress] | None = None,
+        *,
+        processes: int,
+        logs: LogSetup,
+    ) -> RunStats:
+        """:meth:`run` with the job's shards spread over ``processes`` new processes."""
+        processes_check(self.config, job, processes)
+        self.check_layout(job, record=True)
+        parts = [name for name, _ in self.parts(job)]
+        return run_in_processes(
+            self.config,
+            job,
+            parts,
+            options,
+            processes=processes,
+            stopping=self.stopping,
+            logs=logs,
+            progress=progress,
+        )
+
+    def check_layout(self, job: JobSettings, *, record: bool) -> None:
         """Refuse a number of shards other than the one the job's state is kept in."""
         kept = self.store.shards_of(job.name)
         if kept is None:  # first run, or state kept before shard counts were recorded

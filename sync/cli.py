@@ -36,6 +36,7 @@ from sync.app import App, JobStatus, run_all
 from sync.config import load_config
 from sync.errors import SyncError
 from sync.logs import configure_logging, secrets_of, set_secrets
+from sync.processes import LogSetup
 from sync.runner import RunOptions, RunStats
 from sync.state.records import StoredRejection
 from sync.verify import Finding, VerifyReport
@@ -157,14 +158,33 @@ def once(config_path: Path, jobs: tuple[str, ...], dry_run: bool, as_json: bool)
 @click.argument("job")
 @click.option("--since", metavar="VALUE", help="Start at this cursor value (inclusive).")
 @click.option("--full", is_flag=True, help="Read every row again; unchanged rows are not sent.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Spread the job's shards over N processes (needs shards >= N and a "
+    "PostgreSQL state store).",
+)
 @dry_run_option
 @json_option
+@click.pass_context
 def backfill(
-    config_path: Path, job: str, since: str | None, full: bool, dry_run: bool, as_json: bool
+    ctx: click.Context,
+    config_path: Path,
+    job: str,
+    since: str | None,
+    full: bool,
+    processes: int,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """A one-shot history load of JOB with a progress bar; resumable after a crash."""
     if since and full:
         raise click.UsageError("--since and --full exclude each other")
+    if dry_run and processes > 1:
+        raise click.UsageError("--dry-run runs in one process: drop --processes")
     with open_app(config_path) as app:
         settings = app.config.job(job)
         start = None
@@ -176,7 +196,17 @@ def backfill(
         started = time.monotonic()
         with progress_bar(enabled=not as_json) as progress:
             try:
-                result: RunStats | SyncError = app.run(settings, options, progress)
+                result: RunStats | SyncError = (
+                    app.run(settings, options, progress)
+                    if processes == 1
+                    else app.run_in_processes(
+                        settings,
+                        options,
+                        progress,
+                        processes=processes,
+                        logs=LogSetup(ctx.obj["log_format"], logging.getLogger().level),
+                    )
+                )
             except SyncError as exc:
                 result = exc
         report({job: result}, time.monotonic() - started, as_json=as_json, dry_run=dry_run)

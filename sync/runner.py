@@ -414,7 +414,7 @@ class JobRun:
                 slot.future = self.writer.submit(Outgoing(slot.key, slot.payload, slot.action))
             self._window.add(slot)
             while len(self._window) >= WINDOW_BATCHES * self.job.source.batch_size:
-                self._collect(block=True)
+                self._collect(wait_for=max(1, self.job.source.batch_size // 4))
         self._collect()
 
     def _find_users(self, slots: list[Slot]) -> None:
@@ -435,9 +435,10 @@ class JobRun:
             else:
                 slot.payload["user_id"] = user_id
 
-    def _collect(self, *, block: bool = False) -> None:
-        """Take what finished; commit every quarter batch or half second."""
-        self._finished += self._window.finished(block=block)
+    def _collect(self, *, wait_for: int = 0) -> None:
+        """Take what finished (waiting for the oldest ``wait_for`` rows first); commit
+        every quarter batch or half second."""
+        self._finished += self._window.finished(wait_for=wait_for)
         self._ahead += self._window.done_ahead()
         waiting = len(self._finished) + len(self._ahead)
         if waiting >= max(1, self.job.source.batch_size // 4) or (

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from itertools import islice
 from queue import SimpleQueue
 from typing import Any, Literal
 
@@ -55,10 +56,14 @@ class Window:
         if slot.future is not None:
             slot.future.add_done_callback(lambda _: self._just_done.put(slot))
 
-    def finished(self, *, block: bool = False) -> list[Slot]:
-        """The finished prefix; with ``block``, wait until the oldest slot is finished."""
-        if block and self._slots and self._slots[0].future is not None:
-            wait([self._slots[0].future])
+    def finished(self, *, wait_for: int = 0) -> list[Slot]:
+        """The finished prefix; first wait until the oldest ``wait_for`` slots are finished.
+
+        Waiting for a chunk rather than for the oldest slot alone wakes the reading
+        thread once a chunk instead of once a row: each wake-up is a thread switch.
+        """
+        if wait_for:
+            wait([s.future for s in islice(self._slots, wait_for) if s.future is not None])
         prefix = []
         while self._slots and self._slots[0].done():
             prefix.append(self._slots.popleft())

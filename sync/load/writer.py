@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import partial
+from queue import SimpleQueue
+from typing import Any, Literal, TypeVar
 
 from sync.errors import FatalError, RejectedError, RetriableError, Stopped, SyncError
 from sync.load.client import PersonyzeClient
 
+T = TypeVar("T")
 MERGING_IDENTIFIERS = ("user_id", "email", "fb_id")
 CLOCK_MARGIN_S = 2.0  # Date headers have one-second resolution
 UNKNOWN_CLOCK_MARGIN_S = 300.0  # when no Date header was ever seen
@@ -81,6 +84,48 @@ def reconcile(client: PersonyzeClient, wanted: dict[str, str], since: float) -> 
             user_id = int(user["user_id"])
             found[key] = min(found.get(key, user_id), user_id)
     return found
+
+
+class SenderThreads(Executor):
+    """A fixed set of threads that run what is submitted, in order of submission.
+
+    ThreadPoolExecutor keeps a semaphore of idle threads that every submit and every
+    finished call take in turn; with tens of threads sending hundreds of requests a
+    second, contention on that one lock cost a tenth of the CPU of a request. These
+    threads only share a queue.
+    """
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._calls: SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._calls = SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}") for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((future, partial(fn, **kwargs) if kwargs else fn, args))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Let every thread finish what was submitted, then end."""
+        for _ in self._threads:
+            self._calls.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - the future hands it to its waiter
+                future.set_exception(exc)
 
 
 class Writer:

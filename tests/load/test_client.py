@@ -7,15 +7,18 @@ client would make are recorded instead of slept, and the tests stay fast.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 
 from sync.config import PersonyzeSettings
 from sync.errors import AuthError, ConfigError, RejectedError, RetriableError
-from sync.load.client import PAGE, PersonyzeClient, TokenBucket
+from sync.load.client import PAGE, ConnectionPerThread, PersonyzeClient, TokenBucket
 from sync.sandbox import Faults, SandboxServer
 from tests.support import API_KEY
 
@@ -475,3 +478,47 @@ def test_users_by_id_asks_for_many_ids_in_chunks(sandbox: SandboxServer) -> None
     assert all(u["email"] == f"user{u['user_id']}@example.com" for u in found)
     log = sandbox.requests
     assert [(r.method, r.status) for r in log] == [("GET", 200)] * 6  # 200 ids a request
+
+
+# --- connections ------------------------------------------------------------------
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """A real transport that remembers how many requests it carried and its closing."""
+
+    def __init__(self) -> None:
+        super().__init__(limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        self.carried = 0
+        self.closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.carried += 1
+        return super().handle_request(request)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_each_sending_thread_keeps_one_connection_of_its_own(sandbox: SandboxServer) -> None:
+    made: list[CountingTransport] = []
+
+    def make() -> CountingTransport:
+        made.append(CountingTransport())
+        return made[-1]
+
+    transport = ConnectionPerThread(make)
+    client = PersonyzeClient(settings(sandbox.url), transport=transport)
+    barrier = threading.Barrier(4)
+
+    def send(thread: int) -> None:
+        barrier.wait()  # all four at once: no thread can borrow another's connection
+        for i in range(25):
+            client.upsert({"email": f"t{thread}-{i}@example.com"})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(send, range(4)))
+    assert len(made) == 4 and [t.carried for t in made] == [25] * 4
+    assert len(sandbox.users()) == 100
+    client.close()
+    assert all(t.closed for t in made)
