@@ -23,9 +23,11 @@ TABLE_ROWS = [
     ("0 ms", "personyze-sync backfill"),
     ("0 ms", "personyze-sync once, nothing changed"),
     ("0 ms", "personyze-sync once, 1% changed"),
+    ("0 ms", "personyze-sync backfill in 2 processes"),
     ("0 ms", "personyze-sync diff: first run"),
     ("0 ms", "personyze-sync diff: nothing changed"),
     ("0 ms", "personyze-sync diff: 1% changed"),
+    ("50 ms", "ceiling: wrk POST /rest/users"),
     ("50 ms", "ceiling: concurrency ÷ latency"),
     ("50 ms", "baseline (sequential)"),
     ("50 ms", "personyze-sync backfill"),
@@ -117,6 +119,22 @@ def test_the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(outpu
         targets,
         re.M,
     ), targets
+
+
+def test_the_backfill_in_two_processes_sends_each_row_once(output: str) -> None:
+    """backfill --processes 2 of the table in 2 shards: every row once, sandbox == source."""
+    row = re.search(
+        r"^0 ms\s+personyze-sync backfill in 2 processes\s+2,000\s+[\d.]+\s+[\d,]+\s+1\.000\s",
+        output,
+        re.M,
+    )
+    assert row, output
+    assert re.search(r"^\[PASS\] 0 ms personyze-sync backfill in 2 processes: exit", output, re.M)
+    assert re.search(r"^\[PASS\] 0 ms backfill in 2 processes: sandbox == source", output, re.M)
+    targets = output.split("\ntargets\n", 1)[1]
+    assert re.search(
+        r"^\s+\[(PASS|MISS)\] personyze-sync in 2 processes ÷ wrk ceiling at 0 ms", targets, re.M
+    ) or ("wrk is not installed" in output), targets
 
 
 def test_every_correctness_check_passes(output: str) -> None:

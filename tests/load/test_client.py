@@ -500,7 +500,9 @@ class CountingTransport(httpx.HTTPTransport):
         super().close()
 
 
-def test_each_sending_thread_keeps_one_connection_of_its_own(sandbox: SandboxServer) -> None:
+def test_each_sending_thread_keeps_one_connection_of_its_own_while_it_lives(
+    sandbox: SandboxServer,
+) -> None:
     made: list[CountingTransport] = []
 
     def make() -> CountingTransport:
@@ -520,5 +522,11 @@ def test_each_sending_thread_keeps_one_connection_of_its_own(sandbox: SandboxSer
         list(pool.map(send, range(4)))
     assert len(made) == 4 and [t.carried for t in made] == [25] * 4
     assert len(sandbox.users()) == 100
+    assert not any(t.closed for t in made)
+
+    with ThreadPoolExecutor(4) as pool:  # the next run's threads: the ended ones' close
+        list(pool.map(send, range(4, 8)))
+    assert len(made) == 8 and all(t.closed for t in made[:4])
+    assert not any(t.closed for t in made[4:])
     client.close()
     assert all(t.closed for t in made)

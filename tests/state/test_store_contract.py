@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from sync.errors import ConfigError, StateError
@@ -29,7 +30,7 @@ from sync.state.records import (
     RunRecord,
     StoredRejection,
 )
-from sync.state.store import StateStore, state_engine
+from sync.state.store import ANALYZE_FIRST, StateStore, state_engine
 
 JOB = "contacts"
 OTHER = "orders"
@@ -671,3 +672,38 @@ def test_sqlite_folder_that_cannot_be_created_is_a_state_error(tmp_path: Path) -
     blocker.write_text("not a folder")
     with pytest.raises(StateError, match="folder"):
         state_engine(f"sqlite:///{blocker}/sub/state.db")
+
+
+@pytest.mark.postgres
+def test_a_growing_identity_map_keeps_its_planner_statistics(pg_url: str, clock: FakeClock) -> None:
+    """PostgreSQL: ANALYZE once the rows written reach ANALYZE_FIRST, then at each doubling.
+
+    Without statistics, PostgreSQL plans the identity-map lookups of a table it believes
+    empty and reads every row of the job for each batch (this machine runs no
+    autovacuum). SQLite needs nothing: its lookups always use the primary key.
+    """
+    store = StateStore(state_engine(pg_url), clock, holder=HOLDER)
+    store.create_schema()
+    engine = create_engine(pg_url)
+
+    def estimated_rows() -> float:  # -1 until the table is first analyzed
+        with engine.connect() as conn:
+            query = "SELECT reltuples FROM pg_class WHERE relname = 'psync_rows'"
+            found = conn.execute(text(query))
+            return float(found.scalar_one())
+
+    try:
+        assert estimated_rows() == -1
+        first = [ack(str(i), i) for i in range(ANALYZE_FIRST - 1)]
+        store.commit_batch(JOB, BatchOutcome(acks=first))
+        assert estimated_rows() == -1
+        store.commit_batch(JOB, BatchOutcome(acks=[ack("last", 10**6)]))
+        assert estimated_rows() == ANALYZE_FIRST
+        more = [ack(f"m{i}", 10**6 + i) for i in range(ANALYZE_FIRST - 1)]
+        store.commit_batch(JOB, BatchOutcome(acks=more))
+        assert estimated_rows() == ANALYZE_FIRST  # not yet doubled
+        store.commit_batch(JOB, BatchOutcome(acks=[ack("again", 3 * 10**6)]))
+        assert estimated_rows() == 2 * ANALYZE_FIRST
+    finally:
+        engine.dispose()
+        store.close()
