@@ -1,7 +1,7 @@
 """One backfill of a sharded job, spread over several processes of this machine.
 
-A Python process sends about a thousand rows a second on loopback whatever its
-``concurrency``: httpx's CPU per request and the GIL bound it. A sharded job's parts
+On a fast network a Python process sends some hundreds of rows a second whatever
+its ``concurrency``: httpx's CPU per request and the GIL bound it. A sharded job's parts
 are independent (each has its checkpoint and its lease), so ``backfill --processes N``
 starts N fresh processes (spawned, not forked: no engine or socket is shared) and
 gives each its own share of the parts. This process only starts them, forwards a
