@@ -334,7 +334,7 @@ class PersonyzeClient:
         """Retries for calls that may be repeated freely, or only after certain failures.
 
         Built once and shared by every thread (tenacity keeps each call's state
-        per thread); building one per call cost a tenth of a request's own CPU.
+        per thread); building one per call cost a few percent of a request's CPU.
         """
 
         def worth_retrying(exc: BaseException) -> bool:

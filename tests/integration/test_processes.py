@@ -1,7 +1,7 @@
 """``backfill --processes N``: one backfill of a sharded job spread over N processes.
 
 The real CLI as a subprocess, its children spawned for real, a PostgreSQL state
-store, the source on each database, the sandbox over HTTP.
+store, the sandbox over HTTP.
 """
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ def backfill(config: Path, *args: str, timeout: float = 120) -> subprocess.Compl
 
 
 def test_the_shards_are_loaded_by_several_processes_each_row_once(
-    tmp_path: Path, source_url: str, pg_url: str, sandbox: SandboxServer
+    tmp_path: Path, mariadb_url: str, pg_url: str, sandbox: SandboxServer
 ) -> None:
-    config = sharded_config(tmp_path, source_url, pg_url, sandbox)
+    """The source on MariaDB, the state on PostgreSQL (the shards' reading on each
+    database is tests/integration/test_shards.py's business)."""
+    config = sharded_config(tmp_path, mariadb_url, pg_url, sandbox)
 
     done = backfill(config, "--processes", "2")
     assert done.returncode == 0, done.stderr
