@@ -52,12 +52,23 @@ def holders(pg_url: str) -> dict[str, str]:
 
 
 def backfill(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """A backfill of ``customers`` run to its end: what it printed, and its exit status."""
+    started = start_backfill(config, *args)
+    try:
+        out, err = started.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        started.kill()
+        raise
+    return subprocess.CompletedProcess(started.args, started.returncode, out, err)
+
+
+def start_backfill(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [CLI, "backfill", "-c", str(config), "customers", "--json", *args],
         env={**os.environ, "TEST_API_KEY": API_KEY},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
     )
 
 
@@ -90,13 +101,7 @@ def test_a_stop_reaches_every_process_and_the_next_backfill_finishes_the_rest(
 ) -> None:
     sandbox.faults = Faults(latency_s=0.02)  # 600 rows at 4 in flight: seconds to stop in
     config = sharded_config(tmp_path, pg_url, pg_url, sandbox)
-    parent = subprocess.Popen(
-        [CLI, "backfill", "-c", str(config), "customers", "--json", "--processes", "2"],
-        env={**os.environ, "TEST_API_KEY": API_KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    parent = start_backfill(config, "--processes", "2")
     wait_until(lambda: len(holders(pg_url)) == 2, timeout=60, what="both processes")
     wait_until(lambda: len(sandbox.requests) >= 60, timeout=60, what="the first rows")
     parent.send_signal(signal.SIGTERM)
@@ -120,13 +125,7 @@ def test_a_process_that_dies_fails_the_backfill_and_a_rerun_completes_it(
 ) -> None:
     sandbox.faults = Faults(latency_s=0.02)
     config = sharded_config(tmp_path, pg_url, pg_url, sandbox)
-    parent = subprocess.Popen(
-        [CLI, "backfill", "-c", str(config), "customers", "--json", "--processes", "2"],
-        env={**os.environ, "TEST_API_KEY": API_KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    parent = start_backfill(config, "--processes", "2")
     held = wait_until(lambda: holders(pg_url), timeout=60, what="a running process")
     victim = int(next(iter(held.values())).rsplit(":", 1)[1])
     assert victim != parent.pid
