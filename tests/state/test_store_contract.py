@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from sync.errors import ConfigError, StateError
@@ -30,7 +30,7 @@ from sync.state.records import (
     RunRecord,
     StoredRejection,
 )
-from sync.state.store import ANALYZE_FIRST, StateStore, state_engine
+from sync.state.store import ANALYZE_FIRST, IN_CHUNK, StateStore, in_chunks, state_engine
 
 JOB = "contacts"
 OTHER = "orders"
@@ -706,4 +706,62 @@ def test_a_growing_identity_map_keeps_its_planner_statistics(pg_url: str, clock:
         assert estimated_rows() == 2 * ANALYZE_FIRST
     finally:
         engine.dispose()
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("count", "lengths"),
+    [
+        (0, []),
+        (1, [1]),
+        (2, [2]),
+        (3, [4]),
+        (5, [8]),
+        (1000, [1024]),
+        (IN_CHUNK, [IN_CHUNK]),
+        (IN_CHUNK + 1, [IN_CHUNK, 1]),
+        (2 * IN_CHUNK + 3, [IN_CHUNK, IN_CHUNK, 4]),
+    ],
+)
+def test_in_chunks_are_powers_of_two_padded_with_repeats(count: int, lengths: list[int]) -> None:
+    values = list(range(count))
+    chunks = in_chunks(values)
+    assert [len(c) for c in chunks] == lengths
+    assert [v for c in chunks for v in dict.fromkeys(c)] == values  # each once, in order
+
+
+def test_lookups_and_commits_of_every_size_use_few_statement_shapes(
+    store_url: str, clock: FakeClock
+) -> None:
+    """Batches of 1 to 120 rows reuse a handful of SQL texts, not one per size.
+
+    Each SQL text is a prepared statement in SQLite's statement cache (and psycopg's):
+    one per length of an IN list grew a long backfill's RSS by 30 MB. Lookups beyond
+    one chunk are answered in full.
+    """
+    engine = state_engine(store_url)
+    store = StateStore(engine, clock, holder=HOLDER)
+    store.create_schema()
+    texts: set[str] = set()
+    event.listen(engine, "before_cursor_execute", lambda *a: texts.add(a[2]))
+    try:
+        first = 0
+        for size in range(1, 121):
+            keys = [str(k) for k in range(first, first + size)]
+            store.known_rows(JOB, keys)
+            store.rejected_fingerprints(JOB, keys)
+            acks = [ack(k, int(k) + 1) for k in keys]
+            store.commit_batch(JOB, BatchOutcome(acks=acks))
+            store.holders(JOB, (a.user_id for a in acks))
+            first += size
+        assert first == 7260
+        assert len(texts) < 60, f"{len(texts)} distinct statements"
+        every = [str(k) for k in range(first)]
+        known = store.known_rows(JOB, every)  # 8 chunks
+        assert len(known) == first
+        assert known["7259"] == KnownRow(7260, "f" * 32)
+        holders = store.holders(JOB, range(1, first + 1))
+        assert holders[7260] == ["7259"]
+        assert sum(len(v) for v in holders.values()) == first
+    finally:
         store.close()
