@@ -336,6 +336,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's backlog of 5 drops the SYNs of a burst of new connections (a sync
+    # opening 32 at once); each dropped one waits a second for its retransmission.
     request_queue_size = 128
 
     def __init__(
