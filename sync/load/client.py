@@ -33,6 +33,7 @@ from tenacity import (
 
 from sync.config import PersonyzeSettings
 from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError
+from sync.load.transport import ConnectionPerThread, KeepAliveConnection
 
 USER_AGENT = "personyze-sync/0.1"
 PAGE = 1000  # the live API refuses reads past offset+limit 1000: page by keyset instead
@@ -150,41 +151,6 @@ class TokenBucket:
                 self._rate = min(self._ceiling, self._rate * self.RECOVERY)
 
 
-class ConnectionPerThread(httpx.BaseTransport):
-    """A keep-alive connection of its own for each thread that sends.
-
-    httpcore's shared pool re-examines every connection under one lock for each
-    request, so with tens of sending threads most of the CPU went to waiting on that
-    lock. One single-connection transport per thread has nothing to share. Each run
-    sends from threads of its own: the connections of threads that have ended are
-    closed when new threads come.
-    """
-
-    def __init__(self, make: Callable[[], httpx.BaseTransport]) -> None:
-        self._make = make
-        self._local = threading.local()
-        self._made: list[tuple[threading.Thread, httpx.BaseTransport]] = []
-        self._lock = threading.Lock()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        transport = getattr(self._local, "transport", None)
-        if transport is None:
-            transport = self._local.transport = self._make()
-            with self._lock:
-                ended = [t for thread, t in self._made if not thread.is_alive()]
-                self._made = [(th, t) for th, t in self._made if th.is_alive()]
-                self._made.append((threading.current_thread(), transport))
-            for old in ended:
-                old.close()
-        return transport.handle_request(request)
-
-    def close(self) -> None:
-        with self._lock:
-            made, self._made = self._made, []
-        for _, transport in made:
-            transport.close()
-
-
 class PersonyzeClient:
     """One account's Users API, with retries; thread-safe."""
 
@@ -217,11 +183,13 @@ class PersonyzeClient:
         # The transport is httpx's I/O seam: requests are built here and handed to it
         # directly (no cookies, redirects or auth flows to run), which saves a third of
         # the CPU each request costs. Certificates are always verified; over TLS,
-        # HTTP/2 is used where the server offers it (ALPN), HTTP/1.1 keep-alive otherwise.
+        # HTTP/2 is used where the server picks it (ALPN), HTTP/1.1 keep-alive otherwise.
         one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         tls = httpx.create_ssl_context()  # one for all: each costs a CA bundle's load
         self._transport = transport or ConnectionPerThread(
-            lambda: httpx.HTTPTransport(verify=tls, limits=one, http2=True)
+            lambda: KeepAliveConnection(
+                tls, http2=lambda: httpx.HTTPTransport(verify=tls, limits=one, http2=True)
+            )
         )
         self._base_url = settings.base_url + "/"
         self._urls: dict[str, httpx.URL] = {}

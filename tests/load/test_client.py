@@ -18,7 +18,8 @@ import pytest
 
 from sync.config import PersonyzeSettings
 from sync.errors import AuthError, ConfigError, RejectedError, RetriableError
-from sync.load.client import PAGE, ConnectionPerThread, PersonyzeClient, TokenBucket
+from sync.load.client import PAGE, PersonyzeClient, TokenBucket
+from sync.load.transport import ConnectionPerThread
 from sync.sandbox import Faults, SandboxServer
 from tests.support import API_KEY
 

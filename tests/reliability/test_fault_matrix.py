@@ -139,7 +139,8 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
 
 
 def test_the_source_database_restarts_in_the_middle_of_a_run(tmp_path: Path, source: str) -> None:
-    with SandboxServer(API_KEY, faults=Faults(latency_s=0.002)) as sandbox:
+    # 16 requests in flight at 20 ms: at most 800 rows/s, so the run outlasts the restart
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.02)) as sandbox:
         config = sync_config(tmp_path, source, sandbox)
         with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
             process = start(config)
