@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any, Protocol
 
 from sync.config import JobSettings
@@ -410,9 +411,11 @@ class JobRun:
         ]
         self.store.add_pending(name, risky)  # durably, before they are sent
         for slot in slots:
-            if _to_send(slot):
-                slot.future = self.writer.submit(Outgoing(slot.key, slot.payload, slot.action))
+            slot.sent = _to_send(slot)
             self._window.add(slot)
+            if slot.sent:
+                outgoing = Outgoing(slot.key, slot.payload, slot.action)
+                self.writer.start(outgoing, partial(self._window.complete, slot))
             while len(self._window) >= WINDOW_BATCHES * self.job.source.batch_size:
                 self._collect(wait_for=max(1, self.job.source.batch_size // 4))
         self._collect()

@@ -10,11 +10,11 @@ back what finished beyond it, so its outcome can be stored without waiting.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
-from concurrent.futures import Future, wait
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from queue import SimpleQueue
 from typing import Any, Literal
 
 from sync.extract.query import Position
@@ -31,30 +31,51 @@ class Slot:
     payload: dict[str, Any] = field(default_factory=dict)
     action: Literal["upsert", "update", "delete"] = "upsert"
     reason: str | None = None  # refused by the mapper: never sent
-    future: Future[Result] | None = None  # None and no reason: unchanged, nothing to send
+    sent: bool = False  # a request was started: the slot finishes when it does
+    outcome: Result | BaseException | None = None  # what the request came to
     recorded: bool = False  # its outcome is already in the state store
+    awaited: bool = False  # the reading thread waits for it
 
     def done(self) -> bool:
-        return self.future is None or self.future.done()
+        return not self.sent or self.outcome is not None
 
     def result(self) -> Result | None:
-        return None if self.future is None else self.future.result()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome  # a sending thread failed in a way no Result describes
+        return self.outcome
 
 
 class Window:
-    """The slots not yet handed back, oldest first."""
+    """The slots not yet handed back, oldest first.
+
+    The sending threads finish slots through :meth:`complete`; one lock and one
+    condition serve the whole window (a ``concurrent.futures.Future`` per row, each
+    with a lock and a condition of its own, cost a tenth of the reading thread's CPU).
+    """
 
     def __init__(self) -> None:
         self._slots: deque[Slot] = deque()
-        self._just_done: SimpleQueue[Slot] = SimpleQueue()  # filled by the sending threads
+        self._just_done: list[Slot] = []  # filled by the sending threads
+        self._changed = threading.Condition(threading.Lock())
+        self._awaited = 0  # slots the reading thread waits for, not yet finished
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def add(self, slot: Slot) -> None:
+        """Add a slot; if it was ``sent``, it finishes when :meth:`complete` is called."""
         self._slots.append(slot)
-        if slot.future is not None:
-            slot.future.add_done_callback(lambda _: self._just_done.put(slot))
+
+    def complete(self, slot: Slot, outcome: Result | BaseException) -> None:
+        """A sending thread says how a slot's request ended."""
+        with self._changed:
+            slot.outcome = outcome
+            self._just_done.append(slot)
+            if slot.awaited:
+                slot.awaited = False
+                self._awaited -= 1
+                if not self._awaited:
+                    self._changed.notify()
 
     def finished(self, *, wait_for: int = 0) -> list[Slot]:
         """The finished prefix; first wait until the oldest ``wait_for`` slots are finished.
@@ -63,7 +84,7 @@ class Window:
         thread once a chunk instead of once a row: each wake-up is a thread switch.
         """
         if wait_for:
-            wait([s.future for s in islice(self._slots, wait_for) if s.future is not None])
+            self._wait(islice(self._slots, wait_for))
         prefix = []
         while self._slots and self._slots[0].done():
             prefix.append(self._slots.popleft())
@@ -75,14 +96,20 @@ class Window:
         Their outcomes can be stored at once (so a crash does not resend them); only
         the checkpoint has to wait for the slots before them.
         """
-        ahead = []
-        while not self._just_done.empty():
-            slot = self._just_done.get()
-            if not slot.recorded:
-                ahead.append(slot)
-        return ahead
+        with self._changed:
+            just_done, self._just_done = self._just_done, []
+        return [slot for slot in just_done if not slot.recorded]
 
     def drain(self) -> list[Slot]:
         """Wait for every slot, then hand them all back."""
-        wait([s.future for s in self._slots if s.future is not None])
+        self._wait(iter(self._slots))
         return self.finished()
+
+    def _wait(self, slots: Iterator[Slot]) -> None:
+        with self._changed:
+            for slot in slots:
+                if not slot.done():
+                    slot.awaited = True
+                    self._awaited += 1
+            while self._awaited:
+                self._changed.wait()

@@ -24,6 +24,7 @@ from sync.errors import FatalError, RejectedError, RetriableError, Stopped, Sync
 from sync.load.client import PersonyzeClient
 
 T = TypeVar("T")
+R = TypeVar("R")
 MERGING_IDENTIFIERS = ("user_id", "email", "fb_id")
 CLOCK_MARGIN_S = 2.0  # Date headers have one-second resolution
 UNKNOWN_CLOCK_MARGIN_S = 300.0  # when no Date header was ever seen
@@ -87,30 +88,34 @@ def reconcile(client: PersonyzeClient, wanted: dict[str, str], since: float) -> 
 
 
 class SenderThreads(Executor):
-    """A fixed set of threads that run what is submitted, in order of submission.
+    """A fixed set of threads that run what is given them, in the order given.
 
     ThreadPoolExecutor keeps a semaphore of idle threads that every submit and every
     finished call take in turn; with tens of threads sending hundreds of requests a
     second, contention on that one lock cost a tenth of the CPU of a request. These
-    threads only share a queue.
+    threads only share a queue. :meth:`run` hands a call's outcome to a callback,
+    without the lock and condition a ``Future`` is built with.
     """
 
     def __init__(self, threads: int, name: str) -> None:
-        self._calls: SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
-        self._calls = SimpleQueue()
+        self._calls: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}") for i in range(threads)
         ]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        future: Future[T] = Future()
-        self._calls.put((future, partial(fn, **kwargs) if kwargs else fn, args))
+    def run(self, fn: Callable[[T], R], arg: T, then: Callable[[R | BaseException], None]) -> None:
+        """Call ``fn(arg)`` on a sending thread, then ``then`` with its result or exception."""
+        self._calls.put(partial(_call_then, fn, arg, then))
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        future: Future[R] = Future()
+        self._calls.put(partial(_settle, future, partial(fn, *args, **kwargs)))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Let every thread finish what was submitted, then end."""
+        """Let every thread finish what was given it, then end."""
         for _ in self._threads:
             self._calls.put(None)
         if wait:
@@ -119,13 +124,24 @@ class SenderThreads(Executor):
 
     def _work(self) -> None:
         while (call := self._calls.get()) is not None:
-            future, fn, args = call
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - the future hands it to its waiter
-                future.set_exception(exc)
+            call()
+
+
+def _call_then(fn: Callable[[T], R], arg: T, then: Callable[[R | BaseException], None]) -> None:
+    try:
+        outcome: R | BaseException = fn(arg)
+    except BaseException as exc:  # noqa: BLE001 - handed to the callback, which re-raises it
+        outcome = exc
+    then(outcome)
+
+
+def _settle(future: Future[R], call: Callable[[], R]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(call())
+    except BaseException as exc:  # noqa: BLE001 - the future hands it to its waiter
+        future.set_exception(exc)
 
 
 class Writer:
@@ -134,7 +150,7 @@ class Writer:
     def __init__(
         self,
         client: PersonyzeClient,
-        pool: Executor,
+        pool: SenderThreads,
         *,
         max_rounds: int,
         wall: Callable[[], float] = time.time,
@@ -156,9 +172,9 @@ class Writer:
         """Deliver a batch through the pool; results in the items' order."""
         return list(self._pool.map(self.deliver, items))
 
-    def submit(self, item: Outgoing) -> Future[Result]:
-        """Deliver one item on the pool; the future never raises."""
-        return self._pool.submit(self.deliver, item)
+    def start(self, item: Outgoing, then: Callable[[Result | BaseException], None]) -> None:
+        """Deliver one item on the pool; ``then`` gets its result in the sending thread."""
+        self._pool.run(self.deliver, item, then)
 
     def deliver(self, item: Outgoing) -> Result:
         """Send one item, reconciling it first whenever an answer was lost."""

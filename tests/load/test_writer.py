@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from sync.config import PersonyzeSettings
 from sync.errors import RetriableError
 from sync.load.client import PersonyzeClient
-from sync.load.writer import Delivered, Failed, Outgoing, Refused, Writer
+from sync.load.writer import Delivered, Failed, Outgoing, Refused, SenderThreads, Writer
 from sync.sandbox import Faults, RecordedRequest, SandboxServer
 from tests.support import API_KEY, users_by_internal_id
 
@@ -28,8 +27,8 @@ def make_client(
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as executor:
+def pool() -> Iterator[SenderThreads]:
+    with SenderThreads(4, name="test-send") as executor:
         yield executor
 
 
@@ -44,9 +43,7 @@ def most_at_once(log: list[RecordedRequest]) -> int:
     return peak
 
 
-def test_a_mixed_batch_comes_back_in_order(
-    sandbox: SandboxServer, pool: ThreadPoolExecutor
-) -> None:
+def test_a_mixed_batch_comes_back_in_order(sandbox: SandboxServer, pool: SenderThreads) -> None:
     items = [
         Outgoing("a", {"email": "ann@example.com", "firstName": "Ann"}),
         Outgoing("b", {"email": "bob@example.com", "address": {"city": "Paris"}}),
@@ -73,7 +70,7 @@ def test_a_mixed_batch_comes_back_in_order(
 def test_requests_overlap_but_never_exceed_the_pool(sandbox: SandboxServer) -> None:
     sandbox.faults = Faults(latency_s=0.15)
     items = [Outgoing(str(i), {"email": f"user{i}@example.com"}) for i in range(9)]
-    with make_client(sandbox, concurrency=8) as client, ThreadPoolExecutor(3) as pool:
+    with make_client(sandbox, concurrency=8) as client, SenderThreads(3, name="test-send") as pool:
         results = Writer(client, pool, max_rounds=2).send(items)
 
     assert all(isinstance(r, Delivered) for r in results)
@@ -88,7 +85,7 @@ def lost_answers(sandbox: SandboxServer) -> int:
 
 
 def test_internal_id_only_payloads_are_reconciled_after_lost_answers(
-    any_sandbox: SandboxServer, pool: ThreadPoolExecutor
+    any_sandbox: SandboxServer, pool: SenderThreads
 ) -> None:
     sandbox = any_sandbox
     sandbox.faults = Faults(lost_answer_rate=0.5, seed=11)
@@ -123,7 +120,7 @@ def test_internal_id_only_payloads_are_reconciled_after_lost_answers(
 
 
 def test_without_reconciliation_a_resend_duplicates_in_live_mode(
-    any_sandbox: SandboxServer, pool: ThreadPoolExecutor
+    any_sandbox: SandboxServer, pool: SenderThreads
 ) -> None:
     """What reconciliation saves us from.
 
@@ -155,7 +152,7 @@ def test_without_reconciliation_a_resend_duplicates_in_live_mode(
 
 
 def test_payloads_with_an_email_are_simply_retried(
-    any_sandbox: SandboxServer, pool: ThreadPoolExecutor
+    any_sandbox: SandboxServer, pool: SenderThreads
 ) -> None:
     sandbox = any_sandbox
     sandbox.faults = Faults(lost_answer_rate=0.5, seed=5)
