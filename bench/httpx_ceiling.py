@@ -1,16 +1,19 @@
-"""The best a Python httpx client reaches on this machine: P processes, nothing but POSTs.
+"""The best a Python HTTP client reaches on this machine: P processes, nothing but POSTs.
 
     python bench/httpx_ceiling.py --api-url URL --api-key K --processes P
-                                  (--seconds S | --requests N)
+                                  (--seconds S | --requests N) [--transport sync|httpcore]
 
-Starts P worker processes (multiprocessing, spawn). Each builds one
-``httpx.HTTPTransport`` (keep-alive) and, once every worker is ready, sends
-``POST /users`` one at a time through ``handle_request``: an ``httpx.Request`` with the
-``Authorization: Basic`` header and a JSON body built the way ``sync/load/client.py``
-builds its own, a distinct email per request. No database, no mapping, no state: only
-the HTTP client's cost. Every worker stops after ``--seconds`` (or after its share of
-``--requests``) and reports its requests, failures (any answer other than 200, or an
-exception), timed span and own CPU time (``time.process_time()``).
+Starts P worker processes (multiprocessing, spawn). Each builds one keep-alive
+connection and, once every worker is ready, sends ``POST /users`` one at a time
+through its ``handle_request``: an ``httpx.Request`` with the ``Authorization: Basic``
+header and a JSON body built the way ``sync/load/client.py`` builds its own, a
+distinct email per request. The connection is personyze-sync's own (``--transport
+sync``, the default: ``KeepAliveConnection`` of ``sync/load/transport.py``) or httpx's
+default ``httpx.HTTPTransport`` (``--transport httpcore``: httpcore and h11). No
+database, no mapping, no state: only the HTTP client's cost. Every worker stops after
+``--seconds`` (or after its share of ``--requests``) and reports its requests, failures
+(any answer other than 200, or an exception), timed span and own CPU time
+(``time.process_time()``).
 
 Prints one JSON line: ``{"processes", "requests", "ok", "failures", "seconds",
 "requests_per_s", "cpu_s", "first_failure"}``; ``seconds`` runs from the first worker's
@@ -35,6 +38,8 @@ from typing import Any
 
 import httpx
 
+from sync.load.transport import KeepAliveConnection
+
 READY_TIMEOUT_S = 60.0  # for every worker to start, import httpx and build its transport
 
 
@@ -47,6 +52,7 @@ class Job:
     worker: int
     seconds: float | None  # send for this long ...
     requests: int | None  # ... or this many requests
+    transport: str  # "sync" (personyze-sync's connection) or "httpcore" (httpx's default)
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,8 @@ class Result:
 
 
 def send(job: Job, start: Event, results: Queue[Any]) -> None:
-    """One worker: sequential POSTs through one keep-alive transport, then its Result."""
-    transport = httpx.HTTPTransport()
+    """One worker: sequential POSTs through one keep-alive connection, then its Result."""
+    transport = connection(job.transport)
     url = httpx.URL(job.api_url + "/users")
     token = base64.b64encode(f"api:{job.api_key}".encode()).decode()
     headers = {
@@ -120,8 +126,20 @@ def send(job: Job, start: Event, results: Queue[Any]) -> None:
     results.put(("done", asdict(Result(sent, ok, began, ended, cpu_s, first_failure))))
 
 
+def connection(kind: str) -> httpx.BaseTransport:
+    if kind == "httpcore":
+        return httpx.HTTPTransport()
+    tls = httpx.create_ssl_context()
+    return KeepAliveConnection(tls, http2=lambda: httpx.HTTPTransport(verify=tls, http2=True))
+
+
 def run(
-    api_url: str, api_key: str, processes: int, seconds: float | None, requests: int | None
+    api_url: str,
+    api_key: str,
+    processes: int,
+    seconds: float | None,
+    requests: int | None,
+    transport: str = "sync",
 ) -> dict[str, Any]:
     """Start the workers, let them go at once, gather what they did."""
     context = multiprocessing.get_context("spawn")
@@ -133,7 +151,11 @@ def run(
     workers = [
         context.Process(
             target=send,
-            args=(Job(api_url.rstrip("/"), api_key, w, seconds, shares[w]), start, results),
+            args=(
+                Job(api_url.rstrip("/"), api_key, w, seconds, shares[w], transport),
+                start,
+                results,
+            ),
         )
         for w in range(processes)
     ]
@@ -163,6 +185,7 @@ def run(
     ok = sum(r.ok for r in done)
     return {
         "processes": processes,
+        "transport": transport,
         "requests": total,
         "ok": ok,
         "failures": total - ok,
@@ -187,10 +210,18 @@ def main(argv: list[str] | None = None) -> None:
     amount = parser.add_mutually_exclusive_group(required=True)
     amount.add_argument("--seconds", type=float, help="each worker sends for this long")
     amount.add_argument("--requests", type=int, help="requests in all, split over workers")
+    parser.add_argument(
+        "--transport",
+        choices=("sync", "httpcore"),
+        default="sync",
+        help="personyze-sync's own connection (sync) or httpx's default transport (httpcore)",
+    )
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error("--processes must be at least 1")
-    figures = run(args.api_url, args.api_key, args.processes, args.seconds, args.requests)
+    figures = run(
+        args.api_url, args.api_key, args.processes, args.seconds, args.requests, args.transport
+    )
     print(json.dumps(figures), flush=True)
     sys.exit(1 if figures["failures"] else 0)
 

@@ -66,7 +66,8 @@ WRK = "ceiling: wrk POST /rest/users"
 DIFF_JOB = "bench-diff"  # the job of the detect: diff config
 DIFF = "personyze-sync diff"  # the diff runs' rows start with this
 DIFF_ROUND = 3  # change_rows round of the diff runs (the cursor runs use 1 and 2)
-HTTPX_ONLY = "ceiling: httpx only"
+HTTPX_ONLY = "ceiling: HTTP client only"  # httpx through personyze-sync's connection
+HTTPCORE_ONLY = "ceiling: httpx + httpcore only"  # httpx's default transport, for comparison
 PROCS_JOB = "bench-procs"  # the job of the backfill --processes run
 
 
@@ -620,24 +621,27 @@ def wrk_ceiling(
         sandbox.stop()
 
 
-def httpx_label(processes: int) -> str:
-    return f"{HTTPX_ONLY}, {processes} process{'' if processes == 1 else 'es'}"
+def httpx_label(processes: int, prefix: str = HTTPX_ONLY) -> str:
+    return f"{prefix}, {processes} process{'' if processes == 1 else 'es'}"
 
 
 def httpx_ceiling(report: Report, args: argparse.Namespace) -> None:
-    """The best a Python httpx client reaches here: ``bench/httpx_ceiling.py`` for each P.
+    """The best a Python HTTP client reaches here: ``bench/httpx_ceiling.py`` for each P.
 
-    A sandbox of its own with no added latency, emptied before each P; the rate is
-    the workers' 200 answers over their timed span, the CPU their own process time.
+    personyze-sync's own connection in P processes for each P, then httpx's default
+    transport (httpcore) in one, for comparison. A sandbox of its own with no added
+    latency, emptied before each run; the rate is the workers' 200 answers over their
+    timed span, the CPU their own process time.
     """
+    runs = [(p, "sync", httpx_label(p)) for p in args.httpx_processes]
+    runs.append((1, "httpcore", httpx_label(1, HTTPCORE_ONLY)))
     sandbox = Sandbox(0)
     try:
-        for processes in args.httpx_processes:
-            what = httpx_label(processes)
+        for processes, transport, what in runs:
             sandbox.reset()
             cmd = [PYTHON, str(HERE / "httpx_ceiling.py"), "--api-url", sandbox.url]
             cmd += ["--api-key", API_KEY, "--processes", str(processes)]
-            cmd += ["--seconds", str(args.httpx_seconds)]
+            cmd += ["--seconds", str(args.httpx_seconds), "--transport", transport]
             before = sandbox.requests()
             usage = run_measured(cmd, timeout_s=args.httpx_seconds + 120)
             requests = sandbox.requests() - before
@@ -722,7 +726,7 @@ def fmt(value: float | None, spec: str) -> str:
 
 def print_table(report: Report) -> None:
     head = (
-        f"{'setting':<8} {'what':<38} {'rows':>9} {'seconds':>8} {'rows/s':>9} "
+        f"{'setting':<8} {'what':<42} {'rows':>9} {'seconds':>8} {'rows/s':>9} "
         f"{'requests/row':>12} {'CPU s/1k rows':>13} {'peak RSS MB':>11}"
     )
     print()
@@ -737,7 +741,7 @@ def print_table(report: Report) -> None:
             per_row = f"{r.requests} req"
         cpu = r.cpu_s / r.rows * 1000 if r.cpu_s is not None and r.rows else None
         print(
-            f"{r.setting:<8} {r.what:<38} {fmt(r.rows, ',d'):>9} {fmt(r.seconds, '.2f'):>8} "
+            f"{r.setting:<8} {r.what:<42} {fmt(r.rows, ',d'):>9} {fmt(r.seconds, '.2f'):>8} "
             f"{fmt(r.rows_per_s, ',.0f'):>9} {per_row:>12} {fmt(cpu, '.3f'):>13} "
             f"{fmt(r.rss_mb, '.1f'):>11}"
         )
@@ -803,7 +807,7 @@ def print_targets(report: Report, args: argparse.Namespace) -> None:
             row,
             wrk,
             0.60,
-            "" if of_httpx is None else f" ({of_httpx:.0%} of the best httpx-only rate)",
+            "" if of_httpx is None else f" ({of_httpx:.0%} of the best HTTP-client-only rate)",
         )
     httpx_of_wrk = share(best_httpx, wrk)
     info = (
@@ -812,7 +816,7 @@ def print_targets(report: Report, args: argparse.Namespace) -> None:
         else f"{httpx_of_wrk:.0%} ({best_httpx.what.removeprefix(HTTPX_ONLY + ', ')}, "
         f"{best_httpx.rows_per_s:,.0f} req/s; not a target)"
     )
-    lines.append(("best httpx-only ÷ wrk ceiling at 0 ms (informational)", info, "INFO"))
+    lines.append(("best HTTP-client-only ÷ wrk ceiling at 0 ms (informational)", info, "INFO"))
     for r in report.rows:
         if not r.what.startswith("personyze-sync") or r.requests is None:
             continue
@@ -906,13 +910,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument(
-        "--httpx-seconds", type=float, help="each httpx-only run (default: --wrk-seconds)"
+        "--httpx-seconds", type=float, help="each HTTP-client-only run (default: --wrk-seconds)"
     )
     parser.add_argument(
         "--httpx-processes",
         type=processes_list,
         default=(1, 2, 4),
-        help="worker processes of the httpx-only runs, comma-separated (1,2,4)",
+        help="worker processes of the HTTP-client-only runs, comma-separated (1,2,4)",
     )
     parser.add_argument(
         "--processes",
@@ -923,7 +927,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="2,000 rows, baseline 2 s, wrk 2 s, httpx-only 2 s with 2 processes (for the tests)",
+        help="2,000 rows, baseline 2 s, wrk 2 s, HTTP-client-only 2 s (for the tests)",
     )
     args = parser.parse_args(argv)
     if args.million:

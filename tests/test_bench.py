@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
 TABLE_ROWS = [
     ("0 ms", "ceiling: wrk POST /rest/users"),
-    ("0 ms", "ceiling: httpx only, 2 processes"),
+    ("0 ms", "ceiling: HTTP client only, 2 processes"),
+    ("0 ms", "ceiling: httpx + httpcore only, 1 process"),
     ("0 ms", "baseline (sequential)"),
     ("0 ms", "personyze-sync backfill"),
     ("0 ms", "personyze-sync once, nothing changed"),
@@ -61,7 +62,7 @@ def test_the_table_has_a_row_per_measurement(output: str) -> None:
 def test_the_httpx_only_ceiling_is_measured(output: str) -> None:
     """--quick runs bench/httpx_ceiling.py with 2 processes; it needs no wrk."""
     found = re.search(
-        r"^0 ms\s+ceiling: httpx only, 2 processes\s+([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+(\S+)"
+        r"^0 ms\s+ceiling: HTTP client only, 2 processes\s+([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+(\S+)"
         r"\s+([\d.]+)\s",
         output,
         re.M,
@@ -74,10 +75,10 @@ def test_the_httpx_only_ceiling_is_measured(output: str) -> None:
     assert per_row == "1.000"
     assert float(cpu) > 0
     assert re.search(
-        r"^\[PASS\] 0 ms ceiling: httpx only, 2 processes: every answer 200", output, re.M
+        r"^\[PASS\] 0 ms ceiling: HTTP client only, 2 processes: every answer 200", output, re.M
     )
     targets = output.split("\ntargets\n", 1)[1]
-    line = re.search(r"^\s+\[INFO\] best httpx-only ÷ wrk ceiling at 0 ms.*$", targets, re.M)
+    line = re.search(r"^\s+\[INFO\] best HTTP-client-only ÷ wrk ceiling at 0 ms.*$", targets, re.M)
     assert line, targets
     if "wrk is not installed" not in output:
         assert re.search(r"\d+% \(2 processes, [\d,]+ req/s", line.group(0)), line.group(0)

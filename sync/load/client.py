@@ -194,12 +194,13 @@ class PersonyzeClient:
         self._base_url = settings.base_url + "/"
         self._urls: dict[str, httpx.URL] = {}
         token = base64.b64encode(f"api:{settings.api_key.get_secret_value()}".encode()).decode()
-        self._headers = {
+        headers = {
             "Authorization": f"Basic {token}",
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
         }
-        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._headers = httpx.Headers(headers)  # normalised once, copied by each request
+        self._json_headers = httpx.Headers({**headers, "Content-Type": "application/json"})
         self._extensions = {"timeout": httpx.Timeout(settings.timeout_s).as_dict()}
 
     def close(self) -> None:
@@ -295,8 +296,23 @@ class PersonyzeClient:
     # -- plumbing --------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, json: Any = None, repeatable: bool = True) -> Any:
-        retrying = self._retrying if repeatable else self._retrying_unapplied
-        return retrying(self._send, method, path, json)
+        """Send, retrying as the retriers say; the first attempt runs without them.
+
+        Tenacity's bookkeeping cost 3 % of a request's CPU, and most requests need one
+        attempt: after a failure, tenacity takes over from that failure (it counts as
+        the first attempt, and is retried or raised as it would have been).
+        """
+        try:
+            return self._send(method, path, json)
+        except RetriableError as exc:
+            failures = [exc]
+
+        def attempt() -> Any:
+            if failures:
+                raise failures.pop()
+            return self._send(method, path, json)
+
+        return (self._retrying if repeatable else self._retrying_unapplied)(attempt)
 
     def _retrier(self, *, repeatable: bool) -> Retrying:
         """Retries for calls that may be repeated freely, or only after certain failures.

@@ -211,7 +211,7 @@ def _head(request: httpx.Request) -> bytes:
     parts = [request.method.encode("ascii"), request.url.raw_path]
     for name, value in request.headers.raw:
         parts += (name, value)
-    if any(CONTROL.search(part) for part in parts):
+    if CONTROL.search(b" ".join(parts)):
         raise httpx.LocalProtocolError("a header or the URL holds a line break", request=request)
     lines = [b"%s %s HTTP/1.1" % (parts[0], parts[1])]
     lines += [b"%s: %s" % (parts[i], parts[i + 1]) for i in range(2, len(parts), 2)]

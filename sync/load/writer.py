@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 
 from sync.errors import FatalError, RejectedError, RetriableError, Stopped, SyncError
 from sync.load.client import PersonyzeClient
+from sync.load.inflight import InFlightLimit
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -94,10 +95,15 @@ class SenderThreads(Executor):
     finished call take in turn; with tens of threads sending hundreds of requests a
     second, contention on that one lock cost a tenth of the CPU of a request. These
     threads only share a queue. :meth:`run` hands a call's outcome to a callback,
-    without the lock and condition a ``Future`` is built with.
+    without the lock and condition a ``Future`` is built with. When the round trip is
+    short, fewer threads than there are work at once (:class:`InFlightLimit`).
     """
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(
+        self, threads: int, name: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.in_flight = InFlightLimit(threads)
+        self._clock = clock
         self._calls: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}") for i in range(threads)
@@ -123,8 +129,20 @@ class SenderThreads(Executor):
                 thread.join()
 
     def _work(self) -> None:
-        while (call := self._calls.get()) is not None:
-            call()
+        """Take calls while this thread has a place under the in-flight limit."""
+        limit = self.in_flight
+        while True:
+            limit.enter()
+            try:
+                while not limit.over():
+                    call = self._calls.get()
+                    if call is None:
+                        return
+                    started = self._clock()
+                    call()
+                    limit.ended(self._clock() - started)
+            finally:
+                limit.leave()
 
 
 def _call_then(fn: Callable[[T], R], arg: T, then: Callable[[R | BaseException], None]) -> None:
