@@ -99,11 +99,8 @@ class SenderThreads(Executor):
     short, fewer threads than there are work at once (:class:`InFlightLimit`).
     """
 
-    def __init__(
-        self, threads: int, name: str, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, threads: int, name: str) -> None:
         self.in_flight = InFlightLimit(threads)
-        self._clock = clock
         self._calls: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}") for i in range(threads)
@@ -138,9 +135,7 @@ class SenderThreads(Executor):
                     call = self._calls.get()
                     if call is None:
                         return
-                    started = self._clock()
                     call()
-                    limit.ended(self._clock() - started)
             finally:
                 limit.leave()
 
@@ -175,7 +170,9 @@ class Writer:
         sleep: Callable[[float], None] = time.sleep,
         stop: threading.Event | None = None,
         backoff: Callable[[int], float] = lambda round_no: min(0.5 * 2 ** (round_no - 1), 30.0),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._client = client
         self._backoff = backoff  # seconds to wait before reconciliation round n
         self._stop = stop or threading.Event()
@@ -192,7 +189,15 @@ class Writer:
 
     def start(self, item: Outgoing, then: Callable[[Result | BaseException], None]) -> None:
         """Deliver one item on the pool; ``then`` gets its result in the sending thread."""
-        self._pool.run(self.deliver, item, then)
+        self._pool.run(self._deliver_timed, item, then)
+
+    def _deliver_timed(self, item: Outgoing) -> Result:
+        """:meth:`deliver`, telling the pool's in-flight limit how long a delivery took."""
+        started = self._clock()
+        result = self.deliver(item)
+        if isinstance(result, Delivered):
+            self._pool.in_flight.delivered(self._clock() - started)
+        return result
 
     def deliver(self, item: Outgoing) -> Result:
         """Send one item, reconciling it first whenever an answer was lost."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sync.load.inflight import HEADROOM, WINDOW, InFlightLimit, needed
+from sync.load.inflight import HEADROOM, WINDOW, InFlightLimit, needed, unloaded
 from sync.load.writer import Outgoing, SenderThreads, Writer
 from sync.sandbox import Faults, SandboxServer
 from tests.load.test_writer import make_client
@@ -41,20 +41,35 @@ class CpuClock:
         return self.now
 
 
-def test_the_limit_is_set_again_each_window_from_the_least_round_trip() -> None:
+@pytest.mark.parametrize(
+    ("round_trips", "want"),
+    [
+        ([], float("inf")),
+        ([0.005], 0.005),
+        ([0.001 * i for i in range(1, 101)], 0.011),  # the 10th percentile
+        ([0.0001] * 5 + [0.050] * 95, 0.050),  # a few instant answers do not count
+    ],
+)
+def test_the_unloaded_round_trip_is_the_10th_percentile(
+    round_trips: list[float], want: float
+) -> None:
+    assert unloaded(round_trips) == want
+
+
+def test_the_limit_is_set_again_each_window_of_delivered_rows() -> None:
     cpu = CpuClock()
     limit = InFlightLimit(32, cpu_clock=cpu)
     assert limit.limit == 32
-    for i in range(WINDOW - 1):
+    for _ in range(WINDOW - 1):
         cpu.now += 0.0005
-        limit.ended(0.002 if i else 0.001)  # the least: 1 ms
+        limit.delivered(0.001)
     assert limit.limit == 32  # not yet a whole window
     cpu.now += 0.0005
-    limit.ended(0.003)
-    assert limit.limit == 2 + HEADROOM  # 1 ms ÷ 0.5 ms of CPU per request
+    limit.delivered(0.003)
+    assert limit.limit == 2 + HEADROOM  # 1 ms ÷ 0.5 ms of CPU per row
     for _ in range(WINDOW):
         cpu.now += 0.0005
-        limit.ended(0.060)  # the API is far away now
+        limit.delivered(0.060)  # the API is far away now
     assert limit.limit == 32
 
 
