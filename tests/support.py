@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
@@ -149,6 +151,23 @@ def users_by_internal_id(users: list[dict[str, Any]]) -> dict[str, list[dict[str
     for user in users:
         found.setdefault(str(user.get("internal_id")), []).append(user)
     return found
+
+
+def self_signed_certificate(folder: Path, host: str) -> tuple[Path, Path]:
+    """A certificate for ``host`` (an IP address or a name) and its key, made by openssl."""
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl command is needed to make a self-signed certificate"
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    kind = "IP" if host.replace(".", "").isdigit() else "DNS"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={host}",
+         "-addext", f"subjectAltName={kind}:{host}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
 
 
 class LoopbackServer:

@@ -8,10 +8,8 @@ each of them, raw and percent-encoded.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import ssl
-import subprocess
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -39,6 +37,7 @@ from tests.support import (
     execute,
     load,
     make_customers,
+    self_signed_certificate,
     write_config,
 )
 
@@ -278,17 +277,7 @@ class SelfSigned(LoopbackServer):
     """An https server on loopback with a self-signed certificate, answering user_id 1."""
 
     def __init__(self, folder: Path) -> None:
-        openssl = shutil.which("openssl")
-        assert openssl, "the openssl command is needed to make a self-signed certificate"
-        cert, key = folder / "cert.pem", folder / "key.pem"
-        subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )  # fmt: skip
+        cert, key = self_signed_certificate(folder, "127.0.0.1")
         self.requests = 0
         outer = self
 

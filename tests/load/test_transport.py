@@ -8,14 +8,13 @@ truncated or endless answers), and a TLS server shows certificates and HTTP/2.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import h2.config
 import h2.connection
@@ -25,7 +24,7 @@ import pytest
 
 from sync.load.transport import MAX_HEAD, ConnectionPerThread, KeepAliveConnection
 from sync.sandbox.server import SandboxServer
-from tests.support import API_KEY
+from tests.support import API_KEY, self_signed_certificate
 
 TIMEOUT = {"timeout": httpx.Timeout(5).as_dict()}
 
@@ -34,19 +33,17 @@ TIMEOUT = {"timeout": httpx.Timeout(5).as_dict()}
 Reply = bytes | tuple[bytes, str] | None
 
 
-class ScriptedServer:
-    """A socket server on loopback that answers each request as a script says."""
+class SocketServer:
+    """A socket server on loopback: each connection is talked to by a thread of its own."""
 
-    def __init__(self, script: Callable[[int], Reply], tls: ssl.SSLContext | None = None) -> None:
-        self.script = script
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
-        self.requests: list[bytes] = []
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> ScriptedServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -63,6 +60,18 @@ class ScriptedServer:
                 return
             self.connections += 1
             threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class ScriptedServer(SocketServer):
+    """Answers each HTTP/1.1 request as a script says."""
+
+    def __init__(self, script: Callable[[int], Reply], tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(tls)
+        self.script = script
+        self.requests: list[bytes] = []
 
     def _talk(self, conn: socket.socket) -> None:
         try:
@@ -276,19 +285,7 @@ def test_a_header_that_would_split_the_request_is_refused_before_sending(
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    assert openssl, "the openssl command is needed to make a self-signed certificate"
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"), "localhost")
 
 
 def server_tls(certificate: tuple[Path, Path], alpn: list[str]) -> ssl.SSLContext:
@@ -319,37 +316,15 @@ def test_https_over_http11_verifies_the_certificate_and_keeps_the_connection(
     assert server.connections == 2
 
 
-class Http2Server:
+class Http2Server(SocketServer):
     """An HTTP/2 server over TLS (the h2 library) answering every request with ``42``."""
 
     def __init__(self, tls: ssl.SSLContext) -> None:
-        self.tls = tls
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__(tls)
         self.requests = 0
 
-    def __enter__(self) -> Http2Server:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-        self.listener.close()
-        self.thread.join(5)
-
-    def _serve(self) -> None:
-        for conn in self._accepted():
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
-
-    def _accepted(self) -> Iterator[socket.socket]:
-        while True:
-            try:
-                yield self.listener.accept()[0]
-            except OSError:
-                return
-
     def _talk(self, raw: socket.socket) -> None:
+        assert self.tls is not None
         try:
             conn = self.tls.wrap_socket(raw, server_side=True)
         except (OSError, ssl.SSLError):
