@@ -2,8 +2,8 @@
 
 Requests, responses and errors are httpx's. Underneath, an HTTP/1.1 exchange is a
 ``sendall`` of the request and ``recv`` calls fed to httptools' parser (llhttp, the
-parser of Node.js), which costs a third of the CPU per request of httpcore and h11
-(bench/README.md, "The HTTP/1.1 connection"). A server that picks HTTP/2 in the TLS
+parser of Node.js), which costs under half the CPU per request of httpcore and h11
+(bench/README.md, "Where the CPU goes"). A server that picks HTTP/2 in the TLS
 handshake (ALPN) gets httpx's own HTTP/2 transport from then on.
 """
 
@@ -196,7 +196,7 @@ class _Answer:
 
     def on_message_complete(self) -> None:
         assert self._parser is not None
-        self.keep_alive = self._parser.should_keep_alive() and not self._until_closed
+        self.keep_alive = self._parser.should_keep_alive()
         self._done()
 
     def _done(self) -> None:

@@ -96,7 +96,7 @@ class SenderThreads(Executor):
     second, contention on that one lock cost a tenth of the CPU of a request. These
     threads only share a queue. :meth:`run` hands a call's outcome to a callback,
     without the lock and condition a ``Future`` is built with. When the round trip is
-    short, fewer threads than there are work at once (:class:`InFlightLimit`).
+    short, only a few of the threads work at once (:class:`InFlightLimit`).
     """
 
     def __init__(self, threads: int, name: str) -> None:

@@ -181,6 +181,7 @@ UNTIL_CLOSED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[1, 2]
     ("answer", "body", "hang_up"),
     [
         (CHUNKED, b"[1]", False),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b"", False),  # no body, no length: kept open
         (UNTIL_CLOSED, b"[1, 2]", True),
         (ok(b"7", "Connection: close"), b"7", True),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n8", b"8", True),  # no keep-alive
