@@ -144,9 +144,15 @@ def version_of(url: str) -> int | None:
         engine.dispose()
 
 
+def sqlite_folder(url: str) -> None:
+    """Make the folder of a SQLite store's file (a PostgreSQL URL needs none)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
 def write_v1_store(url: str) -> None:
     """A version-1 store holding a checkpoint, an identity and a finished run."""
-    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    sqlite_folder(url)
     engine = plain_engine(url)
     try:
         with engine.begin() as conn:
@@ -293,7 +299,7 @@ def test_replicas_starting_together_migrate_once(store_url: str, start: str) -> 
     if start == "version-1":
         write_v1_store(store_url)
     else:
-        Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_folder(store_url)
     count = 6
     stores = [StateStore(state_engine(store_url), lambda: T0) for _ in range(count)]
     for store in stores:
