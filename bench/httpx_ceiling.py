@@ -129,8 +129,7 @@ def send(job: Job, start: Event, results: Queue[Any]) -> None:
 def connection(kind: str) -> httpx.BaseTransport:
     if kind == "httpcore":
         return httpx.HTTPTransport()
-    tls = httpx.create_ssl_context()
-    return KeepAliveConnection(tls, http2=lambda: httpx.HTTPTransport(verify=tls, http2=True))
+    return KeepAliveConnection(httpx.create_ssl_context())
 
 
 def run(

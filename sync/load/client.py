@@ -184,13 +184,8 @@ class PersonyzeClient:
         # directly (no cookies, redirects or auth flows to run), which saves a third of
         # the CPU each request costs. Certificates are always verified; over TLS,
         # HTTP/2 is used where the server picks it (ALPN), HTTP/1.1 keep-alive otherwise.
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         tls = httpx.create_ssl_context()  # one for all: each costs a CA bundle's load
-        self._transport = transport or ConnectionPerThread(
-            lambda: KeepAliveConnection(
-                tls, http2=lambda: httpx.HTTPTransport(verify=tls, limits=one, http2=True)
-            )
-        )
+        self._transport = transport or ConnectionPerThread(lambda: KeepAliveConnection(tls))
         self._base_url = settings.base_url + "/"
         self._urls: dict[str, httpx.URL] = {}
         token = base64.b64encode(f"api:{settings.api_key.get_secret_value()}".encode()).decode()

@@ -23,6 +23,7 @@ HTTP_VERSIONS = ["h2", "http/1.1"]  # offered in the TLS handshake, in order of 
 READ_SIZE = 65536
 MAX_HEAD = 65536  # an answer's status line and headers: a longer one is refused
 CONTROL = re.compile(rb"[\r\n\0]")
+ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
 
 class ConnectionPerThread(httpx.BaseTransport):
@@ -68,10 +69,16 @@ class KeepAliveConnection(httpx.BaseTransport):
     it, so no request is lost on a stale connection. Every answer is read whole.
     """
 
-    def __init__(self, tls: ssl.SSLContext, http2: Callable[[], httpx.BaseTransport]) -> None:
+    def __init__(
+        self, tls: ssl.SSLContext, http2: Callable[[], httpx.BaseTransport] | None = None
+    ) -> None:
+        """``http2`` makes the transport for a server that picks HTTP/2; by default
+        httpx's, with the same TLS context and one connection."""
         tls.set_alpn_protocols(HTTP_VERSIONS)
         self.tls = tls
-        self._make_http2 = http2
+        self._make_http2 = http2 or (
+            lambda: httpx.HTTPTransport(verify=tls, limits=ONE_CONNECTION, http2=True)
+        )
         self._http2: httpx.BaseTransport | None = None
         self._sock: socket.socket | None = None
         self._origin: tuple[bytes, str, int] | None = None
@@ -208,14 +215,12 @@ class _Answer:
 
 def _head(request: httpx.Request) -> bytes:
     """The request line and headers, refusing anything that would split them."""
-    parts = [request.method.encode("ascii"), request.url.raw_path]
-    for name, value in request.headers.raw:
-        parts += (name, value)
-    if CONTROL.search(b" ".join(parts)):
+    method, target = request.method.encode("ascii"), request.url.raw_path
+    fields = request.headers.raw
+    if CONTROL.search(b" ".join([method, target, *(part for field in fields for part in field)])):
         raise httpx.LocalProtocolError("a header or the URL holds a line break", request=request)
-    lines = [b"%s %s HTTP/1.1" % (parts[0], parts[1])]
-    lines += [b"%s: %s" % (parts[i], parts[i + 1]) for i in range(2, len(parts), 2)]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    headers = b"".join(b"%s: %s\r\n" % field for field in fields)
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, headers)
 
 
 def _still_open(sock: socket.socket) -> bool:
