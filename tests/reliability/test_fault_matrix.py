@@ -135,9 +135,7 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
     assert watcher.violations == []
     assert kills == 20
     assert outcome.extra_acks <= kills * WINDOW, "resent more than the unacknowledged tails"
-    assert history[-1][0] == "success"
-    assert not any(o == "running" for o, _ in history)
-    assert [o for o, _ in history] == ["died"] * kills + ["success"]
+    assert [o for o, _ in history] == ["died"] * kills + ["success"]  # none left running
     report("sigkill", outcome, kills=kills, runs=len(history))
 
 
@@ -188,11 +186,13 @@ def test_a_postgresql_state_store_that_stops_for_a_while(
     tmp_path: Path, source: str, pg_url: str
 ) -> None:
     state_url = pg_url  # its own tables beside the source's, on the same server
-    with SandboxServer(API_KEY, faults=Faults(latency_s=0.001)) as sandbox:
+    # 16 requests in flight at 20 ms: at most 800 rows/s, so the run outlasts the stop
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.02)) as sandbox:
         config = sync_config(tmp_path, source, sandbox, state_url=state_url)
         process = start(config)
         wait_for_posts(sandbox, ROWS // 4, process)
         pg_ctl("stop")
+        stopped_at = len(sandbox.requests)
         time.sleep(3)
         pg_ctl("start")
         code, output = finish(process)
@@ -205,6 +205,7 @@ def test_a_postgresql_state_store_that_stops_for_a_while(
         runs = conn.execute(text("SELECT outcome FROM psync_runs ORDER BY id")).scalars().all()
         checkpoint = conn.execute(text("SELECT key_value FROM psync_checkpoints")).scalar()
     engine.dispose()
+    assert stopped_at < ROWS  # the store stopped while the run was sending
     assert runs[-1] == "success"
     assert checkpoint == str(ROWS)  # the last row in (cursor, key) order
     assert outcome.extra_acks <= WINDOW
@@ -251,7 +252,9 @@ def test_rows_change_while_a_run_is_reading(tmp_path: Path, source: str) -> None
                     changed[key] = changed.get(key, 0) + 1
         engine.dispose()
 
-    with SandboxServer(API_KEY, faults=Faults(latency_s=0.001)) as sandbox:
+    # 16 requests in flight at 25 ms: at most 640 rows/s, so the run is still reading
+    # when the 5 s of changes end
+    with SandboxServer(API_KEY, faults=Faults(latency_s=0.025)) as sandbox:
         config = sync_config(tmp_path, source, sandbox)
         writer = threading.Thread(target=mutate)
         process = start(config)
@@ -260,6 +263,7 @@ def test_rows_change_while_a_run_is_reading(tmp_path: Path, source: str) -> None
         time.sleep(5)
         stop.set()
         writer.join()
+        assert process.poll() is None, "the run ended before the changes did"
         code, output = finish(process)
         assert code == 0, output
         run_to_end(config, "once")  # what changed after the first run's upper bound
