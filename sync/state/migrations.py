@@ -17,13 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     delete,
     func,
     inspect,
@@ -74,10 +77,62 @@ def job_layouts(conn: Connection) -> None:
     v3.create_all(conn)
 
 
+def fencing_marks_and_adoptions(conn: Connection) -> None:
+    """Version 4: lease generations, marks that say what was sent, duplicates found,
+    rows a mirror run deleted, and adoptions of users Personyze already held."""
+    add_column(conn, "psync_pending", Column("payload", Text, nullable=True))
+    add_column(conn, "psync_pending", Column("fingerprint", String(32), nullable=True))
+    add_column(conn, "psync_pending", Column("watermark", BigInteger, nullable=True))
+    add_column(conn, "psync_leases", Column("generation", BigInteger, nullable=True))
+    add_column(conn, "psync_leases", Column("renewed_at", Float, nullable=True))
+    v4 = MetaData()
+    Table(
+        "psync_duplicates",
+        v4,
+        Column("job", String(200), primary_key=True),
+        Column("row_key", String(), primary_key=True),
+        Column("user_id", BigInteger, primary_key=True),
+        Column("kept_user_id", BigInteger, nullable=False),
+        Column("seen_at", Float, nullable=False),
+    )
+    Table(
+        "psync_vanished",
+        v4,
+        Column("job", String(200), primary_key=True),
+        Column("row_key", String(), primary_key=True),
+        Column("user_id", BigInteger, nullable=False),
+        Column("deleted_at", Float, nullable=False),
+    )
+    Table(
+        "psync_adoptions",
+        v4,
+        Column("job", String(200), primary_key=True),
+        Column("state", String(16), nullable=False),
+        Column("after_user_id", BigInteger, nullable=False),
+        Column("highest_user_id", BigInteger, nullable=False),
+        Column("wanted", Integer, nullable=False),
+        Column("found", Integer, nullable=False),
+        Column("reads", Integer, nullable=False),
+        Column("started_at", Float, nullable=False),
+        Column("ended_at", Float, nullable=True),
+    )
+    Table(
+        "psync_adopt_wanted",
+        v4,
+        Column("job", String(200), primary_key=True),
+        Column("row_key", String(), primary_key=True),
+        Column("identifier", Text, nullable=False),
+        Column("user_id", BigInteger, nullable=True),
+        Index("ix_psync_adopt_wanted", "job", "identifier"),
+    )
+    v4.create_all(conn)
+
+
 # (version, step): each step takes a store from the version before it to its own.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (2, leases_and_run_holders),
     (3, job_layouts),
+    (4, fencing_marks_and_adoptions),
 ]
 LATEST = MIGRATIONS[-1][0]
 

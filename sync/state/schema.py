@@ -53,8 +53,13 @@ pending = Table(
     metadata,
     Column("job", String(200), primary_key=True),
     Column("row_key", String(), primary_key=True),
-    Column("internal_id", Text, nullable=False),
+    Column("internal_id", Text, nullable=False),  # "" when the payload has none
     Column("sent_at", Float, nullable=False),
+    # version 4: what was sent (mapped columns only), its fingerprint, and the newest
+    # data_last_modified Personyze held before it was sent (NULL: not read)
+    Column("payload", Text, nullable=True),
+    Column("fingerprint", String(32), nullable=True),
+    Column("watermark", BigInteger, nullable=True),
 )
 rejected = Table(
     "psync_rejected",
@@ -108,6 +113,53 @@ leases = Table(
     Column("job", String(200), primary_key=True),
     Column("holder", String(200), nullable=False),
     Column("since", Float, nullable=False),
+    # version 4: bumped by every take, checked by every write of the run that took it
+    Column("generation", BigInteger, nullable=True),
+    Column("renewed_at", Float, nullable=True),  # the holder's last renewal, store's clock
+)
+duplicates = Table(
+    "psync_duplicates",
+    metadata,
+    # a row whose identifiers Personyze holds in two users: ``kept_user_id`` is adopted
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("kept_user_id", BigInteger, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+vanished = Table(
+    "psync_vanished",
+    metadata,
+    # rows whose users a mirror run deleted because they left the source: sent again
+    # if they come back
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("deleted_at", Float, nullable=False),
+)
+adoptions = Table(
+    "psync_adoptions",
+    metadata,
+    # how a part's identity map was first built from the users Personyze already held
+    Column("job", String(200), primary_key=True),
+    Column("state", String(16), nullable=False),  # running | done | skipped
+    Column("after_user_id", BigInteger, nullable=False),  # users read up to this one
+    Column("highest_user_id", BigInteger, nullable=False),
+    Column("wanted", Integer, nullable=False),
+    Column("found", Integer, nullable=False),
+    Column("reads", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+)
+adopt_wanted = Table(
+    "psync_adopt_wanted",
+    metadata,
+    # during an adoption: the source rows looked for, by their identifier's text
+    Column("job", String(200), primary_key=True),
+    Column("row_key", String(), primary_key=True),
+    Column("identifier", Text, nullable=False),
+    Column("user_id", BigInteger, nullable=True),
+    Index("ix_psync_adopt_wanted", "job", "identifier"),
 )
 
 
