@@ -6,7 +6,9 @@
     │   ├── AuthError         Personyze refused the API key
     │   ├── SourceError       the source database is unreachable or not as configured
     │   ├── StateError        the state store cannot be read or written
-    │   └── TooManyDeletes    a run would delete more users than allowed: it deleted none
+    │   │   └── LeaseLost     this run no longer holds its lease: another may run the job
+    │   ├── TooManyDeletes    a run would delete more users than allowed: it deleted none
+    │   └── AdoptionNeeded    Personyze holds users a fresh state store must adopt first
     ├── RetriableError        a passing failure (429, 5xx, timeout): back off and retry
     └── RejectedError         Personyze refused one record (400): record it, go on
 
@@ -44,6 +46,16 @@ class SourceError(FatalError):
 
 class StateError(FatalError):
     """The state store failed; no checkpoint was moved."""
+
+
+class LeaseLost(StateError):
+    """The run's lease was lost (its connection dropped, or another process took it):
+    the run writes nothing more and stops; the holder of the lease goes on."""
+
+
+class AdoptionNeeded(FatalError):
+    """A state store that never synced a job would send rows Personyze cannot merge
+    while Personyze already holds users: they must be adopted first (``adopt``)."""
 
 
 class TooManyDeletes(FatalError):
