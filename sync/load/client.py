@@ -37,6 +37,7 @@ from sync.load.transport import ConnectionPerThread, KeepAliveConnection
 
 USER_AGENT = "personyze-sync/0.1"
 PAGE = 1000  # the live API refuses reads past offset+limit 1000: page by keyset instead
+RANGE_PAGE = 50  # ... and reads whose where holds >, <, >= or <= past 50 rows
 ID_CHUNK = 200  # user_ids per users_by_id request: under PAGE, and a URL of a few KB
 
 
@@ -245,9 +246,7 @@ class PersonyzeClient:
         found: list[dict[str, Any]] = []
         for at in range(0, len(wanted), ID_CHUNK):
             values = ",".join(quote(e, safe="") for e in wanted[at : at + ID_CHUNK])
-            answer = self._call("GET", f"users/where/email:{values}/columns/{cols}/limit/{PAGE}")
-            if isinstance(answer, list):
-                found.extend(answer)
+            found += self._list("GET", f"users/where/email:{values}/columns/{cols}/limit/{PAGE}")
         return found
 
     def check_key(self) -> None:
@@ -255,23 +254,51 @@ class PersonyzeClient:
         self._call("GET", "account")
 
     def users_changed_since(self, since: int, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
-        """Users whose data_last_modified >= since, paged by keyset (never by offset)."""
+        """Users whose data_last_modified >= since, paged by keyset (never by offset).
+
+        A range read: the live service refuses it past 50 rows, so 50 a page.
+        """
         cols = ",".join(dict.fromkeys(["user_id", "data_last_modified", *columns]))
         where = f"data_last_modified>={since}"
         while True:
-            page = self._call(
+            page = self._list(
                 "GET",
-                f"users/where/{where}/order_by/data_last_modified,user_id/limit/{PAGE}"
+                f"users/where/{where}/order_by/data_last_modified,user_id/limit/{RANGE_PAGE}"
                 f"/columns/{cols}",
             )
-            if not isinstance(page, list):
-                raise FatalError("Personyze answered a read with something other than a list")
             yield from page
-            if len(page) < PAGE:
+            if len(page) < RANGE_PAGE:
                 return
             last = page[-1]
             stamp, uid = int(last["data_last_modified"]), int(last["user_id"])
             where = f"data_last_modified>{stamp}|data_last_modified={stamp}&user_id>{uid}"
+
+    def highest_user_id(self) -> int | None:
+        """The largest user_id Personyze holds (None: no user): the size of an adoption."""
+        page = self._list("GET", "users/order_by_desc/user_id/limit/1/columns/user_id")
+        return int(page[0]["user_id"]) if page else None
+
+    def newest_change(self) -> int | None:
+        """The newest data_last_modified Personyze holds (None: no user).
+
+        Personyze's own value, from its database's clock: a reconciliation that reads
+        users changed since it is defeated by no host clock and no Date header.
+        """
+        page = self._list(
+            "GET", "users/order_by_desc/data_last_modified/limit/1/columns/data_last_modified"
+        )
+        return int(page[0]["data_last_modified"]) if page else None
+
+    def users_after(self, user_id: int, columns: Sequence[str]) -> list[dict[str, Any]]:
+        """One keyset page of users whose user_id is above ``user_id``, in user_id order.
+
+        ``user_id>N`` is a range read: the live service refuses it past 50 rows.
+        """
+        cols = ",".join(dict.fromkeys(["user_id", *columns]))
+        return self._list(
+            "GET",
+            f"users/where/user_id>{int(user_id)}/order_by/user_id/limit/{RANGE_PAGE}/columns/{cols}",
+        )
 
     def users_by_id(self, user_ids: Sequence[int], columns: Sequence[str]) -> list[dict[str, Any]]:
         """The users with these ids, in user_id order within each chunk of ids asked for.
@@ -283,12 +310,21 @@ class PersonyzeClient:
         found: list[dict[str, Any]] = []
         for at in range(0, len(wanted), ID_CHUNK):
             ids = ",".join(quote(str(u), safe="") for u in wanted[at : at + ID_CHUNK])
-            answer = self._call("GET", f"users/where/user_id:{ids}/columns/{cols}/limit/{PAGE}")
-            if isinstance(answer, list):
-                found.extend(answer)
+            found += self._list("GET", f"users/where/user_id:{ids}/columns/{cols}/limit/{PAGE}")
         return found
 
     # -- plumbing --------------------------------------------------------------
+
+    def _list(self, method: str, path: str) -> list[dict[str, Any]]:
+        """A read's answer, which must be a JSON array of objects."""
+        answer = self._call(method, path)
+        if not isinstance(answer, list) or not all(isinstance(u, dict) for u in answer):
+            raise FatalError(
+                f"Personyze answered a read of users with {type(answer).__name__} "
+                f"({str(answer)[:80]!r}) where a list of users was expected; nothing was "
+                "changed: is personyze.base_url the Users API (https://app.personyze.com/rest)?"
+            )
+        return answer
 
     def _call(self, method: str, path: str, *, json: Any = None, repeatable: bool = True) -> Any:
         """Send, retrying as the retriers say; the first attempt runs without them.

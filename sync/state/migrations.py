@@ -122,7 +122,10 @@ def fencing_marks_and_adoptions(conn: Connection) -> None:
         Column("job", String(200), primary_key=True),
         Column("row_key", String(), primary_key=True),
         Column("identifier", Text, nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("fingerprint", String(32), nullable=False),
         Column("user_id", BigInteger, nullable=True),
+        Column("in_step", Integer, nullable=True),
         Index("ix_psync_adopt_wanted", "job", "identifier"),
     )
     v4.create_all(conn)

@@ -158,7 +158,10 @@ adopt_wanted = Table(
     Column("job", String(200), primary_key=True),
     Column("row_key", String(), primary_key=True),
     Column("identifier", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # what the row maps to, to compare
+    Column("fingerprint", String(32), nullable=False),
     Column("user_id", BigInteger, nullable=True),
+    Column("in_step", Integer, nullable=True),  # 1: the user holds the payload already
     Index("ix_psync_adopt_wanted", "job", "identifier"),
 )
 

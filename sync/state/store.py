@@ -275,6 +275,24 @@ class StateStore:
 
         return self._run(read, "reading the identity map")
 
+    def holders_anywhere(self, user_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
+        """Which (part, row key) of any job already hold each of these user_ids."""
+        ids = list(set(user_ids))
+        if not ids:
+            return {}
+
+        def read(conn: Connection) -> dict[int, list[tuple[str, str]]]:
+            found: dict[int, list[tuple[str, str]]] = {}
+            for chunk in in_chunks(ids):
+                query = select(rows.c.user_id, rows.c.job, rows.c.row_key).where(
+                    rows.c.user_id.in_(chunk)
+                )
+                for r in conn.execute(query):
+                    found.setdefault(r.user_id, []).append((r.job, r.row_key))
+            return found
+
+        return self._run(read, "reading the identity map")
+
     def known_keys(self, job: str, after: str | None, limit: int) -> list[tuple[str, int]]:
         """One page of the identity map, (key, user_id) in key order after ``after``."""
 
@@ -640,6 +658,11 @@ class StateStore:
         statement = insert(table)
         updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
         conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), values)
+
+    def transaction(self, work: Callable[[Connection], T], doing: str) -> T:
+        """``work`` in one transaction of the store, as every method here runs its own
+        (for the modules that keep tables of their own: adoptions)."""
+        return self._run(work, doing)
 
     def _run(self, work: Callable[[Connection], T], doing: str) -> T:
         """``work`` in one transaction, waited for across a brief outage of the store."""
