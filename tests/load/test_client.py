@@ -18,7 +18,7 @@ import pytest
 
 from sync.config import PersonyzeSettings
 from sync.errors import AuthError, ConfigError, RejectedError, RetriableError
-from sync.load.client import PAGE, PersonyzeClient, TokenBucket
+from sync.load.client import RANGE_PAGE, PersonyzeClient, TokenBucket
 from sync.load.transport import ConnectionPerThread
 from sync.sandbox import Faults, SandboxServer
 from tests.support import API_KEY
@@ -405,10 +405,10 @@ def test_users_changed_since_pages_by_keyset_through_a_crowded_second() -> None:
             store.upsert({"email": f"old{i}@example.com"})
         now[0] += 100
         since = int(now[0])
-        for i in range(2500):  # all in one second
+        for i in range(250):  # all in one second
             store.upsert({"email": f"user{i}@example.com", "internal_id": f"row-{i}"})
         now[0] += 5
-        for i in range(700):
+        for i in range(70):
             store.upsert({"email": f"late{i}@example.com"})
         store.upsert({"email": "old1@example.com", "first_name": "Changed"})  # moves to now
         store.upsert({"email": "user7@example.com", "first_name": "Changed"})
@@ -420,7 +420,7 @@ def test_users_changed_since_pages_by_keyset_through_a_crowded_second() -> None:
             (int(u["data_last_modified"]), int(u["user_id"]))
             for u in sandbox.users() if int(u["data_last_modified"]) >= since
         )  # fmt: skip
-        assert len(expected) == 2500 + 700 + 1
+        assert len(expected) == 250 + 70 + 1
         assert [(u["data_last_modified"], u["user_id"]) for u in seen] == expected
         assert len({u["user_id"] for u in seen}) == len(seen)
         assert set(seen[0]) == {"user_id", "data_last_modified", "email", "internal_id"}
@@ -428,20 +428,20 @@ def test_users_changed_since_pages_by_keyset_through_a_crowded_second() -> None:
         assert all(u["email"] == by_id[u["user_id"]]["email"] for u in seen)
 
         log = sandbox.requests
-        assert len(log) == 4  # 1000 + 1000 + 1000 + 201
+        assert len(log) == 7  # 6 x 50 + 21: a range read past 50 rows is refused
         for entry in log:
             assert entry.status == 200
             limit = re.search(r"/limit/([^/]+)", entry.path)
-            assert limit is not None and limit.group(1) == str(PAGE)  # never OFFSET,N
+            assert limit is not None and limit.group(1) == str(RANGE_PAGE)  # never OFFSET,N
 
 
 def test_users_changed_since_stops_after_an_exactly_full_page() -> None:
     with SandboxServer(API_KEY, clock=lambda: 1_700_000_000.0) as sandbox:
-        for i in range(PAGE):
+        for i in range(RANGE_PAGE):
             sandbox.store.upsert({"email": f"user{i}@example.com"})
         with PersonyzeClient(settings(sandbox.url)) as c:
             seen = list(c.users_changed_since(1_700_000_000, []))
-            assert [u["user_id"] for u in seen] == list(range(1, PAGE + 1))
+            assert [u["user_id"] for u in seen] == list(range(1, RANGE_PAGE + 1))
             assert [(r.method, r.status) for r in sandbox.requests] == [("GET", 200)] * 2
             assert list(c.users_changed_since(1_700_000_001, [])) == []
 
