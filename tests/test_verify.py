@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, delete, text
 
+from sync.compare import Comparison, Drift, compare
 from sync.databases import source_engine
 from sync.sandbox import SandboxServer
 from sync.sandbox.store import Query
 from sync.state.store import StateStore, state_engine
-from sync.verify import Comparison, Drift, Finding, Repair, VerifyReport, compare
+from sync.verify import Finding, Repair, VerifyReport
 from tests import test_cli
 from tests.support import (
     change_customers,
