@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
+from sync.adopt import Adopter, AdoptionSummary, Estimate
 from sync.config import Config, JobSettings, redact_url
 from sync.databases import source_engine
 from sync.errors import ConfigError, FatalError, Stopped, SyncError
@@ -31,6 +32,7 @@ from sync.mapping import Mapper
 from sync.processes import LogSetup, run_in_processes
 from sync.processes import check as processes_check
 from sync.runner import JobRun, Progress, RunObserver, RunOptions, RunStats
+from sync.state.adoptions import Adoption, Adoptions
 from sync.state.records import Collision, RunRecord, StoredRejection
 from sync.state.store import StateStore, state_engine
 from sync.verify import DRIFT, SAMPLE, Verifier, VerifyReport, combine
@@ -47,6 +49,7 @@ class JobStatus:
     rejections: list[StoredRejection]  # with Personyze's (or the mapper's) reasons
     held_by: str | None = None  # the process running it now (host:pid), if any
     held_since: float | None = None
+    adoption: Adoption | None = None  # how its identity map was first built (None: by its runs)
 
     @property
     def rejected(self) -> int:
@@ -398,6 +401,67 @@ class App:
             self.store.set_checkpoint(name, position)
         return position
 
+    def adopt(
+        self,
+        job: JobSettings,
+        *,
+        skip: bool = False,
+        confirm: Callable[[Estimate], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        scanned: Callable[[int], None] | None = None,
+    ) -> AdoptionSummary:
+        """Adopt the users Personyze already holds into ``job``'s identity map (``adopt``).
+
+        Under every part's lease (FatalError if another process runs the job). A job
+        whose adoption is done (or skipped) reads nothing. Otherwise ``confirm`` sees
+        the cost first (it raises to refuse); then the adoption runs, or, with ``skip``,
+        is recorded as skipped. See :mod:`sync.adopt`.
+        """
+        self.store.claim()  # a SQLite state store serves one process
+        self.check_layout(job, record=True)
+        parts = self.parts(job)
+        with ExitStack() as held:
+            for name, _ in parts:
+                lease = self.store.lease(name)
+                if lease is None:
+                    raise FatalError(
+                        f"job {name} is being run by another process; nothing was adopted: "
+                        "run adopt again when that run has finished"
+                    )
+                held.enter_context(lease)
+            adopter = Adopter(
+                job,
+                [(name, self.reader(job, shard)) for name, shard in parts],
+                mapper=Mapper(job),
+                store=self.store,
+                client=self.client,
+                stop=self.stopping,
+                clock=self._wall,
+            )
+            if not adopter.unfinished():
+                return adopter.run()  # reads nothing: says what was done
+            estimate = adopter.estimate()
+            if confirm is not None:
+                confirm(estimate)
+            if skip:
+                adopter.skip()
+                summary = AdoptionSummary(job.name, skipped=True, parts=adopter.states())
+            else:
+                summary = adopter.run(progress, estimate=estimate, scanned=scanned)
+        log.info(
+            "adoption finished",
+            extra={
+                "job": job.name,
+                "skipped": skip,
+                "rows_wanted": summary.wanted,
+                "rows_found": summary.found,
+                "rows_in_step": summary.in_step,
+                "reads": summary.reads,
+                "duplicates": summary.duplicates,
+            },
+        )
+        return summary
+
     # -- looking -----------------------------------------------------------------
 
     def validate(self, *, connect: bool) -> list[str]:
@@ -445,6 +509,7 @@ class App:
                         rejections=self.store.rejections(name),
                         held_by=None if lease is None else lease.holder,
                         held_since=None if lease is None else lease.since,
+                        adoption=Adoptions(self.store).get(name),
                     )
                 )
         return out

@@ -32,12 +32,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from sync.adopt import AdoptionSummary, Estimate, duration_text
 from sync.app import App, JobStatus, run_all
 from sync.config import load_config
 from sync.errors import SyncError
 from sync.logs import configure_logging, secrets_of, set_secrets
 from sync.processes import LogSetup
 from sync.runner import RunOptions, RunStats
+from sync.state.adoptions import Adoption
 from sync.state.records import StoredRejection
 from sync.verify import Finding, VerifyReport
 
@@ -362,7 +364,40 @@ def status_doc(job: JobStatus) -> dict[str, Any]:
             {"key": c.key, "user_id": c.user_id, "other_key": c.other_key} for c in job.collisions
         ],
         "runs": [r.__dict__ for r in job.runs],
+        "adoption": adoption_doc(job.adoption),
     }
+
+
+def adoption_doc(a: Adoption | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {
+        "state": a.state,
+        "wanted": a.wanted,
+        "found": a.found,
+        "reads": a.reads,
+        "after_user_id": a.after_user_id,
+        "highest_user_id": a.highest_user_id,
+        "started_at": _iso_utc(a.started_at),
+        "ended_at": _iso_utc(a.ended_at),
+    }
+
+
+def adoption_line(a: Adoption | None) -> str:
+    """How a part's identity map was built, for ``status``."""
+    if a is None:
+        return "identity map: built by its own runs"
+    if a.state == "skipped":
+        return f"identity map: adoption skipped on {_iso_utc(a.ended_at or a.started_at)}"
+    if a.state == "running":
+        return (
+            f"identity map: adoption in progress (read up to user_id {a.after_user_id} "
+            f"of {a.highest_user_id})"
+        )
+    return (
+        f"identity map: adopted {a.found} of {a.wanted} rows from Personyze's users on "
+        f"{_iso_utc(a.ended_at or a.started_at)} ({a.reads} reads)"
+    )
 
 
 def print_status(job: JobStatus) -> None:
@@ -380,6 +415,7 @@ def print_status(job: JobStatus) -> None:
         f"identity collisions: {len(job.collisions)}",
         markup=False,
     )
+    out.print(f"  {adoption_line(job.adoption)}", markup=False)
     for rej in job.rejections[:10]:
         out.print(f"    rejected row {rej.key}: {rej.reason}", markup=False, soft_wrap=True)
     for c in job.collisions[:10]:
@@ -448,6 +484,147 @@ def checkpoint_reset(config_path: Path, job: str, to: str | None, reshard: bool)
         position = app.reset_checkpoint(settings, to)
     where = "the beginning" if position is None else f"cursor >= {position.cursor}"
     out.print(f"{job}: the next run reads from {where}", markup=False)
+
+
+# -- adoption ------------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.argument("job")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--skip",
+    is_flag=True,
+    help="Adopt nothing: record that Personyze holds none of JOB's users (a first sync).",
+)
+def adopt(config_path: Path, job: str, yes: bool, skip: bool) -> None:
+    """Adopt the users Personyze already holds into JOB's identity map.
+
+    For a new, moved or lost state store, before its first run of JOB: rows without an
+    email would otherwise become second users. Reads Personyze's users 50 at a time
+    (the cost is shown first), stops once every row is found, resumes after a crash.
+    """
+    with open_app(config_path) as app:
+        settings = app.config.job(job)
+        rate = app.config.personyze.requests_per_second
+
+        def confirm(estimate: Estimate) -> None:
+            if estimate.highest_user_id is None:
+                out.print("Personyze holds no users: nothing to read", markup=False)
+                if not skip:
+                    return
+            else:
+                seconds = estimate.seconds(rate)
+                out.print(
+                    f"Personyze holds users up to user_id {estimate.highest_user_id:,}: about "
+                    f"{estimate.reads:,} reads of 50 users, "
+                    + (
+                        "no rate ceiling is set (personyze.requests_per_second)"
+                        if seconds is None
+                        else f"~{duration_text(seconds)} at the rate ceiling "
+                        f"(personyze.requests_per_second {rate:g})"
+                    )
+                    + (
+                        f"; resuming after user_id {estimate.after_user_id:,}"
+                        if estimate.after_user_id
+                        else ""
+                    ),
+                    markup=False,
+                )
+            if yes:
+                return
+            what = (
+                f"record job {job}'s adoption as skipped (its rows are then sent as new users)"
+                if skip
+                else f"adopt Personyze's users into job {job}'s identity map"
+            )
+            if not sys.stdin.isatty():
+                raise click.UsageError(
+                    f"would {what}; not a terminal, so nothing asked: pass --yes to go ahead"
+                )
+            click.confirm(what[0].upper() + what[1:] + "?", abort=True)
+
+        with AdoptionBar() as bar:
+            summary = app.adopt(
+                settings, skip=skip, confirm=confirm, progress=bar.read, scanned=bar.scanned
+            )
+            bar.finished(summary)
+    out.print(adoption_summary(summary), markup=False)
+
+
+class AdoptionBar:
+    """A rich progress bar for an adoption, shown from its first report on."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._scan: Any = None
+        self._users: Any = None
+
+    def __enter__(self) -> AdoptionBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def _started(self) -> Progress:
+        if self._bar is None:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[shown]}"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=False,
+            )
+            self._bar.start()
+        return self._bar
+
+    def scanned(self, rows: int) -> None:
+        bar = self._started()
+        if self._scan is None:
+            self._scan = bar.add_task("source rows", total=None, shown="")
+        bar.update(self._scan, completed=rows, shown=f"{rows:,} read")
+
+    def read(self, done: int, highest: int) -> None:
+        bar = self._started()
+        if self._users is None:
+            self._users = bar.add_task("Personyze users", total=highest or 1, shown="")
+        bar.update(
+            self._users,
+            total=highest or 1,
+            completed=done if highest else 1,
+            shown=f"user_id {done:,} of {highest:,}",
+        )
+
+    def finished(self, summary: AdoptionSummary) -> None:
+        """Every row found (or every user read): the bar is full."""
+        if self._bar is not None and self._users is not None:
+            task = next(t for t in self._bar.tasks if t.id == self._users)
+            if task.total:
+                self._bar.update(
+                    self._users,
+                    completed=task.total,
+                    shown=f"{summary.users_read:,} users read, {summary.found:,} rows found",
+                )
+
+
+def adoption_summary(s: AdoptionSummary) -> str:
+    if s.already:
+        ended = [a.ended_at for a in (s.parts or {}).values() if a is not None and a.ended_at]
+        when = _iso_utc(max(ended)) if ended else "earlier"
+        if s.skipped:
+            return f"{s.job}: its adoption was skipped on {when}; nothing was read"
+        done = f"{s.found} of {s.wanted} rows"
+        return f"{s.job}: already adopted on {when} ({done}); nothing was read"
+    if s.skipped:
+        return f"{s.job}: adoption skipped; the next run sends its rows as new users"
+    return (
+        f"{s.job}: adopted {s.found} of {s.wanted} rows ({s.in_step} already in step), "
+        f"read {s.users_read} users in {s.reads} reads, {s.duplicates} duplicates"
+        + (f" (resumed after user_id {s.resumed_after})" if s.resumed_after else "")
+    )
 
 
 @cli.group()
