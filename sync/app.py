@@ -15,12 +15,13 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import Engine
 
-from sync.adopt import Adopter, AdoptionSummary, Estimate
+from sync.adopt import Adopter, AdoptionSummary, Estimate, adopt_or_refuse
 from sync.config import Config, JobSettings, redact_url
 from sync.databases import source_engine
 from sync.errors import ConfigError, FatalError, Stopped, SyncError
@@ -33,6 +34,7 @@ from sync.processes import LogSetup, run_in_processes
 from sync.processes import check as processes_check
 from sync.runner import JobRun, Progress, RunObserver, RunOptions, RunStats
 from sync.state.adoptions import Adoption, Adoptions
+from sync.state.leases import Lease
 from sync.state.records import Collision, RunRecord, StoredRejection
 from sync.state.store import StateStore, state_engine
 from sync.verify import DRIFT, SAMPLE, Verifier, VerifyReport, combine
@@ -83,8 +85,10 @@ class App:
         sleep: Callable[[float], None] = time.sleep,
         observer: RunObserver | None = None,
         on_response: Callable[[int | None, float], None] | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path  # named in messages that give a command to run
         self.stopping = threading.Event()  # set by a signal: runs end after their batch
         self._transport = transport
         self._wall = wall
@@ -121,10 +125,6 @@ class App:
                     on_response=self._on_response,
                 )
             return self._client
-
-    def _backoff(self, attempt: int) -> float:
-        settings = self.config.personyze
-        return float(min(settings.backoff_initial_s * 2 ** (attempt - 1), settings.backoff_max_s))
 
     def engine(self, job: JobSettings) -> Engine:
         url = job.source.url.get_secret_value()
@@ -175,24 +175,24 @@ class App:
 
     @contextmanager
     def job_run(
-        self, job: JobSettings, *, dry_run: bool = False, shard: Shard | None = None
+        self,
+        job: JobSettings,
+        *,
+        dry_run: bool = False,
+        shard: Shard | None = None,
+        lease: Lease | None = None,
     ) -> Iterator[JobRun]:
-        """A run of ``job`` wired to this app's parts; its sending threads end with it."""
+        """A run of ``job`` wired to this app's parts; its sending threads end with it.
+
+        ``lease``: the run's; every write checks it, and a run that lost it sends no more.
+        """
         concurrency = self.config.personyze.concurrency
+
+        def stop() -> bool:
+            return self.stopping.is_set() or (lease is not None and lease.lost.is_set())
+
         with SenderThreads(concurrency, name=f"send-{job.name}") as pool:
-            writer = (
-                None
-                if dry_run
-                else Writer(
-                    self.client,
-                    pool,
-                    max_rounds=self.config.personyze.max_attempts,
-                    wall=self._wall,
-                    sleep=self._sleep,
-                    stop=self.stopping,
-                    backoff=self._backoff,
-                )
-            )
+            writer = None if dry_run else Writer(self.client, pool, stop=stop, clock=time.monotonic)
             yield JobRun(
                 job,
                 reader=self.reader(job, shard),
@@ -202,6 +202,9 @@ class App:
                 stop=self.stopping,
                 observer=self._observer,
                 name=part_name(job, shard),
+                parts=[name for name, _ in self.parts(job)],
+                fence=lease,
+                settle_s=self.config.personyze.timeout_s,
             )
 
     def run(
@@ -231,7 +234,9 @@ class App:
                 log.info("run skipped: another process runs it", extra={"job": name})
                 continue
             with lease or nullcontext():
-                total.add(self._run_part(job, shard, options, progress))
+                if lease is not None:  # a reshard may have run since the check above
+                    self.check_layout(job, record=False)
+                total.add(self._run_part(job, shard, options, progress, lease))
         return total
 
     def run_in_processes(
@@ -316,12 +321,24 @@ class App:
         shard: Shard | None,
         options: RunOptions,
         progress: Callable[[int], Progress] | None,
+        lease: Lease | None = None,
     ) -> RunStats:
         """One run of a job or of one of its shards; logs one summary line whatever happens."""
         started, began = False, time.monotonic()
         name = part_name(job, shard)
         try:
-            with self.job_run(job, dry_run=options.dry_run, shard=shard) as run:
+            with self.job_run(job, dry_run=options.dry_run, shard=shard, lease=lease) as run:
+                if not options.dry_run:  # before anything is sent: a fresh store adopts
+                    adopt_or_refuse(
+                        job,
+                        [(name, run.reader)],
+                        mapper=run.mapper,
+                        store=self.store,
+                        client=self.client,
+                        config_path=str(self.config_path or "CONFIG"),
+                        requests_per_second=self.config.personyze.requests_per_second,
+                        stop=self.stopping,
+                    )
                 tick = progress(run.pending_total(options)) if progress else None
                 started = True  # from here on the run records its own outcome
                 stats = run.run(options, tick)
@@ -356,6 +373,7 @@ class App:
                 "rows_deleted": stats.deleted,
                 "rows_missing": stats.missing,
                 "rows_vanished": stats.vanished,
+                "rows_unresolved": stats.unresolved,
                 "collisions": stats.collisions,
                 "seconds": round(time.monotonic() - began, 3),
             },

@@ -85,7 +85,7 @@ def open_app(config_path: Path) -> Iterator[App]:
     """The app for a one-shot command; SIGINT/SIGTERM stop it after the batch in flight."""
     config = load_config(config_path)
     set_secrets(secrets_of(config))
-    with App(config) as app, stop_on_signals(app.stopping):
+    with App(config, config_path=config_path) as app, stop_on_signals(app.stopping):
         yield app
 
 
@@ -261,6 +261,7 @@ def report(
                 "deleted": r.deleted,
                 "missing": r.missing,
                 "vanished": r.vanished,
+                "unresolved": r.unresolved,
                 **(
                     {
                         "would_send": r.would_send,
@@ -307,6 +308,12 @@ def report(
                 + (f", {'would delete' if dry_run else 'deleted'} {deletes}" if deletes else "")
                 + (f", missing in Personyze {r.missing}" if r.missing else "")
                 + (f", vanished from the source {r.vanished}" if r.vanished else "")
+                + (
+                    f", unresolved {r.unresolved} (sent without a certain answer: the next "
+                    "run reconciles them)"
+                    if r.unresolved
+                    else ""
+                )
                 + (f", identity collisions {r.collisions}" if r.collisions else "")
                 + f" ({seconds:.1f}s)",
                 markup=False,

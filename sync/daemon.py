@@ -115,7 +115,12 @@ class Daemon:
         )
 
     def _build_app(self, config: Config) -> App:
-        return App(config, observer=self.metrics, on_response=self.metrics.response)
+        return App(
+            config,
+            observer=self.metrics,
+            on_response=self.metrics.response,
+            config_path=self.config_path,
+        )
 
     # -- the process ---------------------------------------------------------------
 

@@ -24,19 +24,30 @@ from functools import partial
 from typing import Any, Protocol
 
 from sync.config import JobSettings
-from sync.errors import ConfigError, FatalError, Stopped, SyncError, TooManyDeletes
+from sync.errors import ConfigError, FatalError, LeaseLost, Stopped, SyncError, TooManyDeletes
 from sync.extract.query import DELETED, Position
 from sync.extract.reader import Row, SourceReader
+from sync.load.reconcile import reconcile
 from sync.load.window import Slot, Window
-from sync.load.writer import Delivered, Failed, Missing, Outgoing, Refused, Writer
+from sync.load.writer import (
+    Delivered,
+    Failed,
+    Gone,
+    Missing,
+    Outgoing,
+    Refused,
+    Unresolved,
+    Writer,
+)
 from sync.mapping import Mapper, Record, Rejection
-from sync.state.records import Ack, BatchOutcome, Collision, KnownRow, RejectedRow
+from sync.state.records import Ack, BatchOutcome, Collision, KnownRow, Mark, RejectedRow
 from sync.state.schema import key_text
-from sync.state.store import StateStore
+from sync.state.store import Fence, StateStore
 
 AUTO_RETRIES = 3  # an unchanged rejected row is retried on this many runs, then on demand
 WINDOW_BATCHES = 4  # rows read but not yet done, in batches: room for slow rows to retry
 KEY_PAGE = 1000  # identity-map keys checked against the source per query (vanished rows)
+WATERMARK_AGE_S = 60.0  # how long a watermark read from Personyze serves new marks
 
 
 @dataclass
@@ -49,6 +60,7 @@ class RunStats:
     deleted: int = 0  # users deleted (delete_when, or vanished rows with sync: mirror)
     missing: int = 0  # sync: update found no such user: counted, never created
     vanished: int = 0  # synced rows no longer in the source (deleted only with mirror)
+    unresolved: int = 0  # sent without a certain answer: the next run reconciles them
     would_send: list[dict[str, Any]] = field(default_factory=list)
     would_delete: list[dict[str, Any]] = field(default_factory=list)
     too_many_deletes: str | None = None  # a dry run says why the real run would stop
@@ -64,6 +76,7 @@ class RunStats:
         self.deleted += other.deleted
         self.missing += other.missing
         self.vanished += other.vanished
+        self.unresolved += other.unresolved
         self.would_send += other.would_send
         self.would_delete += other.would_delete
         self.held_elsewhere += other.held_elsewhere
@@ -104,9 +117,17 @@ class JobRun:
         stop: threading.Event | None = None,
         observer: RunObserver | None = None,
         name: str | None = None,
+        parts: Sequence[str] = (),
+        fence: Fence | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        settle_s: float = 30.0,
     ) -> None:
         self.job = job
         self.name = name or job.name  # what the state store knows it by: the job, or a shard
+        self.parts = list(parts) or [self.name]  # every part of the job (collisions span them)
+        self.fence = fence  # the run's lease: every write checks it
+        self._clock = clock
+        self._settle_s = settle_s  # the longest a request of another process may be in flight
         self.reader = reader
         self.mapper = mapper
         self.store = store
@@ -114,7 +135,12 @@ class JobRun:
         self.stop = stop or threading.Event()  # set: finish the batch in flight, then stop
         self.observer = observer
         self.stats = RunStats()
-        self._handled: set[str] = set()  # rows retried this run: not processed twice
+        self._handled: dict[str, str] = {}  # rows sent earlier this run -> fingerprint
+        self._superseded: set[tuple[str, str]] = set()  # (key, fingerprint) read again since
+        self._again: list[str] = []  # keys to read and send as new before the run ends
+        self._held = False  # a row is not done for certain: the checkpoint stays before it
+        self._floor: Position | None = None  # the checkpoint the run started from
+        self._watermark: tuple[float, int] | None = None  # (read at, Personyze's newest change)
         self._window = Window()  # rows read, in order, some still being sent
         self._finished: list[Slot] = []  # the window's finished prefix, not yet committed
         self._ahead: list[Slot] = []  # finished beyond that prefix, not yet committed
@@ -164,7 +190,7 @@ class JobRun:
         run_id = self.store.start_run(self.name, "repair")
         outcome, error = "failed", None
         try:
-            self.store.forget_rows(self.name, forget)
+            self.store.forget_rows(self.name, forget, self.fence)
             if rows:
                 self._feed(rows, advance=False, retrying=True)
             self._finish()
@@ -197,25 +223,34 @@ class JobRun:
             self._reconcile_pending()
         checkpoint = self.store.checkpoint(name)
         start = None if options.full else options.start or checkpoint
+        self._floor = checkpoint if start is checkpoint else None
         if not options.only_rejected:
             self._plan_deletes(start)  # before anything is sent
         self._retry_rejected(force=options.only_rejected)
+        self._send_again()
         if options.only_rejected:
             self._finish()
             return
-        if start is not None and start is checkpoint and self.job.source.lookback:
-            lower = _minus(checkpoint.cursor, self.job.source.lookback)
-            for batch in self.reader.batches_in_window(lower, checkpoint):
-                self._feed(batch, advance=False)
+        if self.job.sync == "mirror" and self.writer is not None:
+            self._returned()
+        if start is not None and start is checkpoint:
+            if self.job.source.lookback:
+                lower = _minus(checkpoint.cursor, self.job.source.lookback)
+                for batch in self.reader.batches_in_window(lower, checkpoint):
+                    self._feed(batch, advance=False)
+            # Rows can still reach the checkpoint's own cursor value with a smaller key (a
+            # timestamp of second or day precision): read that value again, all of it.
+            start = Position(checkpoint.cursor, None)
         for batch in self.reader.batches_after(start):
             self._feed(batch, advance=True)
             if progress is not None:
                 progress(len(batch))
         self._finish()
+        self._send_again()
         if self.job.sync == "mirror" or self.job.source.detect == "diff":
             self._vanished(delete=self.job.sync == "mirror")
-        if self.job.source.detect == "diff" and self.writer is not None:
-            self.store.set_checkpoint(name, None)  # a whole pass is done: the next starts over
+        if self.job.source.detect == "diff" and self.writer is not None and not self._held:
+            self.store.set_checkpoint(name, None, self.fence)  # a pass is done: start over
 
     # -- deletes ---------------------------------------------------------------
 
@@ -283,42 +318,87 @@ class JobRun:
                 yield gone
 
     def _vanished(self, *, delete: bool) -> None:
-        """Count synced rows that vanished; with ``delete``, delete their users."""
-        for gone in self._vanished_pages():
-            self.stats.vanished += len(gone)
-            if not delete or self.writer is None:
-                continue
-            self._deletes_left -= len(gone)
-            if self._deletes_left < 0:
-                raise TooManyDeletes(
-                    f"job {self.name!r}: more rows vanished from the source while the run "
-                    "went on than max_deletes_per_run allows; the rest were not deleted"
-                )
-            items = [Outgoing(k, {"user_id": u}, "delete") for k, u in gone]
+        """Count synced rows that vanished; with ``delete``, delete their users.
+
+        Every vanished row is counted before any is deleted (a source briefly empty at
+        the end of a run stops it here, deleting nothing), and each page is checked
+        against the source again right before its deletes. A deleted row is kept as
+        vanished, so it is sent again if it comes back with an old cursor value.
+        """
+        gone = sum(len(page) for page in self._vanished_pages())
+        self.stats.vanished += gone
+        if not delete or self.writer is None or not gone:
+            return
+        if gone > self._deletes_left:
+            raise TooManyDeletes(
+                f"job {self.name!r}: {gone} rows vanished from the source while the run "
+                f"went on, more than max_deletes_per_run still allows "
+                f"({max(0, self._deletes_left)}); nothing was deleted. Check the source"
+            )
+        for page in self._vanished_pages():
+            present = {key_text(k) for k in self.reader.present_keys(
+                [self.reader.typed_key(k) for k, _ in page])}  # fmt: skip
+            items = [Outgoing(k, {"user_id": u}, "delete") for k, u in page if k not in present]
+            self._deletes_left -= len(items)
             results = self.writer.send(items)
             outcome = BatchOutcome()
             for item, result in zip(items, results, strict=True):
                 if isinstance(result, Failed):
                     self._failure = self._failure or result.error
                 elif isinstance(result, Delivered):
-                    outcome.deleted.append(item.key)
-            self.store.commit_batch(self.name, outcome)
-            self.stats.deleted += len(outcome.deleted)
-            if self.observer is not None and outcome.deleted:
-                self.observer.rows_done(self.name, "deleted", len(outcome.deleted))
+                    outcome.vanished.append((item.key, int(item.payload["user_id"])))
+            self.store.commit_batch(self.name, outcome, self.fence)
+            self.stats.deleted += len(outcome.vanished)
+            if self.observer is not None and outcome.vanished:
+                self.observer.rows_done(self.name, "deleted", len(outcome.vanished))
             if self._failure is not None:
                 self._finish()
 
+    def _returned(self) -> None:
+        """Rows a mirror run deleted as vanished that are back in the source: send them."""
+        after: str | None = None
+        while page := self.store.vanished_keys(self.name, after, KEY_PAGE):
+            after = page[-1][0]
+            back = self.reader.rows_by_key([self.reader.typed_key(k) for k, _ in page])
+            back = [r for r in back if key_text(r[self.job.source.key]) in dict(page)]
+            if back:
+                self._feed(back, advance=False, retrying=True)
+
     def _reconcile_pending(self) -> None:
-        """Rows sent without an answer by a run that died: adopt what Personyze made."""
+        """Rows sent without a certain answer: adopt what Personyze made of them, and
+        send again (later in this run) those it never received."""
         assert self.writer is not None
         marks = self.store.pending(self.name)
         if not marks:
             return
-        items = [Outgoing(m.key, {"internal_id": m.internal_id}) for m in marks]
-        found = self.writer.adopt_found(items, min(m.sent_at for m in marks))
-        self.store.adopt(self.name, found)
-        self.store.clear_pending(self.name, [m.key for m in marks if m.key not in found])
+        self._wait_for_takeover()
+        found = reconcile(self.writer.client, self.name, marks, self.store.holders_anywhere)
+        self.store.adopt(self.name, found.adopted, found.duplicates, self.fence)
+        self.store.clear_pending(self.name, found.lost, self.fence)
+        self._again += found.lost
+
+    def _wait_for_takeover(self) -> None:
+        """A lease taken over from a holder that never released it: wait out the requests
+        it may still have in flight before reading back what they did."""
+        lease = self.fence
+        if lease is None or lease.takeover_of is None:
+            return
+        settle = lease.takeover_of + TAKEOVER_RENEWALS + self._settle_s
+        while (left := settle - lease.store_now()) > 0:
+            if self.stop.wait(min(left, 1.0)):
+                raise Stopped("stopped while waiting out the previous holder's requests")
+
+    def _send_again(self) -> None:
+        """Rows to send as new: marks nobody answered for, users deleted in Personyze."""
+        keys, self._again = list(dict.fromkeys(self._again)), []
+        if not keys or self.writer is None:
+            return
+        rows = self.reader.rows_by_key([self.reader.typed_key(k) for k in keys])
+        wanted = set(keys)
+        rows = [r for r in rows if key_text(r[self.job.source.key]) in wanted]
+        if rows:
+            self._feed(rows, advance=False, retrying=True)
+            self._finish()
 
     def _retry_rejected(self, *, force: bool = False) -> None:
         """Re-read rejected rows from the source and send those worth another try.
@@ -333,11 +413,13 @@ class JobRun:
         rows = [r for r in rows if r.pop(DELETED, 0) != 1]  # deleted at the source: no retry
         found = {key_text(r[self.job.source.key]) for r in rows}
         if self.writer is not None:  # rows gone from the source need no retry
-            self.store.drop_rejections(self.name, [k for k in stored if k not in found])
+            self.store.drop_rejections(self.name, [k for k in stored if k not in found], self.fence)
         due = []
         for row in rows:
             mapped = self.mapper.map(row)
-            previous = stored[key_text(mapped.key)]
+            previous = stored.get(key_text(mapped.key))
+            if previous is None:  # a key that equals a stored one only by its collation
+                continue
             sendable = isinstance(mapped, Record)
             if (
                 force
@@ -347,7 +429,6 @@ class JobRun:
                 due.append(row)
         if due:
             self._feed(due, advance=False, retrying=True)
-            self._handled.update(key_text(self.reader.position(r).key) for r in due)
 
     # -- rows through the window -------------------------------------------------
 
@@ -357,6 +438,11 @@ class JobRun:
         Slots go into the window in source order; ``advance``: these rows move the
         checkpoint once they and every row before them are done.
         """
+        if self.fence is not None and self.fence.lost.is_set():
+            raise LeaseLost(
+                f"job {self.name}: this run lost its lease on the state store (its connection "
+                "dropped, or another process took it over); it stopped and writes nothing more"
+            )
         if self.stop.is_set():
             self._finish()
             raise Stopped("stopped between batches; the checkpoint is saved")
@@ -373,6 +459,8 @@ class JobRun:
             slot = Slot(key, self.reader.position(row) if advance else None, m.fingerprint)
             previous = known.get(key)
             unchanged = previous is not None and previous.fingerprint == m.fingerprint
+            if self._handled.get(key, m.fingerprint) != m.fingerprint:  # read again, changed:
+                self._superseded.add((key, self._handled[key]))  # the earlier outcome yields
             if deleted:  # delete_when marks it: delete its user, if it has one
                 if previous is None:
                     self._skipped += 1  # never synced: nothing to delete
@@ -386,15 +474,20 @@ class JobRun:
                             "on than max_deletes_per_run allows; the rest were not deleted"
                         )
             elif not retrying and (
-                unchanged or key in self._handled or refused.get(key) == m.fingerprint
+                unchanged
+                or self._handled.get(key) == m.fingerprint
+                or refused.get(key) == m.fingerprint
             ):
                 self._skipped += 1
             elif isinstance(m, Rejection):
                 slot.payload, slot.reason = m.payload, m.reason
             else:
                 slot.payload = _payload(m, previous)
+                slot.known = previous is not None and "user_id" not in m.payload
                 if self.job.sync == "update":
                     slot.action = "update"
+            if retrying or advance is False:
+                self._handled[key] = m.fingerprint
             slots.append(slot)
         if self.job.sync == "update" and self.writer is not None:
             self._find_users(slots)
@@ -404,21 +497,37 @@ class JobRun:
             self.stats.rejected += sum(1 for s in slots if s.reason is not None)
             self.stats.would_send += [s.payload for s in slots if _to_send(s)]
             return
-        risky = [
-            (s.key, str(s.payload["internal_id"]))
-            for s in slots
-            if _to_send(s) and not Outgoing(s.key, s.payload, s.action).repeatable
-        ]
-        self.store.add_pending(name, risky)  # durably, before they are sent
+        self.store.add_pending(name, self._marks(slots), self.fence)  # durably, before sending
         for slot in slots:
             slot.sent = _to_send(slot)
             self._window.add(slot)
             if slot.sent:
-                outgoing = Outgoing(slot.key, slot.payload, slot.action)
+                outgoing = Outgoing(slot.key, slot.payload, slot.action, slot.known)
                 self.writer.start(outgoing, partial(self._window.complete, slot))
             while len(self._window) >= WINDOW_BATCHES * self.job.source.batch_size:
                 self._collect(wait_for=max(1, self.job.source.batch_size // 4))
         self._collect()
+
+    def _marks(self, slots: list[Slot]) -> list[Mark]:
+        """A mark for each first send (no user_id yet); a payload that cannot merge also
+        carries Personyze's newest change, where a later read-back begins."""
+        first = [
+            s for s in slots if _to_send(s) and s.action == "upsert" and "user_id" not in s.payload
+        ]
+        marks = []
+        for slot in first:
+            merges = Outgoing(slot.key, slot.payload).repeatable
+            watermark = None if merges else self._newest_change()
+            marks.append(Mark(slot.key, dict(slot.payload), slot.fingerprint, watermark))
+        return marks
+
+    def _newest_change(self) -> int:
+        """Personyze's newest data_last_modified, read again once a minute of sending."""
+        assert self.writer is not None
+        now = self._clock()
+        if self._watermark is None or now - self._watermark[0] > WATERMARK_AGE_S:
+            self._watermark = (now, self.writer.client.newest_change() or 0)
+        return self._watermark[1]
 
     def _find_users(self, slots: list[Slot]) -> None:
         """``sync: update``: find by email the users of rows never synced; skip the rest.
@@ -481,7 +590,12 @@ class JobRun:
         for slot in self._finished:  # in order: a failure stops the checkpoint right there
             if not slot.recorded:
                 self._record(slot, outcome)
-            if self._failure is None and slot.position is not None:
+            if (
+                self._failure is None
+                and not self._held
+                and slot.position is not None
+                and _beyond(slot.position, self._floor)
+            ):
                 outcome.checkpoint = slot.position
         for slot in self._ahead:
             if not slot.recorded:
@@ -489,8 +603,8 @@ class JobRun:
         self._finished, self._ahead = [], []
         self._committed_at = time.monotonic()
         outcome.collisions = self._collisions(outcome.acks)
-        if outcome.acks or outcome.rejected or outcome.checkpoint is not None:
-            self.store.commit_batch(self.name, outcome)
+        if outcome.acks or outcome.rejected or outcome.deleted or outcome.checkpoint is not None:
+            self.store.commit_batch(self.name, outcome, self.fence)
         stats = self.stats
         stats.sent += len(outcome.acks)
         stats.rejected += len(outcome.rejected)
@@ -504,6 +618,8 @@ class JobRun:
         """Add one finished slot's outcome; the first failure ends the run's progress."""
         slot.recorded = True
         result = slot.result()
+        if slot.position is None and (slot.key, slot.fingerprint) in self._superseded:
+            return  # a later version of the row was read this run: its outcome stands
         if slot.reason is not None:
             outcome.rejected.append(
                 RejectedRow(slot.key, slot.payload, slot.reason, None, slot.fingerprint)
@@ -516,6 +632,13 @@ class JobRun:
         elif isinstance(result, Missing):
             outcome.deleted.append(slot.key)  # its user is gone: forget the user_id
             self.stats.missing += 1
+        elif isinstance(result, Gone):  # Personyze deleted its user: send the row as new
+            outcome.deleted.append(slot.key)
+            self._again.append(slot.key)
+            self._held = True
+        elif isinstance(result, Unresolved):  # its mark stays: the next run reconciles it
+            self.stats.unresolved += 1
+            self._held = True
         elif isinstance(result, Refused):
             outcome.rejected.append(
                 RejectedRow(slot.key, slot.payload, result.reason, result.status, slot.fingerprint)
@@ -542,7 +665,7 @@ class JobRun:
 
     def _collisions(self, acks: list[Ack]) -> list[Collision]:
         """Acks whose user_id another row already holds: two rows, one Personyze user."""
-        holders = self.store.holders(self.name, (a.user_id for a in acks))
+        holders = self.store.holders(self.parts, (a.user_id for a in acks))
         seen: dict[int, str] = {}
         found = []
         for ack in acks:
@@ -552,6 +675,20 @@ class JobRun:
                 found.append(Collision(ack.key, ack.user_id, other))
             seen.setdefault(ack.user_id, ack.key)
         return found
+
+
+TAKEOVER_RENEWALS = 2.0  # seconds: the previous holder notices its lost lease within them
+
+
+def _beyond(position: Position, floor: Position | None) -> bool:
+    """Whether a position is past the checkpoint the run started from (rows at the
+    checkpoint's own cursor value are read again: they must not move it back)."""
+    if floor is None or floor.key is None:
+        return True
+    try:
+        return bool((position.cursor, position.key) > (floor.cursor, floor.key))
+    except TypeError:
+        return True
 
 
 def _to_send(slot: Slot) -> bool:

@@ -30,6 +30,7 @@ class Slot:
     fingerprint: str
     payload: dict[str, Any] = field(default_factory=dict)
     action: Literal["upsert", "update", "delete"] = "upsert"
+    known: bool = False  # the payload's user_id is the identity map's (see Outgoing.known)
     reason: str | None = None  # refused by the mapper: never sent
     sent: bool = False  # a request was started: the slot finishes when it does
     outcome: Result | BaseException | None = None  # what the request came to

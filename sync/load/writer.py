@@ -1,19 +1,19 @@
 """Send a batch of payloads concurrently and say, row by row, what became of each.
 
-A payload that carries ``user_id``, ``email`` or ``fb_id`` merges on Personyze's side,
-so resending it is harmless and the client retries it freely. One that carries only
-``internal_id`` would create a second user if resent after a lost answer (the live
-service does not merge on internal_id). Such a payload is retried only after
-failures that certainly changed nothing; after any other failure, the users changed
-since it was sent are read back (by ``data_last_modified``) and a user whose
-internal_id matches is adopted before anything is sent again.
+A payload that carries ``user_id`` or ``email`` merges on Personyze's side, so
+resending it is harmless and the client retries it freely. One that carries
+neither (``internal_id`` or ``fb_id`` only: the live service merges on neither)
+would create a second user if resent after a lost answer. Such a payload is retried
+only after failures that certainly changed nothing (a 429, a connection never made);
+after any other failure its answer may still be applied later, so it is never sent
+again in this run: it ends :class:`Unresolved`, its mark stays in the state store,
+and the next run reconciles it (:mod:`sync.load.reconcile`) before anything else.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import partial
@@ -26,9 +26,8 @@ from sync.load.inflight import InFlightLimit
 
 T = TypeVar("T")
 R = TypeVar("R")
-MERGING_IDENTIFIERS = ("user_id", "email", "fb_id")
-CLOCK_MARGIN_S = 2.0  # Date headers have one-second resolution
-UNKNOWN_CLOCK_MARGIN_S = 300.0  # when no Date header was ever seen
+MERGING_IDENTIFIERS = ("user_id", "email")  # the only ones the live service resolves
+ROW_NOT_FOUND = "row not found"  # Personyze's answer to a write naming a user_id it lacks
 
 
 @dataclass
@@ -37,11 +36,14 @@ class Outgoing:
 
     ``action``: ``upsert`` POSTs (creates or merges); ``update`` PUTs to the user
     ``payload["user_id"]`` and never creates one; ``delete`` deletes that user.
+    ``known``: the payload's user_id is the one the identity map keeps for the row
+    (not a mapped column), so "Row not found" means Personyze deleted that user.
     """
 
     key: str
     payload: dict[str, Any]
     action: Literal["upsert", "update", "delete"] = "upsert"
+    known: bool = False
 
     @property
     def repeatable(self) -> bool:
@@ -65,27 +67,26 @@ class Missing:
 
 
 @dataclass(frozen=True)
+class Gone:
+    """The user the identity map named was deleted in Personyze: send the row as new."""
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A write that cannot merge got no certain answer: it may still be applied.
+
+    Never resent in this run; the next run reconciles it from its mark.
+    """
+
+    error: SyncError
+
+
+@dataclass(frozen=True)
 class Failed:
     error: SyncError
 
 
-Result = Delivered | Refused | Missing | Failed
-
-
-def reconcile(client: PersonyzeClient, wanted: dict[str, str], since: float) -> dict[str, int]:
-    """Find users created for ``wanted`` (internal_id -> row key) since ``since``.
-
-    Returns row key -> user_id for each internal_id found (the lowest user_id if a
-    duplicate already exists).
-    """
-    found: dict[str, int] = {}
-    for user in client.users_changed_since(int(since), ["internal_id"]):
-        internal_id = user.get("internal_id")
-        key = wanted.get(str(internal_id)) if internal_id is not None else None
-        if key is not None:
-            user_id = int(user["user_id"])
-            found[key] = min(found.get(key, user_id), user_id)
-    return found
+Result = Delivered | Refused | Missing | Gone | Unresolved | Failed
 
 
 class SenderThreads(Executor):
@@ -165,23 +166,19 @@ class Writer:
         client: PersonyzeClient,
         pool: SenderThreads,
         *,
-        max_rounds: int,
-        wall: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        stop: threading.Event | None = None,
-        backoff: Callable[[int], float] = lambda round_no: min(0.5 * 2 ** (round_no - 1), 30.0),
-        clock: Callable[[], float] = time.monotonic,
+        stop: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float],
     ) -> None:
         self._clock = clock
         self._client = client
-        self._backoff = backoff  # seconds to wait before reconciliation round n
-        self._stop = stop or threading.Event()
+        self._stop = stop  # true: a clean stop, or the run lost its lease
         self._pool = pool
-        self._max_rounds = max_rounds
-        self._wall = wall
-        self._sleep = sleep
         self._fatal: FatalError | None = None
         self._aborted = threading.Event()
+
+    @property
+    def client(self) -> PersonyzeClient:
+        return self._client
 
     def send(self, items: list[Outgoing]) -> list[Result]:
         """Deliver a batch through the pool; results in the items' order."""
@@ -200,17 +197,11 @@ class Writer:
         return result
 
     def deliver(self, item: Outgoing) -> Result:
-        """Send one item, reconciling it first whenever an answer was lost."""
-        for round_no in range(1, self._max_rounds + 1):
-            sent_at = self._wall()
-            result = self._one(item)
-            if item.repeatable or not _lost_answer(result) or round_no == self._max_rounds:
-                return result
-            self._sleep(self._backoff(round_no))
-            try:
-                self.adopt_found([item], sent_at)
-            except SyncError as exc:
-                return Failed(exc)
+        """Send one item; one that cannot merge and lost its answer ends unresolved."""
+        result = self._one(item)
+        if not item.repeatable and _lost_answer(result):
+            assert isinstance(result, Failed)
+            return Unresolved(result.error)
         return result
 
     def find_by_email(self, emails: list[str]) -> dict[str, int]:
@@ -225,35 +216,18 @@ class Writer:
         """Start nothing more (a row could not be delivered): what is in flight finishes."""
         self._aborted.set()
 
-    def adopt_found(self, items: Iterable[Outgoing], sent_at: float) -> dict[str, int]:
-        """Give each item whose user Personyze already made that user's id."""
-        by_internal_id = {str(it.payload["internal_id"]): it for it in items}
-        if not by_internal_id:
-            return {}
-        if not self._client.knows_server_time:
-            self._client.check_key()  # any answer's Date header tells Personyze's clock
-        since = self.server_since(sent_at)
-        found = reconcile(self._client, {k: it.key for k, it in by_internal_id.items()}, since)
-        for item in by_internal_id.values():
-            if item.key in found:
-                item.payload["user_id"] = found[item.key]
-        return found
-
-    def server_since(self, sent_at: float) -> float:
-        if self._client.knows_server_time:
-            return self._client.server_time(sent_at) - CLOCK_MARGIN_S
-        return sent_at - UNKNOWN_CLOCK_MARGIN_S
-
     def _one(self, item: Outgoing) -> Result:
         if self._fatal is not None:  # e.g. the key was refused: send nothing more
             return Failed(self._fatal)
-        if self._stop.is_set():  # a clean stop: what is in flight finishes, nothing new starts
+        if self._stop():  # a clean stop: what is in flight finishes, nothing new starts
             return Failed(Stopped("stopping"))
         if self._aborted.is_set():
             return Failed(Stopped("not sent: an earlier row could not be delivered"))
         try:
             return self._apply(item)
         except RejectedError as exc:
+            if item.known and ROW_NOT_FOUND in exc.reason.lower():
+                return Gone()
             return Refused(exc.reason, exc.status)
         except FatalError as exc:
             self._fatal = exc

@@ -58,6 +58,7 @@ class Faults:
     drop_rate: float = 0.0
     lost_answer_rate: float = 0.0
     include_account: bool = False
+    writes_only: bool = False  # faults hit POST, PUT and DELETE only; reads are served
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -214,11 +215,13 @@ class SandboxServer:
             self._faults = faults
             self._rng = random.Random(faults.seed)
 
-    def _draw(self, path: str) -> tuple[float, FaultKind | None, bool, Faults]:
+    def _draw(self, path: str, method: str = "GET") -> tuple[float, FaultKind | None, bool, Faults]:
         """(latency, fault, drop-instead-of-500, faults) for one request, from the seeded draw."""
         with self._rng_lock:
             f = self._faults
             affected = path == "users" or (path == "account" and f.include_account)
+            if f.writes_only and method not in ("POST", "PUT", "DELETE"):
+                affected = False
             if not affected:
                 return 0.0, None, False, f
             latency = f.latency_s
@@ -424,7 +427,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         body = _parse_logged_body(raw)
         segments = _split_path(self.path)
-        latency, fault, drop_instead, faults = sandbox._draw(segments[0] if segments else "")
+        latency, fault, drop_instead, faults = sandbox._draw(
+            segments[0] if segments else "", self.command
+        )
         if latency:
             time.sleep(latency)
 

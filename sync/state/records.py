@@ -40,10 +40,25 @@ class Collision:
 
 
 @dataclass(frozen=True)
-class PendingRow:
+class Mark:
+    """A first send of a row, marked before it goes: what it carries, and the newest
+    ``data_last_modified`` Personyze held before (None: it can merge by email)."""
+
     key: str
-    internal_id: str
-    sent_at: float
+    payload: dict[str, Any]
+    fingerprint: str
+    watermark: int | None = None
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """A mark still standing: the row was sent and no answer was recorded."""
+
+    key: str
+    payload: dict[str, Any]
+    fingerprint: str | None
+    watermark: int | None
+    sent_at: float  # this host's clock: for people, never for reconciliation
 
 
 @dataclass
@@ -54,6 +69,8 @@ class BatchOutcome:
     rejected: list[RejectedRow] = field(default_factory=list)
     collisions: list[Collision] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)  # keys whose users Personyze deleted
+    vanished: list[tuple[str, int]] = field(default_factory=list)  # (key, user_id) of rows
+    # gone from the source whose users a mirror run deleted: sent again if they come back
     checkpoint: Position | None = None
 
 

@@ -21,10 +21,11 @@ import functools
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -51,6 +52,7 @@ from sync.state.records import (
     Collision,
     KnownRow,
     LeaseInfo,
+    Mark,
     PendingRow,
     RejectedRow,
     RunRecord,
@@ -67,9 +69,26 @@ from sync.state.schema import (
     rejected,
     rows,
     runs,
+    vanished,
 )
+from sync.state.schema import duplicates as duplicates_table
 
 T = TypeVar("T")
+
+
+class Fence(Protocol):
+    """A run's lease: ``fence(conn)`` raises LeaseLost unless the run still holds it;
+    ``lost`` is set once it is known lost; ``takeover_of`` is the store-clock time the
+    previous holder last renewed it, when that holder never released it."""
+
+    lost: threading.Event
+    takeover_of: float | None
+
+    def fence(self, conn: Connection) -> None: ...
+
+    def store_now(self) -> float: ...
+
+
 ANALYZE_FIRST = 1000  # rows written before the first ANALYZE; then each time they double
 IN_CHUNK = 1024  # values per IN list, at most
 
@@ -119,7 +138,9 @@ def state_engine(url: str) -> Engine:
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits to a power cut,
+        # and marks written before a send must survive one (see bench/sqlite_synchronous.py)
+        cur.execute("PRAGMA synchronous=FULL")
         cur.close()
 
     return engine
@@ -200,7 +221,9 @@ class StateStore:
 
         return self._run(read, "reading a checkpoint")
 
-    def set_checkpoint(self, job: str, position: Position | None) -> None:
+    def set_checkpoint(
+        self, job: str, position: Position | None, fence: Fence | None = None
+    ) -> None:
         """Move a checkpoint deliberately (``checkpoint reset``); None forgets it."""
 
         def write(conn: Connection) -> None:
@@ -208,7 +231,7 @@ class StateStore:
             if position is not None:
                 conn.execute(checkpoints.insert().values(self._checkpoint_values(job, position)))
 
-        self._run(write, "moving a checkpoint")
+        self._run(write, "moving a checkpoint", fence)
 
     def _checkpoint_values(self, job: str, position: Position) -> dict[str, Any]:
         cursor_type, cursor_value = encode_value(position.cursor)
@@ -257,8 +280,8 @@ class StateStore:
 
         return self._run(read, "reading rejected rows")
 
-    def holders(self, job: str, user_ids: Iterable[int]) -> dict[int, list[str]]:
-        """Which row keys already hold each of these Personyze user_ids."""
+    def holders(self, parts: Sequence[str], user_ids: Iterable[int]) -> dict[int, list[str]]:
+        """Which row keys of these parts (a job's shards) hold each of these user_ids."""
         ids = list(set(user_ids))
         if not ids:
             return {}
@@ -267,7 +290,7 @@ class StateStore:
             found: dict[int, list[str]] = {}
             for chunk in in_chunks(ids):
                 query = select(rows.c.user_id, rows.c.row_key).where(
-                    rows.c.job == job, rows.c.user_id.in_(chunk)
+                    rows.c.job.in_(list(parts)), rows.c.user_id.in_(chunk)
                 )
                 for r in conn.execute(query):
                     found.setdefault(r.user_id, []).append(r.row_key)
@@ -316,13 +339,13 @@ class StateStore:
 
         return self._run(read, "sampling the identity map")
 
-    def forget_rows(self, job: str, keys: Sequence[str]) -> None:
+    def forget_rows(self, job: str, keys: Sequence[str], fence: Fence | None = None) -> None:
         """Forget these rows' users (deleted in Personyze): a later write creates anew."""
         if keys:
-            self._run(lambda conn: self._forget(conn, job, keys), "forgetting rows")
+            self._run(lambda conn: self._forget(conn, job, keys), "forgetting rows", fence)
 
     def _forget(self, conn: Connection, job: str, keys: Sequence[str]) -> None:
-        for table in (rows, pending, rejected, collisions):
+        for table in (rows, pending, rejected, collisions, duplicates_table):
             self._delete_keys(conn, table, job, keys)
 
     @staticmethod
@@ -353,7 +376,7 @@ class StateStore:
         reads from the start, and sends only what changed). Returns the rows moved.
         """
         moved = 0
-        for table in (rows, pending, rejected, collisions):
+        for table in (rows, pending, rejected, collisions, vanished, duplicates_table):
             after: str | None = None
             while True:
                 page = self._keys_page(table, part, after)
@@ -393,52 +416,110 @@ class StateStore:
 
     # -- rows sent without an answer -------------------------------------------
 
-    def add_pending(self, job: str, items: Sequence[tuple[str, str]]) -> None:
-        """Mark internal_id-only rows as sent, before sending them (see reconciliation)."""
-        if not items:
+    def add_pending(self, job: str, marks: Sequence[Mark], fence: Fence | None = None) -> None:
+        """Mark first sends before sending them (see :mod:`sync.load.reconcile`)."""
+        if not marks:
             return
         now = self._clock()
-        values = [{"job": job, "row_key": k, "internal_id": i, "sent_at": now} for k, i in items]
+        values = [
+            {
+                "job": job,
+                "row_key": m.key,
+                "internal_id": str(m.payload.get("internal_id", "")),
+                "sent_at": now,
+                "payload": json.dumps(m.payload, default=str, sort_keys=True),
+                "fingerprint": m.fingerprint,
+                "watermark": m.watermark,
+            }
+            for m in marks
+        ]
         self._run(
             lambda conn: self._upsert(conn, pending, values, ["job", "row_key"]),
             "marking rows as sent",
+            fence,
         )
 
     def pending(self, job: str) -> list[PendingRow]:
         def read(conn: Connection) -> list[PendingRow]:
             query = select(pending).where(pending.c.job == job).order_by(pending.c.sent_at)
-            return [PendingRow(r.row_key, r.internal_id, r.sent_at) for r in conn.execute(query)]
+            return [
+                PendingRow(
+                    r.row_key,
+                    json.loads(r.payload) if r.payload else {"internal_id": r.internal_id},
+                    r.fingerprint,
+                    r.watermark,
+                    r.sent_at,
+                )
+                for r in conn.execute(query)
+            ]
 
         return self._run(read, "reading rows sent without an answer")
 
-    def adopt(self, job: str, found: dict[str, int]) -> None:
-        """Record user_ids found by reconciliation (fingerprint unknown: send again)."""
+    def adopt(
+        self,
+        job: str,
+        found: dict[str, tuple[int, str]],
+        duplicates: Sequence[tuple[str, int, int]] = (),
+        fence: Fence | None = None,
+    ) -> None:
+        """Record users found by reconciliation (key -> user_id, fingerprint sent) and
+        the duplicates seen beside them; their marks are done."""
 
         def write(conn: Connection) -> None:
+            now = self._clock()
             values = [
-                {
-                    "job": job,
-                    "row_key": k,
-                    "user_id": u,
-                    "fingerprint": "",
-                    "sent_at": self._clock(),
-                }
-                for k, u in found.items()
+                {"job": job, "row_key": k, "user_id": u, "fingerprint": f, "sent_at": now}
+                for k, (u, f) in found.items()
             ]
             if values:
                 self._upsert(conn, rows, values, ["job", "row_key"])
                 self._delete_keys(conn, pending, job, found)
+            if duplicates:
+                self._upsert(
+                    conn,
+                    duplicates_table,
+                    [
+                        {"job": job, "row_key": k, "user_id": u, "kept_user_id": kept,
+                         "seen_at": now}
+                        for k, u, kept in duplicates
+                    ],
+                    ["job", "row_key", "user_id"],
+                )  # fmt: skip
 
-        self._run(write, "adopting reconciled users")
+        self._run(write, "adopting reconciled users", fence)
 
-    def clear_pending(self, job: str, keys: Sequence[str]) -> None:
+    def duplicates(self, job: str) -> list[tuple[str, int, int]]:
+        """Rows whose identifiers Personyze holds in two users: (key, user_id, kept)."""
+
+        def read(conn: Connection) -> list[tuple[str, int, int]]:
+            t = duplicates_table
+            query = select(t).where(t.c.job == job).order_by(t.c.row_key, t.c.user_id)
+            return [(r.row_key, r.user_id, r.kept_user_id) for r in conn.execute(query)]
+
+        return self._run(read, "reading duplicate users")
+
+    def clear_pending(self, job: str, keys: Sequence[str], fence: Fence | None = None) -> None:
         if keys:
-            self._run(lambda conn: self._delete_keys(conn, pending, job, keys), "clearing marks")
+            self._run(
+                lambda conn: self._delete_keys(conn, pending, job, keys), "clearing marks", fence
+            )
+
+    def vanished_keys(self, job: str, after: str | None, limit: int) -> list[tuple[str, int]]:
+        """One page of rows a mirror run deleted as gone from the source, in key order."""
+
+        def read(conn: Connection) -> list[tuple[str, int]]:
+            query = select(vanished.c.row_key, vanished.c.user_id).where(vanished.c.job == job)
+            if after is not None:
+                query = query.where(vanished.c.row_key > after)
+            query = query.order_by(vanished.c.row_key).limit(limit)
+            return [(r.row_key, r.user_id) for r in conn.execute(query)]
+
+        return self._run(read, "reading rows deleted as vanished")
 
     # -- one batch's outcome ---------------------------------------------------
 
-    def commit_batch(self, job: str, outcome: BatchOutcome) -> None:
-        """Acks, rejections, collisions and the checkpoint, all or nothing."""
+    def commit_batch(self, job: str, outcome: BatchOutcome, fence: Fence | None = None) -> None:
+        """Acks, rejections, collisions, deletes and the checkpoint, all or nothing."""
         now = self._clock()
 
         def write(conn: Connection) -> None:
@@ -459,8 +540,8 @@ class StateStore:
                     ],
                     ["job", "row_key"],
                 )
-                self._delete_keys(conn, pending, job, acked)
-                self._delete_keys(conn, rejected, job, acked)
+                for table in (pending, rejected, vanished):
+                    self._delete_keys(conn, table, job, acked)
             for r in outcome.rejected:
                 self._record_rejection(conn, job, r, now)
             if outcome.collisions:
@@ -481,12 +562,21 @@ class StateStore:
                 )
             if outcome.deleted:
                 self._forget(conn, job, outcome.deleted)
+            if outcome.vanished:
+                self._forget(conn, job, [k for k, _ in outcome.vanished])
+                self._upsert(
+                    conn,
+                    vanished,
+                    [{"job": job, "row_key": k, "user_id": u, "deleted_at": now}
+                     for k, u in outcome.vanished],
+                    ["job", "row_key"],
+                )  # fmt: skip
             if outcome.checkpoint is not None:
                 self._upsert(
                     conn, checkpoints, [self._checkpoint_values(job, outcome.checkpoint)], ["job"]
                 )
 
-        self._run(write, "saving a batch's progress")
+        self._run(write, "saving a batch's progress", fence)
         self._keep_statistics(len(outcome.acks))
 
     def _keep_statistics(self, acked: int) -> None:
@@ -546,10 +636,12 @@ class StateStore:
 
         return self._run(read, "reading rejected rows")
 
-    def drop_rejections(self, job: str, keys: Sequence[str]) -> None:
+    def drop_rejections(self, job: str, keys: Sequence[str], fence: Fence | None = None) -> None:
         if keys:
             self._run(
-                lambda conn: self._delete_keys(conn, rejected, job, keys), "dropping rejections"
+                lambda conn: self._delete_keys(conn, rejected, job, keys),
+                "dropping rejections",
+                fence,
             )
 
     def collisions(self, job: str) -> list[Collision]:
@@ -574,8 +666,16 @@ class StateStore:
         """Drop everything known about a job (a full reset)."""
 
         def write(conn: Connection) -> None:
-            for table in (checkpoints, rows, pending, rejected, collisions):
-                conn.execute(delete(table).where(table.c.job == job))
+            for table in (
+                checkpoints,
+                rows,
+                pending,
+                rejected,
+                collisions,
+                vanished,
+                duplicates_table,
+            ):
+                conn.execute(delete(table).where(table.c.job == job))  # fmt: skip
 
         self._run(write, "forgetting a job")
 
@@ -664,11 +764,17 @@ class StateStore:
         (for the modules that keep tables of their own: adoptions)."""
         return self._run(work, doing)
 
-    def _run(self, work: Callable[[Connection], T], doing: str) -> T:
-        """``work`` in one transaction, waited for across a brief outage of the store."""
+    def _run(self, work: Callable[[Connection], T], doing: str, fence: Fence | None = None) -> T:
+        """``work`` in one transaction, waited for across a brief outage of the store.
+
+        ``fence``: the run's lease, checked first in the same transaction, so a run that
+        lost its lease (another process runs the job now) writes nothing more.
+        """
 
         def transaction() -> T:
             with self._engine.begin() as conn:
+                if fence is not None:
+                    fence.fence(conn)
                 return work(conn)
 
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,7 +11,15 @@ import pytest
 from sync.config import PersonyzeSettings
 from sync.errors import RetriableError
 from sync.load.client import PersonyzeClient
-from sync.load.writer import Delivered, Failed, Outgoing, Refused, SenderThreads, Writer
+from sync.load.writer import (
+    Delivered,
+    Gone,
+    Outgoing,
+    Refused,
+    SenderThreads,
+    Unresolved,
+    Writer,
+)
 from sync.sandbox import Faults, RecordedRequest, SandboxServer
 from tests.support import API_KEY, users_by_internal_id
 
@@ -24,6 +33,10 @@ def make_client(
     }  # fmt: skip
     values.update(overrides)
     return PersonyzeClient(PersonyzeSettings(**values), sleep=sleep)
+
+
+def writer(client: PersonyzeClient, pool: SenderThreads) -> Writer:
+    return Writer(client, pool, clock=time.monotonic)
 
 
 @pytest.fixture
@@ -52,7 +65,7 @@ def test_a_mixed_batch_comes_back_in_order(sandbox: SandboxServer, pool: SenderT
         Outgoing("e", {"email": "eve@example.com"}),
     ]
     with make_client(sandbox) as client:
-        results = Writer(client, pool, max_rounds=3).send(items)
+        results = writer(client, pool).send(items)
 
     by_email = {u.get("email"): u["user_id"] for u in sandbox.users()}
     by_internal = {u.get("internal_id"): u["user_id"] for u in sandbox.users()}
@@ -71,7 +84,7 @@ def test_requests_overlap_but_never_exceed_the_pool(sandbox: SandboxServer) -> N
     sandbox.faults = Faults(latency_s=0.15)
     items = [Outgoing(str(i), {"email": f"user{i}@example.com"}) for i in range(9)]
     with make_client(sandbox, concurrency=8) as client, SenderThreads(3, name="test-send") as pool:
-        results = Writer(client, pool, max_rounds=2).send(items)
+        results = writer(client, pool).send(items)
 
     assert all(isinstance(r, Delivered) for r in results)
     assert sorted(r.user_id for r in results if isinstance(r, Delivered)) == list(range(1, 10))
@@ -84,39 +97,40 @@ def lost_answers(sandbox: SandboxServer) -> int:
     return sum(1 for r in sandbox.requests if r.fault == "lost_answer")
 
 
-def test_internal_id_only_payloads_are_reconciled_after_lost_answers(
+def test_payloads_that_cannot_merge_are_never_resent_after_a_lost_answer(
     any_sandbox: SandboxServer, pool: SenderThreads
 ) -> None:
+    """internal_id and fb_id merge nowhere on the live service: after an answer that
+    may have been applied, the row ends unresolved (its mark is reconciled next run)."""
     sandbox = any_sandbox
     sandbox.faults = Faults(lost_answer_rate=0.5, seed=11)
     items = [Outgoing(f"k{i}", {"internal_id": f"row-{i}", "first_name": f"F{i}"})
              for i in range(20)]  # fmt: skip
-
-    def between_rounds(_: float) -> None:
-        sandbox.faults = Faults()  # the service heals before the read-back
-
+    items += [Outgoing("fb", {"fb_id": "fb-1"})]
     with make_client(sandbox) as client:
-        results = Writer(client, pool, max_rounds=3, sleep=between_rounds).send(items)
+        results = writer(client, pool).send(items)
 
     lost = lost_answers(sandbox)
-    assert 0 < lost < 20
+    assert 0 < lost < 21
+    unresolved = [r for r in results if isinstance(r, Unresolved)]
+    assert len(unresolved) == lost
+    assert all(isinstance(r.error, RetriableError) for r in unresolved)
+    assert len([r for r in sandbox.requests if r.method == "POST"]) == 21  # none resent
+    assert [r for r in sandbox.requests if r.method == "GET"] == []
     found = users_by_internal_id(sandbox.users())
-    assert sorted(found) == sorted(f"row-{i}" for i in range(20))
-    for i, result in enumerate(results):
-        (user,) = found[f"row-{i}"]  # exactly one user per internal_id
-        assert result == Delivered(user["user_id"])
-        assert user["first_name"] == f"F{i}"
+    assert all(len(users) == 1 for users in found.values())
 
-    posts = [r for r in sandbox.requests if r.method == "POST"]
-    reads = [r for r in sandbox.requests if r.method == "GET"]
-    assert len(posts) == 20 + lost  # each lost one sent again, once, with its user_id
-    resent = [r for r in posts if "user_id" in r.body]
-    assert len(resent) == lost
-    assert sorted(r.body["user_id"] for r in resent) == sorted(
-        found[r.body["internal_id"]][0]["user_id"] for r in resent)  # fmt: skip
-    # one read-back per lost answer, by data_last_modified, before its resend
-    assert len(reads) == lost
-    assert all("/where/data_last_modified" in r.path for r in reads)
+
+def test_a_known_user_id_personyze_no_longer_has_is_gone(
+    sandbox: SandboxServer, pool: SenderThreads
+) -> None:
+    items = [
+        Outgoing("a", {"user_id": 999, "internal_id": "a"}, known=True),
+        Outgoing("b", {"user_id": 998, "internal_id": "b"}),  # a mapped user_id: refused
+    ]
+    with make_client(sandbox) as client:
+        results = writer(client, pool).send(items)
+    assert results == [Gone(), Refused("Row not found", 400)]
 
 
 def test_without_reconciliation_a_resend_duplicates_in_live_mode(
@@ -134,8 +148,8 @@ def test_without_reconciliation_a_resend_duplicates_in_live_mode(
     sandbox.faults = Faults(lost_answer_rate=0.5, seed=11)
     items = [Outgoing(f"k{i}", {"internal_id": f"row-{i}"}) for i in range(20)]
     with make_client(sandbox) as client:
-        first = Writer(client, pool, max_rounds=1).send(items)  # one round: no read-back
-        failed = [i for i, r in enumerate(first) if isinstance(r, Failed)]
+        first = writer(client, pool).send(items)
+        failed = [i for i, r in enumerate(first) if isinstance(r, Unresolved)]
         assert len(failed) == lost_answers(sandbox) > 0
         for i in failed:
             error = first[i].error  # type: ignore[union-attr]
@@ -162,13 +176,11 @@ def test_payloads_with_an_email_are_simply_retried(
     def sleep(_: float) -> None:
         sandbox.faults = Faults()  # the first retry heals the service
 
-    rounds: list[float] = []
     with make_client(sandbox, sleep=sleep) as client:
-        results = Writer(client, pool, max_rounds=3, sleep=rounds.append).send(items)
+        results = writer(client, pool).send(items)
 
     lost = lost_answers(sandbox)
-    assert lost > 0
-    assert rounds == []  # no second round, no read-back
+    assert lost > 0  # retried by the client: they merge by email
     assert [r.method for r in sandbox.requests].count("GET") == 0
     assert len(sandbox.requests) == 20 + lost
     users = {u["email"]: u for u in sandbox.users()}

@@ -110,14 +110,28 @@ def sync_config(
     return write_config(tmp / "sync.yaml", doc)
 
 
-def start(config: Path, command: str = "backfill") -> subprocess.Popen[bytes]:
+SKEWED_CLOCK = """
+import os, time
+_offset = float(os.environ["PSYNC_TEST_CLOCK_OFFSET"])
+_time, _time_ns = time.time, time.time_ns
+time.time = lambda: _time() + _offset
+time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
+"""
+
+
+def start(
+    config: Path, command: str = "backfill", *, clock_offset: float = 0.0
+) -> subprocess.Popen[bytes]:
+    """The sync as a real process; ``clock_offset``: its host clock that many seconds off
+    (a ``sitecustomize`` shifts ``time.time`` in that process only)."""
     args = [CLI, command, "-c", str(config)] + (["people"] if command == "backfill" else [])
-    return subprocess.Popen(
-        args,
-        env={**os.environ, "TEST_API_KEY": API_KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    env = {**os.environ, "TEST_API_KEY": API_KEY}
+    if clock_offset:
+        shim = config.parent / f"clock{clock_offset:+.0f}"
+        shim.mkdir(exist_ok=True)
+        (shim / "sitecustomize.py").write_text(SKEWED_CLOCK)
+        env |= {"PSYNC_TEST_CLOCK_OFFSET": str(clock_offset), "PYTHONPATH": str(shim)}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def finish(process: subprocess.Popen[bytes], timeout: float = 240) -> tuple[int, str]:
@@ -246,6 +260,21 @@ def run_history(state_file: Path) -> list[tuple[str, str | None]]:
 
 def utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC)
+
+
+def wait_for_posts(
+    sandbox: SandboxServer, count: int, process: subprocess.Popen[bytes], timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sandbox.requests) < count:
+        assert process.poll() is None, "the sync ended before the fault could be injected"
+        assert time.monotonic() < deadline, "the sync made no progress"
+        time.sleep(0.01)
+
+
+def report(name: str, outcome: object, **more: object) -> None:
+    """The figures the closing note quotes (pytest -s shows them)."""
+    print(f"\nFAULT-MATRIX {name}: {outcome} {more}")
 
 
 __all__ = ["time", "timedelta"]

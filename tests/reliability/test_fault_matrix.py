@@ -29,10 +29,12 @@ from tests.reliability.harness import (
     cursor_order,
     finish,
     make_people,
+    report,
     run_history,
     run_to_end,
     start,
     sync_config,
+    wait_for_posts,
 )
 from tests.support import API_KEY
 
@@ -51,16 +53,6 @@ def pg_ctl(action: str) -> None:
     )
 
 
-def wait_for_posts(
-    sandbox: SandboxServer, count: int, process: subprocess.Popen[bytes], timeout: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout
-    while len(sandbox.requests) < count:
-        assert process.poll() is None, "the sync ended before the fault could be injected"
-        assert time.monotonic() < deadline, "the sync made no progress"
-        time.sleep(0.01)
-
-
 def wait_for_run(state_file: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Until ``process`` has begun its run (the run history names it as the holder)."""
     deadline = time.monotonic() + timeout
@@ -75,11 +67,6 @@ def wait_for_run(state_file: Path, process: subprocess.Popen[bytes], timeout: fl
         if any(h and h.endswith(f":{process.pid}") for h in holders):
             return
         time.sleep(0.01)
-
-
-def report(name: str, outcome: object, **more: object) -> None:
-    """The figures the closing note quotes (pytest -s shows them)."""
-    print(f"\nFAULT-MATRIX {name}: {outcome} {more}")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from sync.state.records import (
     BatchOutcome,
     Collision,
     KnownRow,
+    Mark,
     PendingRow,
     RejectedRow,
     RunRecord,
@@ -50,6 +51,14 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
+
+
+def mark(key: str, internal_id: str) -> Mark:
+    return Mark(key, {"internal_id": internal_id}, "m" * 32)
+
+
+def pending_row(key: str, internal_id: str, at: float) -> PendingRow:
+    return PendingRow(key, {"internal_id": internal_id}, "m" * 32, None, at)
 
 
 @pytest.fixture
@@ -220,7 +229,7 @@ def test_commit_batch_is_all_or_nothing(store: StateStore, monkeypatch: pytest.M
     store.commit_batch(
         JOB, BatchOutcome(acks=[ack("old", 1, "o" * 32)], checkpoint=Position(cursor=1, key="old"))
     )
-    store.add_pending(JOB, [("1", "int-1")])
+    store.add_pending(JOB, [mark("1", "int-1")])
     store.commit_batch(JOB, BatchOutcome(rejected=[reject("2")]))
 
     def boom(*_args: Any, **_kwargs: Any) -> None:
@@ -243,7 +252,7 @@ def test_commit_batch_is_all_or_nothing(store: StateStore, monkeypatch: pytest.M
     # Nothing of the failed batch stuck: not the acks written before the failure,
     # nor the pending mark and rejection they deleted, nor the checkpoint.
     assert store.known_rows(JOB, ["1", "2", "old"]) == {"old": KnownRow(1, "o" * 32)}
-    assert store.pending(JOB) == [PendingRow("1", "int-1", T0)]
+    assert store.pending(JOB) == [pending_row("1", "int-1", T0)]
     assert [r.key for r in store.rejections(JOB)] == ["2"]
     assert store.collisions(JOB) == []
     assert store.checkpoint(JOB) == Position(cursor=1, key="old")
@@ -286,12 +295,12 @@ def test_user_ids_beyond_32_bits_are_kept(store: StateStore) -> None:
     big = 2**40 + 7
     store.commit_batch(JOB, BatchOutcome(acks=[ack("1", big)]))
     assert store.known_rows(JOB, ["1"]) == {"1": KnownRow(big, "f" * 32)}
-    assert store.holders(JOB, [big]) == {big: ["1"]}
+    assert store.holders([JOB], [big]) == {big: ["1"]}
 
 
 def test_ack_clears_pending_mark_and_rejection_of_that_key_only(store: StateStore) -> None:
-    store.add_pending(JOB, [("1", "i-1"), ("2", "i-2")])
-    store.add_pending(OTHER, [("1", "i-1")])
+    store.add_pending(JOB, [mark("1", "i-1"), mark("2", "i-2")])
+    store.add_pending(OTHER, [mark("1", "i-1")])
     store.commit_batch(JOB, BatchOutcome(rejected=[reject("1"), reject("3")]))
     store.commit_batch(OTHER, BatchOutcome(rejected=[reject("1")]))
 
@@ -308,11 +317,11 @@ def test_ack_clears_pending_mark_and_rejection_of_that_key_only(store: StateStor
 def test_holders_finds_keys_holding_user_ids(store: StateStore) -> None:
     store.commit_batch(JOB, BatchOutcome(acks=[ack("a", 1), ack("b", 2), ack("c", 1)]))
     store.commit_batch(OTHER, BatchOutcome(acks=[ack("z", 1), ack("y", 3)]))
-    found = store.holders(JOB, [1, 2, 3, 1])
+    found = store.holders([JOB], [1, 2, 3, 1])
     assert {uid: sorted(keys) for uid, keys in found.items()} == {1: ["a", "c"], 2: ["b"]}
-    assert store.holders(JOB, []) == {}
-    assert store.holders(JOB, [404]) == {}
-    assert store.holders(OTHER, iter([1])) == {1: ["z"]}
+    assert store.holders([JOB], []) == {}
+    assert store.holders([JOB], [404]) == {}
+    assert store.holders([OTHER], iter([1])) == {1: ["z"]}
 
 
 # -- rejected rows -----------------------------------------------------------------
@@ -444,44 +453,44 @@ def test_rejected_payload_round_trips_through_json(
 
 
 def test_pending_marks_ordered_by_sent_at(store: StateStore, clock: FakeClock) -> None:
-    store.add_pending(JOB, [("b", "int-b")])
+    store.add_pending(JOB, [mark("b", "int-b")])
     t1 = clock.advance(5)
-    store.add_pending(JOB, [("a", "int-a")])
+    store.add_pending(JOB, [mark("a", "int-a")])
     t2 = clock.advance(5)
-    store.add_pending(JOB, [("c", "int-c"), ("b", "int-b2")])  # "b" marked again: later
+    store.add_pending(JOB, [mark("c", "int-c"), mark("b", "int-b2")])  # "b" marked again: later
     store.add_pending(JOB, [])
-    store.add_pending(OTHER, [("x", "int-x")])
+    store.add_pending(OTHER, [mark("x", "int-x")])
     assert t1 < t2
     got = store.pending(JOB)
-    assert got[0] == PendingRow("a", "int-a", t1)
+    assert got[0] == pending_row("a", "int-a", t1)
     assert sorted(got[1:], key=lambda p: p.key) == [
-        PendingRow("b", "int-b2", t2),
-        PendingRow("c", "int-c", t2),
+        pending_row("b", "int-b2", t2),
+        pending_row("c", "int-c", t2),
     ]
-    assert store.pending(OTHER) == [PendingRow("x", "int-x", t2)]
+    assert store.pending(OTHER) == [pending_row("x", "int-x", t2)]
 
 
 def test_adopt_stores_user_id_with_empty_fingerprint(store: StateStore, clock: FakeClock) -> None:
-    store.add_pending(JOB, [("1", "i-1"), ("2", "i-2"), ("3", "i-3")])
+    store.add_pending(JOB, [mark("1", "i-1"), mark("2", "i-2"), mark("3", "i-3")])
     store.commit_batch(JOB, BatchOutcome(acks=[ack("2", 5, "old" + "0" * 29)]))
     clock.advance(3)
-    store.adopt(JOB, {"1": 901, "2": 902})
+    store.adopt(JOB, {"1": (901, ""), "2": (902, "")})
     store.adopt(JOB, {})
     assert store.known_rows(JOB, ["1", "2", "3"]) == {
         "1": KnownRow(901, ""),
         "2": KnownRow(902, ""),
     }
-    assert store.pending(JOB) == [PendingRow("3", "i-3", T0)]
-    assert store.holders(JOB, [901, 902]) == {901: ["1"], 902: ["2"]}
+    assert store.pending(JOB) == [pending_row("3", "i-3", T0)]
+    assert store.holders([JOB], [901, 902]) == {901: ["1"], 902: ["2"]}
 
 
 def test_clear_pending(store: StateStore) -> None:
-    store.add_pending(JOB, [("1", "i-1"), ("2", "i-2")])
-    store.add_pending(OTHER, [("1", "i-1")])
+    store.add_pending(JOB, [mark("1", "i-1"), mark("2", "i-2")])
+    store.add_pending(OTHER, [mark("1", "i-1")])
     store.clear_pending(JOB, ["1", "unknown"])
     store.clear_pending(JOB, [])
-    assert store.pending(JOB) == [PendingRow("2", "i-2", T0)]
-    assert store.pending(OTHER) == [PendingRow("1", "i-1", T0)]
+    assert store.pending(JOB) == [pending_row("2", "i-2", T0)]
+    assert store.pending(OTHER) == [pending_row("1", "i-1", T0)]
 
 
 # -- collisions and forgetting a job -----------------------------------------------
@@ -498,7 +507,7 @@ def test_collisions_listed_and_updated(store: StateStore) -> None:
 
 def test_forget_job_removes_one_job_only(store: StateStore) -> None:
     for job in (JOB, OTHER):
-        store.add_pending(job, [("p", "i-p")])
+        store.add_pending(job, [mark("p", "i-p")])
         store.commit_batch(
             job,
             BatchOutcome(
@@ -518,7 +527,7 @@ def test_forget_job_removes_one_job_only(store: StateStore) -> None:
     assert store.rejections(JOB) == []
     assert store.rejected_fingerprints(JOB, ["2"]) == {}
     assert store.collisions(JOB) == []
-    assert store.holders(JOB, [1]) == {}
+    assert store.holders([JOB], [1]) == {}
 
     assert store.checkpoint(OTHER) == Position(cursor=5, key="3")
     assert store.known_rows(OTHER, ["1"]) == {"1": KnownRow(1, "f" * 32)}
@@ -752,7 +761,7 @@ def test_lookups_and_commits_of_every_size_use_few_statement_shapes(
             store.rejected_fingerprints(JOB, keys)
             acks = [ack(k, int(k) + 1) for k in keys]
             store.commit_batch(JOB, BatchOutcome(acks=acks))
-            store.holders(JOB, (a.user_id for a in acks))
+            store.holders([JOB], (a.user_id for a in acks))
             first += size
         assert first == 7260
         assert len(texts) < 60, f"{len(texts)} distinct statements"
@@ -760,7 +769,7 @@ def test_lookups_and_commits_of_every_size_use_few_statement_shapes(
         known = store.known_rows(JOB, every)  # 8 chunks
         assert len(known) == first
         assert known["7259"] == KnownRow(7260, "f" * 32)
-        holders = store.holders(JOB, range(1, first + 1))
+        holders = store.holders([JOB], range(1, first + 1))
         assert holders[7260] == ["7259"]
         assert sum(len(v) for v in holders.values()) == first
     finally:
