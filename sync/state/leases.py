@@ -1,45 +1,48 @@
 """Run leases: one run of a job (or of a shard of one) at a time, across processes.
 
 PostgreSQL: a session-level advisory lock, held on a connection of its own for as
-long as the lease is. A process that dies (killed, crashed, host lost) loses its
-connection and with it the lock, so there is nothing to clean up and no timeout to
-wait out. The ``psync_leases`` row says who holds a lease, for ``status``; a row
-counts only while its lock is held.
+long as the lease is. A process that dies loses its connection and with it the lock:
+nothing to clean up, no timeout to wait out. A heartbeat renews each lease every
+RENEW_S on its connection (which keeps that from idling out) and sets ``lost`` on
+one whose connection or lock is gone. SQLite: ``sync.state.sqlite_leases``.
 
-SQLite: a file serves one process at a time. :meth:`SqliteLeases.claim` takes an
-``flock`` on ``<file>.lock``, which the kernel frees when the process ends; inside
-the process, a set of the names running keeps two threads off the same job.
+The ``psync_leases`` row says who holds a lease, for ``status`` (on PostgreSQL it
+counts only while its lock is held). Every take bumps its ``generation`` in the
+transaction that writes it, and every write of the run checks it first
+(:meth:`Lease.fence`): a run whose lease another process took over writes nothing
+more. A released lease empties its row (holder "") but keeps the generation.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import socket
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, delete, func, inspect, select, text
+from sqlalchemy import Connection, Engine, Float, extract, func, literal, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import ColumnElement
 
-from sync.errors import StateError
+from sync.errors import LeaseLost, StateError
 from sync.state.records import LeaseInfo
 from sync.state.schema import leases
+
+if TYPE_CHECKING:
+    from sync.state.sqlite_leases import SqliteLeases as SqliteLeases
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CLAIM_TRIES = 5  # a probe by ``status`` holds the lock file for an instant: try again
-CLAIM_WAIT = 0.1
+RENEW_S = 1.0  # the heartbeat's period (PostgreSQL)
+RENEW_LOCK_WAIT = "1s"  # a renewal waits this long behind a write holding the row, then skips
+RELEASED = ""  # the holder in a released lease's row
+# TCP on a lease's connection: probe it when idle, fail it when data goes unacknowledged
+KEEPALIVE = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 2, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 10_000}
 
 # Advisory locks of this database, as pg_locks shows a bigint key: its high and low halves.
 ADVISORY_LOCKS = text(
@@ -73,27 +76,61 @@ def key_halves(key: int) -> tuple[int, int]:
 
 
 class Lease:
-    """The right to run ``name`` until released; a context manager."""
+    """The right to run ``name`` until released; a context manager.
+
+    ``generation``: this take's. ``takeover_of``: when the previous holder never
+    released the lease, the store-clock time it last renewed it (its requests may still
+    be in flight); else None. ``lost`` is set once the lease is found lost.
+    """
 
     def __init__(
         self,
+        owner: Leases,
         name: str,
-        holder: str,
         since: float,
-        release: Callable[[], None],
-        check: Callable[[], bool],
+        generation: int,
+        takeover_of: float | None,
+        conn: Connection | None = None,
     ) -> None:
-        self.name = name
-        self.holder = holder
-        self.since = since
-        self._release = release
-        self._check = check
+        self.name, self.holder, self.since = name, owner.holder, since
+        self.generation, self.takeover_of = generation, takeover_of
+        self.lost = threading.Event()
+        self.conn = conn  # PostgreSQL: the connection holding the lock ...
+        self.using = threading.Lock()  # ... used from any thread, one at a time
+        self._owner = owner
         self._released = False
         self._guard = threading.Lock()
 
     def held(self) -> bool:
         """Whether it still holds: a PostgreSQL lease dies with its connection."""
-        return not self._released and self._check()
+        if self._released or self.lost.is_set():
+            return False
+        if self._owner._check(self):
+            return True
+        self._lose("its lock is no longer held")
+        return False
+
+    def fence(self, conn: Connection) -> None:
+        """Raise LeaseLost unless this take still holds the row: call it first in each
+        write transaction of the run. It locks the row, so it serialises with a take."""
+        if not self.lost.is_set():
+            found = conn.execute(
+                update(leases)
+                .where(*_this(self.name, self.generation, self.holder))
+                .values(generation=leases.c.generation)
+            ).rowcount
+            if found == 1:
+                return
+            self._lose("another process took it over")
+        raise LeaseLost(
+            f"state store {self._owner._where}: the lease of {self.name} was lost (its "
+            f"connection dropped, or another process took it over): this run writes nothing "
+            f"more; the process that holds it now goes on"
+        )
+
+    def store_now(self) -> float:
+        """The store's clock, the one ``takeover_of`` is on."""
+        return self._owner.store_now()
 
     def release(self) -> None:
         """Give the lease up; harmless twice."""
@@ -101,25 +138,28 @@ class Lease:
             if self._released:
                 return
             self._released = True
-        self._release()
+        self._owner._release(self)
+
+    def _lose(self, error: str) -> None:
+        """Mark it lost, saying so once (a released lease is not lost, only gone)."""
+        with self._guard:
+            if self._released or self.lost.is_set():
+                return
+            self.lost.set()
+        log.warning("lease lost", extra={"lease": self.name, "error": error})
 
     def __enter__(self) -> Lease:
         return self
 
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.release()
 
     def __repr__(self) -> str:
-        return f"Lease({self.name!r}, holder={self.holder!r}, since={self.since!r})"
+        return f"Lease({self.name!r}, holder={self.holder!r}, generation={self.generation})"
 
 
 class Leases(ABC):
-    """What both backends share: the rows for ``status``, and the leases held here."""
+    """What both backends share: the rows, and the leases held here."""
 
     def __init__(
         self, holder: str, clock: Callable[[], float], transaction: Transaction, where: str
@@ -143,6 +183,16 @@ class Leases(ABC):
     def held(self) -> list[LeaseInfo]:
         """The leases held right now, by any process; stale rows left out."""
 
+    @abstractmethod
+    def _check(self, lease: Lease) -> bool: ...
+
+    @abstractmethod
+    def _release(self, lease: Lease) -> None: ...
+
+    def store_now(self) -> float:
+        """The store's clock (SQLite: the injected one)."""
+        return self._clock()
+
     def close(self) -> None:
         """Release every lease this store took."""
         with self._mine_lock:
@@ -150,34 +200,56 @@ class Leases(ABC):
         for lease in mine:
             lease.release()
 
+    def _now_sql(self) -> ColumnElement[Any]:
+        return literal(self._clock(), Float)
+
     def _remember(self, lease: Lease) -> Lease:
         with self._mine_lock:
             self._mine[lease.name] = lease
         return lease
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, lease: Lease) -> None:
         with self._mine_lock:
-            self._mine.pop(name, None)
+            if self._mine.get(lease.name) is lease:
+                del self._mine[lease.name]
 
-    def _write_row(self, name: str, since: float) -> None:
-        def write(conn: Connection) -> None:
-            conn.execute(delete(leases).where(leases.c.job == name))
-            conn.execute(leases.insert().values(job=name, holder=self.holder, since=since))
+    def _write_row(self, name: str, since: float) -> tuple[int, float | None]:
+        """A take's row, in one transaction: (its generation, its ``takeover_of``)."""
 
-        self._transaction(write, "taking a lease")
+        def write(conn: Connection) -> tuple[int, float | None]:
+            row = leases.c.job == name
+            # A write first: it locks the row (and on SQLite begins the transaction).
+            conn.execute(update(leases).where(row).values(generation=leases.c.generation))
+            previous = conn.execute(select(leases).where(row)).first()
+            values = {"holder": self.holder, "since": since, "renewed_at": self._now_sql()}
+            if previous is None:
+                conn.execute(leases.insert().values(job=name, generation=1, **values))
+                return 1, None
+            generation = (previous.generation or 0) + 1
+            conn.execute(update(leases).where(row).values(generation=generation, **values))
+            if previous.holder == RELEASED:
+                return generation, None
+            if previous.renewed_at is None:  # a row older than renewals: as if renewed now
+                return generation, float(conn.execute(select(self._now_sql())).scalar_one())
+            return generation, float(previous.renewed_at)
 
-    def _drop_row(self, name: str) -> None:
-        """Delete the row if it is still ours; a row left behind is ignored anyway."""
+        return self._transaction(write, "taking a lease")
+
+    def _drop_row(self, lease: Lease) -> None:
+        """Empty the row if it is still this take's; a row left behind is ignored anyway."""
         try:
             self._transaction(
                 lambda conn: conn.execute(
-                    delete(leases).where(leases.c.job == name, leases.c.holder == self.holder)
+                    update(leases)
+                    .where(*_this(lease.name, lease.generation, self.holder))
+                    .values(holder=RELEASED, renewed_at=None)
                 ),
                 "releasing a lease",
             )
         except StateError as exc:
             log.warning(
-                "a released lease's row was left behind", extra={"lease": name, "error": str(exc)}
+                "a released lease's row was left behind",
+                extra={"lease": lease.name, "error": str(exc)},
             )
 
     def _rows(self) -> list[LeaseInfo]:
@@ -185,7 +257,7 @@ class Leases(ABC):
 
 
 class PostgresLeases(Leases):
-    """Advisory locks, one connection per lease held."""
+    """Advisory locks, one connection per lease held, renewed by a heartbeat."""
 
     def __init__(
         self,
@@ -197,6 +269,7 @@ class PostgresLeases(Leases):
     ) -> None:
         super().__init__(holder, clock, transaction, where)
         self._engine = engine
+        self._beating: threading.Event | None = None  # the heartbeat's; set: stop
 
     def claim(self) -> None:
         """Nothing to claim: replicas share the store, and leases divide the jobs."""
@@ -213,22 +286,15 @@ class PostgresLeases(Leases):
         if not got:
             conn.close()
             return None
-        guard = threading.Lock()  # the lease's connection, used from any thread
         since = self._clock()
         try:
-            self._write_row(name, since)
+            generation, takeover_of = self._write_row(name, since)
         except BaseException:
-            self._unlock(conn, key, guard)
+            _unlock(conn, key)
             raise
-
-        def release() -> None:
-            self._drop_row(name)
-            self._unlock(conn, key, guard)
-            self._forget(name)
-
-        return self._remember(
-            Lease(name, self.holder, since, release, lambda: self._holds(conn, key, guard))
-        )
+        lease = self._remember(Lease(self, name, since, generation, takeover_of, conn))
+        self._beat()
+        return lease
 
     def held(self) -> list[LeaseInfo]:
         def read(conn: Connection) -> list[LeaseInfo]:
@@ -238,254 +304,151 @@ class PostgresLeases(Leases):
 
         return self._transaction(read, "reading the leases")
 
+    def store_now(self) -> float:
+        return self._transaction(
+            lambda conn: float(conn.execute(select(self._now_sql())).scalar_one()),
+            "reading the store's clock",
+        )
+
+    def close(self) -> None:
+        with self._mine_lock:
+            stop, self._beating = self._beating, None
+        if stop is not None:
+            stop.set()
+        super().close()
+
+    def _now_sql(self) -> ColumnElement[Any]:
+        return extract("epoch", func.clock_timestamp())
+
+    def _check(self, lease: Lease) -> bool:
+        assert lease.conn is not None
+        hi, lo = key_halves(lease_key(lease.name))
+        with lease.using:
+            try:
+                return bool(lease.conn.execute(MY_ADVISORY_LOCK, {"hi": hi, "lo": lo}).scalar())
+            except SQLAlchemyError:
+                return False
+
+    def _release(self, lease: Lease) -> None:
+        assert lease.conn is not None
+        self._drop_row(lease)
+        with lease.using:
+            _unlock(lease.conn, lease_key(lease.name))
+        self._forget(lease)
+
+    # -- the heartbeat -------------------------------------------------------------
+
+    def _beat(self) -> None:
+        """Start the heartbeat unless it runs; it ends when no lease is held."""
+        with self._mine_lock:
+            if self._beating is not None:
+                return
+            stop = self._beating = threading.Event()
+        threading.Thread(
+            target=self._heartbeat, args=(stop,), name=f"lease heartbeat {self.holder}", daemon=True
+        ).start()
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(RENEW_S):
+            with self._mine_lock:
+                live = [lease for lease in self._mine.values() if not lease.lost.is_set()]
+                if not live:
+                    if self._beating is stop:
+                        self._beating = None
+                    return
+            for lease in live:
+                if stop.is_set():
+                    return
+                error = self._renew(lease)
+                if error is not None:
+                    lease._lose(error)
+
+    def _renew(self, lease: Lease) -> str | None:
+        """Renew on the lease's own connection: None, or why the lease is lost."""
+        conn = lease.conn
+        assert conn is not None
+        hi, lo = key_halves(lease_key(lease.name))
+        renewal = (
+            update(leases)
+            .where(*_this(lease.name, lease.generation, self.holder))
+            .values(renewed_at=self._now_sql())
+        )
+        with lease.using:
+            if conn.closed:
+                return None  # released meanwhile
+            try:
+                renewed = conn.execute(renewal).rowcount
+                mine = bool(conn.execute(MY_ADVISORY_LOCK, {"hi": hi, "lo": lo}).scalar())
+            except SQLAlchemyError as exc:
+                if getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03":
+                    return None  # a write of the run holds the row: renew next time
+                return str(self._failed(exc, "renewing a lease"))
+        if renewed != 1:
+            return f"state store {self._where}: another process took {lease.name} over"
+        return None if mine else f"state store {self._where}: the lock of {lease.name} is gone"
+
     def _connect(self) -> Connection:
-        """A connection of the lease's own, in autocommit: never idle in a transaction."""
+        """A connection of the lease's own, out of the pool, in autocommit (never idle in
+        a transaction), that waits at most RENEW_LOCK_WAIT for a row."""
         try:
             conn = self._engine.connect()
         except SQLAlchemyError as exc:
             raise self._failed(exc) from exc
         try:
             conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.detach()  # its settings stay its own; closing it closes it
+            conn.execute(text(f"SET lock_timeout = '{RENEW_LOCK_WAIT}'"))
         except SQLAlchemyError as exc:
+            conn.invalidate()
             conn.close()
             raise self._failed(exc) from exc
+        _keep_alive(conn)
         return conn
 
-    def _unlock(self, conn: Connection, key: int, guard: threading.Lock) -> None:
-        """Unlock and close; a connection that cannot unlock is discarded, which does."""
-        with guard:
-            try:
-                if not conn.execute(select(func.pg_advisory_unlock(key))).scalar():
-                    conn.invalidate()
-            except SQLAlchemyError:
-                conn.invalidate()
-            finally:
-                conn.close()
-
-    def _holds(self, conn: Connection, key: int, guard: threading.Lock) -> bool:
-        hi, lo = key_halves(key)
-        with guard:
-            try:
-                return bool(conn.execute(MY_ADVISORY_LOCK, {"hi": hi, "lo": lo}).scalar())
-            except SQLAlchemyError:
-                return False
-
-    def _failed(self, exc: SQLAlchemyError) -> StateError:
+    def _failed(self, exc: SQLAlchemyError, doing: str = "taking a lease") -> StateError:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        return StateError(f"state store {self._where}: failed while taking a lease: {detail}")
+        return StateError(f"state store {self._where}: failed while {doing}: {detail}")
 
 
-@dataclass
-class _Claim:
-    """This process's hold on one SQLite file: its lock file, and the names running."""
-
-    fd: int | None  # None: an in-memory database, which no other process can open
-    users: int = 0
-    names: set[str] = field(default_factory=set)
+def _this(name: str, generation: int, holder: str) -> list[ColumnElement[bool]]:
+    """The row of one take of a lease."""
+    return [leases.c.job == name, leases.c.generation == generation, leases.c.holder == holder]
 
 
-# Every store of this process on one file shares its claim (flock locks are per
-# open file, so a second open in the same process would refuse itself).
-_claims: dict[Path, _Claim] = {}
-_claims_lock = threading.Lock()
+def _unlock(conn: Connection, key: int) -> None:
+    """Unlock and close; a connection that cannot unlock is discarded, which does."""
+    try:
+        if not conn.execute(select(func.pg_advisory_unlock(key))).scalar():
+            conn.invalidate()
+    except SQLAlchemyError:
+        conn.invalidate()
+    finally:
+        conn.close()
 
 
-class SqliteLeases(Leases):
-    """One process per file (an flock), one run per name within it."""
-
-    def __init__(
-        self,
-        database: str | None,
-        holder: str,
-        clock: Callable[[], float],
-        transaction: Transaction,
-        where: str,
-        sleep: Callable[[float], None],
-    ) -> None:
-        super().__init__(holder, clock, transaction, where)
-        self._sleep = sleep
-        self.lock_path = (
-            Path(f"{Path(database).resolve()}.lock")
-            if database and database != ":memory:"
-            else None
-        )
-        self._claim: _Claim | None = None
-
-    def claim(self) -> None:
-        """Take the file for this process, or raise StateError naming the one that has it.
-
-        The first claim in a process also clears lease rows left by processes that
-        died: with the file ours, no other process can be running anything.
-        """
-        with _claims_lock:
-            if self._claim is not None:
-                return
-            if self.lock_path is None:
-                self._claim = _Claim(fd=None, users=1)
-                return
-            claim = _claims.get(self.lock_path)
-            if claim is None:
-                claim = _Claim(fd=self._lock())
-                try:
-                    self._transaction(self._clear_rows, "clearing stale leases")
-                except BaseException:
-                    _unlock_file(claim)
-                    raise
-                _claims[self.lock_path] = claim
-            claim.users += 1
-            self._claim = claim
-
-    def take(self, name: str) -> Lease | None:
-        self.claim()
-        claim = self._claim
-        assert claim is not None  # claim() set it or raised
-        with _claims_lock:
-            if name in claim.names:
-                return None
-            claim.names.add(name)
-        since = self._clock()
-        try:
-            self._write_row(name, since)
-        except BaseException:
-            with _claims_lock:
-                claim.names.discard(name)
-            raise
-
-        def release() -> None:
-            self._drop_row(name)
-            with _claims_lock:
-                claim.names.discard(name)
-            self._forget(name)
-
-        def check() -> bool:
-            with _claims_lock:
-                return name in claim.names
-
-        return self._remember(Lease(name, self.holder, since, release, check))
-
-    def held(self) -> list[LeaseInfo]:
-        with _claims_lock:
-            claim = self._claim or (_claims.get(self.lock_path) if self.lock_path else None)
-            running = set(claim.names) if claim is not None else None
-        if running is not None:
-            return [r for r in self._rows() if r.name in running]
-        owner = self._other_owner()
-        if owner is None:
-            return []
-        return [r for r in self._rows() if r.holder == owner.get("holder")]
-
-    def close(self) -> None:
-        super().close()
-        with _claims_lock:
-            claim, self._claim = self._claim, None
-            if claim is None:
-                return
-            claim.users -= 1
-            if claim.users == 0 and self.lock_path is not None:
-                _claims.pop(self.lock_path, None)
-                _unlock_file(claim)
-
-    def _lock(self) -> int:
-        """The lock file, opened and flocked, with who we are written in it."""
-        path = self.lock_path
-        assert path is not None
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StateError(
-                f"state store {self._where}: cannot open its lock file {path}: "
-                f"{exc.strerror or exc}"
-            ) from exc
-        for attempt in range(1, CLAIM_TRIES + 1):
+def _keep_alive(conn: Connection) -> None:
+    """TCP keepalives and a user timeout on a lease's connection, where the OS has them:
+    a peer gone without a word fails the heartbeat in seconds, not minutes."""
+    try:
+        fd = conn.connection.dbapi_connection.pgconn.socket  # type: ignore[union-attr]
+        sock = socket.socket(fileno=os.dup(fd))
+    except (AttributeError, OSError, SQLAlchemyError):
+        return
+    with sock:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == CLAIM_TRIES:
-                    other = _owner(fd)
-                    os.close(fd)
-                    raise StateError(
-                        f"state store {self._where}: another process holds {path} "
-                        f"({_describe(other)}): a SQLite state store serves one process at "
-                        f"a time: stop the other one (e.g. the daemon) first, or use a "
-                        f"PostgreSQL state store (state.url: postgresql+psycopg://...) to run "
-                        f"several replicas"
-                    ) from None
-                self._sleep(CLAIM_WAIT)
-            except OSError as exc:
-                os.close(fd)
-                raise StateError(
-                    f"state store {self._where}: cannot lock {path}: {exc.strerror or exc}"
-                ) from exc
-        owner = {
-            "holder": self.holder,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "since": self._clock(),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(owner).encode(), 0)
-        return fd
-
-    def _other_owner(self) -> dict[str, Any] | None:
-        """Who holds the file now, when another process does; None when nobody does."""
-        if self.lock_path is None:
-            return None
-        try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StateError(
-                f"state store {self._where}: cannot read its lock file {self.lock_path}: "
-                f"{exc.strerror or exc}"
-            ) from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return _owner(fd)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _clear_rows(conn: Connection) -> None:
-        if inspect(conn).has_table(leases.name):
-            conn.execute(delete(leases))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for option, value in KEEPALIVE.items():
+                    if hasattr(socket, option):
+                        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+            except OSError:
+                pass
 
 
 def _read_rows(conn: Connection) -> list[LeaseInfo]:
-    """Every psync_leases row, stale ones included: the callers sort them out."""
-    query = select(leases).order_by(leases.c.job)
+    """Every psync_leases row but released ones, stale ones included: callers sort them."""
+    query = select(leases).where(leases.c.holder != RELEASED).order_by(leases.c.job)
     return [LeaseInfo(r.job, r.holder, r.since) for r in conn.execute(query)]
-
-
-def _unlock_file(claim: _Claim) -> None:
-    if claim.fd is not None:
-        fcntl.flock(claim.fd, fcntl.LOCK_UN)
-        os.close(claim.fd)
-        claim.fd = None
-
-
-def _owner(fd: int) -> dict[str, Any]:
-    """What the process holding a lock file wrote in it ({} if it has not yet)."""
-    try:
-        found = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _describe(owner: dict[str, Any]) -> str:
-    if not owner:
-        return "one that has not yet said who it is"
-    who = f"pid {owner.get('pid')} on {owner.get('host')}"
-    since = owner.get("since")
-    if isinstance(since, int | float):
-        who += f", since {datetime.fromtimestamp(since, UTC).isoformat(timespec='seconds')}"
-    return who
 
 
 def leases_for(
@@ -499,4 +462,15 @@ def leases_for(
     """The lease backend of this store's database."""
     if engine.dialect.name == "postgresql":
         return PostgresLeases(engine, holder, clock, transaction, where)
+    from sync.state.sqlite_leases import SqliteLeases  # it builds on this module
+
     return SqliteLeases(engine.url.database, holder, clock, transaction, where, sleep)
+
+
+def __getattr__(name: str) -> Any:
+    """``SqliteLeases`` is importable from here too (its module imports this one)."""
+    if name == "SqliteLeases":
+        from sync.state.sqlite_leases import SqliteLeases
+
+        return SqliteLeases
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

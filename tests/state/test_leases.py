@@ -1,11 +1,14 @@
 """Run leases: one run of a job at a time, across stores, threads and processes.
 
-Real PostgreSQL and SQLite, real processes killed with SIGKILL: a lease must free
-itself when its holder dies, and ``leases()`` must never report a dead holder.
+Real PostgreSQL and SQLite, real processes killed with SIGKILL and real backends
+terminated: a lease must free itself when its holder dies, ``leases()`` must never
+report a dead holder, and a run whose lease was lost must find out (its heartbeat)
+and write nothing more (its fence) once another holder took it over.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -17,10 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
-from sync.errors import StateError
-from sync.state.leases import key_halves, lease_key
+from sync.errors import LeaseLost, StateError
+from sync.state.leases import RENEW_S, Lease, key_halves, lease_key
 from sync.state.records import LeaseInfo
 from sync.state.store import StateStore, state_engine
 
@@ -115,6 +118,20 @@ def eventually(check: Callable[[], bool], seconds: float = 10) -> None:
         time.sleep(0.05)
 
 
+def lease_row(url: str, name: str = JOB) -> dict[str, object]:
+    """One psync_leases row as stored: holder, generation, renewed_at."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT holder, generation, renewed_at FROM psync_leases WHERE job = :j"),
+                {"j": name},
+            ).one()
+            return dict(found._mapping)
+    finally:
+        engine.dispose()
+
+
 def lease_rows(url: str) -> list[tuple[str, str]]:
     """The psync_leases rows as stored, stale ones included."""
     engine = create_engine(url)
@@ -176,7 +193,8 @@ def test_leases_shows_holder_and_since(
         assert lease is not None
         lease.release()
     assert a.leases() == []
-    assert lease_rows(store_url) == []  # released leases delete their rows
+    # released leases empty their rows (holder ""), which keep the generation for the next
+    assert lease_rows(store_url) == [(name, "") for name in sorted(names)]
 
 
 def test_a_lease_is_a_context_manager(open_store: Callable[..., StateStore]) -> None:
@@ -231,6 +249,103 @@ def test_runs_record_their_holder(open_store: Callable[..., StateStore], store_u
         assert default.runs(JOB)[0].holder == default.holder
     finally:
         default.close()
+
+
+def test_every_take_bumps_the_generation(
+    open_store: Callable[..., StateStore], store_url: str
+) -> None:
+    a, b = open_store("a"), open_store("b")
+    first = a.lease(JOB)
+    assert first is not None
+    assert (first.generation, first.takeover_of) == (1, None)
+    assert not first.lost.is_set()
+    first.release()
+    second = b.lease(JOB)
+    assert second is not None
+    assert (second.generation, second.takeover_of) == (2, None)  # released: nothing in flight
+    assert lease_row(store_url)["generation"] == 2
+    second.release()
+    third = a.lease(JOB)
+    assert third is not None
+    assert (third.generation, third.takeover_of) == (3, None)
+    other = a.lease("orders")  # generations are per name
+    assert other is not None
+    assert other.generation == 1
+    row = lease_row(store_url)
+    assert (row["holder"], row["generation"]) == ("a", 3)
+    assert isinstance(row["renewed_at"], float)
+    third.release()
+    other.release()
+
+
+def test_the_fence_passes_for_the_holder_and_stops_any_other(
+    open_store: Callable[..., StateStore],
+) -> None:
+    a, b = open_store("a"), open_store("b")
+    first = a.lease(JOB)
+    assert first is not None
+
+    def write(lease: Lease, job: str) -> Callable[[Connection], None]:
+        def fenced(conn: Connection) -> None:
+            lease.fence(conn)
+            conn.execute(text("INSERT INTO psync_jobs (job, shards) VALUES (:j, 1)"), {"j": job})
+
+        return fenced
+
+    def jobs() -> list[str]:
+        return a.transaction(
+            lambda conn: list(conn.execute(text("SELECT job FROM psync_jobs")).scalars()), "reading"
+        )
+
+    a.transaction(write(first, "written"), "fencing and writing")  # the holder writes on
+    assert jobs() == ["written"]
+    assert not first.lost.is_set()
+
+    stale = first
+    stale.release()
+    second = b.lease(JOB)
+    assert second is not None
+    with pytest.raises(LeaseLost, match=f"the lease of {JOB} was lost") as lost:
+        a.transaction(write(stale, "never"), "fencing and writing")
+    assert jobs() == ["written"]  # the old run wrote nothing more
+    assert "this run writes nothing more" in str(lost.value)
+    assert "the process that holds it now goes on" in str(lost.value)
+    b.transaction(second.fence, "fencing")  # the new holder is not disturbed
+    assert second.held()
+    second.release()
+    with pytest.raises(LeaseLost):  # a released lease fences nothing in
+        b.transaction(second.fence, "fencing")
+
+
+def test_the_store_clock(open_store: Callable[..., StateStore], store_url: str) -> None:
+    clock = [T0]
+    a = open_store("a", lambda: clock[0])
+    lease = a.lease(JOB)
+    assert lease is not None
+    now = lease.store_now()
+    if store_url.startswith("sqlite"):
+        assert now == T0  # SQLite's is the injected clock
+        assert lease_row(store_url)["renewed_at"] == T0
+    else:  # PostgreSQL's own, whatever this process's clock says
+        assert abs(now - time.time()) < 60
+        renewed = lease_row(store_url)["renewed_at"]
+        assert isinstance(renewed, float)
+        assert renewed <= now < renewed + 60
+    lease.release()
+
+
+def test_sqlite_leases_have_no_heartbeat(state_url: str) -> None:
+    store = StateStore(state_engine(state_url), lambda: T0, holder="quiet")
+    try:
+        store.create_schema()
+        lease = store.lease(JOB)
+        assert lease is not None
+        assert heartbeats("quiet") == []
+        assert lease.held()
+        assert not lease.lost.is_set()
+        lease.release()
+    finally:
+        store.close()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------
@@ -347,6 +462,261 @@ def test_claim_does_nothing_on_postgres(pg_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.fixture
+def admin(pg_url: str) -> Iterator[Engine]:
+    """An AUTOCOMMIT engine on another database of the server: no setting of the test's
+    database (idle_session_timeout) reaches it."""
+    engine = create_engine(make_url(pg_url).set(database="test"), isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+def lease_pids(admin: Engine, pg_url: str, name: str = JOB) -> list[int]:
+    """The backends holding the advisory lock of ``name`` in the test's database."""
+    hi, lo = key_halves(lease_key(name))
+    with admin.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND classid::bigint = :hi AND objid::bigint = :lo AND database ="
+                    " (SELECT oid FROM pg_database WHERE datname = :db)"
+                ),
+                {"hi": hi, "lo": lo, "db": make_url(pg_url).database},
+            ).scalars()
+        )
+
+
+def terminate_lease(admin: Engine, pg_url: str, name: str = JOB) -> None:
+    """pg_terminate_backend on the connection holding ``name``'s lock."""
+    (pid,) = lease_pids(admin, pg_url, name)
+    with admin.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    eventually(lambda: lease_pids(admin, pg_url, name) == [])
+
+
+def heartbeats(holder: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"lease heartbeat {holder}"]
+
+
+def stays(check: Callable[[], bool], seconds: float) -> None:
+    """``check`` holds at every look, each 0.1 s, for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), "it stopped holding"
+        time.sleep(0.1)
+
+
+@pytest.mark.postgres
+def test_a_take_over_an_unreleased_lease_says_when_its_holder_last_renewed(
+    pg_url: str, admin: Engine
+) -> None:
+    a = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    b = StateStore(state_engine(pg_url), lambda: T0, holder="b")
+    try:
+        a.create_schema()
+        first = a.lease(JOB)
+        assert first is not None
+        taken = lease_row(pg_url)["renewed_at"]
+        assert isinstance(taken, float)
+        eventually(lambda: lease_row(pg_url)["renewed_at"] > taken)  # type: ignore[operator]
+
+        terminate_lease(admin, pg_url)
+        eventually(first.lost.is_set)  # no more renewals from a
+        last = lease_row(pg_url)
+        assert (last["holder"], last["generation"]) == ("a", 1)
+
+        second = b.lease(JOB)
+        assert second is not None
+        assert second.generation == 2
+        assert second.takeover_of == last["renewed_at"]
+        assert second.takeover_of is not None
+        assert 0 <= second.store_now() - second.takeover_of < 30
+        assert lease_row(pg_url)["holder"] == "b"
+        first.release()  # on a dead connection, and the row is b's now: b's is untouched
+        assert lease_row(pg_url)["holder"] == "b"
+        assert second.held()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+def test_the_fence_stops_a_run_whose_lease_was_taken_over(pg_url: str, admin: Engine) -> None:
+    a = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    b = StateStore(state_engine(pg_url), lambda: T0, holder="b")
+    try:
+        a.create_schema()
+        first = a.lease(JOB)
+        assert first is not None
+        a.transaction(first.fence, "fencing")
+        terminate_lease(admin, pg_url)
+        second = b.lease(JOB)
+        assert second is not None
+        with pytest.raises(LeaseLost, match=f"the lease of {JOB} was lost"):
+            a.transaction(first.fence, "fencing")
+        assert first.lost.is_set()
+        assert not first.held()
+        # Not only the heartbeat's verdict: the row itself refuses the old generation.
+        first.lost.clear()
+        with pytest.raises(LeaseLost):
+            a.transaction(first.fence, "fencing")
+        assert first.lost.is_set()
+        b.transaction(second.fence, "fencing")
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+def test_a_take_waits_for_a_write_that_passed_the_fence(pg_url: str, admin: Engine) -> None:
+    a = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    b = StateStore(state_engine(pg_url), lambda: T0, holder="b")
+    writer = create_engine(pg_url)
+    try:
+        a.create_schema()
+        first = a.lease(JOB)
+        assert first is not None
+        taken: list[Lease | None] = []
+        with writer.begin() as conn:
+            first.fence(conn)  # a write of a's run, under way
+            terminate_lease(admin, pg_url)
+            thread = threading.Thread(target=lambda: taken.append(b.lease(JOB)))
+            thread.start()
+
+            def waiting() -> bool:
+                with admin.connect() as look:
+                    return bool(
+                        look.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type ="
+                                " 'Lock' AND query LIKE '%psync_leases%' AND datname = :db"
+                            ),
+                            {"db": make_url(pg_url).database},
+                        ).scalar()
+                    )
+
+            eventually(waiting)  # b's take waits for the write to end ...
+            assert taken == []
+        thread.join(timeout=30)  # ... and goes on once it committed
+        (second,) = taken
+        assert second is not None
+        assert second.generation == 2
+        with pytest.raises(LeaseLost):
+            a.transaction(first.fence, "fencing")
+    finally:
+        a.close()
+        b.close()
+        writer.dispose()
+
+
+@pytest.mark.postgres
+def test_the_heartbeat_finds_a_terminated_connection_by_itself(
+    pg_url: str, admin: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    try:
+        store.create_schema()
+        with caplog.at_level(logging.WARNING, logger="sync.state.leases"):
+            lease = store.lease(JOB)
+            assert lease is not None
+            terminate_lease(admin, pg_url)
+            eventually(lease.lost.is_set, seconds=5)
+        assert not lease.held()
+        (record,) = [r for r in caplog.records if r.getMessage() == "lease lost"]
+        assert record.lease == JOB  # type: ignore[attr-defined]
+        assert "failed while renewing a lease" in record.error  # type: ignore[attr-defined]
+        lease.release()  # quietly, on a dead connection
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_write_holding_the_row_does_not_make_the_heartbeat_lose_the_lease(
+    pg_url: str,
+) -> None:
+    store = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    writer = create_engine(pg_url)
+    try:
+        store.create_schema()
+        lease = store.lease(JOB)
+        assert lease is not None
+        with writer.begin() as conn:
+            lease.fence(conn)  # a long write of the run: it holds the row
+            stays(lambda: not lease.lost.is_set(), seconds=3 * RENEW_S)
+        before = lease_row(pg_url)["renewed_at"]
+        eventually(lambda: lease_row(pg_url)["renewed_at"] > before)  # type: ignore[operator]
+        assert lease.held()
+    finally:
+        store.close()
+        writer.dispose()
+
+
+@pytest.mark.postgres
+def test_the_heartbeat_is_a_daemon_that_ends_with_the_leases(pg_url: str) -> None:
+    store = StateStore(state_engine(pg_url), lambda: T0, holder="beating")
+    try:
+        store.create_schema()
+        assert heartbeats("beating") == []
+        first, other = store.lease(JOB), store.lease("orders")
+        assert first is not None and other is not None
+        (beat,) = heartbeats("beating")  # one for every lease of the store
+        assert beat.daemon
+        first.release()
+        other.release()
+        eventually(lambda: not beat.is_alive())  # nothing held: it ends
+        again = store.lease(JOB)
+        assert again is not None
+        (beat,) = heartbeats("beating")  # a take starts it again
+        started = time.monotonic()
+        store.close()
+        assert time.monotonic() - started < 1.0  # close does not wait for a beat
+        eventually(lambda: not beat.is_alive())
+        assert not again.held()
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_the_heartbeat_keeps_a_lease_past_idle_session_timeout(pg_url: str, admin: Engine) -> None:
+    name = make_url(pg_url).database
+    with admin.connect() as conn:
+        version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
+        assert version >= 140000, "idle_session_timeout needs PostgreSQL 14 or later"
+        conn.execute(text(f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '1500ms'"))
+    store = StateStore(state_engine(pg_url), lambda: T0, holder="a")
+    idle = create_engine(pg_url, isolation_level="AUTOCOMMIT")  # idle, not in a transaction
+    try:
+        store.create_schema()
+        # The timeout bites: a connection left idle is ended by the server.
+        with idle.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+            def gone() -> bool:
+                with admin.connect() as look:
+                    return not look.execute(
+                        text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+                    ).first()
+
+            eventually(gone)
+            conn.invalidate()
+        lease = store.lease(JOB)
+        assert lease is not None
+        (holding,) = lease_pids(admin, pg_url)
+        # Nothing here touches the lease's connection (held() would, itself keeping it
+        # busy): only the heartbeat does, and the lock stays with the same backend.
+        stays(
+            lambda: not lease.lost.is_set() and lease_pids(admin, pg_url) == [holding],
+            seconds=5,
+        )
+        assert lease.held()
+        lease.release()
+        assert lease_pids(admin, pg_url) == []
+    finally:
+        store.close()
+        idle.dispose()
 
 
 # -- SQLite --------------------------------------------------------------------------
