@@ -2,8 +2,9 @@
 
 Real HTTP (``ThreadingHTTPServer``, HTTP/1.1 keep-alive) so the sync's own client,
 retries and timeouts are exercised exactly as against the live service. Faults
-(latency, 5xx, 429, dropped connections, lost answers) can be switched at runtime
-and are drawn from a seeded generator, so a test sees the same sequence every run.
+(latency, 5xx, 429, dropped connections, lost answers, answers of the wrong shape,
+writes that land after the client gave up) can be switched at runtime and are drawn
+from a seeded generator, so a test sees the same sequence every run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from sync.sandbox.store import RequestError, UserStore, parse_modifiers
 
 log = logging.getLogger(__name__)
 
-FaultKind: TypeAlias = Literal["error", "rate_limit", "drop", "lost_answer"]
+FaultKind: TypeAlias = Literal[
+    "error", "rate_limit", "drop", "lost_answer", "wrong_shape", "late_apply"
+]
 
 MAX_BODY = 10 * 1024 * 1024
 POLL_INTERVAL_S = 0.05
@@ -48,6 +51,14 @@ class Faults:
     affected request. Faults hit ``/rest/users`` only, and ``/rest/account`` too when
     ``include_account`` is set. ``lost_answer_rate`` applies the request, then answers
     500 or drops the connection: the change is made, the answer lost.
+
+    ``wrong_shape_rate``: a GET on ``/rest/users`` is answered 200 with the JSON object
+    ``{"result": "ok"}`` instead of an array. ``late_apply_rate``: a POST, PUT or
+    DELETE on ``/rest/users`` gets no answer for ``late_apply_s`` seconds (the client
+    should time out first), then the write is applied and the connection closed,
+    still unanswered: the change lands after the client gave up (see
+    :meth:`SandboxServer.late_pending`). A request of another method drawn for either
+    of these two is served normally (and logged with no fault).
     """
 
     latency_s: float = 0.0
@@ -57,6 +68,9 @@ class Faults:
     retry_after_s: float | None = 1.0
     drop_rate: float = 0.0
     lost_answer_rate: float = 0.0
+    wrong_shape_rate: float = 0.0
+    late_apply_rate: float = 0.0
+    late_apply_s: float = 3.0
     include_account: bool = False
     writes_only: bool = False  # faults hit POST, PUT and DELETE only; reads are served
     seed: int | None = None
@@ -67,14 +81,21 @@ class Faults:
             "rate_limit_rate": self.rate_limit_rate,
             "drop_rate": self.drop_rate,
             "lost_answer_rate": self.lost_answer_rate,
+            "wrong_shape_rate": self.wrong_shape_rate,
+            "late_apply_rate": self.late_apply_rate,
         }
         for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"Faults.{name} must be between 0 and 1, got {rate}")
         if sum(rates.values()) > 1.0 + 1e-9:
-            raise ValueError("Faults: error, rate-limit, drop and lost-answer rates exceed 1")
+            raise ValueError(
+                "Faults: error, rate-limit, drop, lost-answer, wrong-shape and late-apply "
+                "rates exceed 1"
+            )
         if self.latency_s < 0 or self.latency_jitter_s < 0:
             raise ValueError("Faults: latency must not be negative")
+        if self.late_apply_s < 0:
+            raise ValueError("Faults: late_apply_s must not be negative")
 
 
 @dataclass(frozen=True)
@@ -98,7 +119,8 @@ class RecordedRequest:
 class _Answer:
     status: int
     payload: bytes
-    content_type: str
+    content_type: str | None
+    """None: no Content-Type header (the bare 400)."""
     headers: dict[str, str]
 
 
@@ -106,6 +128,11 @@ def _text(status: int, message: str, headers: dict[str, str] | None = None) -> _
     return _Answer(
         status, message.encode("utf-8"), "text/plain; charset=utf-8", dict(headers or {})
     )
+
+
+def _bare(status: int) -> _Answer:
+    """An answer with no body at all (Content-Length: 0, no Content-Type)."""
+    return _Answer(status, b"", None, {})
 
 
 def _json(value: Any) -> _Answer:
@@ -118,7 +145,16 @@ def _reject_constant(name: str) -> Any:
 
 
 class SandboxServer:
-    """A local Personyze Users API: ``with SandboxServer() as api: ... api.url ...``."""
+    """A local Personyze Users API: ``with SandboxServer() as api: ... api.url ...``.
+
+    ``clock`` is the database's clock: it stamps ``data_last_modified`` (and nothing
+    else), while the HTTP ``Date`` header always carries the real time, so a test can
+    run the data clock behind (or ahead of) the Date header, e.g.
+    ``SandboxServer(clock=lambda: time.time() - 10)`` stamps changes 10 s behind it.
+    ``internal_id_merges=True`` is the wiki's behaviour (internal_id and fb_id merge
+    and are found by ``where``); the default is the live service's (only email and
+    user_id do).
+    """
 
     def __init__(
         self,
@@ -140,6 +176,8 @@ class SandboxServer:
         self._rng_lock = threading.Lock()
         self._log: deque[RecordedRequest] = deque(maxlen=request_log_limit)
         self._log_lock = threading.Lock()
+        self._late = 0
+        self._late_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -168,15 +206,21 @@ class SandboxServer:
         try:
             httpd.serve_forever(poll_interval=POLL_INTERVAL_S)
         finally:
+            httpd.stopping.set()
             httpd.close_all()
             httpd.server_close()
             self._httpd = None
 
     def stop(self) -> None:
-        """Stop serving and close every open connection."""
+        """Stop serving and close every open connection.
+
+        Late writes still waiting (``late_apply``) are abandoned, never applied, and
+        stop() does not wait for them.
+        """
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        httpd.stopping.set()
         httpd.shutdown()
         httpd.close_all()
         httpd.server_close()
@@ -235,12 +279,29 @@ class SandboxServer:
                 ("error", f.error_rate),
                 ("rate_limit", f.rate_limit_rate),
                 ("lost_answer", f.lost_answer_rate),
+                ("wrong_shape", f.wrong_shape_rate),
+                ("late_apply", f.late_apply_rate),
             ):
                 if roll < rate:
                     fault = kind  # type: ignore[assignment]
                     break
                 roll -= rate
+            if fault == "wrong_shape" and not (path == "users" and method == "GET"):
+                fault = None
+            if fault == "late_apply" and not (
+                path == "users" and method in ("POST", "PUT", "DELETE")
+            ):
+                fault = None
             return latency, fault, drop, f
+
+    def late_pending(self) -> int:
+        """How many ``late_apply`` requests are still waiting to be applied."""
+        with self._late_lock:
+            return self._late
+
+    def _late_count(self, step: int) -> None:
+        with self._late_lock:
+            self._late += step
 
     # request log and inspection
 
@@ -287,7 +348,7 @@ class SandboxServer:
         return None
 
     def _dispatch(self, method: str, segments: list[str], raw: bytes) -> _Answer:
-        """Route one authorised request; RequestError becomes a plain-text 400."""
+        """Route one authorised request; RequestError becomes a plain-text (or bare) 400."""
         head, rest = segments[0], segments[1:]
         if head == "account" and not rest:
             if method != "GET":
@@ -311,7 +372,7 @@ class SandboxServer:
                 return _json(self.store.update(query, body))
             return _json(self.store.delete(query))
         except RequestError as error:
-            return _text(400, str(error))
+            return _bare(400) if error.bare else _text(400, str(error))
 
 
 def _parse_body(raw: bytes) -> Any:
@@ -350,6 +411,8 @@ class _HTTPServer(ThreadingHTTPServer):
         sandbox: SandboxServer,
     ) -> None:
         self.sandbox = sandbox
+        self.stopping = threading.Event()
+        """Set by stop(): late writes still waiting are abandoned."""
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, handler)
@@ -430,6 +493,8 @@ class _Handler(BaseHTTPRequestHandler):
         latency, fault, drop_instead, faults = sandbox._draw(
             segments[0] if segments else "", self.command
         )
+        if fault == "late_apply" and raw is not None:
+            sandbox._late_count(+1)  # counted from the draw: latency is part of the wait
         if latency:
             time.sleep(latency)
 
@@ -445,6 +510,15 @@ class _Handler(BaseHTTPRequestHandler):
             retry = faults.retry_after_s
             headers = {} if retry is None else {"Retry-After": _seconds(retry)}
             answer = _text(429, "Too many requests", headers)
+        elif fault == "wrong_shape":
+            answer = _json({"result": "ok"})
+        elif fault == "late_apply":
+            try:  # withheld past the client's timeout, then applied, never answered
+                if not self.server.stopping.wait(faults.late_apply_s):
+                    self._answer(segments, raw)
+            finally:
+                sandbox._late_count(-1)
+            answer = None
         else:
             answer = self._answer(segments, raw)
             if fault == "lost_answer":
@@ -517,7 +591,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, answer: _Answer) -> None:
         self.send_response(answer.status)
-        self.send_header("Content-Type", answer.content_type)
+        if answer.content_type is not None:
+            self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(answer.payload)))
         for name, value in answer.headers.items():
             self.send_header(name, value)

@@ -114,8 +114,8 @@ def test_percent_encoded_values(server: SandboxServer, client: httpx.Client) -> 
     response = client.get(f"/users/where/email={quote(email, safe='@+')}/column/user_id")
     assert response.json() == [uid]
     # httpx percent-encodes < and > in paths; they still work as operators
-    assert client.get("/users/where/user_id>1/column/email").json() == ["other@x.com"]
-    assert client.get("/users/where/user_id<=1/column/email").json() == [email]
+    assert client.get("/users/where/user_id>1/limit/50/column/email").json() == ["other@x.com"]
+    assert client.get("/users/where/user_id<=1/limit/50/column/email").json() == [email]
 
 
 def test_single_id_not_found(client: httpx.Client) -> None:

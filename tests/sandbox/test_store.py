@@ -40,6 +40,19 @@ def make_store(rows: list[dict[str, Any]], **kwargs: Any) -> UserStore:
     return store
 
 
+def keyset(store: UserStore, condition: str) -> list[int]:
+    """Every user_id a range condition selects, read by user_id keyset 50 at a time."""
+    seen: list[int] = []
+    while True:
+        last = seen[-1] if seen else 0
+        page = store.get(
+            path(f"where/{condition}&user_id>{last}/order_by/user_id/limit/50/column/user_id")
+        )
+        if not page:
+            return seen
+        seen.extend(page)
+
+
 PEOPLE: list[dict[str, Any]] = [
     {"email": "ann@x.com", "first_name": "Ann", "age": 30, "city": "Oslo", "internal_id": "a1"},
     {"email": "bob@x.com", "first_name": "Bob", "age": "9", "city": "Rome", "internal_id": "b2"},
@@ -240,23 +253,23 @@ def test_limit_exactly_1000_is_allowed() -> None:
     ("modifiers", "expected_ids"),
     [
         ("where/city=Oslo", [1, 4]),
-        ("where/age>10", [1, 3, 4]),  # "9" is the number 9
-        ("where/age<10", [2]),
-        ("where/age>=30&age<=30.5", [1, 4]),
-        ("where/first_name=Bob|city=Oslo&age>30", [2, 4]),  # & before |
-        ("where/city=Oslo|first_name=Bob&age>30", [1, 4]),
+        ("where/age>10/limit/50", [1, 3, 4]),  # "9" is the number 9
+        ("where/age<10/limit/50", [2]),
+        ("where/age>=30&age<=30.5/limit/50", [1, 4]),
+        ("where/first_name=Bob|city=Oslo&age>30/limit/50", [2, 4]),  # & before |
+        ("where/city=Oslo|first_name=Bob&age>30/limit/50", [1, 4]),
         ("where/user_id:1,3,99", [1, 3]),
         ("where/user_id!:1,3", [2, 4]),
         ("where/email:ann@x.com,bob@x.com", [1, 2]),
         ("where/email=cy%2Fd%26e%3Df%2Cg%7Ch%3Ai@x.com", [3]),
-        ("where/fb_id=777", [4]),
+        ("where/fb_id=777", []),  # live: fb_id is not a lookup key
         ("where/city!=Oslo", [2]),  # Cy has no city: no match
-        ("where/user_id>1/order_by_desc/user_id", [4, 3, 2]),
-        ("where/user_id>=2&user_id<4", [2, 3]),
+        ("where/user_id>1/order_by_desc/user_id/limit/50", [4, 3, 2]),
+        ("where/user_id>=2&user_id<4/limit/50", [2, 3]),
         ("where/user_id>0/limit/1,2", [2, 3]),
-        ("where/age>0/order_by/age", [2, 1, 4, 3]),
-        ("where/age>0/order_by_desc/age", [3, 4, 1, 2]),
-        ("where/age>0/order_by/city,user_id", [3, 1, 4, 2]),  # missing first
+        ("where/age>0/order_by/age/limit/50", [2, 1, 4, 3]),
+        ("where/age>0/order_by_desc/age/limit/50", [3, 4, 1, 2]),
+        ("where/age>0/order_by/city,user_id/limit/50", [3, 1, 4, 2]),  # missing first
         ("order_by/email", [4, 1, 2, 3]),  # missing sorts first
         ("order_by_desc/fb_id/limit/1", [4]),
         ("order_by/user_id/limit/0", []),
@@ -271,7 +284,7 @@ def test_select(modifiers: str, expected_ids: list[int]) -> None:
 def test_live_mode_internal_id_is_never_matched() -> None:
     store = make_store(PEOPLE)
     for cond in ("internal_id=a1", "internal_id:a1,b2", "internal_id!=zz", "internal_id>a"):
-        assert store.get(path(f"where/{cond}")) == [], cond
+        assert store.get(path(f"where/{cond}/limit/50")) == [], cond
     assert store.get(path("where/internal_id=a1|user_id=2/column/user_id")) == [2]
     # ... but it is stored, returned and orderable
     assert store.get(path("order_by_desc/internal_id/column/internal_id")) == [
@@ -328,13 +341,14 @@ def test_default_limit_is_1000_and_keyset_pages_work() -> None:
     seen: list[int] = []
     last = 0
     while True:
-        page = store.get(path(f"where/user_id>{last}/order_by/user_id/limit/1000/column/user_id"))
+        page = store.get(path(f"where/user_id>{last}/order_by/user_id/limit/50/column/user_id"))
         if not page:
             break
         seen.extend(page)
         last = page[-1]
     assert seen == list(range(1, 2501))
     desc = store.get(path("where/user_id<=2000&n>=0/order_by_desc/user_id/limit/3/column/user_id"))
+    assert len(store.get(path("where/user_id:" + ",".join(map(str, range(1, 1001)))))) == 1000
     assert desc == [2000, 1999, 1998]
 
 
@@ -346,10 +360,9 @@ def test_post_creates_with_increasing_ids_and_merges_by_identifiers() -> None:
     assert store.upsert({"email": "a@x.com", "firstName": "A"}) == 1
     assert store.upsert({"fb_id": "55", "first_name": "F"}) == 2
     assert store.upsert({"email": "a@x.com", "lastName": "L"}) == 1  # by email
-    assert store.upsert({"fb_id": 55, "city": "Oslo"}) == 2  # by fb_id ("55" == 55)
     assert store.upsert({"user_id": 2, "email": "f@x.com"}) == 2  # by user_id
     assert store.upsert({"email": "A@x.com"}) == 3  # exact match only
-    assert store.upsert({"email": "f@x.com", "fb_id": 1}) == 2  # email wins over fb_id
+    assert store.upsert({"email": "f@x.com", "fb_id": 1}) == 2  # email merges
     users = store.users()
     assert [u["user_id"] for u in users] == [1, 2, 3]
     assert {k: v for k, v in users[0].items() if k != "data_last_modified"} == {
@@ -362,7 +375,44 @@ def test_post_creates_with_increasing_ids_and_merges_by_identifiers() -> None:
     assert users[1]["fb_id"] == 1
     # the old email no longer finds user 2; the new one does
     assert store.get(path("where/email=f@x.com/column/user_id")) == [2]
-    assert store.get(path("where/fb_id=55")) == []
+    assert store.get(path("where/email=a@x.com|email=A@x.com/column/user_id")) == [1, 3]
+
+
+def test_live_mode_fb_id_does_not_merge_and_is_never_matched() -> None:
+    store = UserStore()
+    assert store.upsert({"fb_id": "55", "first_name": "F"}) == 1
+    assert store.upsert({"fb_id": 55, "city": "Oslo"}) == 2  # a new user, not a merge
+    assert store.upsert({"fb_id": "55", "email": "e@x.com"}) == 3
+    assert store.upsert({"fb_id": "55", "email": "e@x.com", "n": 1}) == 3  # email merges
+    assert store.upsert({"fb_id": "55", "user_id": 1, "n": 2}) == 1  # user_id merges
+    for cond in ("fb_id=55", "fb_id:55,56", "fb_id!=0", "fb_id!:0", "fb_id>0"):
+        assert store.get(path(f"where/{cond}/limit/50")) == [], cond
+    assert store.get(path("where/fb_id=55|user_id=2/column/user_id")) == [2]
+    assert store.update(path("where/fb_id=55"), {"x": 1}) == 0
+    assert store.delete(path("where/fb_id=55")) == 0
+    # ... but it is stored, returned and orderable
+    assert [u["fb_id"] for u in store.users()] == ["55", 55, "55"]
+    assert store.get(path("1/column/fb_id")) == "55"
+    store.upsert({"fb_id": "9"})
+    assert store.get(path("order_by_desc/fb_id/limit/2/column/fb_id")) == ["55", 55]
+    assert store.get(path("order_by/fb_id/limit/1/column/fb_id")) == ["9"]
+
+
+def test_wiki_mode_fb_id_and_internal_id_merge_and_are_matched() -> None:
+    store = UserStore(internal_id_merges=True)
+    assert store.upsert({"fb_id": "55", "first_name": "F"}) == 1
+    assert store.upsert({"fb_id": 55, "city": "Oslo"}) == 1  # by fb_id ("55" == 55)
+    assert store.upsert({"internal_id": "k", "first_name": "K"}) == 2
+    assert store.upsert({"internal_id": "k", "fb_id": 55}) == 1  # fb_id before internal_id
+    assert store.upsert({"email": "e@x.com", "fb_id": 55}) == 1  # email first, then fb_id
+    assert store.get(path("where/fb_id=55/column/user_id")) == [1]
+    assert store.get(path("where/fb_id:55,56/column/user_id")) == [1]
+    assert store.get(path("where/internal_id=k/column/user_id")) == [1, 2]  # 1 took it too
+    assert store.update(path("where/fb_id=55"), {"x": 1}) == 1
+    assert store.users()[0]["x"] == 1
+    assert store.delete(path("where/fb_id=55")) == 1
+    assert [u["user_id"] for u in store.users()] == [2]
+    assert store.upsert({"internal_id": "k", "fb_id": 56}) == 2  # by internal_id
 
 
 def test_post_unknown_user_id_is_refused() -> None:
@@ -428,13 +478,16 @@ def test_change_polling_by_data_last_modified() -> None:
     store.upsert({"email": "u1@x.com", "first_name": "changed"})
     store.upsert({"email": "u3@x.com"})  # no change
     changed = store.get(
-        path("where/data_last_modified>=103/order_by/data_last_modified,user_id/column/user_id")
+        path(
+            "where/data_last_modified>=103/order_by/data_last_modified,user_id/limit/50"
+            "/column/user_id"
+        )
     )
     assert changed == [4, 5, 2]
     newest = store.get(path("order_by_desc/data_last_modified/limit/1/columns/user_id,email"))
     assert newest == [{"user_id": 2, "email": "u1@x.com"}]
-    assert store.get(path("where/data_last_modified>200/column/user_id")) == []
-    assert store.get(path("where/data_last_modified<101/column/user_id")) == [1]
+    assert store.get(path("where/data_last_modified>200/limit/50/column/user_id")) == []
+    assert store.get(path("where/data_last_modified<101/limit/50/column/user_id")) == [1]
 
 
 def test_update_and_delete() -> None:
@@ -481,7 +534,7 @@ def test_bulk_update_and_delete_keep_indexes_consistent() -> None:
     store = make_store([{"email": f"u{i}@x.com", "n": i % 2} for i in range(300)], clock=clock)
     clock.now = 150
     assert store.update(path("where/n=1"), {"flag": "y"}) == 150
-    stamps = store.get(path("where/data_last_modified>=150/order_by/user_id/column/user_id"))
+    stamps = keyset(store, "data_last_modified>=150")
     assert stamps == list(range(2, 301, 2))
     assert store.delete(path("where/n=0")) == 150
     assert store.get(path("order_by/data_last_modified/limit/3/column/user_id")) == [2, 4, 6]
@@ -490,3 +543,103 @@ def test_bulk_update_and_delete_keep_indexes_consistent() -> None:
     store.reset()
     assert store.users() == []
     assert store.upsert({"email": "x@x.com"}) == 1
+
+
+# --- range reads: at most 50 rows ------------------------------------------------
+
+
+def bare_refusal(store: UserStore, modifiers: str) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        store.get(path(modifiers))
+    assert caught.value.bare, modifiers
+    return caught.value
+
+
+@pytest.mark.parametrize("wiki", [False, True])
+def test_range_reads_are_capped_at_50_in_both_modes(wiki: bool) -> None:
+    store = make_store(
+        [{"email": f"u{i}@x.com", "n": i} for i in range(120)], internal_id_merges=wiki
+    )
+    assert len(store.get(path("where/user_id>0/order_by/user_id/limit/50"))) == 50
+    assert len(store.get(path("where/n>=0/limit/10,40"))) == 40
+    assert store.get(path("where/user_id>100/order_by_desc/user_id/limit/1/column/user_id")) == [
+        120
+    ]
+    for modifiers in (
+        "where/user_id>0/order_by/user_id/limit/51",
+        "where/user_id>0/limit/10,41",
+        "where/user_id>0/limit/50,1",
+        "where/data_last_modified>=0/order_by/data_last_modified",  # no limit: 1000
+        "where/n<5",
+        "where/n<=5/limit/1000",
+        "where/email=u1@x.com|n>100/limit/51",  # a range in any or-group
+        "where/n>100|email=u1@x.com/limit/51",
+        "where/email=u1@x.com&n>0/limit/51",
+        "where/internal_id>a/limit/51",  # a range read even where it matches nothing
+    ):
+        error = bare_refusal(store, modifiers)
+        assert "at most 50 rows" in str(error)  # for logs; the HTTP body is empty
+    assert store.get(path("where/email=u1@x.com|n>100/limit/50/column/user_id")) == [
+        2,
+        *range(102, 121),
+    ]
+
+
+@pytest.mark.parametrize(
+    "modifiers",
+    [
+        "where/n!=-1/limit/1000",
+        "where/n!=-1",
+        "where/user_id:" + ",".join(str(i) for i in range(1, 121)),
+        "where/user_id!:0/limit/10,990",
+        "where/n=1|n!=1/limit/1000",
+        "order_by/user_id",
+    ],
+)
+def test_reads_without_a_range_keep_the_1000_window(modifiers: str) -> None:
+    store = make_store([{"email": f"u{i}@x.com", "n": i} for i in range(120)])
+    assert store.get(path(modifiers + "/column/user_id")) == (
+        list(range(11, 121)) if "10,990" in modifiers else list(range(1, 121))
+    )
+
+
+def test_range_writes_are_not_capped() -> None:
+    store = make_store([{"email": f"u{i}@x.com", "n": i} for i in range(120)])
+    assert store.update(path("where/n>=10"), {"flag": 1}) == 110
+    assert store.delete(path("where/n<60")) == 60
+    assert len(store) == 60
+
+
+def test_other_refusals_are_not_bare() -> None:
+    store = make_store(PEOPLE)
+    with pytest.raises(RequestError) as caught:
+        store.get(path("99"))
+    assert not caught.value.bare
+    with pytest.raises(RequestError, match="must not exceed 1000") as caught:
+        path("where/user_id>0/limit/990,11")
+    assert not caught.value.bare
+
+
+def test_parsing_names_are_still_importable_from_the_store() -> None:
+    from sync.sandbox import query, store
+
+    for name in (
+        "Condition",
+        "Query",
+        "RequestError",
+        "Where",
+        "Row",
+        "Scalar",
+        "Op",
+        "MAX_WINDOW",
+        "MODIFIERS",
+        "index_key",
+        "normalize_body",
+        "normalize_column",
+        "parse_modifiers",
+        "parse_where",
+    ):
+        assert getattr(store, name) is getattr(query, name), name
+    assert store.RANGE_WINDOW == 50
+    assert path("where/a=1").window_end == 1000
+    assert path("where/a=1/limit/10,20").window_end == 30
