@@ -8,8 +8,13 @@
 #           -e PERSONYZE_API_KEY -e PG_PASSWORD personyze-sync once -c /config/personyze-sync.yaml
 #
 # The config file goes in /config (read-only), the state store's SQLite file in the
-# /state volume. Secrets come from the environment or /run/secrets, never from the image.
-# docs/deployment.md has Compose and Kubernetes examples.
+# /state volume: a relative SQLite path resolves against the config file's folder
+# (/config), so the config must say state.url: sqlite:////state/personyze-sync.db
+# (absolute, as deploy/personyze-sync.yaml does). Keep the volume: losing it makes the
+# next run read everything again and re-send only what it cannot match (rows with an
+# email merge; rows without one are first adopted from Personyze's users).
+# Secrets come from the environment or /run/secrets, never from the image.
+# README.md's Deployment section has Compose and Kubernetes examples.
 
 # --- build: the package and its dependencies in a virtualenv ----------------------------
 FROM python:3.11.13-slim-bookworm AS build
@@ -29,8 +34,7 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# The default state.url, sqlite:///state/personyze-sync.db, is relative to the working
-# directory: from / it is /state/personyze-sync.db, inside the volume.
+# Paths in a config do not depend on the working directory (see state.url above).
 WORKDIR /
 VOLUME ["/state"]
 # Numeric, so Kubernetes' runAsNonRoot can verify it.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -112,7 +112,36 @@ def _positive_number(value: Any, expected: str = "expected a number greater than
     return float(value)
 
 
-def _db_url(value: SecretStr) -> SecretStr:
+def resolve_sqlite_path(url: str, base_dir: Path) -> str:
+    """``url`` with a relative SQLite file made absolute under ``base_dir``, the config's folder.
+
+    SQLite opens a relative file against the working directory, so the same config run
+    from elsewhere (cron starts in $HOME) would silently make a second, empty state
+    store, or read another source file. Absolute paths, ``:memory:``, an empty database
+    and other backends are returned as given; ``~`` is expanded, as for ``*_file``.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return url
+    if parsed.query.get("uri") in ("true", "1") and database.startswith("file:"):
+        relative = database.removeprefix("file:")  # a URI filename, already %-encoded
+        memory = parsed.query.get("mode") == "memory" or relative.startswith(":memory:")
+        if not relative or relative.startswith("/") or memory:
+            return url
+        folder = quote(os.path.abspath(base_dir), safe="/")
+        resolved = f"file:{folder}/{relative}"
+    elif Path(database).is_absolute():
+        return url
+    else:
+        resolved = os.path.abspath(base_dir / Path(database).expanduser())
+    return parsed.set(database=resolved).render_as_string(hide_password=False)
+
+
+def _db_url(value: SecretStr, info: ValidationInfo) -> SecretStr:
+    """A parseable URL; with the config's folder known, relative SQLite paths resolved."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -121,7 +150,10 @@ def _db_url(value: SecretStr) -> SecretStr:
     except (ArgumentError, ValueError, TypeError):
         example = "postgresql+psycopg://user:password@host:5432/db"
         raise _fail(f"expected a SQLAlchemy database URL such as {example}") from None
-    return value
+    base_dir = (info.context or {}).get("base_dir")
+    if base_dir is None:  # a model built in code, not from a config file
+        return value
+    return SecretStr(resolve_sqlite_path(value.get_secret_value(), Path(base_dir)))
 
 
 # ---------------------------------------------------------------------- models
@@ -254,7 +286,8 @@ class PersonyzeSettings(Model):
 class StateSettings(Model):
     """Where checkpoints, identities and rejected rows are kept."""
 
-    url: SecretStr = SecretStr("sqlite:///state/personyze-sync.db")
+    # validated even when absent, so a config's default store is under its folder too
+    url: SecretStr = Field(SecretStr("sqlite:///state/personyze-sync.db"), validate_default=True)
 
     _check_url = field_validator("url")(_db_url)
 
@@ -577,6 +610,14 @@ class Config(Model):
     jobs: list[JobSettings]
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_state(cls, data: Any) -> Any:
+        """No ``state:`` is ``state: {}``: its default URL is then resolved like a given one."""
+        if isinstance(data, dict) and "state" not in data:
+            return {**data, "state": {}}
+        return data
 
     @field_validator("jobs")
     @classmethod

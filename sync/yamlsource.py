@@ -235,6 +235,7 @@ def validate(doc: Document, model: type[M], *, base_dir: Path, secret_keys: froz
     """``doc.data`` as ``model``, or one ConfigError with every problem, secrets unquoted.
 
     Keys in ``secret_keys`` (and values read from ``X_file``) are never echoed.
+    ``base_dir`` (the config file's folder) is also the validators' ``info.context``.
     """
     hidden: set[KeyPath] = set()
     _prepare(model, doc.data, (), doc, base_dir, hidden)
@@ -242,7 +243,7 @@ def validate(doc: Document, model: type[M], *, base_dir: Path, secret_keys: froz
     erred |= {(*p[:-1], p[-1].removesuffix("_file")) for p in erred if p and isinstance(p[-1], str)}
     result: M | None = None
     try:
-        result = model.model_validate(doc.data)
+        result = model.model_validate(doc.data, context={"base_dir": base_dir})
     except ValidationError as exc:
         for error in exc.errors():
             full, problem = _translate(error, doc, hidden, secret_keys)

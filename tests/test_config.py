@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -13,15 +17,19 @@ from sync.config import (
     IDENTIFIERS,
     Config,
     ConstantTransform,
+    StateSettings,
     TemplateTransform,
     load_config,
     parse_config,
     parse_duration,
     redact_url,
+    resolve_sqlite_path,
     suggest,
     to_snake_case,
 )
 from sync.errors import ConfigError
+from sync.sandbox import SandboxServer
+from tests import support
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "sk-TOPSECRET-4242"
@@ -505,7 +513,7 @@ def test_minimal_config_and_defaults() -> None:
     assert (config.personyze.concurrency, config.personyze.requests_per_second) == (8, 50.0)
     assert (config.personyze.timeout_s, config.personyze.max_attempts) == (30.0, 8)
     assert config.personyze.allow_insecure_http is False
-    assert config.state.url.get_secret_value() == "sqlite:///state/personyze-sync.db"
+    assert config.state.url.get_secret_value() == f"sqlite:///{REPO}/state/personyze-sync.db"
     job = config.job("customers")
     assert job.source.url.get_secret_value() == f"postgresql+psycopg://reader:{PG_PASSWORD}@db/shop"
     assert (job.source.table, job.source.query, job.source.batch_size) == (
@@ -834,3 +842,117 @@ def test_diff_mode_orders_by_the_key_and_deletes_default_to_10_percent() -> None
     job = parse(edit("      cursor: updated_at", "      detect: diff")).jobs[0]
     assert (job.source.cursor, job.source.order_column, job.sync) == (None, "id", "upsert")
     assert str(job.max_deletes_per_run) == "10%" and job.delete_when is None
+
+
+# ------------------------------------------- relative paths: the config's folder
+
+
+def sqlite_config(state: str | None, source: str = "sqlite:///data/shop.db") -> str:
+    """BASE with a SQLite source and ``state.url`` (no ``state:`` at all when None)."""
+    text = BASE.replace("postgresql+psycopg://reader:${PG_PASSWORD}@db/shop", source)
+    return text if state is None else text + f"state:\n  url: {state}\n"
+
+
+def test_the_same_config_from_two_working_directories_finds_one_state_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cron bug: run from $HOME, a relative SQLite path made a second, empty store."""
+    root = tmp_path.resolve()  # the working directory is reported with symlinks resolved
+    (root / "conf").mkdir()
+    (root / "home" / "deeper").mkdir(parents=True)
+    path = root / "conf" / "sync.yaml"
+    path.write_text(sqlite_config("sqlite:///state/personyze-sync.db"))
+    monkeypatch.chdir(root / "conf")
+    here = load_config("sync.yaml", ENV)
+    monkeypatch.chdir(root / "home" / "deeper")
+    away = load_config("../../conf/sync.yaml", ENV)
+    monkeypatch.chdir(root)
+    absolute = load_config(path, ENV)
+    expected = f"sqlite:///{root}/conf/state/personyze-sync.db"
+    for config in (here, away, absolute):
+        assert config.state.url.get_secret_value() == expected
+        assert config.jobs[0].source.url.get_secret_value() == f"sqlite:///{root}/conf/data/shop.db"
+
+
+def test_the_default_state_store_is_in_the_config_files_folder(tmp_path: Path) -> None:
+    config = parse(sqlite_config(None), base_dir=tmp_path)
+    assert config.state.url.get_secret_value() == f"sqlite:///{tmp_path}/state/personyze-sync.db"
+    # a model built in code knows no config file: its default stays as written
+    assert StateSettings().url.get_secret_value() == "sqlite:///state/personyze-sync.db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////var/lib/personyze/state.db",
+        "sqlite:///:memory:",
+        "sqlite://",
+        "sqlite+pysqlite:////abs/x.db?timeout=5",
+        "sqlite:///file:/abs/x.db?mode=ro&uri=true",
+        "sqlite:///file:mem?mode=memory&uri=true",
+        "postgresql+psycopg://sync:pw-hunter2-zz@db:5432/sync",
+        "mysql+pymysql://reader:pw-hunter2-zz@db/relative/path",
+    ],
+)
+def test_absolute_in_memory_and_other_database_urls_are_kept(url: str, tmp_path: Path) -> None:
+    config = parse(sqlite_config(f"'{url}'", source=f"'{url}'"), base_dir=tmp_path)
+    assert config.state.url.get_secret_value() == url
+    assert config.jobs[0].source.url.get_secret_value() == url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///state.db", "sqlite:////cfg/state.db"),
+        ("sqlite:///../up/s.db", "sqlite:////up/s.db"),
+        ("sqlite+pysqlite:///s.db?timeout=5", "sqlite+pysqlite:////cfg/s.db?timeout=5"),
+        ("sqlite:///file:s.db?mode=ro&uri=true", "sqlite:///file:/cfg/s.db?mode=ro&uri=true"),
+    ],
+)
+def test_a_relative_sqlite_path_is_made_absolute(url: str, expected: str) -> None:
+    assert resolve_sqlite_path(url, Path("/cfg")) == expected
+
+
+def test_a_relative_sqlite_url_read_from_a_file_is_resolved_too(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "shop-url").write_text("sqlite:///data/shop.db\n")
+    text = sqlite_config(None).replace("url: sqlite:///data/shop.db", "url_file: secrets/shop-url")
+    config = parse(text, base_dir=tmp_path)
+    assert config.jobs[0].source.url.get_secret_value() == f"sqlite:///{tmp_path}/data/shop.db"
+
+
+def test_a_bad_state_url_is_not_echoed(tmp_path: Path) -> None:
+    message = error_of(sqlite_config("'sqlite+pw-hunter2-zz:://x'"), base_dir=tmp_path)
+    assert "state.url: expected a SQLAlchemy database URL" in message
+    assert_no_secret(message)
+
+
+def test_the_cli_finds_one_store_from_any_working_directory(tmp_path: Path) -> None:
+    """The real console script, started in two folders: one store, in the config's folder."""
+    conf, cron_home, elsewhere = tmp_path / "conf", tmp_path / "home", tmp_path / "elsewhere"
+    for folder in (conf, cron_home, elsewhere):
+        folder.mkdir()
+    support.make_customers(f"sqlite:///{conf}/shop.db", range(1, 6))
+    with SandboxServer(support.API_KEY) as sandbox:
+        doc = support.config_doc(
+            source_url="sqlite:///shop.db",
+            api_url=sandbox.url,
+            state_url="sqlite:///state/sync.db",
+        )
+        config = support.write_config(conf / "sync.yaml", doc)
+        script = str(Path(sys.executable).parent / "personyze-sync")
+        env = {**os.environ, "TEST_API_KEY": support.API_KEY}
+
+        def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+            done = subprocess.run(
+                [script, *args, "-c", str(config)],
+                cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done
+
+        run("once", cwd=cron_home)
+        (status,) = json.loads(run("status", "--json", cwd=elsewhere).stdout)
+    assert (conf / "state" / "sync.db").is_file()
+    assert status["rows_known"] == 5 and status["checkpoint"] is not None
+    assert not (cron_home / "state").exists() and not (elsewhere / "state").exists()

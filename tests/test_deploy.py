@@ -25,7 +25,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from sync.config import Config, DaemonSettings, StateSettings, load_config
+from sync.config import Config, DaemonSettings, load_config, parse_config
 from sync.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,13 +128,22 @@ def test_dockerfile_runs_the_daemon_as_a_fixed_non_root_user() -> None:
     assert "PYTHONUNBUFFERED=1" in envs
 
 
-def test_the_default_state_store_lands_in_the_state_volume() -> None:
+def test_the_shipped_state_store_lands_in_the_state_volume() -> None:
+    """A relative SQLite path resolves under the config's folder, /config (read-only)."""
     runtime = final_stage(dockerfile())
     assert [v.exec_form() for v in only(runtime, "VOLUME")] == [["/state"]]
-    workdir = PurePosixPath(only(runtime, "WORKDIR")[-1].args)
-    relative = make_url(StateSettings().url.get_secret_value()).database
-    assert relative and not relative.startswith("/")
-    assert workdir / relative == PurePosixPath("/state/personyze-sync.db")
+    text = (DEPLOY / "personyze-sync.yaml").read_text()
+    folder = Path(PurePosixPath(CONFIG_PATH).parent)
+    mounted = parse_config(text, source=CONFIG_PATH, environ=PLACEHOLDER_ENV, base_dir=folder)
+    assert make_url(mounted.state.url.get_secret_value()).database == "/state/personyze-sync.db"
+    default = parse_config(
+        text.replace("  url: sqlite:////state/", "  url: sqlite:///state/"),
+        source=CONFIG_PATH,
+        environ=PLACEHOLDER_ENV,
+        base_dir=folder,
+    )
+    relative = make_url(default.state.url.get_secret_value()).database
+    assert relative == "/config/state/personyze-sync.db", "why the shipped path is absolute"
 
 
 def test_dockerfile_exposes_the_daemon_port_and_health_checks_healthz_with_python() -> None:
@@ -297,7 +306,7 @@ def test_the_deploy_config_loads_with_its_environment() -> None:
     config = deploy_config()
     assert config.personyze.base_url == "https://app.personyze.com/rest"
     assert not config.personyze.allow_insecure_http
-    assert config.state.url.get_secret_value() == StateSettings().url.get_secret_value()
+    assert config.state.url.get_secret_value() == "sqlite:////state/personyze-sync.db"
     assert [job.name for job in config.jobs] == ["customers"]
     assert all(job.schedule is not None for job in config.jobs), "the daemon runs scheduled jobs"
     url = make_url(config.jobs[0].source.url.get_secret_value())
