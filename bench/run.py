@@ -224,10 +224,11 @@ class Sandbox:
             last = api.get("/users/order_by_desc/user_id/limit/1").json()
             top = int(last[0]["user_id"]) if last else 0
 
-            def page(after: int) -> list[dict[str, Any]]:
-                answer = api.get(f"/users/where/user_id>{after}/order_by/user_id/limit/1000")
+            def page(after: int) -> list[dict[str, Any]]:  # an in-list: not a range read
+                ids = ",".join(str(i) for i in range(after + 1, after + 1001))
+                answer = api.get(f"/users/where/user_id:{ids}/order_by/user_id/limit/1000")
                 answer.raise_for_status()
-                return [u for u in answer.json() if int(u["user_id"]) <= after + 1000]
+                return list(answer.json())
 
             with ThreadPoolExecutor(16) as pool:
                 pages = pool.map(page, range(0, top, 1000))

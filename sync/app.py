@@ -328,17 +328,23 @@ class App:
         name = part_name(job, shard)
         try:
             with self.job_run(job, dry_run=options.dry_run, shard=shard, lease=lease) as run:
-                if not options.dry_run:  # before anything is sent: a fresh store adopts
-                    adopt_or_refuse(
-                        job,
-                        [(name, run.reader)],
-                        mapper=run.mapper,
-                        store=self.store,
-                        client=self.client,
-                        config_path=str(self.config_path or "CONFIG"),
-                        requests_per_second=self.config.personyze.requests_per_second,
-                        stop=self.stopping,
-                    )
+                if not options.dry_run:  # before a row that cannot merge is sent
+
+                    def adopt(
+                        reader: SourceReader = run.reader, mapper: Mapper = run.mapper
+                    ) -> None:
+                        adopt_or_refuse(
+                            job,
+                            [(name, reader)],
+                            mapper=mapper,
+                            store=self.store,
+                            client=self.client,
+                            config_path=str(self.config_path or "CONFIG"),
+                            requests_per_second=self.config.personyze.requests_per_second,
+                            stop=self.stopping,
+                        )
+
+                    run.adopt = adopt
                 tick = progress(run.pending_total(options)) if progress else None
                 started = True  # from here on the run records its own outcome
                 stats = run.run(options, tick)

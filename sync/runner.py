@@ -141,6 +141,9 @@ class JobRun:
         self._held = False  # a row is not done for certain: the checkpoint stays before it
         self._floor: Position | None = None  # the checkpoint the run started from
         self._watermark: tuple[float, int] | None = None  # (read at, Personyze's newest change)
+        # Called once, before the first row that cannot merge is sent: a state store that
+        # never synced the job adopts the users Personyze already holds (sync.adopt).
+        self.adopt: Callable[[], None] | None = None
         self._window = Window()  # rows read, in order, some still being sent
         self._finished: list[Slot] = []  # the window's finished prefix, not yet committed
         self._ahead: list[Slot] = []  # finished beyond that prefix, not yet committed
@@ -451,6 +454,9 @@ class JobRun:
             self.stats.read += len(batch)
         flagged = [row.pop(DELETED, 0) == 1 for row in batch]
         mapped = [self.mapper.map(row) for row in batch]
+        if self.adopt is not None and self.writer is not None and any(map(_unmergeable, mapped)):
+            adopt, self.adopt = self.adopt, None
+            adopt()  # before this batch's identities are read: it may fill them
         keys = [key_text(m.key) for m in mapped]
         known = self.store.known_rows(name, keys)
         refused = {} if retrying else self.store.rejected_fingerprints(name, keys)
@@ -603,7 +609,13 @@ class JobRun:
         self._finished, self._ahead = [], []
         self._committed_at = time.monotonic()
         outcome.collisions = self._collisions(outcome.acks)
-        if outcome.acks or outcome.rejected or outcome.deleted or outcome.checkpoint is not None:
+        if (
+            outcome.acks
+            or outcome.rejected
+            or outcome.deleted
+            or outcome.unsent
+            or outcome.checkpoint is not None
+        ):
             self.store.commit_batch(self.name, outcome, self.fence)
         stats = self.stats
         stats.sent += len(outcome.acks)
@@ -643,6 +655,12 @@ class JobRun:
             outcome.rejected.append(
                 RejectedRow(slot.key, slot.payload, result.reason, result.status, slot.fingerprint)
             )
+        elif isinstance(result, Failed) and not result.sent:
+            outcome.unsent.append(slot.key)  # no request went out: its mark can go
+            if self._failure is None:
+                self._failure = result.error
+                assert self.writer is not None
+                self.writer.abort()
         elif isinstance(result, Failed) and self._failure is None:
             self._failure = result.error
             assert self.writer is not None
@@ -689,6 +707,11 @@ def _beyond(position: Position, floor: Position | None) -> bool:
         return bool((position.cursor, position.key) > (floor.cursor, floor.key))
     except TypeError:
         return True
+
+
+def _unmergeable(mapped: Record | Rejection) -> bool:
+    """A sendable row Personyze could not merge on a resend (no email, no user_id)."""
+    return isinstance(mapped, Record) and not Outgoing("", dict(mapped.payload)).repeatable
 
 
 def _to_send(slot: Slot) -> bool:

@@ -516,7 +516,8 @@ def test_status_after_runs(cli, setup, sandbox, sqlite_url):
     assert job["checkpoint"] == {"cursor": "2024-05-02 00:00:00", "key": 2}
     assert job["rows_known"] == 10 and job["rejected"] == 0
     latest, first = job["runs"]
-    assert (latest["outcome"], latest["rows_read"], latest["rows_sent"]) == ("success", 2, 2)
+    # read: the two changed, and the row at the first run's checkpoint cursor value
+    assert (latest["outcome"], latest["rows_read"], latest["rows_sent"]) == ("success", 3, 2)
     assert (first["outcome"], first["rows_read"], first["rows_sent"]) == ("success", 10, 10)
     assert job["lag_seconds"] > 0
 

@@ -84,6 +84,7 @@ class Unresolved:
 @dataclass(frozen=True)
 class Failed:
     error: SyncError
+    sent: bool = True  # False: refused before a request went out (a stop, an abort)
 
 
 Result = Delivered | Refused | Missing | Gone | Unresolved | Failed
@@ -218,11 +219,11 @@ class Writer:
 
     def _one(self, item: Outgoing) -> Result:
         if self._fatal is not None:  # e.g. the key was refused: send nothing more
-            return Failed(self._fatal)
+            return Failed(self._fatal, sent=False)
         if self._stop():  # a clean stop: what is in flight finishes, nothing new starts
-            return Failed(Stopped("stopping"))
+            return Failed(Stopped("stopping"), sent=False)
         if self._aborted.is_set():
-            return Failed(Stopped("not sent: an earlier row could not be delivered"))
+            return Failed(Stopped("not sent: an earlier row could not be delivered"), sent=False)
         try:
             return self._apply(item)
         except RejectedError as exc:

@@ -69,6 +69,7 @@ class BatchOutcome:
     rejected: list[RejectedRow] = field(default_factory=list)
     collisions: list[Collision] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)  # keys whose users Personyze deleted
+    unsent: list[str] = field(default_factory=list)  # marked, but never sent: unmark them
     vanished: list[tuple[str, int]] = field(default_factory=list)  # (key, user_id) of rows
     # gone from the source whose users a mirror run deleted: sent again if they come back
     checkpoint: Position | None = None

@@ -544,6 +544,8 @@ class StateStore:
                     self._delete_keys(conn, table, job, acked)
             for r in outcome.rejected:
                 self._record_rejection(conn, job, r, now)
+            if outcome.unsent:
+                self._delete_keys(conn, pending, job, outcome.unsent)
             if outcome.collisions:
                 self._upsert(
                     conn,

@@ -302,7 +302,8 @@ def test_update_mode_never_creates_users(
         change_customers(source_url, customers.c.id.in_([2, 7]), updated_at=datetime(2030, 1, 1))
         sandbox.clear_requests()
         stats = app.run(app.config.jobs[0], RunOptions())
-    assert (stats.sent, stats.missing) == (1, 1)
+    # missing: row 7, and row 10 read again at the checkpoint's own cursor value
+    assert (stats.sent, stats.missing) == (1, 2)
     assert writes(sandbox) == ["PUT"]  # by user_id, learned on the first run
     assert {u["email"]: u["first_name"] for u in sandbox.users()}["user2@example.com"] == "Changed"
     assert len(sandbox.users()) == 4

@@ -9,10 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, insert, text
 
 from sync.app import App
-from sync.errors import TooManyDeletes
+from sync.errors import ConfigError, TooManyDeletes
 from sync.runner import RunOptions
 from sync.sandbox import Faults, SandboxServer
 from sync.sandbox.store import Query
@@ -248,11 +249,8 @@ def test_a_mirror_run_whose_source_empties_at_its_end_deletes_nothing(
 
         reader.present_keys = briefly_empty  # type: ignore[method-assign]
         sandbox.clear_requests()
-        try:
+        with pytest.raises(TooManyDeletes, match=r"200 rows vanished.*nothing was deleted"):
             app.run(settings, RunOptions())
-            raise AssertionError("the run deleted what a briefly empty source lacked")
-        except TooManyDeletes as exc:
-            assert "200 rows vanished" in str(exc) and "nothing was deleted" in str(exc)
         reader.present_keys = present  # type: ignore[method-assign]
         assert emptied  # the end-of-run pass ran against the empty source
         assert [r.method for r in sandbox.requests if r.method == "DELETE"] == []
@@ -384,3 +382,40 @@ def test_a_lost_first_answer_then_an_email_change_leaves_one_user(
     users = one_user_each(sandbox)
     assert sorted(users, key=int) == ["1", "2", "3"]
     assert users["2"]["email"] == "renamed2@example.com"
+
+
+# -- case 7: a reshard between the shards of one run ------------------------------------
+
+
+def test_a_reshard_between_a_runs_shards_stops_the_run_before_it_sends(
+    tmp_path: Path, pg_url: str, sandbox: SandboxServer
+) -> None:
+    make_customers(pg_url, range(1, 31))
+    three = {"shards": 3, "mapping": NO_EMAIL}
+    with make_app(tmp_path, pg_url, sandbox, state_url=pg_url, job=three) as app:
+        settings = app.config.jobs[0]
+        app.run(settings, RunOptions(kind="backfill"))
+        assert len(sandbox.users()) == 30
+        change_customers(pg_url, customers.c.id > 0, first_name="Changed",
+                         updated_at=BASE_TIME + timedelta(1))  # fmt: skip
+        (tmp_path / "other").mkdir()
+        other = make_app(tmp_path / "other", pg_url, sandbox, state_url=pg_url,
+                         job={"shards": 2, "mapping": NO_EMAIL})  # fmt: skip
+        take = app.store.lease
+        taken: list[str] = []
+
+        def lease_after_a_reshard(name: str) -> Any:
+            taken.append(name)
+            if len(taken) == 2:  # between this run's first and second shard
+                other.reshard(other.config.jobs[0])
+            return take(name)
+
+        app.store.lease = lease_after_a_reshard  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ConfigError, match=r"shard.*nothing was run"):
+                app.run(settings, RunOptions())
+        finally:
+            app.store.lease = take  # type: ignore[method-assign]
+            other.close()
+    assert len(taken) == 2
+    assert len(one_user_each(sandbox)) == 30

@@ -54,7 +54,7 @@ def runs(pg_url: str) -> list[dict[str, Any]]:
 def lease_holders(pg_url: str) -> dict[str, str]:
     engine = create_engine(pg_url)
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT job, holder FROM psync_leases")).all()
+        rows = conn.execute(text("SELECT job, holder FROM psync_leases WHERE holder <> ''")).all()
     engine.dispose()
     return {r.job: r.holder for r in rows}
 

@@ -75,7 +75,7 @@ def test_backfill_then_incremental_runs(
         make_customers(source_url, [121, 122], updated_at=later)
         sandbox.clear_requests()
         second = app.run(job, RunOptions())
-        assert (second.read, second.sent) == (5, 5)
+        assert (second.read, second.sent) == (6, 5)  # and row 120, at the checkpoint
         bodies = {r.body["internal_id"]: r.body for r in posts(sandbox)}
         assert set(bodies) == {5, 6, 7, 121, 122}
         assert all("user_id" in bodies[i] for i in (5, 6, 7))  # updates carry the user_id
@@ -84,7 +84,8 @@ def test_backfill_then_incremental_runs(
 
         sandbox.clear_requests()
         third = app.run(job, RunOptions())
-        assert (third.read, third.sent) == (0, 0) and sandbox.requests == []
+        # read again: the five rows at the checkpoint's cursor value; sent: none
+        assert (third.read, third.sent) == (5, 0) and sandbox.requests == []
         runs = app.store.runs("customers")
         assert [(r.outcome, r.rows_sent) for r in runs] == [
             ("success", 0),
@@ -264,7 +265,7 @@ def test_a_run_with_nothing_changed_costs_one_query_and_no_request(
         )
         sandbox.clear_requests()
         stats = app.run(job, RunOptions())
-    assert (stats.read, stats.sent) == (0, 0)
+    assert (stats.read, stats.sent) == (1, 0)  # the row at the checkpoint's cursor value
     assert sandbox.requests == []
     assert len(statements) == 1, statements
     assert "ORDER BY" in statements[0] and "LIMIT" in statements[0].upper()

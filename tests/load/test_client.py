@@ -11,17 +11,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 import pytest
 
 from sync.config import PersonyzeSettings
-from sync.errors import AuthError, ConfigError, RejectedError, RetriableError
+from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError
 from sync.load.client import RANGE_PAGE, PersonyzeClient, TokenBucket
 from sync.load.transport import ConnectionPerThread
 from sync.sandbox import Faults, SandboxServer
-from tests.support import API_KEY
+from tests.support import API_KEY, LoopbackServer
 
 
 def settings(url: str, **overrides: Any) -> PersonyzeSettings:
@@ -531,3 +532,38 @@ def test_each_sending_thread_keeps_one_connection_of_its_own_while_it_lives(
     assert not any(t.closed for t in made[4:])
     client.close()
     assert all(t.closed for t in made)
+
+
+class ObjectForAList(BaseHTTPRequestHandler):
+    """Answers every read 200 with a JSON object where Personyze answers a list."""
+
+    def do_GET(self) -> None:
+        body = b'{"result": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda c: c.users_by_id([1, 2], ["email"]),
+        lambda c: c.users_by_email(["a@example.com"], []),
+        lambda c: list(c.users_changed_since(0, [])),
+        lambda c: c.users_after(0, []),
+        lambda c: c.newest_change(),
+    ],
+    ids=["by_id", "by_email", "changed_since", "after", "newest_change"],
+)
+def test_a_read_answered_with_anything_but_a_list_is_an_error_not_no_users(
+    read: Callable[[PersonyzeClient], Any],
+) -> None:
+    with LoopbackServer(ObjectForAList) as server:
+        client = PersonyzeClient(settings(f"http://127.0.0.1:{server.port}/rest"))
+        with client, pytest.raises(FatalError, match="where a list of users was expected"):
+            read(client)

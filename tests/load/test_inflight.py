@@ -103,7 +103,7 @@ def run_writer(latency_s: float, items: int) -> int:
         make_client(sandbox, concurrency=16) as client,
         SenderThreads(16, name="test-send") as pool,
     ):
-        writer = Writer(client, pool, max_rounds=1)
+        writer = Writer(client, pool, clock=time.monotonic)
         done = threading.Semaphore(0)
         for i in range(items):
             writer.start(Outgoing(str(i), {"email": f"u{i}@example.com"}), lambda _: done.release())

@@ -32,6 +32,7 @@ from tests.reliability.harness import (
     report,
     run_history,
     run_to_end,
+    settle,
     start,
     sync_config,
     wait_for_posts,
@@ -88,14 +89,18 @@ def test_api_errors_rate_limits_drops_and_lost_answers(tmp_path: Path, source: s
     with SandboxServer(API_KEY, faults=faults) as sandbox:
         config = sync_config(tmp_path, source, sandbox)
         with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
-            run_to_end(config)
+            output = run_to_end(config)
+            assert "unresolved" in output  # rows without an email whose answer was lost
+            sandbox.faults = Faults()
+            settle(config)  # the next run reconciles them
         outcome = assert_sandbox_equals_source(source, sandbox)
     assert watcher.violations == [] and len(watcher.seen) > 3
     assert outcome.extra_acks == 0  # no row acknowledged twice
     faulted_posts = sum(1 for r in sandbox.requests if r.method == "POST" and r.fault)
-    assert outcome.posts == ROWS + faulted_posts  # every extra request answers one fault
+    resent = sum(1 for r in sandbox.requests if r.method == "POST" and r.fault is None) - ROWS
+    assert 0 <= resent <= faulted_posts  # a resend only where a fault lost the answer
     assert outcome.faults["error"] > ROWS // 8 and outcome.faults["lost_answer"] > ROWS // 40
-    assert [o for o, _ in run_history(tmp_path / "state.db")] == ["success"]
+    assert {o for o, _ in run_history(tmp_path / "state.db")} == {"success"}
     report("api-faults", outcome, faulted_posts=faulted_posts)
 
 

@@ -24,6 +24,7 @@ from tests.reliability.harness import (
     make_people,
     report,
     run_to_end,
+    settle,
     start,
     sync_config,
     wait_for_posts,
@@ -39,15 +40,6 @@ def source(pg_url: str) -> str:
         conn.execute(text("UPDATE people SET email = NULL"))  # internal_id only: no merge
     engine.dispose()
     return pg_url
-
-
-def settle(config: Path, state_file: Path | None = None, runs: int = 4) -> None:
-    """Incremental runs until no mark is left (each reconciles what the last left)."""
-    for _ in range(runs):
-        output = run_to_end(config, "once")
-        if "unresolved" not in output:
-            return
-    raise AssertionError(f"marks still unresolved after {runs} runs")
 
 
 def test_host_clocks_ten_minutes_apart_make_no_second_user(tmp_path: Path, source: str) -> None:
