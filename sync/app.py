@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -52,6 +52,7 @@ class JobStatus:
     held_by: str | None = None  # the process running it now (host:pid), if any
     held_since: float | None = None
     adoption: Adoption | None = None  # how its identity map was first built (None: by its runs)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # key, user, kept
 
     @property
     def rejected(self) -> int:
@@ -534,6 +535,7 @@ class App:
                         held_by=None if lease is None else lease.holder,
                         held_since=None if lease is None else lease.since,
                         adoption=Adoptions(self.store).get(name),
+                        duplicates=self.store.duplicates(name),
                     )
                 )
         return out

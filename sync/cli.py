@@ -372,6 +372,9 @@ def status_doc(job: JobStatus) -> dict[str, Any]:
         ],
         "runs": [r.__dict__ for r in job.runs],
         "adoption": adoption_doc(job.adoption),
+        "duplicates": [
+            {"key": k, "user_id": u, "kept_user_id": kept} for k, u, kept in job.duplicates
+        ],
     }
 
 
@@ -428,6 +431,12 @@ def print_status(job: JobStatus) -> None:
     for c in job.collisions[:10]:
         out.print(
             f"    row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
+            markup=False,
+        )
+    for key, user_id, kept in job.duplicates[:10]:
+        out.print(
+            f"    row {key} is held by two Personyze users: {kept} (kept) and {user_id} "
+            "(a duplicate: delete it in Personyze)",
             markup=False,
         )
     if job.runs:

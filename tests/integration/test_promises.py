@@ -419,3 +419,23 @@ def test_a_reshard_between_a_runs_shards_stops_the_run_before_it_sends(
             other.close()
     assert len(taken) == 2
     assert len(one_user_each(sandbox)) == 30
+
+
+# -- case 8: an internal_id held by two users is reported -------------------------------
+
+
+def test_a_row_whose_id_two_users_hold_is_adopted_once_and_the_other_reported(
+    tmp_path: Path, sqlite_url: str, sandbox: SandboxServer
+) -> None:
+    make_customers(sqlite_url, [1])
+    with make_app(tmp_path, sqlite_url, sandbox, job={"mapping": NO_EMAIL}) as app:
+        settings = app.config.jobs[0]
+        sandbox.faults = Faults(lost_answer_rate=1.0, writes_only=True)
+        assert app.run(settings, RunOptions()).unresolved == 1
+        sandbox.faults = Faults()
+        (first,) = sandbox.users()
+        second = sandbox.store.upsert({k: v for k, v in first.items() if k != "user_id"})
+        app.run(settings, RunOptions())
+        (status,) = app.status()
+        assert app.store.known_rows("customers", ["1"])["1"].user_id == first["user_id"]
+    assert status.duplicates == [("1", second, first["user_id"])]
