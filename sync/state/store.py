@@ -318,15 +318,19 @@ class StateStore:
 
     def known_keys(self, job: str, after: str | None, limit: int) -> list[tuple[str, int]]:
         """One page of the identity map, (key, user_id) in key order after ``after``."""
+        return self._key_page(rows, job, after, limit, "reading the identity map")
 
+    def _key_page(
+        self, table: Table, job: str, after: str | None, limit: int, doing: str
+    ) -> list[tuple[str, int]]:
         def read(conn: Connection) -> list[tuple[str, int]]:
-            query = select(rows.c.row_key, rows.c.user_id).where(rows.c.job == job)
+            query = select(table.c.row_key, table.c.user_id).where(table.c.job == job)
             if after is not None:
-                query = query.where(rows.c.row_key > after)
-            query = query.order_by(rows.c.row_key).limit(limit)
+                query = query.where(table.c.row_key > after)
+            query = query.order_by(table.c.row_key).limit(limit)
             return [(r.row_key, r.user_id) for r in conn.execute(query)]
 
-        return self._run(read, "reading the identity map")
+        return self._run(read, doing)
 
     def sample_keys(self, job: str, count: int) -> list[str]:
         """Up to ``count`` keys of the identity map, picked at random (``verify --sample``)."""
@@ -506,15 +510,7 @@ class StateStore:
 
     def vanished_keys(self, job: str, after: str | None, limit: int) -> list[tuple[str, int]]:
         """One page of rows a mirror run deleted as gone from the source, in key order."""
-
-        def read(conn: Connection) -> list[tuple[str, int]]:
-            query = select(vanished.c.row_key, vanished.c.user_id).where(vanished.c.job == job)
-            if after is not None:
-                query = query.where(vanished.c.row_key > after)
-            query = query.order_by(vanished.c.row_key).limit(limit)
-            return [(r.row_key, r.user_id) for r in conn.execute(query)]
-
-        return self._run(read, "reading rows deleted as vanished")
+        return self._key_page(vanished, job, after, limit, "reading rows deleted as vanished")
 
     # -- one batch's outcome ---------------------------------------------------
 
