@@ -29,6 +29,7 @@ from sync.extract.query import Position, Shard
 from sync.extract.reader import SourceReader
 from sync.load.client import PersonyzeClient
 from sync.load.writer import SenderThreads, Writer
+from sync.logs import redact
 from sync.mapping import Mapper
 from sync.processes import LogSetup, run_in_processes
 from sync.processes import check as processes_check
@@ -124,6 +125,7 @@ class App:
                     sleep=self._sleep,
                     wall=self._wall,
                     on_response=self._on_response,
+                    mask=redact,
                 )
             return self._client
 

@@ -22,6 +22,7 @@ as database URLs carry passwords) and escaped as JSON or ``repr`` would escape i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -32,6 +33,7 @@ import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
+from urllib.parse import quote
 
 from sync.config import Config
 
@@ -101,14 +103,17 @@ def redact(text: str) -> str:
 def secrets_of(config: Config) -> list[str]:
     """Every value in ``config`` that must never be shown, longest first.
 
-    The API key; the password of each source and state database URL, and the whole
-    URL when it has one; the alert webhook URL. Values under four characters are left
-    out, so masking them cannot eat ordinary words.
+    The API key, its Basic token and their base64 and percent-encoded forms; the
+    password of each source and state database URL (and its percent-encoded form), and
+    the whole URL when it has one; the alert webhook URL. Values under four characters
+    are left out, so masking them cannot eat ordinary words.
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    found = [config.personyze.api_key.get_secret_value()]
+    key = config.personyze.api_key.get_secret_value()
+    token = base64.b64encode(f"api:{key}".encode()).decode()
+    found = [key, token, base64.b64encode(key.encode()).decode(), quote(key, safe="")]
     urls = [config.state.url] + [job.source.url for job in config.jobs]
     for secret_url in urls:
         url = secret_url.get_secret_value()
@@ -117,7 +122,7 @@ def secrets_of(config: Config) -> list[str]:
         except (ArgumentError, ValueError, TypeError):
             continue
         if password:
-            found += [str(password), url]
+            found += [str(password), quote(str(password), safe=""), url]
     if config.alerts.webhook_url is not None:
         found.append(config.alerts.webhook_url.get_secret_value())
     usable = {s for s in found if len(s) >= MIN_SECRET_LENGTH}
@@ -254,6 +259,10 @@ class _Handler(logging.StreamHandler[TextIO]):
 QUIET_LIBRARIES = {
     "httpx": logging.WARNING,
     "httpcore": logging.WARNING,
+    # h2 and hpack log every header block they encode at DEBUG: the Authorization
+    # header, so the API key, would reach the log at -vv
+    "h2": logging.WARNING,
+    "hpack": logging.WARNING,
     "apscheduler": logging.ERROR,
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -285,9 +286,13 @@ ENV = {
 def test_secrets_of_config(tmp_path: Path) -> None:
     config = parse_config(CONFIG, environ=ENV, base_dir=tmp_path)
     found = secrets_of(config)
+    token = base64.b64encode(f"api:{API_KEY}".encode()).decode()
     assert set(found) == {
         API_KEY,
+        token,  # the Basic token of the Authorization header
+        base64.b64encode(API_KEY.encode()).decode(),
         "state-pw-77",
+        ENV["PG_PASSWORD"],  # the password percent-encoded, as in the URL
         "postgresql+psycopg://state:state-pw-77@db/state",
         PASSWORD,  # decoded, as the driver sees it
         f"postgresql+psycopg://reader:{ENV['PG_PASSWORD']}@db/shop",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import ssl
+import tempfile
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -322,3 +323,71 @@ def test_a_self_signed_certificate_is_refused_with_a_clear_error(cli, tmp_path, 
         assert "certificate" in result.flat, f"the error does not say why: {result.flat}"
     job = test_cli.status_json(cli, config)
     assert job["checkpoint"] is None and job["rows_known"] == 0
+
+
+class EchoesHeaders(BaseHTTPRequestHandler):
+    """A server that refuses every write, quoting back the request's headers."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        auth = self.headers.get("Authorization", "")
+        token = auth.removeprefix("Basic ")
+        import base64
+
+        key = base64.b64decode(token).decode().removeprefix("api:")
+        body = f"Bad request. You sent: Authorization: {auth}; key={key}; token={token}".encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_answer_that_echoes_the_key_is_masked_wherever_it_is_kept_or_shown(
+    cli: Any, tmp_path: Path, sqlite_url: str
+) -> None:
+    import base64
+
+    token = base64.b64encode(f"api:{API_KEY}".encode()).decode()
+    make_customers(sqlite_url, range(1, 4))
+    with LoopbackServer(EchoesHeaders) as server:
+        config = write(tmp_path, sqlite_url, f"http://127.0.0.1:{server.port}/rest")
+        once = cli("-vv", "once", "-c", config)
+        listed = cli("rejected", "list", "-c", config, "--json")
+        status = cli("status", "-c", config, "--json")
+    assert "Bad request. You sent" in listed.text, once.text  # the reason is kept, masked
+    for where, shown_text in (
+        ("once", once.text),
+        ("rejected list", listed.text),
+        ("status", status.text),
+        ("state store", state_bytes(tmp_path)),
+    ):
+        assert_no_secret(shown_text, where)
+        needle: Any = token.encode() if isinstance(shown_text, bytes) else token
+        assert needle not in shown_text, f"{where} holds the Basic token"  # fmt: skip
+
+
+def test_the_basic_token_and_h2_header_logs_are_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import base64
+    import logging
+
+    from sync.logs import configure_logging, secrets_of
+
+    config = load(write_config(
+        Path(tempfile.mkdtemp()) / "sync.yaml",
+        config_doc(source_url="sqlite://", api_url="http://127.0.0.1:1/rest", state_url="sqlite://"),
+    ))  # fmt: skip
+    token = base64.b64encode(f"api:{API_KEY}".encode()).decode()
+    assert token in secrets_of(config)
+    configure_logging(fmt="json", level=logging.DEBUG, secrets=secrets_of(config))
+    logging.getLogger("hpack.hpack").debug("Encoded header block to %s", token.encode())
+    logging.getLogger("h2.connection").debug("headers %s", token)
+    logging.getLogger("sync.test").warning("answer said Basic %s", token)
+    logged = capsys.readouterr().err
+    assert "Encoded header block" not in logged and "headers" not in logged
+    assert token not in logged and "answer said Basic" in logged

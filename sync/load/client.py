@@ -70,12 +70,18 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def raise_for_status(response: httpx.Response) -> None:
-    """Turn an answer that is not a success into the error that says what to do next."""
+def raise_for_status(
+    response: httpx.Response, mask: Callable[[str], str] = lambda text: text
+) -> None:
+    """Turn an answer that is not a success into the error that says what to do next.
+
+    ``mask`` hides every secret in the answer's text (a server may echo the request's
+    headers): the text becomes rejected rows' reasons, errors, logs and alerts.
+    """
     status = response.status_code
     if 200 <= status < 300:
         return
-    text = response.text.strip()[:500]
+    text = mask(response.text.strip()[:500])
     if status in (401, 403):
         raise AuthError(
             f"Personyze refused the API key ({status} {text or 'no reason given'}): "
@@ -164,8 +170,10 @@ class PersonyzeClient:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         on_response: Callable[[int | None, float], None] | None = None,
+        mask: Callable[[str], str] = lambda text: text,
     ) -> None:
         check_base_url(settings)
+        self._mask = mask  # hides secrets in what an answer's text says
         self._settings = settings
         self._sleep = sleep
         self._clock = clock
@@ -399,7 +407,7 @@ class PersonyzeClient:
             self._bucket.throttled()
         elif response.status_code < 400:
             self._bucket.succeeded()
-        raise_for_status(response)
+        raise_for_status(response, self._mask)
         try:
             return response.json()
         except ValueError:
