@@ -362,8 +362,9 @@ class JobRun:
         after: str | None = None
         while page := self.store.vanished_keys(self.name, after, KEY_PAGE):
             after = page[-1][0]
-            back = self.reader.rows_by_key([self.reader.typed_key(k) for k, _ in page])
-            back = [r for r in back if key_text(r[self.job.source.key]) in dict(page)]
+            keys = {k for k, _ in page}
+            back = self.reader.rows_by_key([self.reader.typed_key(k) for k in keys])
+            back = [r for r in back if key_text(r[self.job.source.key]) in keys]
             if back:
                 self._feed(back, advance=False, retrying=True)
 
