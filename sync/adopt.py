@@ -43,6 +43,7 @@ from sync.errors import AdoptionNeeded, FatalError, Stopped
 from sync.extract.query import DELETED
 from sync.extract.reader import SourceReader
 from sync.load.client import RANGE_PAGE, PersonyzeClient
+from sync.load.writer import merges
 from sync.mapping import Mapper, Record
 from sync.state.adoptions import (
     Adoption,
@@ -180,9 +181,7 @@ class Adopter:
                     if row.pop(DELETED, 0) == 1:
                         continue
                     mapped = self.mapper.map(row)
-                    if isinstance(mapped, Record) and not (
-                        mapped.payload.get("email") or mapped.payload.get("user_id")
-                    ):
+                    if isinstance(mapped, Record) and not merges(mapped.payload):
                         return True
         return False
 

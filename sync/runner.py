@@ -38,6 +38,7 @@ from sync.load.writer import (
     Refused,
     Unresolved,
     Writer,
+    merges,
 )
 from sync.mapping import Mapper, Record, Rejection
 from sync.state.records import Ack, BatchOutcome, Collision, KnownRow, Mark, RejectedRow
@@ -523,8 +524,7 @@ class JobRun:
         ]
         marks = []
         for slot in first:
-            merges = Outgoing(slot.key, slot.payload).repeatable
-            watermark = None if merges else self._newest_change()
+            watermark = None if merges(slot.payload) else self._newest_change()
             marks.append(Mark(slot.key, dict(slot.payload), slot.fingerprint, watermark))
         return marks
 
@@ -712,7 +712,7 @@ def _beyond(position: Position, floor: Position | None) -> bool:
 
 def _unmergeable(mapped: Record | Rejection) -> bool:
     """A sendable row Personyze could not merge on a resend (no email, no user_id)."""
-    return isinstance(mapped, Record) and not Outgoing("", dict(mapped.payload)).repeatable
+    return isinstance(mapped, Record) and not merges(mapped.payload)
 
 
 def _to_send(slot: Slot) -> bool:

@@ -13,7 +13,7 @@ and the next run reconciles it (:mod:`sync.load.reconcile`) before anything else
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +27,13 @@ from sync.load.inflight import InFlightLimit
 T = TypeVar("T")
 R = TypeVar("R")
 MERGING_IDENTIFIERS = ("user_id", "email")  # the only ones the live service resolves
+
+
+def merges(payload: Mapping[str, Any]) -> bool:
+    """Whether Personyze merges a resend of this payload into the user it made."""
+    return any(payload.get(name) not in (None, "") for name in MERGING_IDENTIFIERS)
+
+
 ROW_NOT_FOUND = "row not found"  # Personyze's answer to a write naming a user_id it lacks
 
 
@@ -47,7 +54,7 @@ class Outgoing:
 
     @property
     def repeatable(self) -> bool:
-        return self.action != "upsert" or any(name in self.payload for name in MERGING_IDENTIFIERS)
+        return self.action != "upsert" or merges(self.payload)
 
 
 @dataclass(frozen=True)
