@@ -123,7 +123,6 @@ class App:
                     self.config.personyze,
                     transport=self._transport,
                     sleep=self._sleep,
-                    wall=self._wall,
                     on_response=self._on_response,
                     mask=redact,
                 )

@@ -18,7 +18,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -168,7 +167,6 @@ class PersonyzeClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
         on_response: Callable[[int | None, float], None] | None = None,
         mask: Callable[[str], str] = lambda text: text,
     ) -> None:
@@ -177,9 +175,6 @@ class PersonyzeClient:
         self._settings = settings
         self._sleep = sleep
         self._clock = clock
-        self._wall = wall
-        self._server_offset: float | None = None
-        self._last_date = ""  # the Date header the offset was last taken from
         self._on_response = on_response
         self._bucket = TokenBucket(settings.requests_per_second, clock, sleep)
         self._backoff = wait_exponential_jitter(
@@ -402,7 +397,6 @@ class PersonyzeClient:
             self._observe(None, started)
             raise RetriableError(f"connection to Personyze failed ({type(exc).__name__})") from None
         self._observe(response.status_code, started)
-        self._note_server_time(response)
         if response.status_code == 429:
             self._bucket.throttled()
         elif response.status_code < 400:
@@ -432,25 +426,6 @@ class PersonyzeClient:
         finally:
             response.close()
         return response
-
-    def server_time(self, local: float) -> float:
-        """Personyze's clock at local wall time ``local``, from the Date headers seen."""
-        return local + (self._server_offset or 0.0)
-
-    @property
-    def knows_server_time(self) -> bool:
-        return self._server_offset is not None
-
-    def _note_server_time(self, response: httpx.Response) -> None:
-        header = response.headers.get("Date")
-        if not header or header == self._last_date:  # one-second resolution: parsed already
-            return
-        self._last_date = header
-        try:
-            server = parsedate_to_datetime(header).timestamp()
-        except (TypeError, ValueError):
-            return
-        self._server_offset = server - self._wall()
 
     def _observe(self, status: int | None, started: float) -> None:
         if self._on_response is not None:

@@ -459,17 +459,6 @@ def test_users_by_id_returns_the_requested_users(
     assert client.users_by_id([99], ["email"]) == []
 
 
-def test_the_client_learns_the_servers_clock_from_date_headers(sandbox: SandboxServer) -> None:
-    # our own wall clock is an hour slow; Personyze's Date header is right
-    with PersonyzeClient(settings(sandbox.url), wall=lambda: time.time() - 3600) as c:
-        assert c.knows_server_time is False
-        assert c.server_time(1000.0) == 1000.0
-        c.check_key()
-        assert c.knows_server_time is True
-        offset = c.server_time(1000.0) - 1000.0
-        assert 3599.0 <= offset <= 3600.5  # Date has one-second resolution
-
-
 def test_users_by_id_asks_for_many_ids_in_chunks(sandbox: SandboxServer) -> None:
     for i in range(1, 1201):
         sandbox.store.upsert({"email": f"user{i}@example.com"})
