@@ -3,8 +3,9 @@
 Real HTTP (``ThreadingHTTPServer``, HTTP/1.1 keep-alive) so the sync's own client,
 retries and timeouts are exercised exactly as against the live service. Faults
 (latency, 5xx, 429, dropped connections, lost answers, answers of the wrong shape,
-writes that land after the client gave up) can be switched at runtime and are drawn
-from a seeded generator, so a test sees the same sequence every run.
+writes that land after the client gave up, answers trickled a byte at a time, endless
+bodies, a real rate limit) can be switched at runtime and are drawn from a seeded
+generator, so a test sees the same sequence every run (see ``faults.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import base64
 import binascii
 import contextlib
 import hmac
+import io
 import json
 import logging
-import random
 import socket
 import sys
 import threading
@@ -25,77 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
+from sync.sandbox.faults import FaultDrawer, FaultKind, Faults, endless, trickle
 from sync.sandbox.store import RequestError, UserStore, parse_modifiers
 
 log = logging.getLogger(__name__)
-
-FaultKind: TypeAlias = Literal[
-    "error", "rate_limit", "drop", "lost_answer", "wrong_shape", "late_apply"
-]
 
 MAX_BODY = 10 * 1024 * 1024
 POLL_INTERVAL_S = 0.05
 """How soon ``stop()`` is noticed by the serving loop."""
 IDLE_TIMEOUT_S = 120.0
 """An idle keep-alive connection is closed after this long, as real servers do."""
-
-
-@dataclass(frozen=True)
-class Faults:
-    """What goes wrong, and how often; each rate a fraction of requests (0..1).
-
-    The kinds are exclusive per request (one draw decides), so their rates must add
-    up to at most 1. ``latency_s`` (plus up to ``latency_jitter_s``) is added to every
-    affected request. Faults hit ``/rest/users`` only, and ``/rest/account`` too when
-    ``include_account`` is set. ``lost_answer_rate`` applies the request, then answers
-    500 or drops the connection: the change is made, the answer lost.
-
-    ``wrong_shape_rate``: a GET on ``/rest/users`` is answered 200 with the JSON object
-    ``{"result": "ok"}`` instead of an array. ``late_apply_rate``: a POST, PUT or
-    DELETE on ``/rest/users`` gets no answer for ``late_apply_s`` seconds (the client
-    should time out first), then the write is applied and the connection closed,
-    still unanswered: the change lands after the client gave up (see
-    :meth:`SandboxServer.late_pending`). A request of another method drawn for either
-    of these two is served normally (and logged with no fault).
-    """
-
-    latency_s: float = 0.0
-    latency_jitter_s: float = 0.0
-    error_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    retry_after_s: float | None = 1.0
-    drop_rate: float = 0.0
-    lost_answer_rate: float = 0.0
-    wrong_shape_rate: float = 0.0
-    late_apply_rate: float = 0.0
-    late_apply_s: float = 3.0
-    include_account: bool = False
-    writes_only: bool = False  # faults hit POST, PUT and DELETE only; reads are served
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        rates = {
-            "error_rate": self.error_rate,
-            "rate_limit_rate": self.rate_limit_rate,
-            "drop_rate": self.drop_rate,
-            "lost_answer_rate": self.lost_answer_rate,
-            "wrong_shape_rate": self.wrong_shape_rate,
-            "late_apply_rate": self.late_apply_rate,
-        }
-        for name, rate in rates.items():
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"Faults.{name} must be between 0 and 1, got {rate}")
-        if sum(rates.values()) > 1.0 + 1e-9:
-            raise ValueError(
-                "Faults: error, rate-limit, drop, lost-answer, wrong-shape and late-apply "
-                "rates exceed 1"
-            )
-        if self.latency_s < 0 or self.latency_jitter_s < 0:
-            raise ValueError("Faults: latency must not be negative")
-        if self.late_apply_s < 0:
-            raise ValueError("Faults: late_apply_s must not be negative")
 
 
 @dataclass(frozen=True)
@@ -171,9 +113,7 @@ class SandboxServer:
         self.host = host
         self.port = port
         self.store = UserStore(internal_id_merges=internal_id_merges, clock=clock)
-        self._faults = faults or Faults()
-        self._rng = random.Random(self._faults.seed)
-        self._rng_lock = threading.Lock()
+        self._drawer = FaultDrawer(faults or Faults())
         self._log: deque[RecordedRequest] = deque(maxlen=request_log_limit)
         self._log_lock = threading.Lock()
         self._late = 0
@@ -251,48 +191,19 @@ class SandboxServer:
 
     @property
     def faults(self) -> Faults:
-        return self._faults
+        return self._drawer.faults
 
     @faults.setter
     def faults(self, faults: Faults) -> None:
-        with self._rng_lock:
-            self._faults = faults
-            self._rng = random.Random(faults.seed)
+        """Switch faults: the draw restarts from the seed, the rate limit's bucket is full."""
+        self._drawer.configure(faults)
 
-    def _draw(self, path: str, method: str = "GET") -> tuple[float, FaultKind | None, bool, Faults]:
-        """(latency, fault, drop-instead-of-500, faults) for one request, from the seeded draw."""
-        with self._rng_lock:
-            f = self._faults
-            affected = path == "users" or (path == "account" and f.include_account)
-            if f.writes_only and method not in ("POST", "PUT", "DELETE"):
-                affected = False
-            if not affected:
-                return 0.0, None, False, f
-            latency = f.latency_s
-            if f.latency_jitter_s:
-                latency += self._rng.uniform(0.0, f.latency_jitter_s)
-            roll = self._rng.random()
-            drop = self._rng.random() < 0.5
-            fault: FaultKind | None = None
-            for kind, rate in (
-                ("drop", f.drop_rate),
-                ("error", f.error_rate),
-                ("rate_limit", f.rate_limit_rate),
-                ("lost_answer", f.lost_answer_rate),
-                ("wrong_shape", f.wrong_shape_rate),
-                ("late_apply", f.late_apply_rate),
-            ):
-                if roll < rate:
-                    fault = kind  # type: ignore[assignment]
-                    break
-                roll -= rate
-            if fault == "wrong_shape" and not (path == "users" and method == "GET"):
-                fault = None
-            if fault == "late_apply" and not (
-                path == "users" and method in ("POST", "PUT", "DELETE")
-            ):
-                fault = None
-            return latency, fault, drop, f
+    def limited(self) -> int:
+        """How many requests the ``limit_rps`` gate refused (429) since start or reset().
+
+        Counted even when the request log is off (``request_log_limit=0``).
+        """
+        return self._drawer.limited()
 
     def late_pending(self) -> int:
         """How many ``late_apply`` requests are still waiting to be applied."""
@@ -324,9 +235,10 @@ class SandboxServer:
         return self.store.users()
 
     def reset(self) -> None:
-        """Forget every user and the request log (faults stay as they are)."""
+        """Forget every user, the request log and the limited() count (faults stay)."""
         self.store.reset()
         self.clear_requests()
+        self._drawer.reset_limited()
 
     # the API
 
@@ -490,18 +402,23 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         body = _parse_logged_body(raw)
         segments = _split_path(self.path)
-        latency, fault, drop_instead, faults = sandbox._draw(
-            segments[0] if segments else "", self.command
-        )
+        drawn = sandbox._drawer.draw(segments[0] if segments else "", self.command)
+        fault, faults, drop_instead = drawn.fault, drawn.faults, drawn.drop_instead
         if fault == "late_apply" and raw is not None:
             sandbox._late_count(+1)  # counted from the draw: latency is part of the wait
-        if latency:
-            time.sleep(latency)
+        if drawn.latency:
+            time.sleep(drawn.latency)
 
         answer: _Answer | None
+        status: int | None = None
         if raw is None:
             answer = _text(400, "Unreadable request body")
             self.close_connection = True
+        elif fault == "limit_rps":
+            answer = _text(429, "Too many requests", {"Retry-After": str(drawn.retry_after)})
+        elif fault == "endless":  # not applied: the body never ends
+            self._endless()
+            answer, status = None, 200
         elif fault == "drop":
             answer = None
         elif fault == "error":
@@ -526,7 +443,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if answer is None:
             self.close_connection = True
-            status = None
+        elif fault == "trickle":
+            status = self._trickle(answer, faults.trickle_s)
         else:
             self._send(answer)
             status = answer.status
@@ -601,6 +519,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(answer.payload)
+
+    def _trickle(self, answer: _Answer, pause_s: float) -> int | None:
+        """Send the answer a byte at a time; its status, or None when not all was sent."""
+        wfile, buffer = self.wfile, io.BytesIO()
+        self.wfile = buffer  # the very bytes a normal answer is, captured
+        try:
+            self._send(answer)
+        finally:
+            self.wfile = wfile
+        data = buffer.getvalue()
+        try:
+            if trickle(self.connection.sendall, data, pause_s, self.server.stopping):
+                return answer.status
+        except OSError:
+            pass
+        self.close_connection = True
+        return None
+
+    def _endless(self) -> None:
+        """A 200 whose chunked body never ends, until the client (or the sandbox) stops."""
+        self.close_connection = True
+        wfile, buffer = self.wfile, io.BytesIO()
+        self.wfile = buffer
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+        finally:
+            self.wfile = wfile
+        head = buffer.getvalue()
+        endless(self.connection.sendall, head, self.server.stopping, self.command != "HEAD")
 
 
 def _parse_logged_body(raw: bytes | None) -> Any:
