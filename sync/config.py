@@ -33,6 +33,8 @@ from pydantic import (
 
 from sync import yamlsource
 from sync.errors import ConfigError
+from sync.urls import redact_url as redact_url  # public here: others import it from config
+from sync.urls import userinfo_problem
 from sync.yamlsource import invalid as _fail
 from sync.yamlsource import suggest as suggest  # public here: other modules use it for columns
 
@@ -78,17 +80,6 @@ def parse_duration(text: str | int | float) -> timedelta:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("expected a duration that is not negative")
     return timedelta(seconds=seconds)
-
-
-def redact_url(url: str) -> str:
-    """A database URL fit to show: the password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError, TypeError):
-        return "<unparseable url>"
 
 
 def _whole_number(value: Any, low: int, high: int) -> int:
@@ -145,6 +136,8 @@ def _db_url(value: SecretStr, info: ValidationInfo) -> SecretStr:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if (problem := userinfo_problem(value.get_secret_value())) is not None:
+        raise _fail(problem)
     try:
         make_url(value.get_secret_value())
     except (ArgumentError, ValueError, TypeError):

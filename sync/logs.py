@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from sync.config import Config
 
@@ -104,9 +104,12 @@ def secrets_of(config: Config) -> list[str]:
     """Every value in ``config`` that must never be shown, longest first.
 
     The API key, its Basic token and their base64 and percent-encoded forms; the
-    password of each source and state database URL (and its percent-encoded form), and
-    the whole URL when it has one; the alert webhook URL. Values under four characters
-    are left out, so masking them cannot eat ordinary words.
+    password of each source and state database URL and of the webhook URL (as the URL
+    decodes it: what ``${VAR}`` or a secret file gave), its percent-encoded (a space as
+    ``%20`` or ``+``) and base64 forms, and the whole URL when it has one; the alert
+    webhook URL. Values and passwords under four characters are left out, so masking
+    them cannot eat ordinary words. (Each is also masked with any of its characters
+    percent-encoded, see ``_char_pattern``.)
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -114,6 +117,7 @@ def secrets_of(config: Config) -> list[str]:
     key = config.personyze.api_key.get_secret_value()
     token = base64.b64encode(f"api:{key}".encode()).decode()
     found = [key, token, base64.b64encode(key.encode()).decode(), quote(key, safe="")]
+    passwords: list[str] = []
     urls = [config.state.url] + [job.source.url for job in config.jobs]
     for secret_url in urls:
         url = secret_url.get_secret_value()
@@ -122,9 +126,16 @@ def secrets_of(config: Config) -> list[str]:
         except (ArgumentError, ValueError, TypeError):
             continue
         if password:
-            found += [str(password), quote(str(password), safe=""), url]
+            passwords.append(str(password))
+            found.append(url)
     if config.alerts.webhook_url is not None:
-        found.append(config.alerts.webhook_url.get_secret_value())
+        webhook = config.alerts.webhook_url.get_secret_value()
+        with contextlib.suppress(ValueError):
+            passwords.append(unquote(urlsplit(webhook).password or ""))
+        found.append(webhook)
+    for password in (p for p in passwords if len(p) >= MIN_SECRET_LENGTH):
+        encoded = base64.b64encode(password.encode()).decode()
+        found += [password, quote(password, safe=""), quote_plus(password), encoded]
     usable = {s for s in found if len(s) >= MIN_SECRET_LENGTH}
     return sorted(usable, key=lambda s: (-len(s), s))
 

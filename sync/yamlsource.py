@@ -27,6 +27,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from sync.errors import ConfigError
+from sync.urls import Splice, splice
 
 KeyPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -191,7 +192,10 @@ _REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-)([^}]*))?\})")
 def expand_env(doc: Document, environ: Mapping[str, str]) -> None:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value; ``$$`` is ``$``.
 
-    Problems are recorded without quoting the value, which may hold a secret.
+    In any string value that begins ``scheme://``, what a reference puts into the
+    URL's user-info (``user:password@``) is percent-encoded, so a password may hold
+    ``@ : / %`` (see :func:`sync.urls.splice`). Problems are recorded without quoting
+    the value, which may hold a secret.
     """
     doc.data = _expand(doc, doc.data, (), environ)
 
@@ -203,16 +207,15 @@ def _expand(doc: Document, value: Any, path: KeyPath, environ: Mapping[str, str]
         return [_expand(doc, v, (*path, i), environ) for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
-    out: list[str] = []
+    parts: list[Splice] = []
     pos = 0
     bad = False
     for match in _REF.finditer(value):
-        out.append(value[pos : match.start()])
-        bad = bad or "${" in out[-1]
+        bad = bad or "${" in value[pos : match.start()]
         pos = match.end()
         dollar, name, has_default, default = match.groups()
         if dollar:
-            out.append("$")
+            parts.append(Splice(match.start(), pos, "$", literal=True))
             continue
         found = environ.get(name)
         if found is None or (has_default and found == ""):
@@ -221,11 +224,10 @@ def _expand(doc: Document, value: Any, path: KeyPath, environ: Mapping[str, str]
             else:
                 doc.problem(path, f"environment variable {name} is not set")
                 found = ""
-        out.append(found)
-    out.append(value[pos:])
-    if bad or "${" in out[-1]:
+        parts.append(Splice(match.start(), pos, found))
+    if bad or "${" in value[pos:]:
         doc.problem(path, "malformed ${...} reference (write $$ for a literal $)")
-    return "".join(out)
+    return splice(value, parts)
 
 
 # ------------------------------------------------- validating against models

@@ -10,18 +10,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from sync.sandbox import SandboxServer
-from tests.support import API_KEY
+from tests.support import API_KEY, execute, make_customers
 
 ROOT = Path(__file__).resolve().parents[1]
 SAKILA = ROOT.parent / "shared" / "datasets" / "sakila" / "sakila.sql"
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
+PG_PASSWORD = "Pg-S3cret.word99"
+MARIADB_PASSWORD = "Ma/ri@db:S3%cret!"  # characters a URL's user-info must percent-encode
 
 
 def _admin(server: str, database: str, what: str):  # type: ignore[no-untyped-def]
@@ -58,6 +61,46 @@ def mariadb_url() -> Iterator[str]:
     yield f"{MARIADB_SERVER}/{name}"
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_reader(pg_url: str) -> Iterator[str]:
+    """customers 1..10 in PostgreSQL, and the URL of a role that may only SELECT them."""
+    make_customers(pg_url, range(1, 11))
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{PG_PASSWORD}'"))
+    execute(pg_url, text(f'GRANT SELECT ON customers TO "{role}"'))
+    yield pg_url.replace("postgres@", f"{role}:{quote(PG_PASSWORD, safe='')}@")
+    execute(pg_url, text(f'DROP OWNED BY "{role}"'))
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
+            {"r": role},
+        )
+        conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def mariadb_reader(mariadb_url: str) -> Iterator[str]:
+    """customers 1..10 in MariaDB, and the URL of a user with a password and SELECT only."""
+    make_customers(mariadb_url, range(1, 11))
+    user = f"u_{uuid.uuid4().hex[:10]}"
+    database = mariadb_url.rsplit("/", 1)[1]
+    admin = create_engine(f"{MARIADB_SERVER}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for host in ("%", "localhost"):
+            conn.execute(
+                text(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY :pw"), {"pw": MARIADB_PASSWORD}
+            )
+            conn.execute(text(f"GRANT SELECT ON `{database}`.customers TO '{user}'@'{host}'"))
+    yield f"mysql+pymysql://{user}:{quote(MARIADB_PASSWORD, safe='')}@127.0.0.1:3306/{database}"
+    with admin.connect() as conn:
+        for host in ("%", "localhost"):
+            conn.execute(text(f"DROP USER IF EXISTS '{user}'@'{host}'"))
     admin.dispose()
 
 

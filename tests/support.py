@@ -195,16 +195,18 @@ class LoopbackServer:
 
 
 class Receiver(LoopbackServer):
-    """A Slack-compatible webhook: records each posted ``text``, answers ``status``."""
+    """A Slack-compatible webhook: records each posted ``text`` and body, answers ``status``."""
 
     def __init__(self, token: str = "T0K3N") -> None:
         self.texts: list[str] = []
+        self.bodies: list[bytes] = []
         self.status = 200
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.bodies.append(body)
                 receiver.texts.append(json.loads(body)["text"])
                 answer = b"ok" if receiver.status < 300 else b"no_service"
                 self.send_response(receiver.status)

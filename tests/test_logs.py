@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -278,7 +278,7 @@ WEBHOOK = "https://hooks.example.com/services/T0/B0/XYZtoken"
 ENV = {
     "API_KEY": API_KEY,
     "STATE_PASSWORD": "state-pw-77",
-    "PG_PASSWORD": "p%40ss%3Aw%2Frd%2099",  # as it would be written in a URL
+    "PG_PASSWORD": PASSWORD,  # given as it is: the config percent-encodes it in the URL
     "WEBHOOK": WEBHOOK,
 }
 
@@ -292,11 +292,14 @@ def test_secrets_of_config(tmp_path: Path) -> None:
         token,  # the Basic token of the Authorization header
         base64.b64encode(API_KEY.encode()).decode(),
         "state-pw-77",
-        ENV["PG_PASSWORD"],  # the password percent-encoded, as in the URL
+        base64.b64encode(b"state-pw-77").decode(),
         "postgresql+psycopg://state:state-pw-77@db/state",
         PASSWORD,  # decoded, as the driver sees it
-        f"postgresql+psycopg://reader:{ENV['PG_PASSWORD']}@db/shop",
-        "mysql+pymysql://reader:ab@db/orders",  # its password is too short alone
+        quote(PASSWORD, safe=""),  # percent-encoded, as in the URL: p%40ss%3Aw%2Frd%2099
+        quote_plus(PASSWORD),  # as a form would encode it: ...%2Frd+99
+        base64.b64encode(PASSWORD.encode()).decode(),
+        f"postgresql+psycopg://reader:{quote(PASSWORD, safe='')}@db/shop",
+        "mysql+pymysql://reader:ab@db/orders",  # its password (and its forms) too short alone
         WEBHOOK,
     }  # the sqlite URL has no password
     assert "ab" not in found

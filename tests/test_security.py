@@ -3,24 +3,26 @@
 The secrets are the API key (and a wrong one), the password of a PostgreSQL source URL
 (trust auth accepts any) and the real password of a MariaDB user made for the test,
 with characters that must be percent-encoded in a URL. Every output is searched for
-each of them, raw and percent-encoded.
+each of them, raw, percent-encoded and in base64. Continued in
+``test_security_channels.py``: passwords spliced into URLs by ``${VAR}``, and every
+output channel of a real sync, the daemon and the alert webhook.
 """
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import ssl
 import tempfile
 import traceback
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.app import App
@@ -30,7 +32,7 @@ from sync.errors import SyncError
 from sync.runner import RunOptions
 from sync.sandbox import SandboxServer
 from tests import test_cli
-from tests.conftest import MARIADB_SERVER, PG_SERVER
+from tests.conftest import MARIADB_PASSWORD, PG_PASSWORD
 from tests.support import (
     API_KEY,
     LoopbackServer,
@@ -44,14 +46,20 @@ from tests.support import (
 
 cli = test_cli.cli  # the in-process ``personyze-sync`` runner; it checks its own secrets too
 WRONG_KEY = test_cli.WRONG_KEY
-PG_PASSWORD = "Pg-S3cret.word99"
-MARIADB_PASSWORD = "Ma/ri@db:S3cret!"
 SECRETS = (API_KEY, WRONG_KEY, PG_PASSWORD, MARIADB_PASSWORD)
 
 
-def assert_no_secret(text: str | bytes, where: str) -> None:
-    for secret in SECRETS:
-        for form in {secret, quote(secret, safe=""), quote(secret, safe="").lower()}:
+def forms(secret: str) -> set[str]:
+    """A secret as it may be written: raw, percent-encoded (either hex case, + for a space)
+    and base64."""
+    encoded = quote(secret, safe="")
+    b64 = base64.b64encode(secret.encode()).decode()
+    return {secret, encoded, encoded.lower(), quote_plus(secret), b64}
+
+
+def assert_no_secret(text: str | bytes, where: str, secrets: Iterable[str] = SECRETS) -> None:
+    for secret in secrets:
+        for form in forms(secret):
             needle: str | bytes = form.encode() if isinstance(text, bytes) else form
             assert needle not in text, f"{where} holds a secret ({form!r}):\n{text!r}"
 
@@ -59,46 +67,6 @@ def assert_no_secret(text: str | bytes, where: str) -> None:
 def shown(result: Any, where: str) -> Any:
     assert_no_secret(result.text, where)
     return result
-
-
-@pytest.fixture
-def pg_reader(pg_url: str) -> Iterator[str]:
-    """customers 1..10 in PostgreSQL, and the URL of a role that may only SELECT them."""
-    make_customers(pg_url, range(1, 11))
-    role = f"r_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{PG_PASSWORD}'"))
-    execute(pg_url, text(f'GRANT SELECT ON customers TO "{role}"'))
-    yield pg_url.replace("postgres@", f"{role}:{quote(PG_PASSWORD, safe='')}@")
-    execute(pg_url, text(f'DROP OWNED BY "{role}"'))
-    with admin.connect() as conn:
-        conn.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
-            {"r": role},
-        )
-        conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
-    admin.dispose()
-
-
-@pytest.fixture
-def mariadb_reader(mariadb_url: str) -> Iterator[str]:
-    """customers 1..10 in MariaDB, and the URL of a user with a password and SELECT only."""
-    make_customers(mariadb_url, range(1, 11))
-    user = f"u_{uuid.uuid4().hex[:10]}"
-    database = mariadb_url.rsplit("/", 1)[1]
-    admin = create_engine(f"{MARIADB_SERVER}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for host in ("%", "localhost"):
-            conn.execute(
-                text(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY :pw"), {"pw": MARIADB_PASSWORD}
-            )
-            conn.execute(text(f"GRANT SELECT ON `{database}`.customers TO '{user}'@'{host}'"))
-    yield f"mysql+pymysql://{user}:{quote(MARIADB_PASSWORD, safe='')}@127.0.0.1:3306/{database}"
-    with admin.connect() as conn:
-        for host in ("%", "localhost"):
-            conn.execute(text(f"DROP USER IF EXISTS '{user}'@'{host}'"))
-    admin.dispose()
 
 
 def write(tmp_path: Path, source_url: str, api_url: str, **parts: Any) -> str:
