@@ -2,13 +2,16 @@
 
 Plain ``postgresql://`` and ``mysql://`` URLs are given the drivers this package
 installs (psycopg 3, PyMySQL), and every failure to parse a URL or load a driver
-becomes a :class:`ConfigError` that shows the URL with its password hidden. A
-database that restarts in the middle of a run is waited for (:class:`Reconnecting`).
+becomes a :class:`ConfigError`. Errors name a database by :func:`shown`: its host,
+port and database, never its user or password. Every server connection gives up after
+:data:`CONNECT_TIMEOUT_S` unless its URL says otherwise. A database that restarts in
+the middle of a run is waited for (:class:`Reconnecting`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,7 +27,6 @@ from tenacity import (
     wait_exponential,
 )
 
-from sync.config import redact_url
 from sync.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,16 +46,82 @@ def database_url(url: str, key: str) -> URL:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - any parse failure is a config error
         # ``from None``: the parser's own message repeats the URL, password and all.
-        raise ConfigError(f"{key}: not a database URL ({redact_url(url)})") from None
+        raise ConfigError(f"{key}: not a database URL ({shown(url)})") from None
     if parsed.drivername in DRIVERS:
         parsed = parsed.set(drivername=DRIVERS[parsed.drivername])
     return parsed
 
 
-def engine_for(url: URL, key: str, **options: Any) -> Engine:
-    """An engine, or a ConfigError naming the driver that is missing."""
+# Seconds to wait for a database server to accept a connection and finish its
+# handshake. The drivers' own waits are far longer (psycopg: 130 s; PyMySQL: none at all
+# for the handshake), and a server that accepts the connection and never answers (a dead
+# proxy, a database frozen mid-start) would hold a run, or ``validate --connect``, that
+# long. A URL's own ``?connect_timeout=N`` (or, for PostgreSQL, PGCONNECT_TIMEOUT) wins.
+CONNECT_TIMEOUT_S = 10
+
+_LIBPQ_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi")
+_WHERE_PARAMETERS = ("host", "hostaddr", "port", "unix_socket")
+
+
+def shown(url: str | URL) -> str:
+    """A database as errors name it: driver, host, port and database, nothing else.
+
+    The user-info goes (not only the password: some services put a token in the user
+    name), and so does the query, which may carry ``?password=``, except the parameters
+    that say where the server is (``?host=/run/postgresql``).
+    """
     try:
-        return create_engine(url, **options)
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - any parse failure; never show the text itself
+        return "<unparseable url>"
+    where = {k: v for k, v in parsed.query.items() if k in _WHERE_PARAMETERS}
+    return URL.create(
+        parsed.drivername,
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+        query=where,
+    ).render_as_string()
+
+
+def _connect_timeout(url: URL, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the default connect timeout added, unless the URL sets its own."""
+    if "connect_timeout" in url.query or "connect_timeout" in options.get("connect_args", {}):
+        return options
+    driver = url.get_driver_name()
+    libpq = url.get_backend_name() == "postgresql" and driver in _LIBPQ_DRIVERS
+    if not (libpq or driver == "pymysql"):
+        return options  # SQLite's ``timeout`` waits for a lock, not a server: kept as it is
+    if libpq and "PGCONNECT_TIMEOUT" in os.environ:
+        return options  # libpq's own setting, which the driver reads
+    connect_args = {**options.get("connect_args", {}), "connect_timeout": CONNECT_TIMEOUT_S}
+    return {**options, "connect_args": connect_args}
+
+
+def _pymysql_handshake_timeout(engine: Engine) -> None:
+    """PyMySQL's ``connect_timeout`` covers only the TCP connect: its handshake (the
+    server's greeting, the login) waits for ever, as long as ``read_timeout``. The
+    handshake is given the connect timeout as its read timeout, then the connection's
+    read timeout is put back (None unless the URL set one): a long query is not cut.
+    """
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        timeout = cparams.get("connect_timeout")
+        if not timeout or cparams.get("read_timeout") is not None:
+            return None  # the default connect, with the URL's own read timeout
+        connection = dialect.loaded_dbapi.connect(*cargs, **{**cparams, "read_timeout": timeout})
+        connection._read_timeout = None  # no public setter; PyMySQL applies it at each read
+        return connection
+
+
+def engine_for(url: URL, key: str, **options: Any) -> Engine:
+    """An engine with a connect timeout, or a ConfigError naming the driver that is missing."""
+    try:
+        engine = create_engine(url, **_connect_timeout(url, options))
+        if url.get_driver_name() == "pymysql":
+            _pymysql_handshake_timeout(engine)
+        return engine
     except ModuleNotFoundError as exc:
         hint = (
             " (for MySQL/MariaDB: pip install 'personyze-sync[mysql]')"
@@ -61,13 +129,11 @@ def engine_for(url: URL, key: str, **options: Any) -> Engine:
             else ""
         )
         raise ConfigError(
-            f"{key} {redact_url(url.render_as_string(hide_password=False))}: "
-            f"the database driver {exc.name!r} is not installed{hint}"
+            f"{key} {shown(url)}: the database driver {exc.name!r} is not installed{hint}"
         ) from None
     except ArgumentError:
         raise ConfigError(
-            f"{key} {redact_url(url.render_as_string(hide_password=False))}: "
-            f"the database driver {url.drivername!r} is not available"
+            f"{key} {shown(url)}: the database driver {url.drivername!r} is not available"
         ) from None
 
 

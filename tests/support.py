@@ -1,9 +1,11 @@
-"""Helpers the tests share: sample source tables, config files, a webhook receiver."""
+"""Helpers the tests share: sample source tables, config files, a webhook receiver,
+a database server that never answers."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -219,3 +221,55 @@ class Receiver(LoopbackServer):
 
         super().__init__(Handler)
         self.url = f"http://127.0.0.1:{self.port}/services/T0/B0/{token}"
+
+
+class SilentServer:
+    """A TCP server on loopback that accepts every connection and never says a word.
+
+    A database behind a dead proxy, or one frozen mid-start, looks like this: the
+    connection is made, and the handshake's first answer never comes. The connections
+    are held open until the with-block ends, then closed (which frees a client still
+    waiting on one).
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self.listener.close()
+        self.thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+
+class FakeTime:
+    """A monotonic clock that only moves when slept on (or told to)."""
+
+    def __init__(self, advance_on_sleep: bool = True) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self._advance = advance_on_sleep
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self._advance:
+            self.now += seconds

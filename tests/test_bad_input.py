@@ -190,7 +190,7 @@ def test_a_missing_table_or_column_on_mariadb_is_named(
     assert result.code == 1, result.text
     assert "job customers failed" in result.err
     assert expected in result.flat
-    assert "mysql+pymysql://root@127.0.0.1:3306/" in result.flat
+    assert "mysql+pymysql://127.0.0.1:3306/" in result.flat
     assert f"did you mean '{right}'" in result.flat
     assert sandbox.requests == []
     assert status_json(cli, config)["checkpoint"] is None

@@ -3,7 +3,7 @@
 It resolves the configured ``table`` or ``query`` into a selectable, checks that the
 cursor, key and mapped columns exist (naming near misses), and runs the keyset
 queries from :mod:`sync.extract.query`. SQLAlchemy errors are translated into
-:class:`SourceError` here, with the URL's password hidden.
+:class:`SourceError` here, naming the database without its user or password.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
-from sync.config import SourceSettings, redact_url, suggest
-from sync.databases import Reconnecting
+from sync.config import SourceSettings, suggest
+from sync.databases import Reconnecting, shown
 from sync.errors import SourceError
 from sync.extract import query as q
 from sync.extract.query import Position, Shard, SourceShape
@@ -57,7 +57,7 @@ class SourceReader:
         self._source = source
         self._delete_when = delete_when
         self._shard = shard
-        self._where = redact_url(source.url.get_secret_value())
+        self._where = shown(source.url.get_secret_value())
         self._reconnecting = Reconnecting(f"source {self._where}", sleep)
         self._order = source.order_column
         wanted = [source.key, self._order, *columns]

@@ -41,8 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from sync.config import redact_url
-from sync.databases import Reconnecting, database_url, engine_for
+from sync.databases import Reconnecting, database_url, engine_for, shown
 from sync.errors import ConfigError, StateError
 from sync.extract.query import Position
 from sync.state.leases import Lease, leases_for
@@ -130,7 +129,7 @@ def state_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(
-                f"state store {redact_url(url)}: cannot create its folder: {exc.strerror or exc}"
+                f"state store {shown(url)}: cannot create its folder: {exc.strerror or exc}"
             ) from exc
     engine = engine_for(parsed, "state.url", connect_args={"timeout": 30})
 
@@ -159,7 +158,7 @@ class StateStore:
         """``holder`` names this process in leases and runs (default: host:pid)."""
         self._engine = engine
         self._clock = clock
-        self._where = redact_url(engine.url.render_as_string(hide_password=False))
+        self._where = shown(engine.url)
         self._reconnecting = Reconnecting(f"state store {self._where}", sleep)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self._leases = leases_for(engine, self.holder, clock, self._run, self._where, sleep)
