@@ -8,8 +8,9 @@ connection and, once every worker is ready, sends ``POST /users`` one at a time
 through its ``handle_request``: an ``httpx.Request`` with the ``Authorization: Basic``
 header and a JSON body built the way ``sync/load/client.py`` builds its own, a
 distinct email per request. The connection is personyze-sync's own (``--transport
-sync``, the default: ``KeepAliveConnection`` of ``sync/load/transport.py``) or httpx's
-default ``httpx.HTTPTransport`` (``--transport httpcore``: httpcore and h11). No
+sync``, the default: ``BoundedConnection`` of ``sync/load/transport.py``, httpx's
+transport with a deadline per request and a size cap) or httpx's plain default
+``httpx.HTTPTransport`` (``--transport httpcore``: httpcore and h11). No
 database, no mapping, no state: only the HTTP client's cost. Every worker stops after
 ``--seconds`` (or after its share of ``--requests``) and reports its requests, failures
 (any answer other than 200, or an exception), timed span and own CPU time
@@ -38,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from sync.load.transport import KeepAliveConnection
+from sync.load.transport import BoundedConnection
 
 READY_TIMEOUT_S = 60.0  # for every worker to start, import httpx and build its transport
 
@@ -129,7 +130,7 @@ def send(job: Job, start: Event, results: Queue[Any]) -> None:
 def connection(kind: str) -> httpx.BaseTransport:
     if kind == "httpcore":
         return httpx.HTTPTransport()
-    return KeepAliveConnection(httpx.create_ssl_context())
+    return BoundedConnection(httpx.create_ssl_context(), deadline_s=30, max_answer_bytes=2**26)
 
 
 def run(

@@ -196,10 +196,17 @@ def same(want: Any, have: Any) -> bool:
 class Sandbox:
     """``bench/sandbox_server.py`` as a separate process."""
 
-    def __init__(self, latency_ms: float) -> None:
+    def __init__(self, latency_ms: float, faults: dict[str, Any] | None = None) -> None:
         self.latency_ms = latency_ms
         self.process = subprocess.Popen(
-            [PYTHON, str(HERE / "sandbox_server.py"), "--latency-ms", str(latency_ms)],
+            [
+                PYTHON,
+                str(HERE / "sandbox_server.py"),
+                "--latency-ms",
+                str(latency_ms),
+                "--faults",
+                json.dumps(faults or {}),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -1,12 +1,14 @@
 """The sandbox as a separate process for the benchmark, with an added latency per request.
 
-    python bench/sandbox_server.py --port P --latency-ms L [--stats-port S] [--api-key K]
+    python bench/sandbox_server.py --port P --latency-ms L [--faults JSON] [--stats-port S]
+                                   [--api-key K]
 
-Serves ``sync.sandbox.SandboxServer`` with ``Faults(latency_s=L / 1000)`` until killed
+Serves ``sync.sandbox.SandboxServer`` with ``Faults(latency_s=L / 1000, **JSON)`` until killed
 (SIGTERM or SIGINT), and a tiny second server on ``--stats-port`` for the benchmark:
 
-- ``GET /stats``: ``{"requests": n, "by_method": {...}, "users": n}``, the requests the
-  API port answered since the start (or the last reset) and the users it holds;
+- ``GET /stats``: ``{"requests": n, "by_method": {...}, "by_status": {...}, "users": n}``,
+  the requests the API port answered since the start (or the last reset), by method
+  and by status (``"none"``: no answer), and the users it holds;
 - ``POST /reset``: forget every user and zero the counts.
 
 Requests are counted, not logged (the request log is switched off), so the sandbox's
@@ -34,18 +36,21 @@ class CountingSandbox(SandboxServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, request_log_limit=0, **kwargs)
         self.counts: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
     def _record(self, entry: RecordedRequest) -> None:
         with self._count_lock:
             self.counts[entry.method] += 1
+            self.statuses[str(entry.status) if entry.status is not None else "none"] += 1
 
     def stats(self) -> dict[str, Any]:
         with self._count_lock:
-            by_method = dict(self.counts)
+            by_method, by_status = dict(self.counts), dict(self.statuses)
         return {
             "requests": sum(by_method.values()),
             "by_method": by_method,
+            "by_status": by_status,
             "users": len(self.store),
         }
 
@@ -53,6 +58,7 @@ class CountingSandbox(SandboxServer):
         self.store.reset()
         with self._count_lock:
             self.counts.clear()
+            self.statuses.clear()
 
 
 def stats_server(sandbox: CountingSandbox, host: str, port: int) -> ThreadingHTTPServer:
@@ -95,13 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats-port", type=int, default=0, help="stats port (0: any free)")
     parser.add_argument("--api-key", default="bench")
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--faults", type=json.loads, default={}, help="more Faults fields, JSON")
     args = parser.parse_args(argv)
 
     sandbox = CountingSandbox(
         args.api_key,
         host=args.host,
         port=args.port,
-        faults=Faults(latency_s=args.latency_ms / 1000),
+        faults=Faults(latency_s=args.latency_ms / 1000, **args.faults),
     )
     sandbox.start()
     stats = stats_server(sandbox, args.host, args.stats_port)

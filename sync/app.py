@@ -84,7 +84,7 @@ class App:
         *,
         transport: httpx.BaseTransport | None = None,
         wall: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         observer: RunObserver | None = None,
         on_response: Callable[[int | None, float], None] | None = None,
         config_path: Path | None = None,
@@ -125,6 +125,7 @@ class App:
                     sleep=self._sleep,
                     on_response=self._on_response,
                     mask=redact,
+                    stop=self.stopping,
                 )
             return self._client
 
@@ -193,7 +194,7 @@ class App:
         def stop() -> bool:
             return self.stopping.is_set() or (lease is not None and lease.lost.is_set())
 
-        with SenderThreads(concurrency, name=f"send-{job.name}") as pool:
+        with SenderThreads(concurrency, name=f"send-{job.name}", stop=stop) as pool:
             writer = None if dry_run else Writer(self.client, pool, stop=stop, clock=time.monotonic)
             yield JobRun(
                 job,
@@ -512,7 +513,7 @@ class App:
                     f"job {job.name}: WARNING {nulls} row(s) have a NULL "
                     f"{job.source.cursor!r} and will never be synced"
                 )
-        self.client.check_key()
+        self.client.check_key(once=True)  # a check: one attempt, no retries
         lines.append("personyze: API key accepted")
         return lines
 

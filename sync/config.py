@@ -227,6 +227,7 @@ class PersonyzeSettings(Model):
     max_attempts: int = 8
     backoff_initial_s: float = 0.5  # the first wait after a failed request; it doubles
     backoff_max_s: float = 30.0  # the longest wait between attempts (Retry-After aside)
+    max_answer_mb: int = 64  # a longer answer fails its request (an endless body)
 
     @field_validator("api_key")
     @classmethod
@@ -263,6 +264,11 @@ class PersonyzeSettings(Model):
     @classmethod
     def _attempts(cls, value: Any) -> int:
         return _whole_number(value, 1, 100)
+
+    @field_validator("max_answer_mb", mode="before")
+    @classmethod
+    def _answer_cap(cls, value: Any) -> int:
+        return _whole_number(value, 1, 4096)
 
     @field_validator("requests_per_second", mode="before")
     @classmethod

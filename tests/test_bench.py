@@ -203,3 +203,20 @@ def test_replicas_every_check_passes(replicas_output: str) -> None:
         assert f"[PASS] {name}: sandbox holds one user per source row: 3000 users" in (
             replicas_output
         )
+
+
+def test_the_hostile_bench_measures_targets_a_b_and_c_and_every_run_is_correct() -> None:
+    """bench/hostile.py --quick: each run exits 0 with the sandbox equal to the source,
+    and A, B and C are each reported (PASS or MISS: the figures are not asserted)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hostile.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    runs = re.findall(r"^(\w): .* rows/s .* 429  ok$", done.stdout, re.M)
+    assert sorted(runs) == ["A", "A", "B", "B", "C"], done.stdout
+    for target in "ABC":
+        assert re.search(rf"^{target}  .*(PASS|MISS)$", done.stdout, re.M), done.stdout

@@ -1,9 +1,11 @@
 """The Personyze Users API client.
 
 HTTP statuses are mapped to our error kinds in one place (:func:`raise_for_status`),
-httpx's exceptions are translated where they enter, and retries with exponential
-backoff and jitter (honouring ``Retry-After``) are tenacity's. The transport is
-injected, so tests can run against the sandbox over real HTTP or anything else.
+httpx's exceptions are translated where they enter, and the retry policy (exponential
+backoff and jitter, honouring ``Retry-After``) is tenacity's, driven one attempt at a
+time (:mod:`sync.load.retries`) so that no wait holds a sending thread and a stop ends
+any wait. The pace is :mod:`sync.load.pacing`'s. The transport is injected, so tests can
+run against the sandbox over real HTTP or anything else.
 
 The API key travels only in the ``Authorization`` header, never in a URL, log or
 message. Values spliced into a URL path are percent-encoded one by one.
@@ -18,7 +20,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -31,13 +34,18 @@ from tenacity import (
 )
 
 from sync.config import PersonyzeSettings
-from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError
-from sync.load.transport import ConnectionPerThread, KeepAliveConnection
+from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError, Stopped
+from sync.load.pacing import Pacing
+from sync.load.retries import Attempts
+from sync.load.transport import AnswerTooLarge, BoundedConnection, ConnectionPerThread
+
+T = TypeVar("T")
 
 USER_AGENT = "personyze-sync/0.1"
 PAGE = 1000  # the live API refuses reads past offset+limit 1000: page by keyset instead
 RANGE_PAGE = 50  # ... and reads whose where holds >, <, >= or <= past 50 rows
 ID_CHUNK = 200  # user_ids per users_by_id request: under PAGE, and a URL of a few KB
+CONNECT_S = 10.0  # the longest wait for a connection (within timeout_s)
 
 
 def is_loopback(host: str) -> bool:
@@ -100,63 +108,6 @@ def raise_for_status(
     )
 
 
-class TokenBucket:
-    """A client-side ceiling on requests per second, shared by every sending thread.
-
-    It adapts under the ceiling: each 429 halves the rate, each success wins back 1 %,
-    so after a burst of 429s the rate climbs back to the ceiling over a few hundred
-    requests. Without a ceiling (``requests_per_second: null``) nothing is limited and
-    429s are met by ``Retry-After`` and backoff alone.
-    """
-
-    MIN_RATE = 0.5
-    RECOVERY = 1.01
-    BURST_S = 0.1  # an idle client may then send a tenth of a second's worth at once
-
-    def __init__(
-        self, rate: float | None, clock: Callable[[], float], sleep: Callable[[float], None]
-    ) -> None:
-        self._ceiling = rate
-        self._rate = rate  # the rate in force
-        self._tokens = 1.0
-        self._clock = clock
-        self._sleep = sleep
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    @property
-    def rate(self) -> float | None:
-        return self._rate
-
-    def take(self) -> None:
-        if not self._rate:
-            return
-        with self._lock:
-            now = self._clock()
-            rate = self._rate
-            burst = max(1.0, rate * self.BURST_S)
-            self._tokens = min(burst, self._tokens + (now - self._last) * rate)
-            self._last = now
-            self._tokens -= 1.0
-            wait = -self._tokens / rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            self._sleep(wait)
-
-    def throttled(self) -> None:
-        """Personyze answered 429: halve the rate."""
-        with self._lock:
-            if self._rate:
-                self._rate = max(self.MIN_RATE, self._rate / 2)
-
-    def succeeded(self) -> None:
-        """A request went through: win back a little of the rate."""
-        if self._rate == self._ceiling:  # nothing to win back: spare every thread the lock
-            return
-        with self._lock:
-            if self._rate and self._ceiling and self._rate < self._ceiling:
-                self._rate = min(self._ceiling, self._rate * self.RECOVERY)
-
-
 class PersonyzeClient:
     """One account's Users API, with retries; thread-safe."""
 
@@ -165,18 +116,24 @@ class PersonyzeClient:
         settings: PersonyzeSettings,
         *,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_response: Callable[[int | None, float], None] | None = None,
         mask: Callable[[str], str] = lambda text: text,
+        stop: threading.Event | None = None,
     ) -> None:
+        """``stop``: once set, every wait ends at once with :class:`Stopped` (a request in
+        flight is given until its deadline). ``sleep``: how to wait (tests count waits)."""
         check_base_url(settings)
         self._mask = mask  # hides secrets in what an answer's text says
         self._settings = settings
-        self._sleep = sleep
+        self._stop = stop or threading.Event()
+        self._sleep = sleep or self._stop.wait
         self._clock = clock
         self._on_response = on_response
-        self._bucket = TokenBucket(settings.requests_per_second, clock, sleep)
+        self.pacing = Pacing(settings.requests_per_second, clock, self._pause)
+        parts = urlsplit(settings.base_url)
+        self._where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self._backoff = wait_exponential_jitter(
             multiplier=settings.backoff_initial_s,
             max=settings.backoff_max_s,
@@ -189,7 +146,13 @@ class PersonyzeClient:
         # the CPU each request costs. Certificates are always verified; over TLS,
         # HTTP/2 is used where the server picks it (ALPN), HTTP/1.1 keep-alive otherwise.
         tls = httpx.create_ssl_context()  # one for all: each costs a CA bundle's load
-        self._transport = transport or ConnectionPerThread(lambda: KeepAliveConnection(tls))
+        self._transport = transport or ConnectionPerThread(
+            lambda: BoundedConnection(
+                tls,
+                deadline_s=settings.timeout_s,
+                max_answer_bytes=settings.max_answer_mb * 2**20,
+            )
+        )
         self._base_url = settings.base_url + "/"
         self._urls: dict[str, httpx.URL] = {}
         token = base64.b64encode(f"api:{settings.api_key.get_secret_value()}".encode()).decode()
@@ -200,7 +163,8 @@ class PersonyzeClient:
         }
         self._headers = httpx.Headers(headers)  # normalised once, copied by each request
         self._json_headers = httpx.Headers({**headers, "Content-Type": "application/json"})
-        self._extensions = {"timeout": httpx.Timeout(settings.timeout_s).as_dict()}
+        timeout = httpx.Timeout(settings.timeout_s, connect=min(CONNECT_S, settings.timeout_s))
+        self._extensions = {"timeout": timeout.as_dict()}
 
     def close(self) -> None:
         self._transport.close()
@@ -220,7 +184,12 @@ class PersonyzeClient:
         merges on) is retried only after failures that certainly changed nothing;
         after any other failure the caller must reconcile before sending it again.
         """
-        answer = self._call("POST", "users", json=payload, repeatable=repeatable)
+        call = partial(self.upsert_once, payload)
+        return self.finish(self.attempts(call, "POST users", repeatable))
+
+    def upsert_once(self, payload: dict[str, Any]) -> int:
+        """One attempt at :meth:`upsert`."""
+        answer = self._send("POST", "users", payload)
         if isinstance(answer, int) and not isinstance(answer, bool) and answer > 0:
             return answer
         if isinstance(answer, str) and answer.isdigit():
@@ -235,12 +204,21 @@ class PersonyzeClient:
 
         Never creates a user: 0 means Personyze has no such user.
         """
+        call = partial(self.update_once, identifier, value, payload)
+        return self.finish(self.attempts(call, "PUT users"))
+
+    def update_once(self, identifier: str, value: Any, payload: dict[str, Any]) -> int:
+        """One attempt at :meth:`update`."""
         where = f"{identifier}={quote(str(value), safe='')}"
-        return _count(self._call("PUT", f"users/where/{where}", json=payload))
+        return _count(self._send("PUT", f"users/where/{where}", payload))
 
     def delete(self, user_id: int) -> int:
         """DELETE the user with this user_id; how many were deleted (0: already gone)."""
-        return _count(self._call("DELETE", f"users/where/user_id={int(user_id)}"))
+        return self.finish(self.attempts(partial(self.delete_once, user_id), "DELETE users"))
+
+    def delete_once(self, user_id: int) -> int:
+        """One attempt at :meth:`delete`."""
+        return _count(self._send("DELETE", f"users/where/user_id={int(user_id)}", None))
 
     def users_by_email(self, emails: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
         """The users with these emails, asked for in chunks."""
@@ -252,9 +230,14 @@ class PersonyzeClient:
             found += self._list("GET", f"users/where/email:{values}/columns/{cols}/limit/{PAGE}")
         return found
 
-    def check_key(self) -> None:
-        """``GET /rest/account``: changes nothing, answers 401 for a bad key."""
-        self._call("GET", "account")
+    def check_key(self, *, once: bool = False) -> None:
+        """``GET /rest/account``: changes nothing, answers 401 for a bad key.
+
+        ``once``: one attempt, no retries (``validate --connect`` fails fast)."""
+        if once:
+            self._send("GET", "account", None)
+        else:
+            self._call("GET", "account")
 
     def users_changed_since(self, since: int, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
         """Users whose data_last_modified >= since, paged by keyset (never by offset).
@@ -329,30 +312,36 @@ class PersonyzeClient:
             )
         return answer
 
+    def attempts(self, fn: Callable[[], T], what: str, repeatable: bool = True) -> Attempts[T]:
+        """The attempts of one call, under the retry policy: whoever holds them waits."""
+        policy = self._retrying if repeatable else self._retrying_unapplied
+        return Attempts(policy, fn, what=what, of=self._settings.max_attempts)
+
+    def finish(self, attempts: Attempts[T]) -> T:
+        """Make every attempt a call needs, waiting here between them."""
+        while (wait := attempts.attempt()) is not None:
+            self._pause(wait)
+        return attempts.result
+
+    def _pause(self, seconds: float) -> None:
+        """Wait, unless a stop comes first: then :class:`Stopped`."""
+        if self._stop.is_set():
+            raise Stopped("stopping")
+        self._sleep(seconds)
+        if self._stop.is_set():
+            raise Stopped("stopping")
+
     def _call(self, method: str, path: str, *, json: Any = None, repeatable: bool = True) -> Any:
-        """Send, retrying as the retriers say; the first attempt runs without them.
-
-        Tenacity's bookkeeping cost 3 % of a request's CPU, and most requests need one
-        attempt: after a failure, tenacity takes over from that failure (it counts as
-        the first attempt, and is retried or raised as it would have been).
-        """
-        try:
-            return self._send(method, path, json)
-        except RetriableError as exc:
-            failures = [exc]
-
-        def attempt() -> Any:
-            if failures:
-                raise failures.pop()
-            return self._send(method, path, json)
-
-        return (self._retrying if repeatable else self._retrying_unapplied)(attempt)
+        """Send, retrying as the policy says."""
+        call = partial(self._send, method, path, json)
+        return self.finish(self.attempts(call, f"{method} {path.split('/')[0]}", repeatable))
 
     def _retrier(self, *, repeatable: bool) -> Retrying:
         """Retries for calls that may be repeated freely, or only after certain failures.
 
-        Built once and shared by every thread (tenacity keeps each call's state
-        per thread); building one per call cost a few percent of a request's CPU.
+        Built once and shared by every thread (each call's state is its own
+        :class:`Attempts`); building one per call cost a few percent of a request's CPU.
+        tenacity never sleeps here: the holder of the attempts waits.
         """
 
         def worth_retrying(exc: BaseException) -> bool:
@@ -362,7 +351,6 @@ class PersonyzeClient:
             stop=stop_after_attempt(self._settings.max_attempts),
             wait=self._wait,
             retry=retry_if_exception(worth_retrying),
-            sleep=self._sleep,
             reraise=True,
         )
 
@@ -374,33 +362,39 @@ class PersonyzeClient:
         return backoff
 
     def _send(self, method: str, path: str, body: Any) -> Any:
-        self._bucket.take()
+        """One request; its answer's JSON, or the error that says what to do next."""
+        self.pacing.take()
         started = self._clock()
+        where = self._where
         try:
             response = self._request(method, path, body)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._observe(None, started)
             if _certificate_refused(exc):
                 raise FatalError(
-                    f"the TLS certificate of {self._settings.base_url} could not be verified "
+                    f"the TLS certificate of {where} could not be verified "
                     f"({_ssl_reason(exc)}); personyze-sync always verifies certificates"
                 ) from None
             raise RetriableError(
-                f"could not connect to Personyze ({type(exc).__name__})", unapplied=True
+                f"could not connect to Personyze at {where} ({self._reason(exc)})",
+                unapplied=True,
             ) from None
         except httpx.TimeoutException as exc:
             self._observe(None, started)
             raise RetriableError(
-                f"Personyze did not answer in time ({type(exc).__name__})"
+                f"Personyze at {where} did not answer within {self._settings.timeout_s:g} s "
+                f"({self._reason(exc)})"
             ) from None
+        except AnswerTooLarge as exc:
+            self._observe(None, started)
+            raise RetriableError(f"Personyze at {where}: {self._reason(exc)}") from None
         except httpx.TransportError as exc:
             self._observe(None, started)
-            raise RetriableError(f"connection to Personyze failed ({type(exc).__name__})") from None
+            raise RetriableError(
+                f"the connection to Personyze at {where} failed ({self._reason(exc)})"
+            ) from None
         self._observe(response.status_code, started)
-        if response.status_code == 429:
-            self._bucket.throttled()
-        elif response.status_code < 400:
-            self._bucket.succeeded()
+        self.pacing.answered(response.status_code == 429)
         raise_for_status(response, self._mask)
         try:
             return response.json()
@@ -426,6 +420,10 @@ class PersonyzeClient:
         finally:
             response.close()
         return response
+
+    def _reason(self, exc: Exception) -> str:
+        text = str(exc).strip()
+        return self._mask(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
     def _observe(self, status: int | None, started: float) -> None:
         if self._on_response is not None:

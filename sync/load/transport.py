@@ -1,29 +1,35 @@
-"""The connections the Users API client sends through: one keep-alive connection per thread.
+"""The connections the Personyze client sends through: httpx's, each request within a deadline.
 
-Requests, responses and errors are httpx's. Underneath, an HTTP/1.1 exchange is a
-``sendall`` of the request and ``recv`` calls fed to httptools' parser (llhttp, the
-parser of Node.js), which costs under half the CPU per request of httpcore and h11
-(bench/README.md, "Where the CPU goes"). A server that picks HTTP/2 in the TLS
-handshake (ALPN) gets httpx's own HTTP/2 transport from then on.
+httpx (httpcore with h11 and h2) keeps connections alive, speaks HTTP/2 where the
+server picks it in the TLS handshake, verifies certificates, and bounds each connect,
+read and write by its timeout. Two things a hostile server can do are bounded by none
+of those: an answer trickled a byte at a time keeps every read within its timeout for
+hours, and an endless body grows until memory runs out. So every request here has a
+deadline, ``timeout_s`` from its start, that each of its connects, reads and writes
+must fit into, and its answer has a size cap; either fails the request with an httpx
+timeout or :class:`AnswerTooLarge`, which the client translates like any other.
+
+A home-made HTTP/1.1 connection on httptools' parser sent here until issue 15: it won
+at 0 ms on loopback but not against a remote API (bench/hostile.py ``--only transport``:
+within ±3 % at 50 ms), so the library does the work.
 """
 
 from __future__ import annotations
 
-import re
-import select
-import socket
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
-import httptools
+import httpcore
 import httpx
 
-HTTP_VERSIONS = ["h2", "http/1.1"]  # offered in the TLS handshake, in order of preference
-READ_SIZE = 65536
-MAX_HEAD = 65536  # an answer's status line and headers: a longer one is refused
-CONTROL = re.compile(rb"[\r\n\0]")
 ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+
+class AnswerTooLarge(httpx.TransportError):
+    """The answer passed the size cap: the connection was closed, the rest unread."""
 
 
 class ConnectionPerThread(httpx.BaseTransport):
@@ -61,170 +67,132 @@ class ConnectionPerThread(httpx.BaseTransport):
             transport.close()
 
 
-class KeepAliveConnection(httpx.BaseTransport):
-    """One HTTP/1.1 connection, kept open between requests, for one thread at a time.
+class BoundedConnection(httpx.HTTPTransport):
+    """httpx's transport with one connection, a deadline per request and a size cap.
 
-    It opens on the first request, and again whenever the server has closed it: a
-    connection the server closed while idle is noticed before a request is written to
-    it, so no request is lost on a stale connection. Every answer is read whole.
+    The answer is read whole before it is handed back, so the deadline covers its
+    body too; ``deadline_s`` is the whole request, connect to last byte.
     """
 
-    def __init__(
-        self, tls: ssl.SSLContext, http2: Callable[[], httpx.BaseTransport] | None = None
-    ) -> None:
-        """``http2`` makes the transport for a server that picks HTTP/2; by default
-        httpx's, with the same TLS context and one connection."""
-        tls.set_alpn_protocols(HTTP_VERSIONS)
-        self.tls = tls
-        self._make_http2 = http2 or (
-            lambda: httpx.HTTPTransport(verify=tls, limits=ONE_CONNECTION, http2=True)
+    def __init__(self, tls: ssl.SSLContext, *, deadline_s: float, max_answer_bytes: int) -> None:
+        super().__init__(verify=tls, http2=True, limits=ONE_CONNECTION)
+        # httpx offers no way to pass httpcore a network backend: its pool is rebuilt
+        # here with the same settings and ours (tests/load/test_transport.py pins it).
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=tls,
+            max_connections=1,
+            max_keepalive_connections=1,
+            http1=True,
+            http2=True,
+            network_backend=_DeadlineBackend(),
         )
-        self._http2: httpx.BaseTransport | None = None
-        self._sock: socket.socket | None = None
-        self._origin: tuple[bytes, str, int] | None = None
+        self._deadline_s = deadline_s
+        self._max_answer_bytes = max_answer_bytes
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._http2 is not None:
-            return self._http2.handle_request(request)
-        message = _head(request) + request.content
-        sock = self._ready(request)
-        if sock is None:  # the server chose HTTP/2
-            self._http2 = self._make_http2()
-            return self._http2.handle_request(request)
+        _deadline.at = time.monotonic() + self._deadline_s
         try:
-            sock.sendall(message)
-        except TimeoutError as exc:
-            self.close()
-            raise httpx.WriteTimeout("timed out sending the request", request=request) from exc
-        except OSError as exc:
-            self.close()
-            raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
-        answer = _Answer()
-        try:
-            while not answer.complete:
-                answer.feed(sock.recv(READ_SIZE))
-        except TimeoutError as exc:
-            self.close()
-            raise httpx.ReadTimeout("timed out waiting for the answer", request=request) from exc
-        except (OSError, httptools.HttpParserError, ProtocolError) as exc:
-            self.close()
-            raise httpx.RemoteProtocolError(
-                str(exc) or type(exc).__name__, request=request
-            ) from exc
-        if not answer.keep_alive:
-            self.close()
+            response = super().handle_request(request)
+            try:
+                body = self._read(response, request)
+            finally:
+                response.close()
+        finally:
+            _deadline.at = None
         return httpx.Response(
-            answer.status,
-            headers=answer.headers,
-            stream=httpx.ByteStream(b"".join(answer.body)),
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(body),
             request=request,
-            extensions={"http_version": b"HTTP/1.1"},
+            extensions=response.extensions,
         )
 
+    def _read(self, response: httpx.Response, request: httpx.Request) -> bytes:
+        chunks, size = [], 0
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        for chunk in response.stream:
+            size += len(chunk)
+            if size > self._max_answer_bytes:
+                raise AnswerTooLarge(
+                    f"the answer passed {self._max_answer_bytes:,} bytes "
+                    "(personyze.max_answer_mb); the rest was not read",
+                    request=request,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class _Deadline(threading.local):
+    at: float | None = None  # time.monotonic() by which the thread's request must end
+
+
+_deadline = _Deadline()
+
+
+def _within(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout``, cut to what is left of the thread's request deadline."""
+    if _deadline.at is None:
+        return timeout
+    left = _deadline.at - time.monotonic()
+    if left <= 0:
+        raise expired("the request's deadline (personyze.timeout_s) passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation ends by the deadline of the request it serves."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within(timeout, httpcore.WriteTimeout))
+
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._http2 is not None:
-            self._http2.close()
-            self._http2 = None
+        self._stream.close()
 
-    def _ready(self, request: httpx.Request) -> socket.socket | None:
-        """The open connection to the request's server; None if that server speaks HTTP/2."""
-        url = request.url
-        origin = (url.raw_scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        if self._sock is not None and origin == self._origin and _still_open(self._sock):
-            return self._sock
-        self.close()
-        timeouts = request.extensions.get("timeout", {})
-        _, host, port = origin
-        sock = None
-        try:
-            sock = socket.create_connection((host, port), timeouts.get("connect"))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if url.scheme == "https":
-                sock = self.tls.wrap_socket(sock, server_hostname=host)
-                if sock.selected_alpn_protocol() == "h2":
-                    sock.close()
-                    return None
-        except TimeoutError as exc:
-            if sock is not None:
-                sock.close()
-            raise httpx.ConnectTimeout("timed out connecting", request=request) from exc
-        except OSError as exc:  # ssl.SSLError included: the certificate was refused
-            if sock is not None:
-                sock.close()
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        sock.settimeout(timeouts.get("read"))
-        self._sock, self._origin = sock, origin
-        return sock
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(
+            ssl_context, server_hostname, _within(timeout, httpcore.ConnectTimeout)
+        )
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
 
 
-class ProtocolError(Exception):
-    """The server's answer broke HTTP/1.1 framing."""
-
-
-class _Answer:
-    """One answer, fed to httptools' parser as it arrives (these are its callbacks)."""
-
+class _DeadlineBackend(httpcore.NetworkBackend):
     def __init__(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.complete = False
-        self.keep_alive = False
-        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
-        self._until_closed = False  # no length given: the body ends when the server closes
-        self._headers_done = False
-        self._size = 0
+        self._backend = httpcore.SyncBackend()
 
-    def feed(self, data: bytes) -> None:
-        if not data:  # the server closed the connection
-            if not (self._headers_done and self._until_closed):
-                raise ProtocolError("the server closed the connection before answering in full")
-            self._done()
-            return
-        self._size += len(data)
-        if not self._headers_done and self._size > MAX_HEAD:
-            raise ProtocolError(f"the answer's headers are longer than {MAX_HEAD} bytes")
-        assert self._parser is not None
-        self._parser.feed_data(data)
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(
+            host, port, _within(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(
+            path, _within(timeout, httpcore.ConnectTimeout), socket_options
+        )
+        return _DeadlineStream(stream)
 
-    def on_headers_complete(self) -> None:
-        self._headers_done = True
-        framing = {name.lower() for name, _ in self.headers}
-        self._until_closed = not framing & {b"content-length", b"transfer-encoding"}
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        assert self._parser is not None
-        self.keep_alive = self._parser.should_keep_alive()
-        self._done()
-
-    def _done(self) -> None:
-        assert self._parser is not None
-        self.status = self._parser.get_status_code()
-        self.complete = True
-        self._parser = None  # the parser holds this answer: part now, not at a collection
-
-
-def _head(request: httpx.Request) -> bytes:
-    """The request line and headers, refusing anything that would split them."""
-    method, target = request.method.encode("ascii"), request.url.raw_path
-    fields = request.headers.raw
-    if CONTROL.search(b" ".join([method, target, *(part for field in fields for part in field)])):
-        raise httpx.LocalProtocolError("a header or the URL holds a line break", request=request)
-    headers = b"".join(b"%s: %s\r\n" % field for field in fields)
-    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, headers)
-
-
-def _still_open(sock: socket.socket) -> bool:
-    """Is the idle connection still usable? Readable while idle: the server closed it."""
-    poll = select.poll()
-    poll.register(sock, select.POLLIN)
-    return not poll.poll(0)
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)

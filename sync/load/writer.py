@@ -12,7 +12,10 @@ and the next run reconciles it (:mod:`sync.load.reconcile`) before anything else
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import Any, Literal, TypeVar
 from sync.errors import FatalError, RejectedError, RetriableError, Stopped, SyncError
 from sync.load.client import PersonyzeClient
 from sync.load.inflight import InFlightLimit
+from sync.load.retries import Attempts
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -95,6 +99,16 @@ class Failed:
 
 
 Result = Delivered | Refused | Missing | Gone | Unresolved | Failed
+PARKED_POLL_S = 0.25  # how often parked calls look for a stop
+_Parked = tuple[float, int, Callable[[], None], Callable[[Any], None]]  # due, order, call, then
+
+
+@dataclass(frozen=True)
+class Later:
+    """Call ``resume`` again in ``seconds``: a retry waiting out its backoff, parked."""
+
+    seconds: float
+    resume: Callable[[], Any]
 
 
 class SenderThreads(Executor):
@@ -106,20 +120,33 @@ class SenderThreads(Executor):
     threads only share a queue. :meth:`run` hands a call's outcome to a callback,
     without the lock and condition a ``Future`` is built with. When the round trip is
     short, only a few of the threads work at once (:class:`InFlightLimit`).
+
+    A call that answers :class:`Later` is parked, not slept: the thread goes on with
+    the next, and one timer thread puts the call back in the queue when it is due,
+    or at once when ``stop()`` turns true.
     """
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(self, threads: int, name: str, stop: Callable[[], bool] = lambda: False) -> None:
         self.in_flight = InFlightLimit(threads)
+        self._stop = stop
         self._calls: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._parked: list[_Parked] = []
+        self._order = itertools.count()
+        self._parked_changed = threading.Condition(threading.Lock())
+        self._closing = False
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}") for i in range(threads)
         ]
-        for thread in self._threads:
+        self._timer = threading.Thread(target=self._unpark, name=f"{name}-timer")
+        for thread in [*self._threads, self._timer]:
             thread.start()
 
-    def run(self, fn: Callable[[T], R], arg: T, then: Callable[[R | BaseException], None]) -> None:
-        """Call ``fn(arg)`` on a sending thread, then ``then`` with its result or exception."""
-        self._calls.put(partial(_call_then, fn, arg, then))
+    def run(self, fn: Callable[[T], Any], arg: T, then: Callable[[Any], None]) -> None:
+        """Call ``fn(arg)`` on a sending thread, then ``then`` with its result or exception.
+
+        A :class:`Later` result parks the call: its ``resume`` runs on its turn, and so on.
+        """
+        self._calls.put(partial(self._call_then, partial(fn, arg), then))
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         future: Future[R] = Future()
@@ -127,12 +154,50 @@ class SenderThreads(Executor):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Let every thread finish what was given it, then end."""
+        """Let every thread finish what was given it, then end; parked calls are stopped."""
+        with self._parked_changed:
+            self._closing = True
+            parked, self._parked = self._parked, []
+            self._parked_changed.notify()
+        for _, _, _, then in parked:
+            then(Stopped("not retried: the run ended"))
         for _ in self._threads:
             self._calls.put(None)
         if wait:
-            for thread in self._threads:
+            for thread in [*self._threads, self._timer]:
                 thread.join()
+
+    def _call_then(self, call: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        try:
+            outcome = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the callback, which re-raises it
+            outcome = exc
+        if not isinstance(outcome, Later):
+            then(outcome)
+            return
+        resume = partial(self._call_then, outcome.resume, then)
+        with self._parked_changed:
+            if not self._closing:
+                due = time.monotonic() + outcome.seconds
+                entry: _Parked = (due, next(self._order), resume, then)
+                heapq.heappush(self._parked, entry)
+                self._parked_changed.notify()
+                return
+        then(Stopped("not retried: the run ended"))
+
+    def _unpark(self) -> None:
+        """Put parked calls back in the queue when they are due, or at once on a stop."""
+        with self._parked_changed:
+            while not self._closing:
+                if not self._parked:
+                    self._parked_changed.wait()
+                    continue
+                now = time.monotonic()
+                stopping = self._stop()
+                while self._parked and (stopping or self._parked[0][0] <= now):
+                    self._calls.put(heapq.heappop(self._parked)[2])
+                if self._parked:
+                    self._parked_changed.wait(min(self._parked[0][0] - now, PARKED_POLL_S))
 
     def _work(self) -> None:
         """Take calls while this thread has a place under the in-flight limit."""
@@ -147,14 +212,6 @@ class SenderThreads(Executor):
                     call()
             finally:
                 limit.leave()
-
-
-def _call_then(fn: Callable[[T], R], arg: T, then: Callable[[R | BaseException], None]) -> None:
-    try:
-        outcome: R | BaseException = fn(arg)
-    except BaseException as exc:  # noqa: BLE001 - handed to the callback, which re-raises it
-        outcome = exc
-    then(outcome)
 
 
 def _settle(future: Future[R], call: Callable[[], R]) -> None:
@@ -189,25 +246,43 @@ class Writer:
         return self._client
 
     def send(self, items: list[Outgoing]) -> list[Result]:
-        """Deliver a batch through the pool; results in the items' order."""
-        return list(self._pool.map(self.deliver, items))
+        """Deliver a batch through the pool and wait for it; results in the items' order."""
+        outcomes: list[Result | BaseException | None] = [None] * len(items)
+        finished = threading.Semaphore(0)
+
+        def keep(at: int, outcome: Result | BaseException) -> None:
+            outcomes[at] = outcome
+            finished.release()
+
+        for at, item in enumerate(items):
+            self.start(item, partial(keep, at))
+        for _ in items:
+            finished.acquire()
+        results: list[Result] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            assert outcome is not None
+            results.append(outcome)
+        return results
 
     def start(self, item: Outgoing, then: Callable[[Result | BaseException], None]) -> None:
-        """Deliver one item on the pool; ``then`` gets its result in the sending thread."""
-        self._pool.run(self._deliver_timed, item, then)
+        """Deliver one item on the pool; ``then`` gets its result in a sending thread."""
+        self._pool.run(self._step, _Sending(item), then)
 
-    def _deliver_timed(self, item: Outgoing) -> Result:
-        """:meth:`deliver`, telling the pool's in-flight limit how long a delivery took."""
+    def _step(self, sending: _Sending) -> Result | Later:
+        """One attempt at an item; :class:`Later` parks it for its backoff.
+
+        The in-flight limit hears how long the delivering attempt took; an item that
+        cannot merge and lost its answer ends unresolved.
+        """
         started = self._clock()
-        result = self.deliver(item)
+        result = self._attempt(sending)
+        if isinstance(result, Later):
+            return result
         if isinstance(result, Delivered):
             self._pool.in_flight.delivered(self._clock() - started)
-        return result
-
-    def deliver(self, item: Outgoing) -> Result:
-        """Send one item; one that cannot merge and lost its answer ends unresolved."""
-        result = self._one(item)
-        if not item.repeatable and _lost_answer(result):
+        if not sending.item.repeatable and _lost_answer(result):
             assert isinstance(result, Failed)
             return Unresolved(result.error)
         return result
@@ -224,15 +299,24 @@ class Writer:
         """Start nothing more (a row could not be delivered): what is in flight finishes."""
         self._aborted.set()
 
-    def _one(self, item: Outgoing) -> Result:
-        if self._fatal is not None:  # e.g. the key was refused: send nothing more
-            return Failed(self._fatal, sent=False)
-        if self._stop():  # a clean stop: what is in flight finishes, nothing new starts
-            return Failed(Stopped("stopping"), sent=False)
-        if self._aborted.is_set():
-            return Failed(Stopped("not sent: an earlier row could not be delivered"), sent=False)
+    def _attempt(self, sending: _Sending) -> Result | Later:
+        item = sending.item
+        if sending.attempts is None:  # nothing sent yet
+            if self._fatal is not None:  # e.g. the key was refused: send nothing more
+                return Failed(self._fatal, sent=False)
+            if self._stop():  # a clean stop: what is in flight finishes, nothing new starts
+                return Failed(Stopped("stopping"), sent=False)
+            if self._aborted.is_set():
+                return Failed(Stopped("not sent: an earlier row could not be delivered"), False)
+            what = f"sending row {item.key}"
+            sending.attempts = self._client.attempts(
+                partial(self._apply, item), what, item.repeatable
+            )
+        elif self._stop() or self._fatal is not None or self._aborted.is_set():
+            error = sending.attempts.last_error  # the failure it was waiting to retry
+            return Failed(error if isinstance(error, SyncError) else Stopped("stopping"))
         try:
-            return self._apply(item)
+            wait = sending.attempts.attempt()
         except RejectedError as exc:
             if item.known and ROW_NOT_FOUND in exc.reason.lower():
                 return Gone()
@@ -242,16 +326,29 @@ class Writer:
             return Failed(exc)
         except SyncError as exc:
             return Failed(exc)
+        if wait is not None:
+            return Later(wait, partial(self._step, sending))
+        return sending.attempts.result
 
     def _apply(self, item: Outgoing) -> Delivered | Missing:
+        """One attempt at an item's request."""
         if item.action == "upsert":
-            return Delivered(self._client.upsert(item.payload, repeatable=item.repeatable))
+            return Delivered(self._client.upsert_once(item.payload))
         user_id = int(item.payload["user_id"])
         if item.action == "delete":
-            self._client.delete(user_id)  # 0: already gone, as wanted
+            self._client.delete_once(user_id)  # 0: already gone, as wanted
             return Delivered(user_id)
         changes = {k: v for k, v in item.payload.items() if k != "user_id"}
-        return Delivered(user_id) if self._client.update("user_id", user_id, changes) else Missing()
+        updated = self._client.update_once("user_id", user_id, changes)
+        return Delivered(user_id) if updated else Missing()
+
+
+@dataclass
+class _Sending:
+    """An item on its way, with the attempts made at it (None: none yet)."""
+
+    item: Outgoing
+    attempts: Attempts[Delivered | Missing] | None = None
 
 
 def _lost_answer(result: Result) -> bool:

@@ -7,6 +7,7 @@ client would make are recorded instead of slept, and the tests stay fast.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +20,10 @@ import pytest
 
 from sync.config import PersonyzeSettings
 from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError
-from sync.load.client import RANGE_PAGE, PersonyzeClient, TokenBucket
+from sync.load.client import RANGE_PAGE, PersonyzeClient
 from sync.load.transport import ConnectionPerThread
 from sync.sandbox import Faults, SandboxServer
-from tests.support import API_KEY, LoopbackServer
+from tests.support import API_KEY, FakeTime, LoopbackServer
 
 
 def settings(url: str, **overrides: Any) -> PersonyzeSettings:
@@ -284,7 +285,8 @@ def test_a_server_slower_than_the_timeout_is_a_retriable_error(
         c.upsert({"email": "ann@example.com"}, repeatable=repeatable)
 
     attempts = 3 if repeatable else 1
-    assert "did not answer in time" in str(caught.value)
+    host = sandbox.url.split("/")[2]
+    assert f"Personyze at {host} did not answer within 0.1 s" in str(caught.value)
     assert caught.value.unapplied is False
     assert len(sleeps) == attempts - 1
     wait_for_log(sandbox, attempts)
@@ -293,48 +295,6 @@ def test_a_server_slower_than_the_timeout_is_a_retriable_error(
 
 
 # --- rate ceiling --------------------------------------------------------------------
-
-
-class FakeTime:
-    """A monotonic clock that only moves when slept on (or told to)."""
-
-    def __init__(self, advance_on_sleep: bool = True) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self._advance = advance_on_sleep
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        if self._advance:
-            self.now += seconds
-
-
-@pytest.mark.parametrize(
-    ("rate", "gaps", "advance", "expected"),
-    [
-        (None, [0, 0, 0, 0], True, []),
-        (10.0, [0, 0, 0, 0, 0], True, [0.1, 0.1, 0.1, 0.1]),
-        (2.0, [0, 0, 0], True, [0.5, 0.5]),
-        (10.0, [0, 0.1, 0.1, 0.1], True, []),  # already at the ceiling: never waits
-        (10.0, [0, 0.05, 0.05], True, [0.05, 0.05]),  # slots at 0, 0.1, 0.2
-        (4.0, [10, 0, 0, 0, 0], True, [0.25, 0.25, 0.25, 0.25]),  # idle: a burst of 1 at 4/s
-        (100.0, [10] + [0] * 11, True, [0.01, 0.01]),  # ... of a tenth of a second at 100/s
-        (10.0, [0, 0, 0, 0], False, [0.1, 0.2, 0.3]),  # threads reserving at once
-        (0.5, [0, 0], True, [2.0]),
-    ],
-)
-def test_token_bucket(
-    rate: float | None, gaps: list[float], advance: bool, expected: list[float]
-) -> None:
-    fake = FakeTime(advance_on_sleep=advance)
-    bucket = TokenBucket(rate, fake.clock, fake.sleep)
-    for gap in gaps:
-        fake.now += gap
-        bucket.take()
-    assert fake.sleeps == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("rate", "count"), [(10.0, 6), (4.0, 9)])
@@ -556,3 +516,76 @@ def test_a_read_answered_with_anything_but_a_list_is_an_error_not_no_users(
         client = PersonyzeClient(settings(f"http://127.0.0.1:{server.port}/rest"))
         with client, pytest.raises(FatalError, match="where a list of users was expected"):
             read(client)
+
+
+# --- waits, stops and what -v says ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(rate_limit_rate=1.0, retry_after_s=120, include_account=True),  # Retry-After
+        Faults(error_rate=1.0, include_account=True),  # backoff (30 s here)
+    ],
+    ids=["retry-after", "backoff"],
+)
+def test_a_stop_ends_a_wait_between_attempts_at_once(
+    sandbox: SandboxServer, faults: Faults
+) -> None:
+    sandbox.faults = faults
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    with PersonyzeClient(
+        settings(sandbox.url, backoff_initial_s=30, max_attempts=5), stop=stop
+    ) as client:
+
+        def check() -> None:
+            try:
+                client.check_key()
+            except BaseException as exc:  # noqa: BLE001 - looked at below
+                errors.append(exc)
+
+        waiting = threading.Thread(target=check)
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while not sandbox.requests and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls a condition: the first attempt was answered
+        stop.set()
+        waiting.join(5)
+    assert not waiting.is_alive()
+    assert [type(e).__name__ for e in errors] == ["Stopped"]
+    assert len(sandbox.requests) == 1
+
+
+def test_each_retry_is_a_log_line_saying_what_why_how_long_and_which_attempt(
+    sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox.faults = Faults(error_rate=1.0, include_account=True, seed=1)
+    waits: list[float] = []
+    with (
+        caplog.at_level("INFO", logger="sync.load"),
+        PersonyzeClient(settings(sandbox.url, max_attempts=3), sleep=waits.append) as client,
+        pytest.raises(RetriableError),
+    ):
+        client.check_key()
+    retries = [r for r in caplog.records if r.name == "sync.load"]
+    assert len(retries) == 2 == len(waits)
+    for n, (record, wait) in enumerate(zip(retries, waits, strict=True), start=1):
+        assert record.getMessage() == "request failed; retrying"
+        assert record.request == "GET account"  # type: ignore[attr-defined]
+        assert record.error.startswith("Personyze answered 50")  # type: ignore[attr-defined]
+        assert (record.attempt, record.attempts) == (n, 3)  # type: ignore[attr-defined]
+        assert record.wait_s == round(wait, 1)  # type: ignore[attr-defined]
+
+
+def test_a_closed_port_fails_at_once_naming_the_host_and_port() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    with PersonyzeClient(settings(f"http://127.0.0.1:{port}/rest")) as client:
+        started = time.monotonic()
+        with pytest.raises(
+            RetriableError, match=f"could not connect to Personyze at 127.0.0.1:{port}"
+        ):
+            client.check_key(once=True)
+    assert time.monotonic() - started < 5  # one attempt, no backoff

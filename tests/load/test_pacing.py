@@ -1,160 +1,134 @@
-"""The rate ceiling adapts to 429s; the window keeps order while answers come in any order."""
+"""The pace: a token bucket at the rate in force, which follows 429s that follow our rate.
+
+The windows are driven by a fake clock and answers told to the pacing directly: what
+is tested is the decision, window by window. bench/hostile.py measures it against a
+sandbox that limits for real (target C) and one that answers 429 at random (A).
+"""
 
 from __future__ import annotations
 
-import time
-from functools import partial
+import random
 
 import pytest
 
-from sync.extract.query import Position
-from sync.load.client import TokenBucket
-from sync.load.window import Slot, Window
-from sync.load.writer import Delivered, SenderThreads
+from sync.load.pacing import FLOOR, MIN_ANSWERS, Pacing
+from tests.support import FakeTime
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def test_a_429_halves_the_rate_and_successes_win_it_back_slowly() -> None:
-    time = FakeTime()
-    bucket = TokenBucket(40.0, time.clock, time.sleep)
-    bucket.throttled()
-    bucket.throttled()
-    assert bucket.rate == 10.0
-    for _ in range(10):
-        bucket.succeeded()
-    assert bucket.rate == pytest.approx(10.0 * 1.01**10)
-    for _ in range(1000):
-        bucket.succeeded()
-    assert bucket.rate == 40.0  # never above the ceiling
+def window(
+    pacing: Pacing, fake: FakeTime, answers: int, limited: int, seconds: float = 1.0
+) -> None:
+    """One window of ``answers`` evenly spread over ``seconds``, ``limited`` of them 429."""
+    start = fake.now
+    for i in range(answers):
+        fake.now = start + seconds * (i + 1) / answers
+        pacing.answered(i < limited)
 
 
-def test_the_throttled_rate_is_what_requests_actually_get() -> None:
-    time = FakeTime()
-    bucket = TokenBucket(100.0, time.clock, time.sleep)
-    for _ in range(5):
-        bucket.throttled()  # 100 -> 3.125 per second
-    start = time.now
-    for _ in range(50):
-        bucket.take()
-    assert (time.now - start) == pytest.approx(49 / 3.125, rel=0.05)
+def server_limited(
+    pacing: Pacing, fake: FakeTime, limit: float, windows: int
+) -> tuple[float, float]:
+    """Windows against a server limiting at ``limit``/s: we send at the pacing's rate (or
+    at 10× the limit when unpaced); the answers past the limit are 429. Returns the
+    mean rate sent and the share of 429s over the last half of the windows."""
+    sent = limited = 0.0
+    for at in range(windows):
+        rate = pacing.rate or limit * 10
+        answers = max(MIN_ANSWERS, round(rate))
+        over = max(0, answers - round(limit))
+        window(pacing, fake, answers, over)
+        if at >= windows // 2:
+            sent, limited = sent + answers, limited + over
+    half = windows - windows // 2
+    return sent / half, limited / sent
 
 
-def test_without_a_ceiling_nothing_is_limited_or_adapted() -> None:
-    time = FakeTime()
-    bucket = TokenBucket(None, time.clock, time.sleep)
-    bucket.throttled()
+def test_a_real_limit_is_found_in_one_window_and_held_with_few_429s() -> None:
+    fake = FakeTime()
+    pacing = Pacing(None, fake.clock, fake.sleep)
+    window(pacing, fake, 1000, 900)  # unpaced: 1000/s against a limit of 100/s
+    assert pacing.rate == pytest.approx(100 * 0.95)
+    rate, share = server_limited(pacing, fake, 100.0, 120)
+    assert 90 <= rate <= 110 and share < 0.02
+
+
+def test_random_429s_that_do_not_follow_our_rate_do_not_slow_us() -> None:
+    fake = FakeTime()
+    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    draw = random.Random(7)
+    rates = []
+    for _ in range(120):
+        answers = round(pacing.rate or 50)
+        limited = sum(draw.random() < 0.05 for _ in range(answers))
+        window(pacing, fake, answers, limited)
+        rates.append(pacing.rate or 0.0)
+    assert pacing.background == pytest.approx(0.05, abs=0.03)
+    assert sum(rates) / len(rates) >= 0.9 * 50  # the old halving sat at the floor
+
+
+def test_a_cut_that_did_not_lessen_the_429s_is_undone() -> None:
+    fake = FakeTime()
+    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    window(pacing, fake, 50, 5)  # 10 %: a cut
+    assert pacing.rate == pytest.approx(45 * 0.95)
+    window(pacing, fake, 43, 4)  # still 9 %: they were not ours
+    assert pacing.rate == 50.0 and pacing.background == pytest.approx(4 / 43)
+
+
+def test_without_429s_the_rate_climbs_back_with_time_up_to_the_ceiling() -> None:
+    fake = FakeTime()
+    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    window(pacing, fake, 50, 25)
+    cut = pacing.rate
+    assert cut is not None and cut < 25
+    window(pacing, fake, max(MIN_ANSWERS, round(cut)), 0)  # the cut helped: kept
+    for _ in range(200):
+        window(pacing, fake, max(MIN_ANSWERS, round(pacing.rate or 50)), 0)
+    assert pacing.rate == 50.0
+
+
+def test_the_rate_never_falls_below_the_floor() -> None:
+    """A server that allows one request in five seconds: we stay at the floor."""
+    fake = FakeTime()
+    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    for _ in range(20):
+        rate = pacing.rate or 50.0
+        seconds = MIN_ANSWERS / rate
+        accepted = min(MIN_ANSWERS, round(0.2 * seconds))
+        window(pacing, fake, MIN_ANSWERS, MIN_ANSWERS - accepted, seconds=seconds)
+        assert (pacing.rate or 0) >= FLOOR
+    assert pacing.rate == FLOOR
+
+
+def test_without_a_ceiling_or_429s_nothing_is_paced() -> None:
+    fake = FakeTime()
+    pacing = Pacing(None, fake.clock, fake.sleep)
+    window(pacing, fake, 500, 0)
     for _ in range(100):
+        pacing.take()
+    assert pacing.rate is None and fake.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("rate", "gaps", "advance", "expected"),
+    [
+        (None, [0, 0, 0, 0], True, []),
+        (10.0, [0, 0, 0, 0, 0], True, [0.1, 0.1, 0.1, 0.1]),
+        (2.0, [0, 0, 0], True, [0.5, 0.5]),
+        (10.0, [0, 0.1, 0.1, 0.1], True, []),  # already at the ceiling: never waits
+        (10.0, [0, 0.05, 0.05], True, [0.05, 0.05]),  # slots at 0, 0.1, 0.2
+        (4.0, [10, 0, 0, 0, 0], True, [0.25, 0.25, 0.25, 0.25]),  # idle: a burst of 1 at 4/s
+        (100.0, [10] + [0] * 11, True, [0.01, 0.01]),  # ... of a tenth of a second at 100/s
+        (10.0, [0, 0, 0, 0], False, [0.1, 0.2, 0.3]),  # threads reserving at once
+        (0.5, [0, 0], True, [2.0]),
+    ],
+)
+def test_the_token_bucket_spaces_requests_at_the_rate_in_force(
+    rate: float | None, gaps: list[float], advance: bool, expected: list[float]
+) -> None:
+    fake = FakeTime(advance_on_sleep=advance)
+    bucket = Pacing(rate, fake.clock, fake.sleep)
+    for gap in gaps:
+        fake.now += gap
         bucket.take()
-    assert bucket.rate is None and time.now == 0.0
-
-
-def sent(key: str, at: int) -> Slot:
-    return Slot(key, Position(at, at), "fp", sent=True)
-
-
-def test_the_window_hands_back_only_the_finished_prefix_in_order() -> None:
-    window = Window()
-    slots = [sent(str(i), i) for i in range(4)]
-    for slot in slots:
-        window.add(slot)
-    window.complete(slots[2], Delivered(12))  # answers arrive out of order
-    window.complete(slots[1], Delivered(11))
-    assert window.finished() == []  # the first is still owed: nothing moves
-    assert {s.key for s in window.done_ahead()} == {"1", "2"}  # but these can be stored
-    assert window.done_ahead() == []  # each is handed over once
-    window.complete(slots[0], Delivered(10))
-    assert [s.key for s in window.finished()] == ["0", "1", "2"]
-    assert [s.result() for s in slots[:3]] == [Delivered(10), Delivered(11), Delivered(12)]
-    assert len(window) == 1
-    window.complete(slots[3], Delivered(13))
-    assert [s.key for s in window.drain()] == ["3"]
-
-
-def test_rows_with_nothing_to_send_finish_at_once() -> None:
-    window = Window()
-    window.add(Slot("a", Position(1, 1), "fp"))  # unchanged: no request
-    b = sent("b", 2)
-    window.add(b)
-    window.add(Slot("c", Position(1, 3), "fp", reason="no identifier"))
-    assert [s.key for s in window.finished()] == ["a"]
-    window.complete(b, Delivered(5))
-    assert [s.key for s in window.finished()] == ["b", "c"]
-
-
-def test_waiting_for_a_chunk_returns_when_the_last_of_it_finishes() -> None:
-    window = Window()
-    slots = [sent(str(i), i) for i in range(6)]
-    for slot in slots:
-        window.add(slot)
-    with SenderThreads(3, name="test-window") as threads:
-        for i in (3, 1, 0, 2):  # the oldest four, out of order, from other threads
-            threads.run(lambda slot: time.sleep(0.01) or Delivered(int(slot.key)), slots[i],
-                        partial(window.complete, slots[i]))  # fmt: skip
-        prefix = window.finished(wait_for=4)
-    assert [s.key for s in prefix] == ["0", "1", "2", "3"]
-    assert not slots[4].done() and len(window) == 2
-
-
-def test_an_exception_in_a_sending_thread_is_raised_where_the_result_is_read() -> None:
-    window = Window()
-    slot = sent("a", 1)
-    window.add(slot)
-
-    def broken(_: Slot) -> Delivered:
-        raise RuntimeError("a bug, not a Personyze answer")
-
-    with SenderThreads(1, name="test-window") as threads:
-        threads.run(broken, slot, partial(window.complete, slot))
-        (done,) = window.drain()
-    with pytest.raises(RuntimeError, match="a bug"):
-        done.result()
-
-
-def test_the_client_offers_http2_when_it_speaks_tls() -> None:
-    """HTTP/2 is negotiated by ALPN: the TLS ClientHello must offer "h2"."""
-    import socket
-    import threading
-
-    from pydantic import SecretStr
-
-    from sync.config import PersonyzeSettings
-    from sync.errors import SyncError
-    from sync.load.client import PersonyzeClient
-
-    hello: list[bytes] = []
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-
-    def accept() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(5)
-            hello.append(conn.recv(4096))  # the ClientHello, in clear; then hang up
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    port = server.getsockname()[1]
-    settings = PersonyzeSettings(
-        api_key=SecretStr("k"),
-        base_url=f"https://127.0.0.1:{port}/rest",
-        max_attempts=1,
-        requests_per_second=None,
-        timeout_s=5,
-    )
-    with PersonyzeClient(settings) as client, pytest.raises(SyncError):
-        client.check_key()
-    thread.join(5)
-    server.close()
-    assert hello and hello[0][:1] == b"\x16"  # a TLS handshake record
-    assert b"\x02h2" in hello[0] and b"\x08http/1.1" in hello[0]
+    assert fake.sleeps == pytest.approx(expected)

@@ -1,8 +1,8 @@
-"""The HTTP/1.1 connection under the client, against real servers on loopback.
+"""The connection under the client (httpx's, with a deadline and a size cap), against real servers.
 
 The sandbox shows the happy path; a scripted socket server plays the answers a real
 server may give now and then (closed connections, chunks, bodies without a length,
-truncated or endless answers), and a TLS server shows certificates and HTTP/2.
+truncated, trickled or endless answers), and a TLS server shows certificates and HTTP/2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import h2.events
 import httpx
 import pytest
 
-from sync.load.transport import MAX_HEAD, ConnectionPerThread, KeepAliveConnection
+from sync.load.transport import AnswerTooLarge, BoundedConnection, ConnectionPerThread
 from sync.sandbox.server import SandboxServer
 from tests.support import API_KEY, self_signed_certificate
 
@@ -118,12 +118,14 @@ def post(transport: httpx.BaseTransport, url: str, body: bytes = b'{"a":1}') -> 
     return response
 
 
-def plain() -> KeepAliveConnection:
-    return KeepAliveConnection(ssl.create_default_context(), http2=no_http2)
+def plain(deadline_s: float = 5.0, max_answer_bytes: int = 2**20) -> BoundedConnection:
+    return connection(ssl.create_default_context(), deadline_s, max_answer_bytes)
 
 
-def no_http2() -> httpx.BaseTransport:
-    raise AssertionError("this server does not speak HTTP/2")
+def connection(
+    tls: ssl.SSLContext, deadline_s: float = 5.0, max_answer_bytes: int = 2**20
+) -> BoundedConnection:
+    return BoundedConnection(tls, deadline_s=deadline_s, max_answer_bytes=max_answer_bytes)
 
 
 # --- the happy path -------------------------------------------------------------------
@@ -131,10 +133,10 @@ def no_http2() -> httpx.BaseTransport:
 
 def test_requests_go_over_one_kept_alive_connection() -> None:
     with ScriptedServer(lambda n: ok(str(n).encode())) as server:
-        connection = plain()
+        kept = plain()
         url = f"http://127.0.0.1:{server.port}/rest/users"
-        answers = [post(connection, url, b'{"n":%d}' % i) for i in range(5)]
-        connection.close()
+        answers = [post(kept, url, b'{"n":%d}' % i) for i in range(5)]
+        kept.close()
     assert [a.json() for a in answers] == [1, 2, 3, 4, 5]
     assert server.connections == 1
     assert all(a.status_code == 200 and a.http_version == "HTTP/1.1" for a in answers)
@@ -189,10 +191,10 @@ UNTIL_CLOSED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[1, 2]
 )
 def test_answers_of_every_framing_are_read_whole(answer: bytes, body: bytes, hang_up: bool) -> None:
     with ScriptedServer(lambda _: (answer, "hang up") if hang_up else answer) as server:
-        connection = plain()
+        kept = plain()
         url = f"http://127.0.0.1:{server.port}/rest/users"
-        first, second = post(connection, url), post(connection, url)
-        connection.close()
+        first, second = post(kept, url), post(kept, url)
+        kept.close()
     assert first.content == second.content == body
     assert server.connections == (2 if hang_up else 1)  # a new connection only when it ended
 
@@ -202,13 +204,13 @@ def test_answers_of_every_framing_are_read_whole(answer: bytes, body: bytes, han
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() -> None:
     with ScriptedServer(lambda n: (ok(b"%d" % n), "then close")) as server:
-        connection = plain()
+        kept = plain()
         url = f"http://127.0.0.1:{server.port}/rest/users"
         answers = []
         for _ in range(3):
-            answers.append(post(connection, url).json())
+            answers.append(post(kept, url).json())
             time.sleep(0.05)  # the server's FIN arrives while the connection is idle
-        connection.close()
+        kept.close()
     assert answers == [1, 2, 3]
     assert server.connections == 3  # each request on a new connection, none lost
 
@@ -220,19 +222,19 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() 
         ((b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n123", "cut"), httpx.RemoteProtocolError),
         ((b"HTTP/1.1 200 OK\r\nContent-Le", "cut"), httpx.RemoteProtocolError),
         ((b"SMTP ready\r\n\r\n", "not http"), httpx.RemoteProtocolError),
-        (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"x" * MAX_HEAD, httpx.RemoteProtocolError),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"x" * 120_000, httpx.RemoteProtocolError),
     ],
 )
 def test_a_broken_answer_is_a_transport_error_and_the_connection_is_dropped(
     reply: Reply, error: type[Exception]
 ) -> None:
     with ScriptedServer(lambda n: reply if n == 1 else ok(b"2")) as server:
-        connection = plain()
+        kept = plain()
         url = f"http://127.0.0.1:{server.port}/rest/users"
         with pytest.raises(error):
-            post(connection, url)
-        assert post(connection, url).json() == 2  # the next request gets a new connection
-        connection.close()
+            post(kept, url)
+        assert post(kept, url).json() == 2  # the next request gets a new connection
+        kept.close()
     assert server.connections == 2
 
 
@@ -244,7 +246,7 @@ def test_a_server_that_does_not_answer_in_time_is_a_read_timeout() -> None:
         return ok()
 
     with ScriptedServer(script) as server:
-        connection = plain()
+        kept = plain()
         request = httpx.Request(
             "POST",
             f"http://127.0.0.1:{server.port}/rest/users",
@@ -252,9 +254,9 @@ def test_a_server_that_does_not_answer_in_time_is_a_read_timeout() -> None:
             extensions={"timeout": httpx.Timeout(0.2).as_dict()},
         )
         with pytest.raises(httpx.ReadTimeout):
-            connection.handle_request(request)
+            kept.handle_request(request)
         silence.set()
-        connection.close()
+        kept.close()
 
 
 def test_a_refused_connection_is_a_connect_error() -> None:
@@ -278,7 +280,93 @@ def test_a_header_that_would_split_the_request_is_refused_before_sending(
         )
         with pytest.raises(httpx.LocalProtocolError):
             plain().handle_request(request)
-    assert server.connections == 0
+    assert server.requests == []  # h11 refuses it once connected: not a byte of it is sent
+
+
+# --- hostile servers --------------------------------------------------------------------
+
+
+class TricklingServer(SocketServer):
+    """Reads a request, then writes ``answer`` one byte at a time, ``pause`` apart."""
+
+    def __init__(self, answer: bytes, pause: float) -> None:
+        super().__init__()
+        self.answer, self.pause = answer, pause
+        self.gone = threading.Event()  # the client hung up
+
+    def _talk(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            for byte in self.answer:
+                conn.sendall(bytes([byte]))
+                if self.gone.wait(self.pause):
+                    return
+        self.gone.set()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ok(b"[" + b"1," * 200 + b"1]"),  # the body trickles
+        b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"x" * 10_000 + b"\r\n\r\n",  # the headers do
+    ],
+    ids=["body", "headers"],
+)
+def test_an_answer_trickled_a_byte_at_a_time_ends_at_the_deadline(answer: bytes) -> None:
+    """Each byte comes well within the read timeout: only the request's deadline ends it."""
+    with TricklingServer(answer, pause=0.05) as server:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            post(plain(deadline_s=0.5), f"http://127.0.0.1:{server.port}/rest/users")
+        took = time.monotonic() - started
+        server.gone.set()
+    assert took < 5  # the answer would take 10 s; without the deadline it ran for all of it
+
+
+class EndlessServer(SocketServer):
+    """Answers with a chunked body that never ends; counts what it managed to send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def _talk(self, conn: socket.socket) -> None:
+        chunk = b"10000\r\n" + b"[" * 0x10000 + b"\r\n"
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while True:
+                conn.sendall(chunk)
+                self.sent += len(chunk)
+
+
+def test_an_endless_body_fails_the_request_at_the_size_cap() -> None:
+    with EndlessServer() as server, pytest.raises(AnswerTooLarge, match="1,048,576 bytes"):
+        post(plain(max_answer_bytes=2**20), f"http://127.0.0.1:{server.port}/rest/users")
+    assert server.sent < 64 * 2**20  # the connection was closed soon after the cap
+
+
+def test_the_sandbox_trickle_and_endless_faults_are_bounded_too() -> None:
+    from sync.sandbox import Faults
+
+    with SandboxServer(API_KEY, faults=Faults(trickle_rate=1.0, trickle_s=0.05)) as sandbox:
+        url = f"{sandbox.url}/users"
+        with pytest.raises(httpx.ReadTimeout):
+            post(plain(deadline_s=0.5), url)
+        sandbox.faults = Faults(endless_rate=1.0)
+        with pytest.raises(AnswerTooLarge):
+            post(plain(max_answer_bytes=2**20), url)
+
+
+def test_the_pool_is_httpx_own_with_our_network_backend() -> None:
+    """httpx offers no way to hand httpcore a network backend, so BoundedConnection
+    replaces httpx's pool: if httpx renames it, this fails before a deadline goes missing."""
+    import httpcore
+
+    kept = plain()
+    pool = getattr(kept, "_pool", None)
+    assert isinstance(pool, httpcore.ConnectionPool)
+    assert type(pool._network_backend).__name__ == "_DeadlineBackend"
 
 
 # --- TLS --------------------------------------------------------------------------------
@@ -308,12 +396,12 @@ def test_https_over_http11_verifies_the_certificate_and_keeps_the_connection(
     tls = server_tls(certificate, ["http/1.1"])
     with ScriptedServer(lambda n: ok(b"%d" % n), tls=tls) as server:
         url = f"https://localhost:{server.port}/rest/users"
-        connection = KeepAliveConnection(trusting(certificate), http2=no_http2)
-        assert [post(connection, url).json() for _ in range(3)] == [1, 2, 3]
-        connection.close()
+        kept = connection(trusting(certificate))
+        assert [post(kept, url).json() for _ in range(3)] == [1, 2, 3]
+        kept.close()
         with pytest.raises(httpx.ConnectError) as refused:  # a CA that did not sign it
-            post(KeepAliveConnection(ssl.create_default_context(), http2=no_http2), url)
-    assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+            post(plain(), url)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
     assert server.connections == 2
 
 
@@ -350,12 +438,50 @@ class Http2Server(SocketServer):
 def test_a_server_that_picks_http2_is_spoken_to_in_http2(certificate: tuple[Path, Path]) -> None:
     tls = trusting(certificate)
     with Http2Server(server_tls(certificate, ["h2", "http/1.1"])) as server:
-        connection = KeepAliveConnection(
-            tls, http2=lambda: httpx.HTTPTransport(verify=tls, http2=True)
-        )
+        http2 = connection(tls)
         url = f"https://localhost:{server.port}/rest/users"
-        answers = [post(connection, url) for _ in range(3)]
-        connection.close()
+        answers = [post(http2, url) for _ in range(3)]
+        http2.close()
     assert [a.http_version for a in answers] == ["HTTP/2"] * 3
     assert [a.json() for a in answers] == [42] * 3
     assert server.requests == 3
+
+
+def test_the_client_offers_http2_when_it_speaks_tls() -> None:
+    """HTTP/2 is negotiated by ALPN: the TLS ClientHello must offer "h2"."""
+    import socket
+    import threading
+
+    from pydantic import SecretStr
+
+    from sync.config import PersonyzeSettings
+    from sync.errors import SyncError
+    from sync.load.client import PersonyzeClient
+
+    hello: list[bytes] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            hello.append(conn.recv(4096))  # the ClientHello, in clear; then hang up
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    settings = PersonyzeSettings(
+        api_key=SecretStr("k"),
+        base_url=f"https://127.0.0.1:{port}/rest",
+        max_attempts=1,
+        requests_per_second=None,
+        timeout_s=5,
+    )
+    with PersonyzeClient(settings) as client, pytest.raises(SyncError):
+        client.check_key()
+    thread.join(5)
+    server.close()
+    assert hello and hello[0][:1] == b"\x16"  # a TLS handshake record
+    assert b"\x02h2" in hello[0] and b"\x08http/1.1" in hello[0]

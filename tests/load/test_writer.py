@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ from sync.errors import RetriableError
 from sync.load.client import PersonyzeClient
 from sync.load.writer import (
     Delivered,
+    Failed,
     Gone,
     Outgoing,
     Refused,
@@ -21,7 +25,7 @@ from sync.load.writer import (
     Writer,
 )
 from sync.sandbox import Faults, RecordedRequest, SandboxServer
-from tests.support import API_KEY, users_by_internal_id
+from tests.support import API_KEY, LoopbackServer, users_by_internal_id
 
 
 def make_client(
@@ -30,6 +34,7 @@ def make_client(
     values: dict[str, Any] = {
         "api_key": API_KEY, "base_url": sandbox.url, "requests_per_second": None,
         "timeout_s": 5, "max_attempts": 4, "concurrency": 8,
+        "backoff_initial_s": 0.01, "backoff_max_s": 0.05,  # the pool's parked retries wait
     }  # fmt: skip
     values.update(overrides)
     return PersonyzeClient(PersonyzeSettings(**values), sleep=sleep)
@@ -173,10 +178,7 @@ def test_payloads_with_an_email_are_simply_retried(
     items = [Outgoing(f"k{i}", {"email": f"user{i}@example.com", "internal_id": f"row-{i}"})
              for i in range(20)]  # fmt: skip
 
-    def sleep(_: float) -> None:
-        sandbox.faults = Faults()  # the first retry heals the service
-
-    with make_client(sandbox, sleep=sleep) as client:
+    with make_client(sandbox, max_attempts=20) as client:  # 2**-20: every row gets through
         results = writer(client, pool).send(items)
 
     lost = lost_answers(sandbox)
@@ -187,3 +189,71 @@ def test_payloads_with_an_email_are_simply_retried(
     assert len(sandbox.users()) == 20  # exactly one user per email
     for i, result in enumerate(results):
         assert result == Delivered(users[f"user{i}@example.com"]["user_id"])
+
+
+class FirstTimeLimited(LoopbackServer):
+    """Answers 429 ``Retry-After: 1`` to the first request for ``slow@example.com``, 200
+    (a new user_id) to everything else, and keeps the order requests arrived in."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                email = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["email"]
+                first = email not in server.arrivals
+                server.arrivals.append(email)
+                limited = first and email == "slow@example.com"
+                body = b"Too many requests" if limited else str(len(server.arrivals)).encode()
+                self.send_response(429 if limited else 200)
+                if limited:
+                    self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/rest"
+
+
+def test_a_retry_waiting_out_retry_after_does_not_hold_the_sending_thread() -> None:
+    """One sending thread: while the 429'd row waits its second, the others are sent."""
+    emails = ["slow@example.com", *(f"u{i}@example.com" for i in range(5))]
+    with FirstTimeLimited() as server, SenderThreads(1, name="test-parked") as one_thread:
+        settings = PersonyzeSettings(
+            api_key=API_KEY, base_url=server.url, requests_per_second=None, max_attempts=3
+        )
+        with PersonyzeClient(settings) as client:
+            results = writer(client, one_thread).send([Outgoing(e, {"email": e}) for e in emails])
+    assert all(isinstance(r, Delivered) for r in results)
+    assert server.arrivals == [*emails, "slow@example.com"]  # the others went first
+
+
+def test_a_stop_ends_a_parked_retry_at_once_without_sending_it_again() -> None:
+    stopping = threading.Event()
+    with (
+        FirstTimeLimited() as server,
+        SenderThreads(1, name="test-parked", stop=stopping.is_set) as one_thread,
+    ):
+        settings = PersonyzeSettings(
+            api_key=API_KEY, base_url=server.url, requests_per_second=None, max_attempts=3
+        )
+        with PersonyzeClient(settings) as client:
+            sending = Writer(client, one_thread, stop=stopping.is_set, clock=time.monotonic)
+            results: list[Any] = []
+            done = threading.Event()
+            sending.start(
+                Outgoing("slow", {"email": "slow@example.com"}),
+                lambda r: (results.append(r), done.set()),
+            )
+            stopping.set()  # while it waits out Retry-After: 1 (or before it is sent)
+            assert done.wait(0.9)  # before the second was over
+    (result,) = results
+    assert isinstance(result, Failed)
+    assert server.arrivals in ([], ["slow@example.com"])  # never sent twice
