@@ -46,7 +46,8 @@ from sync.state.schema import key_text
 from sync.state.store import Fence, StateStore
 
 AUTO_RETRIES = 3  # an unchanged rejected row is retried on this many runs, then on demand
-WINDOW_BATCHES = 4  # rows read but not yet done, in batches: room for slow rows to retry
+WINDOW_BATCHES = 4  # rows being sent at once, in batches: room for slow rows to retry
+HELD_BATCHES = 16  # rows read but not yet behind the checkpoint, in batches (memory)
 KEY_PAGE = 1000  # identity-map keys checked against the source per query (vanished rows)
 WATERMARK_AGE_S = 60.0  # how long a watermark read from Personyze serves new marks
 
@@ -512,8 +513,7 @@ class JobRun:
             if slot.sent:
                 outgoing = Outgoing(slot.key, slot.payload, slot.action, slot.known)
                 self.writer.start(outgoing, partial(self._window.complete, slot))
-            while len(self._window) >= WINDOW_BATCHES * self.job.source.batch_size:
-                self._collect(wait_for=max(1, self.job.source.batch_size // 4))
+            self._make_room()
         self._collect()
 
     def _marks(self, slots: list[Slot]) -> list[Mark]:
@@ -553,6 +553,16 @@ class JobRun:
                 self.stats.missing += 1
             else:
                 slot.payload["user_id"] = user_id
+
+    def _make_room(self) -> None:
+        """Wait while too many rows are being sent, or too many are held behind one."""
+        batch = self.job.source.batch_size
+        quarter = max(1, batch // 4)
+        while len(self._window) >= HELD_BATCHES * batch:  # behind a row waiting out retries
+            self._collect(wait_for=quarter)
+        if self._window.pending >= WINDOW_BATCHES * batch:
+            self._window.wait_for_room(WINDOW_BATCHES * batch - quarter)
+            self._collect()
 
     def _collect(self, *, wait_for: int = 0) -> None:
         """Take what finished (waiting for the oldest ``wait_for`` rows first); commit

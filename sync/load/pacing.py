@@ -5,15 +5,20 @@ the limit (the 429s follow our rate: slow down and they stop), or the service sh
 load now and then whatever we do (the 429s do not follow our rate: slowing down
 only loses time). Halving on every 429 treats both as the first, so random 429s
 drove a sync to its floor and kept it there. Here 429s are judged over windows of at
-least a second and :data:`MIN_ANSWERS` answers:
+least a second and :data:`MIN_ANSWERS` answers (a window where most answers are 429
+is judged as soon as it has that many, so an unpaced start does not spend a second
+of requests on a limit):
 
-- a window whose share of 429s stands more than :data:`TRIGGER` above the background
-  (and above its chance ups and downs) cuts the rate to a little under the rate
+- two windows in a row whose share of 429s stands more than :data:`TRIGGER` above the
+  background (and above its chance ups and downs) cut the rate to a little under the rate
   Personyze accepted in it (a real limit is found in one step, not by halving);
-- if the next window's share did not fall by half, those 429s were not ours: their
-  share becomes the background (ignored from then on) and the rate is put back;
-- every window without a cut wins back :data:`GROWTH` of the rate per second (while
-  the rate is what holds the sync back), up to the ceiling; the background falls
+- if the next window's share did not fall by half, the rate is cut once more (a
+  limit's burst may have lent more than it allows); if it still did not, those 429s
+  were not ours: their share becomes the background (ignored from then on) and the
+  rate is put back;
+- every window without a cut wins back :data:`GROWTH_FAR` of the rate per second,
+  :data:`GROWTH` near the rate accepted at the last cut (while the rate is what holds
+  the sync back), up to the ceiling; the background falls
   when windows show fewer 429s than it (it never rises but by an undone cut, or
   429s of a real limit would teach it to tolerate them).
 
@@ -24,19 +29,25 @@ until a window shows 429s that follow our rate.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable
 
+log = logging.getLogger("sync.load")
 FLOOR = 1.0  # requests/s: never slower, so a run always finishes
 WINDOW_S = 1.0  # 429s are judged over at least this long...
 MIN_ANSWERS = 20  # ... and this many answers
 TRIGGER = 0.02  # a share of 429s this far above the background slows the sync...
 SIGNIFICANCE = 2.0  # ... plus this many standard deviations of the background's noise
 MARGIN = 0.95  # a cut goes to this share of the rate Personyze accepted
-GROWTH = 0.02  # each second without a cut, the rate grows by this share
+GROWTH = 0.02  # each second without a cut, the rate grows by this share near the limit...
+GROWTH_FAR = 0.10  # ... and by this share below NEAR of the rate accepted at the last cut
+NEAR = 0.9
 BACKGROUND_WEIGHT = 0.2  # how fast the background falls when windows show fewer 429s
 BURST_S = 0.1  # an idle client may send a tenth of a second's worth at once
+HEAVY = 0.5  # a share of 429s at which a window is judged early and a cut never undone
+CUTS_BEFORE_UNDO = 2  # cuts in a row that did not lessen the 429s before they are undone
 
 
 class Pacing:
@@ -56,8 +67,11 @@ class Pacing:
         self._tokens = 1.0
         self._last = clock()
         self.background = 0.0  # the share of 429s that did not follow our rate
-        self._cut_from: tuple[float | None, float] | None = None  # (rate before, its 429s)
+        self._limit: float | None = None  # the rate Personyze accepted at the last cut
+        self._over = False  # the last window's 429s stood above the background
+        self._cut_from: tuple[float | None, float, int] | None = None  # rate, 429s, cuts
         self._window_start = self._last
+        self._changed_at = self._last  # when the rate last changed
         self._answers = 0
         self._limited = 0
 
@@ -82,39 +96,75 @@ class Pacing:
         if wait > 0:
             self._wait(wait)
 
-    def answered(self, limited: bool) -> None:
-        """Personyze answered a request; ``limited``: with a 429."""
+    def answered(self, limited: bool, sent_at: float) -> None:
+        """Personyze answered a request sent at ``sent_at``; ``limited``: with a 429.
+
+        Answers to requests sent before the last change of rate say nothing about it:
+        they are not counted."""
+        if sent_at < self._changed_at:
+            return
         with self._lock:
             self._answers += 1
             self._limited += limited
             now = self._clock()
             elapsed = now - self._window_start
-            if elapsed < WINDOW_S or self._answers < MIN_ANSWERS:
+            if self._answers < MIN_ANSWERS:
                 return
+            heavy = self._limited >= self._answers * HEAVY
+            if elapsed < WINDOW_S and not (heavy and self._answers - self._limited >= MIN_ANSWERS):
+                return  # (most answers 429: judged at once, once enough were accepted)
             self._judge(self._limited / self._answers, self._answers, elapsed)
             self._window_start, self._answers, self._limited = now, 0, 0
 
     def _judge(self, share: float, answers: int, elapsed: float) -> None:
         """A window closed with ``share`` of its ``answers`` answered 429."""
+        accepted = answers * (1 - share) / elapsed
         if self._cut_from is not None:
-            before, share_then = self._cut_from
+            before, share_then, cuts = self._cut_from
             self._cut_from = None
-            helpless = share > 0 and share >= share_then / 2  # slowing down did not help
-            if helpless and self._rate != FLOOR:  # (at the floor, it could not show)
+            helped = share < share_then / 2 and share <= self.background + TRIGGER
+            helpless = share > 0 and not helped  # slowing down did not lessen the 429s
+            # (at the floor it could not show; when most answers were 429, the rate
+            # accepted may have been a burst the server allowed: cut again instead)
+            if helpless and self._rate != FLOOR and share_then < HEAVY:
+                if cuts < CUTS_BEFORE_UNDO:  # the first cut may not have gone below a
+                    self._cut_from = (before, share_then, cuts + 1)  # limit whose burst
+                    self._set(self._capped(max(FLOOR, accepted * MARGIN)))  # lent a little
+                    return
                 self.background = share
-                self._rate = before
+                self._limit = None
+                self._set(before)
                 return
         noise = math.sqrt(self.background * (1 - self.background) / answers)
-        if share - self.background > TRIGGER + SIGNIFICANCE * noise:
-            accepted = answers * (1 - share) / elapsed
-            self._cut_from = (self._rate, share)
-            self._rate = self._capped(max(FLOOR, accepted * MARGIN))
+        over = share - self.background > TRIGGER + SIGNIFICANCE * noise
+        sustained, self._over = over and (self._over or share >= HEAVY), over
+        if sustained:  # (two windows in a row, or one where most answers were 429)
+            self._over = False
+            self._cut_from = (self._rate, share, 1)
+            self._limit = accepted
+            self._set(self._capped(max(FLOOR, accepted * MARGIN)))
+            return
+        if over:  # once may be chance: wait for the next window
             return
         if share < self.background:  # 429s that stopped are forgotten; new ones must show
             self.background += (share - self.background) * BACKGROUND_WEIGHT  # they are not ours
         sent = answers / elapsed
         if self._rate is not None and sent >= self._rate * 0.8:  # the rate holds us back
-            self._rate = self._capped(self._rate * (1 + GROWTH * elapsed))
+            near = self._limit is not None and self._rate >= self._limit * NEAR
+            growth = GROWTH if near else GROWTH_FAR
+            self._rate = self._capped(self._rate * (1 + growth * elapsed))
+
+    def _set(self, rate: float | None) -> None:
+        log.info(
+            "pace changed",
+            extra={
+                "requests_per_second": None if rate is None else round(rate, 1),
+                "was": None if self._rate is None else round(self._rate, 1),
+                "background_429_share": round(self.background, 3),
+            },
+        )
+        self._rate = rate
+        self._changed_at = self._clock()
 
     def _capped(self, rate: float) -> float:
         return rate if self.ceiling is None else min(self.ceiling, rate)

@@ -59,19 +59,38 @@ class Window:
         self._just_done: list[Slot] = []  # filled by the sending threads
         self._changed = threading.Condition(threading.Lock())
         self._awaited = 0  # slots the reading thread waits for, not yet finished
+        self.pending = 0  # slots sent and not yet finished
+        self._room_at: int | None = None  # the reading thread waits for pending <= this
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def add(self, slot: Slot) -> None:
         """Add a slot; if it was ``sent``, it finishes when :meth:`complete` is called."""
+        if slot.sent:
+            with self._changed:
+                self.pending += 1
         self._slots.append(slot)
+
+    def wait_for_room(self, pending: int) -> None:
+        """Wait until at most ``pending`` slots are still being sent, wherever they stand.
+
+        A slot waiting out a retry holds back the checkpoint, not the rows behind it.
+        """
+        with self._changed:
+            while self.pending > pending:
+                self._room_at = pending
+                self._changed.wait()
+            self._room_at = None
 
     def complete(self, slot: Slot, outcome: Result | BaseException) -> None:
         """A sending thread says how a slot's request ended."""
         with self._changed:
             slot.outcome = outcome
             self._just_done.append(slot)
+            self.pending -= 1
+            if self._room_at is not None and self.pending <= self._room_at:
+                self._changed.notify()
             if slot.awaited:
                 slot.awaited = False
                 self._awaited -= 1
