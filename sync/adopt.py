@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.compare import compare
-from sync.config import JobSettings
+from sync.config.jobs import JobSettings
 from sync.errors import AdoptionNeeded, FatalError, Stopped
 from sync.extract.query import DELETED
 from sync.extract.reader import SourceReader

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from sync.config import AlertSettings
+from sync.config.models import AlertSettings
 from sync.logs import redact
 
 log = logging.getLogger(__name__)

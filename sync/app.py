@@ -22,7 +22,9 @@ import httpx
 from sqlalchemy import Engine
 
 from sync.adopt import Adopter, AdoptionSummary, Estimate, adopt_or_refuse
-from sync.config import Config, JobSettings, redact_url
+from sync.config.jobs import JobSettings
+from sync.config.load import Config
+from sync.config.urls import redact_url
 from sync.databases import source_engine
 from sync.errors import ConfigError, FatalError, Stopped, SyncError
 from sync.extract.query import Position, Shard

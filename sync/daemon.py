@@ -30,7 +30,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sync.alerts import Alerter
 from sync.app import App
-from sync.config import DEFAULT_SCHEDULE_EVERY, Config, JobSettings, Schedule, load_config
+from sync.config.jobs import DEFAULT_SCHEDULE_EVERY, JobSettings, Schedule
+from sync.config.load import Config, load_config
 from sync.errors import ConfigError, StateError, Stopped, SyncError
 from sync.health import HealthServer
 from sync.logs import secrets_of, set_secrets

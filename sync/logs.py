@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
-from sync.config import Config
+from sync.config.load import Config
 
 __all__ = ["configure_logging", "redact", "secrets_of", "set_secrets"]
 

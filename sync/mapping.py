@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
-from sync.config import IDENTIFIERS, ConstantTransform, JobSettings, TemplateTransform
+from sync.config.jobs import IDENTIFIERS, ConstantTransform, JobSettings, TemplateTransform
 
 Scalar = str | int | float
 Payload = dict[str, Scalar]

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sync.config import Config, JobSettings
+from sync.config.jobs import JobSettings
+from sync.config.load import Config
 from sync.errors import ConfigError, FatalError, Stopped, SyncError
 from sync.logs import configure_logging, secrets_of
 from sync.runner import Progress, RunOptions, RunStats

@@ -23,7 +23,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, Protocol
 
-from sync.config import JobSettings
+from sync.config.jobs import JobSettings
 from sync.errors import ConfigError, FatalError, LeaseLost, Stopped, SyncError, TooManyDeletes
 from sync.extract.query import DELETED, Position
 from sync.extract.reader import Row, SourceReader

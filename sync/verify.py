@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sync.compare import MODIFIED, Drift, as_number, compare, modified_at
-from sync.config import JobSettings
+from sync.config.jobs import JobSettings
 from sync.errors import FatalError, Stopped
 from sync.extract.query import DELETED
 from sync.extract.reader import Row, SourceReader

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy import Table as SqlTable
 
 from sync.app import App
-from sync.config import load_config
+from sync.config.load import load_config
 from sync.runner import Progress, RunOptions
 from sync.sandbox import SandboxServer
 

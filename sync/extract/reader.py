@@ -30,7 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
-from sync.config import SourceSettings, suggest
+from sync.config.jobs import SourceSettings
+from sync.config.yaml import suggest
 from sync.databases import Reconnecting, shown
 from sync.errors import SourceError
 from sync.extract import query as q

@@ -33,7 +33,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from sync.config import PersonyzeSettings
+from sync.config.models import PersonyzeSettings
 from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError, Stopped
 from sync.load.pacing import Pacing
 from sync.load.retries import Attempts

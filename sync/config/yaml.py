@@ -26,8 +26,8 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from sync.config.urls import Splice, splice
 from sync.errors import ConfigError
-from sync.urls import Splice, splice
 
 KeyPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -194,7 +194,7 @@ def expand_env(doc: Document, environ: Mapping[str, str]) -> None:
 
     In any string value that begins ``scheme://``, what a reference puts into the
     URL's user-info (``user:password@``) is percent-encoded, so a password may hold
-    ``@ : / %`` (see :func:`sync.urls.splice`). Problems are recorded without quoting
+    ``@ : / %`` (see :func:`sync.config.urls.splice`). Problems are recorded without quoting
     the value, which may hold a secret.
     """
     doc.data = _expand(doc, doc.data, (), environ)

@@ -4,13 +4,16 @@ A password is written in a URL's user-info (``scheme://user:password@host``), wh
 ``@``, ``:``, ``/`` and ``%`` have a meaning: a raw ``@`` ends the user-info early, so
 the rest of the password was taken for the host (and shown as one). So a value that
 ``${VAR}`` puts into a user-info is percent-encoded here, and every URL parser
-(SQLAlchemy's ``make_url``, httpx) decodes it back to the true password.
+(SQLAlchemy's ``make_url``, httpx) decodes it back to the true password. A relative
+SQLite file is made absolute here too, so a URL means one file wherever it is run.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -107,3 +110,31 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError, TypeError):
         return "<unparseable url>"
+
+
+def resolve_sqlite_path(url: str, base_dir: Path) -> str:
+    """``url`` with a relative SQLite file made absolute under ``base_dir``, the config's folder.
+
+    SQLite opens a relative file against the working directory, so the same config run
+    from elsewhere (cron starts in $HOME) would silently make a second, empty state
+    store, or read another source file. Absolute paths, ``:memory:``, an empty database
+    and other backends are returned as given; ``~`` is expanded, as for ``*_file``.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return url
+    if parsed.query.get("uri") in ("true", "1") and database.startswith("file:"):
+        relative = database.removeprefix("file:")  # a URI filename, already %-encoded
+        memory = parsed.query.get("mode") == "memory" or relative.startswith(":memory:")
+        if not relative or relative.startswith("/") or memory:
+            return url
+        folder = quote(os.path.abspath(base_dir), safe="/")
+        resolved = f"file:{folder}/{relative}"
+    elif Path(database).is_absolute():
+        return url
+    else:
+        resolved = os.path.abspath(base_dir / Path(database).expanduser())
+    return parsed.set(database=resolved).render_as_string(hide_password=False)
