@@ -1,0 +1,170 @@
+"""Fixing: move a checkpoint, adopt Personyze's users, list, retry or drop rejected rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sync.adopt import Estimate, duration_text
+from sync.app import run_all
+from sync.cli.common import config_option, dry_run_option, json_option, open_app
+from sync.cli.progress import AdoptionBar
+from sync.cli.render import adoption_summary, out, print_rejections, retry_report
+from sync.runner import RunOptions
+
+
+@click.group()
+def checkpoint() -> None:
+    """Inspect or move checkpoints."""
+
+
+@checkpoint.command("reset")
+@config_option
+@click.argument("job")
+@click.option(
+    "--to",
+    "to",
+    metavar="VALUE",
+    help="Resume from this cursor value (inclusive); without it, from the start.",
+)
+@click.option(
+    "--reshard",
+    is_flag=True,
+    help="Move the job's state to the number of shards its config now gives.",
+)
+def checkpoint_reset(config_path: Path, job: str, to: str | None, reshard: bool) -> None:
+    """Move JOB's checkpoint deliberately. Rows already sent unchanged are still not resent."""
+    with open_app(config_path) as app:
+        settings = app.config.job(job)
+        if reshard:
+            moved = app.reshard(settings)
+            out.print(
+                f"{job}: {moved} synced row(s) moved to {settings.shards} shard(s)", markup=False
+            )
+        position = app.reset_checkpoint(settings, to)
+    where = "the beginning" if position is None else f"cursor >= {position.cursor}"
+    out.print(f"{job}: the next run reads from {where}", markup=False)
+
+
+@click.command()
+@config_option
+@click.argument("job")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--skip",
+    is_flag=True,
+    help="Adopt nothing: record that Personyze holds none of JOB's users (a first sync).",
+)
+def adopt(config_path: Path, job: str, yes: bool, skip: bool) -> None:
+    """Adopt the users Personyze already holds into JOB's identity map.
+
+    For a new, moved or lost state store, before its first run of JOB: rows without an
+    email would otherwise become second users. Reads Personyze's users 50 at a time
+    (the cost is shown first), stops once every row is found, resumes after a crash.
+    """
+    with open_app(config_path) as app:
+        settings = app.config.job(job)
+        rate = app.config.personyze.requests_per_second
+
+        def confirm(estimate: Estimate) -> None:
+            if estimate.highest_user_id is None:
+                out.print("Personyze holds no users: nothing to read", markup=False)
+                if not skip:
+                    return
+            else:
+                seconds = estimate.seconds(rate)
+                out.print(
+                    f"Personyze holds users up to user_id {estimate.highest_user_id:,}: about "
+                    f"{estimate.reads:,} reads of 50 users, "
+                    + (
+                        "no rate ceiling is set (personyze.requests_per_second)"
+                        if seconds is None
+                        else f"~{duration_text(seconds)} at the rate ceiling "
+                        f"(personyze.requests_per_second {rate:g})"
+                    )
+                    + (
+                        f"; resuming after user_id {estimate.after_user_id:,}"
+                        if estimate.after_user_id
+                        else ""
+                    ),
+                    markup=False,
+                )
+            if yes:
+                return
+            what = (
+                f"record job {job}'s adoption as skipped (its rows are then sent as new users)"
+                if skip
+                else f"adopt Personyze's users into job {job}'s identity map"
+            )
+            if not sys.stdin.isatty():
+                raise click.UsageError(
+                    f"would {what}; not a terminal, so nothing asked: pass --yes to go ahead"
+                )
+            click.confirm(what[0].upper() + what[1:] + "?", abort=True)
+
+        with AdoptionBar() as bar:
+            summary = app.adopt(
+                settings, skip=skip, confirm=confirm, progress=bar.read, scanned=bar.scanned
+            )
+            bar.finished(summary)
+    out.print(adoption_summary(summary), markup=False)
+
+
+@click.group()
+def rejected() -> None:
+    """Rows Personyze (or the mapping) refused: list them, retry them now, or drop them."""
+
+
+@rejected.command("list")
+@config_option
+@click.argument("job", required=False)
+@json_option
+def rejected_list(config_path: Path, job: str | None, as_json: bool) -> None:
+    """Each rejected row of each job (or of JOB): key, reason, status, attempts, payload."""
+    with open_app(config_path) as app:
+        found = {j.name: app.rejections(j) for j in app.jobs([job] if job else ())}
+    print_rejections(found, as_json=as_json)
+
+
+@rejected.command("retry")
+@config_option
+@click.argument("job", required=False)
+@dry_run_option
+@json_option
+def rejected_retry(config_path: Path, job: str | None, dry_run: bool, as_json: bool) -> None:
+    """Re-read every rejected row from the source and send it again now."""
+    with open_app(config_path) as app:
+        jobs = app.jobs([job] if job else ())
+        before = {j.name: len(app.rejections(j)) for j in jobs}
+        results = run_all(app, jobs, RunOptions(kind="retry", dry_run=dry_run, only_rejected=True))
+        after = {j.name: len(app.rejections(j)) for j in jobs}
+    retry_report(results, before, after, dry_run=dry_run, as_json=as_json)
+
+
+@rejected.command("purge")
+@config_option
+@click.argument("job", required=False)
+@click.option("--key", "keys", multiple=True, metavar="K", help="Drop only this row (repeatable).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def rejected_purge(config_path: Path, job: str | None, keys: tuple[str, ...], yes: bool) -> None:
+    """Drop rejected rows deliberately: they are not retried again (until their data changes)."""
+    with open_app(config_path) as app:
+        jobs = app.jobs([job] if job else ())
+        if keys and len(jobs) > 1:
+            raise click.UsageError("--key needs the JOB it belongs to")
+        counts = {j.name: len(keys) or len(app.rejections(j)) for j in jobs}
+        if not sum(counts.values()):
+            out.print("no rejected rows to drop", markup=False)
+            return
+        if not yes:
+            what = ", ".join(f"{n} rejected row(s) of job {j}" for j, n in counts.items() if n)
+            if not sys.stdin.isatty():
+                raise click.UsageError(
+                    f"would drop {what}; not a terminal, so nothing asked: pass --yes to drop them"
+                )
+            click.confirm(f"Drop {what}? They will not be retried", abort=True)
+        for j in jobs:
+            dropped = app.purge_rejections(j, keys)
+            out.print(f"{j.name}: dropped {len(dropped)} rejected row(s)", markup=False)

@@ -1,0 +1,37 @@
+"""Looking: validate the config, the status of each job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sync.cli.common import config_option, json_option, open_app
+from sync.cli.render import out, print_json
+from sync.cli.render_status import print_status, status_doc
+
+
+@click.command()
+@config_option
+@click.option(
+    "--connect", is_flag=True, help="Also reach the source, the state store and Personyze."
+)
+def validate(config_path: Path, connect: bool) -> None:
+    """Check the config (and, with --connect, everything it points at)."""
+    with open_app(config_path) as app:
+        for line in app.validate(connect=connect):
+            out.print(f"ok  {line}", markup=False)
+
+
+@click.command()
+@config_option
+@json_option
+def status(config_path: Path, as_json: bool) -> None:
+    """Per job: checkpoint, last runs, rows sent and rejected, lag."""
+    with open_app(config_path) as app:
+        jobs = app.status()
+    if as_json:
+        print_json([status_doc(j) for j in jobs])
+        return
+    for job in jobs:
+        print_status(job)

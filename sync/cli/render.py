@@ -1,0 +1,215 @@
+"""Output: the two consoles, the one time format, JSON documents, the run report."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from sync.adopt import AdoptionSummary
+from sync.errors import SyncError
+from sync.runner import RunStats
+from sync.state.records import StoredRejection
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# One time format: UTC, ISO 8601 in JSON, "YYYY-MM-DD HH:MM:SS UTC" in text (without the
+# label in a table column).
+ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
+TEXT_UTC = "%Y-%m-%d %H:%M:%S"
+
+
+def iso_utc(stamp: float | None) -> str | None:
+    return None if stamp is None else time.strftime(ISO_UTC, time.gmtime(stamp))
+
+
+def utc(stamp: float, *, label: bool = True) -> str:
+    return time.strftime(TEXT_UTC, time.gmtime(stamp)) + (" UTC" if label else "")
+
+
+def print_json(doc: Any) -> None:
+    """Every JSON document the commands print, on stdout."""
+    out.print_json(json.dumps(doc, default=str))
+
+
+def shown(value: Any) -> str:
+    """A value in one line of text, cut at 80 characters."""
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def report(
+    results: dict[str, RunStats | SyncError], seconds: float, *, as_json: bool, dry_run: bool
+) -> None:
+    """Print each job's outcome; exit 1 if any failed."""
+    failed = {name: r for name, r in results.items() if isinstance(r, SyncError)}
+    if as_json:
+        doc = {
+            name: {"error": str(r)}
+            if isinstance(r, SyncError)
+            else {
+                "read": r.read,
+                "sent": r.sent,
+                "skipped": r.skipped,
+                "rejected": r.rejected,
+                "collisions": r.collisions,
+                "deleted": r.deleted,
+                "missing": r.missing,
+                "vanished": r.vanished,
+                "unresolved": r.unresolved,
+                **(
+                    {
+                        "would_send": r.would_send,
+                        "would_delete": r.would_delete,
+                        "too_many_deletes": r.too_many_deletes,
+                    }
+                    if dry_run
+                    else {}
+                ),
+            }
+            for name, r in results.items()
+        }
+        print_json({"jobs": doc, "seconds": round(seconds, 3)})
+    else:
+        for name, r in results.items():
+            if isinstance(r, SyncError):
+                err.print(
+                    f"[red]job {escape(name)} failed:[/red] {escape(str(r))}",
+                    markup=True,
+                    soft_wrap=True,
+                )  # escaped: messages quote names and SQL with [...]
+                continue
+            if dry_run:
+                for payload in r.would_send:  # one JSON document a line: never wrapped
+                    out.print(
+                        json.dumps(payload, default=str, ensure_ascii=False),
+                        markup=False,
+                        soft_wrap=True,
+                    )
+                for doomed in r.would_delete:
+                    out.print(
+                        f"would delete user {doomed['user_id']} (row {doomed['key']}: "
+                        f"{doomed['why']})",
+                        markup=False,
+                        soft_wrap=True,
+                    )
+                if r.too_many_deletes:
+                    err.print(f"a real run would stop: {r.too_many_deletes}", markup=False)
+            verb, count = ("would send", len(r.would_send)) if dry_run else ("sent", r.sent)
+            deletes = len(r.would_delete) if dry_run else r.deleted
+            out.print(
+                f"{name}: read {r.read}, {verb} {count}"
+                f", unchanged {r.skipped}, rejected {r.rejected}"
+                + (f", {'would delete' if dry_run else 'deleted'} {deletes}" if deletes else "")
+                + (f", missing in Personyze {r.missing}" if r.missing else "")
+                + (f", vanished from the source {r.vanished}" if r.vanished else "")
+                + (
+                    f", unresolved {r.unresolved} (sent without a certain answer: the next "
+                    "run reconciles them)"
+                    if r.unresolved
+                    else ""
+                )
+                + (f", identity collisions {r.collisions}" if r.collisions else "")
+                + f" ({seconds:.1f}s)",
+                markup=False,
+                soft_wrap=True,
+            )
+    if failed:
+        raise click.exceptions.Exit(max(e.exit_code for e in failed.values()))
+
+
+def rejection_doc(r: StoredRejection) -> dict[str, Any]:
+    return {
+        "key": r.key,
+        "reason": r.reason,
+        "status": r.status,
+        "refused_by": "mapping" if r.status is None else "personyze",
+        "attempts": r.attempts,
+        "first_seen": iso_utc(r.first_at),
+        "last_seen": iso_utc(r.last_at),
+        "payload": r.payload,
+    }
+
+
+def adoption_summary(s: AdoptionSummary) -> str:
+    if s.already:
+        ended = [a.ended_at for a in (s.parts or {}).values() if a is not None and a.ended_at]
+        when = iso_utc(max(ended)) if ended else "earlier"
+        if s.skipped:
+            return f"{s.job}: its adoption was skipped on {when}; nothing was read"
+        done = f"{s.found} of {s.wanted} rows"
+        return f"{s.job}: already adopted on {when} ({done}); nothing was read"
+    if s.skipped:
+        return f"{s.job}: adoption skipped; the next run sends its rows as new users"
+    return (
+        f"{s.job}: adopted {s.found} of {s.wanted} rows ({s.in_step} already in step), "
+        f"read {s.users_read} users in {s.reads} reads, {s.duplicates} duplicates"
+        + (f" (resumed after user_id {s.resumed_after})" if s.resumed_after else "")
+    )
+
+
+def print_rejections(found: dict[str, list[StoredRejection]], *, as_json: bool) -> None:
+    """``rejected list``: each job's rejected rows."""
+    if as_json:
+        doc = [{"job": n, "rejected": [rejection_doc(r) for r in rs]} for n, rs in found.items()]
+        print_json(doc)
+        return
+    for name, rows in found.items():
+        out.print(f"[bold]{escape(name)}[/bold]: {len(rows) or 'no'} rejected row(s)")
+        for r in rows:
+            status = "mapping" if r.status is None else f"HTTP {r.status}"
+            out.print(
+                f"  key {r.key}  {status}  attempts {r.attempts}  "
+                f"first seen {utc(r.first_at)}  last seen {utc(r.last_at)}",
+                markup=False,
+            )
+            out.print(f"    reason: {r.reason}", markup=False, soft_wrap=True)
+            payload = json.dumps(r.payload, default=str, ensure_ascii=False)
+            out.print(f"    payload: {payload}", markup=False, soft_wrap=True)
+
+
+def retry_report(
+    results: dict[str, RunStats | SyncError],
+    before: dict[str, int],
+    after: dict[str, int],
+    *,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """``rejected retry``: per job, retried, delivered, still rejected; exit 1 if any failed."""
+    doc: dict[str, Any] = {}
+    for name, r in results.items():
+        if isinstance(r, SyncError):
+            doc[name] = {"error": str(r)}
+            if not as_json:
+                err.print(f"job {name} failed: {r}", markup=False, soft_wrap=True)
+            continue
+        if dry_run:
+            doc[name] = {"rejected": before[name], "would_send": r.would_send}
+            if not as_json:
+                for payload in r.would_send:
+                    out.print(json.dumps(payload, default=str, ensure_ascii=False), markup=False)
+                out.print(
+                    f"{name}: {before[name]} rejected row(s), would send {len(r.would_send)}",
+                    markup=False,
+                )
+            continue
+        gone = max(0, before[name] - r.sent - after[name])
+        doc[name] = {"retried": before[name], "delivered": r.sent, "still_rejected": after[name]}
+        if not as_json:
+            out.print(
+                f"{name}: retried {before[name]}, delivered {r.sent}, still rejected {after[name]}"
+                + (f", no longer in the source {gone}" if gone else ""),
+                markup=False,
+            )
+    if as_json:
+        print_json({"jobs": doc})
+    failed = [r for r in results.values() if isinstance(r, SyncError)]
+    if failed:
+        raise click.exceptions.Exit(max(e.exit_code for e in failed))

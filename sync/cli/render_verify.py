@@ -1,0 +1,117 @@
+"""What ``verify`` prints: the JSON document, the findings table, the summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from sync.cli.render import iso_utc, out, shown, utc
+from sync.verify import Finding, VerifyReport
+
+
+def finding_doc(f: Finding) -> dict[str, Any]:
+    return {
+        "kind": f.kind,
+        "key": f.key,
+        "user_id": f.user_id,
+        "columns": [{"column": d.column, "want": d.want, "have": d.have} for d in f.columns],
+        "cannot_clear": [{"column": d.column, "have": d.have} for d in f.cannot_clear],
+        "data_last_modified": iso_utc(f.modified_at),
+        "reason": f.reason,
+        "note": f.note,
+    }
+
+
+def verify_doc(report: VerifyReport) -> dict[str, Any]:
+    repair = report.repair
+    return {
+        "job": report.job,
+        "mode": report.mode,
+        "sample": report.sample,
+        "checked": report.checked,
+        "in_step": report.in_step,
+        **{kind: report.count(kind) for kind in ("different", "missing", "unsynced", "vanished")},
+        "cannot_clear": report.cannot_clear,
+        "unsendable": report.count("unsendable"),
+        "no_user": report.count("no_user"),
+        "findings": [finding_doc(f) for f in report.findings],
+        "collisions": [
+            {"key": c.key, "user_id": c.user_id, "other_key": c.other_key}
+            for c in report.collisions
+        ],
+        "repair": None
+        if repair is None
+        else {
+            "resent": repair.resent,
+            "delivered": repair.sent,
+            "rejected": repair.rejected,
+            "still_drifting": [finding_doc(f) for f in repair.still],
+        },
+        "drift_remaining": report.drift_remaining,
+    }
+
+
+def findings_table(findings: list[Finding]) -> Table:
+    table = Table("finding", "key", "user_id", "last modified", "detail", box=None, pad_edge=False)
+    for f in findings:
+        lines = [f"{d.column}: want {shown(d.want)}, have {shown(d.have)}" for d in f.columns]
+        lines += [
+            f"{d.column}: empty in the source, Personyze keeps {shown(d.have)} (cannot clear)"
+            for d in f.cannot_clear
+        ]
+        lines += [line for line in (f.reason, f.note) if line]
+        table.add_row(
+            f.kind.replace("_", " "),
+            Text(f.key),
+            "" if f.user_id is None else str(f.user_id),
+            "" if f.modified_at is None else utc(f.modified_at),
+            Text("\n".join(lines)),
+        )
+    return table
+
+
+def print_verify(report: VerifyReport, would_resend: int | None) -> None:
+    what = (
+        "every source row"
+        if report.mode == "all"
+        else f"up to {report.sample} rows of the identity map, picked at random"
+    )
+    out.print(f"[bold]{escape(report.job)}[/bold]: verify of {what}")
+    if report.findings:
+        out.print(findings_table(report.findings))
+    extra = [
+        f"{label} {n}"
+        for label, n in (
+            ("vanished from the source", report.count("vanished")),
+            ("cannot clear", report.cannot_clear),
+            ("unsendable", report.count("unsendable")),
+            ("without a user (sync: update)", report.count("no_user")),
+            ("identity collisions", len(report.collisions)),
+        )
+        if n
+    ]
+    out.print(
+        f"{report.job}: checked {report.checked}, in step {report.in_step}, "
+        f"different {report.count('different')}, missing {report.count('missing')}, "
+        f"unsynced {report.count('unsynced')}" + "".join(f", {e}" for e in extra),
+        markup=False,
+    )
+    for c in report.collisions[:10]:
+        out.print(
+            f"  note: row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
+            markup=False,
+        )
+    if would_resend is not None:
+        out.print(f"dry run: would resend {would_resend} row(s); nothing was sent", markup=False)
+    repair = report.repair
+    if repair is not None:
+        out.print(
+            f"{report.job}: repair resent {repair.resent}, delivered {repair.sent}, "
+            f"rejected {repair.rejected}, still drifting {len(repair.still)}",
+            markup=False,
+        )
+        if repair.still:
+            out.print(findings_table(repair.still))

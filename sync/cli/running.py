@@ -1,0 +1,124 @@
+"""Running: the daemon, one incremental run, a backfill."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import cast
+
+import click
+
+from sync.app import run_all
+from sync.cli.common import LogFormat, config_option, dry_run_option, json_option, open_app
+from sync.cli.progress import progress_bar
+from sync.cli.render import report
+from sync.config import load_config
+from sync.errors import SyncError
+from sync.logs import configure_logging, secrets_of
+from sync.processes import LogSetup
+from sync.runner import RunOptions, RunStats
+
+
+@click.command()
+@config_option
+@click.option(
+    "--http-port",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Serve /healthz, /readyz, /metrics here (default: daemon.http_port, 9108).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    default=None,
+    help="Log lines as JSON or text (auto: text on a terminal).",
+)
+@click.pass_context
+def run(
+    ctx: click.Context, config_path: Path, http_port: int | None, log_format: str | None
+) -> None:
+    """The daemon: every job on its schedule until SIGTERM or SIGINT (SIGHUP reloads)."""
+    from sync.daemon import Daemon
+
+    config = load_config(config_path)
+    level = logging.INFO - 10 * min(ctx.obj["verbose"], 1)
+    configure_logging(
+        fmt=cast(LogFormat, log_format or ctx.obj["log_format"]),
+        level=level,
+        secrets=secrets_of(config),
+    )
+    raise click.exceptions.Exit(Daemon(config_path, config, http_port=http_port).serve())
+
+
+@click.command()
+@config_option
+@click.argument("jobs", nargs=-1)
+@dry_run_option
+@json_option
+def once(config_path: Path, jobs: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """One incremental run of each job (or of the JOBS named), then exit."""
+    with open_app(config_path) as app:
+        started = time.monotonic()
+        results = run_all(app, app.jobs(jobs), RunOptions(kind="once", dry_run=dry_run))
+        report(results, time.monotonic() - started, as_json=as_json, dry_run=dry_run)
+
+
+@click.command()
+@config_option
+@click.argument("job")
+@click.option("--since", metavar="VALUE", help="Start at this cursor value (inclusive).")
+@click.option("--full", is_flag=True, help="Read every row again; unchanged rows are not sent.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Spread the job's shards over N processes (needs shards >= N and a "
+    "PostgreSQL state store).",
+)
+@dry_run_option
+@json_option
+@click.pass_context
+def backfill(
+    ctx: click.Context,
+    config_path: Path,
+    job: str,
+    since: str | None,
+    full: bool,
+    processes: int,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """A one-shot history load of JOB with a progress bar; resumable after a crash."""
+    if since and full:
+        raise click.UsageError("--since and --full exclude each other")
+    if dry_run and processes > 1:
+        raise click.UsageError("--dry-run runs in one process: drop --processes")
+    with open_app(config_path) as app:
+        settings = app.config.job(job)
+        start = None
+        if since is not None:
+            from sync.extract.query import Position
+
+            start = Position(app.parse_cursor(settings, since), None)
+        options = RunOptions(kind="backfill", dry_run=dry_run, start=start, full=full)
+        started = time.monotonic()
+        with progress_bar(enabled=not as_json) as progress:
+            try:
+                result: RunStats | SyncError = (
+                    app.run(settings, options, progress)
+                    if processes == 1
+                    else app.run_in_processes(
+                        settings,
+                        options,
+                        progress,
+                        processes=processes,
+                        logs=LogSetup(ctx.obj["log_format"], logging.getLogger().level),
+                    )
+                )
+            except SyncError as exc:
+                result = exc
+        report({job: result}, time.monotonic() - started, as_json=as_json, dry_run=dry_run)

@@ -1,0 +1,59 @@
+"""Verify: read a job's users back from Personyze and compare them with the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sync.cli.common import config_option, json_option, open_app
+from sync.cli.render import print_json
+from sync.cli.render_verify import print_verify, verify_doc
+
+
+@click.command()
+@config_option
+@click.argument("job")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Check N rows of the identity map, picked at random (the default, N=100).",
+)
+@click.option("--all", "everything", is_flag=True, help="Check every source row.")
+@click.option("--repair", is_flag=True, help="Resend what drifted, then check it again.")
+@click.option(
+    "--dry-run", is_flag=True, help="With --repair: say what would be resent; send nothing."
+)
+@json_option
+def verify(
+    config_path: Path,
+    job: str,
+    sample: int | None,
+    everything: bool,
+    repair: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Read JOB's users back from Personyze and compare them with the source as it is now.
+
+    Without --repair only reads (GETs). Exit 0 when nothing drifted (or all of it was
+    repaired), 1 when drift remains.
+    """
+    if sample is not None and everything:
+        raise click.UsageError("--sample and --all exclude each other")
+    with open_app(config_path) as app:
+        report = app.verify(
+            app.config.job(job), sample=sample, everything=everything, repair=repair and not dry_run
+        )
+    would_resend = report.to_repair if repair and dry_run else None
+    if as_json:
+        doc = verify_doc(report)
+        if would_resend is not None:
+            doc["would_resend"] = would_resend
+        print_json(doc)
+    else:
+        print_verify(report, would_resend)
+    if report.drift_remaining:
+        raise click.exceptions.Exit(1)
