@@ -1,6 +1,6 @@
 """The Personyze Users API client.
 
-HTTP statuses are mapped to our error kinds in one place (:func:`raise_for_status`),
+HTTP statuses are mapped to our error kinds in one place (:mod:`sync.load.answers`),
 httpx's exceptions are translated where they enter, and the retry policy (exponential
 backoff and jitter, honouring ``Retry-After``) is tenacity's, driven one attempt at a
 time (:mod:`sync.load.retries`) so that no wait holds a sending thread and a stop ends
@@ -14,9 +14,7 @@ message. Values spliced into a URL path are percent-encoded one by one.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +32,14 @@ from tenacity import (
 )
 
 from sync.config.models import PersonyzeSettings
-from sync.errors import AuthError, ConfigError, FatalError, RejectedError, RetriableError, Stopped
+from sync.errors import FatalError, RetriableError, Stopped
+from sync.load.answers import (
+    certificate_refused,
+    check_base_url,
+    count,
+    raise_for_status,
+    ssl_reason,
+)
 from sync.load.pacing import Pacing
 from sync.load.retries import Attempts
 from sync.load.transport import AnswerTooLarge, BoundedConnection, ConnectionPerThread
@@ -46,66 +51,6 @@ PAGE = 1000  # the live API refuses reads past offset+limit 1000: page by keyset
 RANGE_PAGE = 50  # ... and reads whose where holds >, <, >= or <= past 50 rows
 ID_CHUNK = 200  # user_ids per users_by_id request: under PAGE, and a URL of a few KB
 CONNECT_S = 10.0  # the longest wait for a connection (within timeout_s)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base_url(settings: PersonyzeSettings) -> None:
-    parts = urlsplit(settings.base_url)
-    insecure = parts.scheme == "http" and not is_loopback(parts.hostname or "")
-    if insecure and not settings.allow_insecure_http:
-        raise ConfigError(
-            f"personyze.base_url: plain http to {parts.hostname} would send the API key "
-            "in clear; use https, or set allow_insecure_http: true if you mean it"
-        )
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def raise_for_status(
-    response: httpx.Response, mask: Callable[[str], str] = lambda text: text
-) -> None:
-    """Turn an answer that is not a success into the error that says what to do next.
-
-    ``mask`` hides every secret in the answer's text (a server may echo the request's
-    headers): the text becomes rejected rows' reasons, errors, logs and alerts.
-    """
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    text = mask(response.text.strip()[:500])
-    if status in (401, 403):
-        raise AuthError(
-            f"Personyze refused the API key ({status} {text or 'no reason given'}): "
-            "check personyze.api_key; the job stopped"
-        )
-    if status == 429 or status >= 500 or status == 408:
-        raise RetriableError(
-            f"Personyze answered {status}",
-            retry_after=_retry_after(response),
-            unapplied=status == 429,
-        )
-    if status in (400, 413, 422):
-        raise RejectedError(text or f"HTTP {status} without a reason", status=status)
-    raise FatalError(
-        f"Personyze answered {status} for {response.request.method} "
-        f"{response.request.url.path}: {text or 'no reason given'}; check personyze.base_url"
-    )
 
 
 class PersonyzeClient:
@@ -212,7 +157,7 @@ class PersonyzeClient:
     def update_once(self, identifier: str, value: Any, payload: dict[str, Any]) -> int:
         """One attempt at :meth:`update`."""
         where = f"{identifier}={quote(str(value), safe='')}"
-        return _count(self._send("PUT", f"users/where/{where}", payload))
+        return count(self._send("PUT", f"users/where/{where}", payload))
 
     def delete(self, user_id: int) -> int:
         """DELETE the user with this user_id; how many were deleted (0: already gone)."""
@@ -220,7 +165,7 @@ class PersonyzeClient:
 
     def delete_once(self, user_id: int) -> int:
         """One attempt at :meth:`delete`."""
-        return _count(self._send("DELETE", f"users/where/user_id={int(user_id)}", None))
+        return count(self._send("DELETE", f"users/where/user_id={int(user_id)}", None))
 
     def users_by_email(self, emails: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
         """The users with these emails, asked for in chunks."""
@@ -372,10 +317,10 @@ class PersonyzeClient:
             response = self._request(method, path, body)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._observe(None, started)
-            if _certificate_refused(exc):
+            if certificate_refused(exc):
                 raise FatalError(
                     f"the TLS certificate of {where} could not be verified "
-                    f"({_ssl_reason(exc)}); personyze-sync always verifies certificates"
+                    f"({ssl_reason(exc)}); personyze-sync always verifies certificates"
                 ) from None
             raise RetriableError(
                 f"could not connect to Personyze at {where} ({self._reason(exc)})",
@@ -430,34 +375,3 @@ class PersonyzeClient:
     def _observe(self, status: int | None, started: float) -> None:
         if self._on_response is not None:
             self._on_response(status, self._clock() - started)
-
-
-def _count(answer: Any) -> int:
-    """A PUT's or DELETE's answer: the number of rows affected."""
-    if isinstance(answer, bool) or not isinstance(answer, int | str) or not str(answer).isdigit():
-        raise FatalError(
-            f"Personyze answered {str(answer)[:100]!r} where a count of users was expected"
-        )
-    return int(answer)
-
-
-def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error under an httpx connection error, if there is one."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _certificate_refused(exc: BaseException) -> bool:
-    return isinstance(_ssl_error(exc), ssl.SSLCertVerificationError) or (
-        "CERTIFICATE_VERIFY_FAILED" in str(exc)
-    )
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    error = _ssl_error(exc)
-    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
-    return str(reason or "certificate verify failed")
