@@ -1,20 +1,8 @@
 """``verify``: read users back from Personyze and compare them with the source as it is now.
 
-The comparison of one row with one user is pure (:func:`compare`): it takes the
-payload the mapper makes from the source row now and the user Personyze returned,
-and names each column that differs (what the source wants, what Personyze has).
-It is lenient where the API is loose and strict everywhere else:
-
-- numbers compare as numbers when either side is one (``5`` == ``"5"`` == ``5.0``),
-  floats within a tiny relative tolerance; two texts compare as text, so ``"02139"``
-  and ``"2139"`` differ;
-- dates and times compare as instants (``"2024-05-01"`` == ``"2024-05-01 00:00:00"``,
-  a time without a zone is UTC);
-- emails compare without regard to case (the sync lower-cases them);
-- a column the source leaves empty is not drift: the live API drops empty values,
-  so the sync cannot clear Personyze's copy. Such a column is reported as "cannot
-  clear" when Personyze still holds a value, and never resent;
-- ``user_id`` is the handle, not data: it is not compared.
+The comparison of one row with one user is pure (:mod:`sync.compare` says how lenient
+it is, and why): it takes the payload the mapper makes from the source row now and the
+user Personyze returned, and names each column that differs.
 
 :class:`Verifier` walks rows (a random sample of the identity map, or every source
 row a batch at a time), reads their users by ``user_id`` (GETs only) and classifies
