@@ -7,17 +7,29 @@ test gets its own fresh database.
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from sync.cli import main
 from sync.sandbox import SandboxServer
-from tests.support import API_KEY, execute, make_customers
+from tests.support import (
+    API_KEY,
+    DEFAULT_MAPPING,
+    Outcome,
+    config_doc,
+    execute,
+    make_customers,
+    no_secrets,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAKILA = ROOT.parent / "shared" / "datasets" / "sakila" / "sakila.sql"
@@ -156,3 +168,54 @@ def sakila_url(mariadb_url: str) -> str:
         timeout=120,
     )
     return mariadb_url
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Outcome]:
+    """Run ``personyze-sync ARGS`` in-process; ``key=None`` leaves TEST_API_KEY unset."""
+
+    def run(*args: str, key: str | None = API_KEY) -> Outcome:
+        if key is None:
+            monkeypatch.delenv("TEST_API_KEY", raising=False)
+        else:
+            monkeypatch.setenv("TEST_API_KEY", key)
+        monkeypatch.setattr(sys, "argv", ["personyze-sync", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out, err = capsys.readouterr()
+        code = exited.value.code
+        return no_secrets(Outcome(code if isinstance(code, int) else 1, out, err))
+
+    return run
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, sqlite_url: str, state_url: str, sandbox: SandboxServer
+) -> Callable[..., str]:
+    """Write a config (SQLite source of customers 1..10 unless told) and return its path."""
+    made: list[str] = []
+
+    def write(
+        *,
+        rows: range | None = range(1, 11),
+        source_url: str | None = None,
+        mapping: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> str:
+        if rows is not None and not made:
+            make_customers(sqlite_url, rows)
+            made.append(sqlite_url)
+        doc = config_doc(
+            source_url=source_url or sqlite_url,
+            api_url=sandbox.url,
+            state_url=state_url,
+            job={"mapping": mapping or DEFAULT_MAPPING},
+            **overrides,
+        )
+        return str(write_config(tmp_path / "sync.yaml", doc))
+
+    return write

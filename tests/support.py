@@ -4,12 +4,15 @@ a database server that never answers."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -273,3 +276,60 @@ class FakeTime:
         self.sleeps.append(seconds)
         if self._advance:
             self.now += seconds
+
+
+# -- the command line, in a test ------------------------------------------------------
+
+WRONG_KEY = "wrong-key-7d1e0b"
+DB_PASSWORD = "Hunter2pw77"
+SECRETS = (API_KEY, WRONG_KEY, DB_PASSWORD)
+
+
+def script() -> str:
+    beside = Path(sys.executable).with_name("personyze-sync")
+    found = str(beside) if beside.exists() else shutil.which("personyze-sync")
+    assert found, "the personyze-sync console script is not installed"
+    return found
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    @property
+    def flat(self) -> str:
+        """The output with rich's line wrapping undone."""
+        return " ".join(self.text.split())
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def no_secrets(result: Outcome) -> Outcome:
+    for secret in SECRETS:
+        assert secret not in result.text, f"a secret was printed: {result.text}"
+    return result
+
+
+def run_script(*args: str, key: str | None = API_KEY, timeout: float = 60) -> Outcome:
+    """Run the installed console script as a subprocess."""
+    env = {k: v for k, v in os.environ.items() if k != "TEST_API_KEY"}
+    if key is not None:
+        env["TEST_API_KEY"] = key
+    done = subprocess.run(
+        [script(), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    return no_secrets(Outcome(done.returncode, done.stdout, done.stderr))
+
+
+def status_json(cli: Callable[..., Outcome], config: str) -> dict[str, Any]:
+    result = cli("status", "-c", config, "--json")
+    assert result.code == 0, result.text
+    (job,) = result.json()
+    return job

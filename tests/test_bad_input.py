@@ -28,14 +28,19 @@ from sqlalchemy import MetaData, Table, create_engine, select, text
 from sync.app import App
 from sync.databases import source_engine
 from sync.sandbox import SandboxServer
-from tests import test_cli
 from tests.conftest import PG_SERVER
-from tests.support import LoopbackServer, config_doc, execute, load, make_customers, write_config
+from tests.support import (
+    DEFAULT_MAPPING,
+    LoopbackServer,
+    config_doc,
+    execute,
+    load,
+    make_customers,
+    status_json,
+    write_config,
+)
 
-cli = test_cli.cli  # the in-process ``personyze-sync`` runner, shared
-setup = test_cli.setup
-status_json = test_cli.status_json
-MAPPING = test_cli.MAPPING
+MAPPING = DEFAULT_MAPPING
 
 
 def write(

@@ -9,14 +9,9 @@ entry point to the same contract. Every invocation is checked for leaked secrets
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,118 +19,20 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from sync.cli import main
 from sync.sandbox import SandboxServer
 from tests.support import (
-    API_KEY,
+    DB_PASSWORD,
     DEFAULT_MAPPING,
+    WRONG_KEY,
     SilentServer,
-    config_doc,
     execute,
-    make_customers,
-    write_config,
+    run_script,
+    status_json,
 )
 
-WRONG_KEY = "wrong-key-7d1e0b"
-DB_PASSWORD = "Hunter2pw77"
-SECRETS = (API_KEY, WRONG_KEY, DB_PASSWORD)
 MAPPING = DEFAULT_MAPPING  # identifiers: internal_id and email
 # The same, but identified by email alone: a row without an email has no identifier.
 EMAIL_ONLY = {**MAPPING, "id": "custom_i_2"}
-
-
-def _script() -> str:
-    beside = Path(sys.executable).with_name("personyze-sync")
-    found = str(beside) if beside.exists() else shutil.which("personyze-sync")
-    assert found, "the personyze-sync console script is not installed"
-    return found
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
-
-    @property
-    def flat(self) -> str:
-        """The output with rich's line wrapping undone."""
-        return " ".join(self.text.split())
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-def _no_secrets(result: Outcome) -> Outcome:
-    for secret in SECRETS:
-        assert secret not in result.text, f"a secret was printed: {result.text}"
-    return result
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., Outcome]:
-    """Run ``personyze-sync ARGS`` in-process; ``key=None`` leaves TEST_API_KEY unset."""
-
-    def run(*args: str, key: str | None = API_KEY) -> Outcome:
-        if key is None:
-            monkeypatch.delenv("TEST_API_KEY", raising=False)
-        else:
-            monkeypatch.setenv("TEST_API_KEY", key)
-        monkeypatch.setattr(sys, "argv", ["personyze-sync", *args])
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exited:
-            main()
-        out, err = capsys.readouterr()
-        code = exited.value.code
-        return _no_secrets(Outcome(code if isinstance(code, int) else 1, out, err))
-
-    return run
-
-
-def run_script(*args: str, key: str | None = API_KEY, timeout: float = 60) -> Outcome:
-    """Run the installed console script as a subprocess."""
-    env = {k: v for k, v in os.environ.items() if k != "TEST_API_KEY"}
-    if key is not None:
-        env["TEST_API_KEY"] = key
-    done = subprocess.run(
-        [_script(), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-    return _no_secrets(Outcome(done.returncode, done.stdout, done.stderr))
-
-
-@pytest.fixture
-def setup(
-    tmp_path: Path, sqlite_url: str, state_url: str, sandbox: SandboxServer
-) -> Callable[..., str]:
-    """Write a config (SQLite source of customers 1..10 unless told) and return its path."""
-    made: list[str] = []
-
-    def write(
-        *,
-        rows: range | None = range(1, 11),
-        source_url: str | None = None,
-        mapping: dict[str, str] | None = None,
-        **overrides: Any,
-    ) -> str:
-        if rows is not None and not made:
-            make_customers(sqlite_url, rows)
-            made.append(sqlite_url)
-        doc = config_doc(
-            source_url=source_url or sqlite_url,
-            api_url=sandbox.url,
-            state_url=state_url,
-            job={"mapping": mapping or MAPPING},
-            **overrides,
-        )
-        return str(write_config(tmp_path / "sync.yaml", doc))
-
-    return write
 
 
 def line_of(path: str, needle: str) -> int:
@@ -143,13 +40,6 @@ def line_of(path: str, needle: str) -> int:
         if needle in line:
             return number
     raise AssertionError(f"{needle!r} not in {path}")
-
-
-def status_json(cli: Callable[..., Outcome], config: str) -> dict[str, Any]:
-    result = cli("status", "-c", config, "--json")
-    assert result.code == 0, result.text
-    (job,) = result.json()
-    return job
 
 
 def internal_ids(sandbox: SandboxServer) -> set[int]:

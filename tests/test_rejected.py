@@ -17,12 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, text
 
 from sync.databases import source_engine
 from sync.sandbox import SandboxServer
-from tests import test_cli
-from tests.support import config_doc, execute, write_config
-
-cli = test_cli.cli  # the in-process ``personyze-sync`` runner, shared
-status_json = test_cli.status_json
-WRONG_KEY = test_cli.WRONG_KEY
+from tests.support import WRONG_KEY, config_doc, execute, status_json, write_config
 
 accounts = Table(
     "accounts",

@@ -31,21 +31,21 @@ from sync.databases import source_engine
 from sync.errors import SyncError
 from sync.runner import RunOptions
 from sync.sandbox import SandboxServer
-from tests import test_cli
 from tests.conftest import MARIADB_PASSWORD, PG_PASSWORD
 from tests.support import (
     API_KEY,
+    DEFAULT_MAPPING,
+    WRONG_KEY,
     LoopbackServer,
     config_doc,
     execute,
     load,
     make_customers,
     self_signed_certificate,
+    status_json,
     write_config,
 )
 
-cli = test_cli.cli  # the in-process ``personyze-sync`` runner; it checks its own secrets too
-WRONG_KEY = test_cli.WRONG_KEY
 SECRETS = (API_KEY, WRONG_KEY, PG_PASSWORD, MARIADB_PASSWORD)
 
 
@@ -74,7 +74,7 @@ def write(tmp_path: Path, source_url: str, api_url: str, **parts: Any) -> str:
         source_url=source_url,
         api_url=api_url,
         state_url=f"sqlite:///{tmp_path}/state/state.db",
-        job={"mapping": dict(test_cli.MAPPING)},
+        job={"mapping": dict(DEFAULT_MAPPING)},
         **parts,
     )
     return str(write_config(tmp_path / "sync.yaml", doc))
@@ -159,7 +159,7 @@ def failing(tmp_path: Path, sandbox: SandboxServer, pg_url: str, mariadb_reader:
             source_url=url,
             api_url=sandbox.url,
             state_url=state.get("state_url", f"sqlite:///{folder}/state.db"),
-            job={"mapping": dict(test_cli.MAPPING)},
+            job={"mapping": dict(DEFAULT_MAPPING)},
         )
         made[name] = (str(write_config(folder / "sync.yaml", doc)), key, words)
     return made
@@ -288,7 +288,7 @@ def test_a_self_signed_certificate_is_refused_with_a_clear_error(cli, tmp_path, 
     for result in (checked, ran):
         assert "Traceback" not in result.text
         assert "certificate" in result.flat, f"the error does not say why: {result.flat}"
-    job = test_cli.status_json(cli, config)
+    job = status_json(cli, config)
     assert job["checkpoint"] is None and job["rows_known"] == 0
 
 

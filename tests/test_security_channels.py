@@ -21,11 +21,19 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from sync.sandbox import SandboxServer
-from tests import test_cli
 from tests.conftest import MARIADB_PASSWORD, PG_SERVER
 from tests.integration.test_daemon import Daemon, wait_until
-from tests.support import API_KEY, Receiver, config_doc, execute, make_customers, write_config
-from tests.test_security import WRONG_KEY, assert_no_secret, state_bytes, write
+from tests.support import (
+    API_KEY,
+    WRONG_KEY,
+    Receiver,
+    config_doc,
+    execute,
+    make_customers,
+    run_script,
+    write_config,
+)
+from tests.test_security import assert_no_secret, state_bytes, write
 
 
 @pytest.mark.parametrize("password", ["p@ss:w/rd%x#y", "Tail@0f-the-Secret"])
@@ -41,7 +49,7 @@ def test_a_password_spliced_into_a_url_may_hold_url_characters(
     tail = password.split("@", 1)[1]
 
     def check(*args: str) -> Any:
-        result = test_cli.run_script(*args, "-c", config)  # a real process
+        result = run_script(*args, "-c", config)  # a real process
         assert_no_secret(result.text, " ".join(args), (password, tail))
         assert result.code == 0, result.text
         return result
@@ -117,7 +125,7 @@ def test_every_output_of_a_sync_hides_the_key_its_token_and_passwords_with_url_c
         config = str(write_config(tmp_path / "sync.yaml", doc))
 
         def run(*args: str, code: int, key: str = API_KEY) -> Any:
-            result = test_cli.run_script(*args, "-c", config, key=key)  # a real process
+            result = run_script(*args, "-c", config, key=key)  # a real process
             assert result.code == code, result.text
             channels[f"{' '.join(args)} (key {key}), stdout and stderr"] = result.text
             return result

@@ -23,7 +23,6 @@ from sync.sandbox import SandboxServer
 from sync.sandbox.store import Query
 from sync.state.store import StateStore, state_engine
 from sync.verify import Finding, Repair, VerifyReport
-from tests import test_cli
 from tests.support import (
     change_customers,
     config_doc,
@@ -34,7 +33,6 @@ from tests.support import (
     write_config,
 )
 
-cli = test_cli.cli  # the in-process ``personyze-sync`` runner, shared
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 COLUMNS = ("internal_id", "email", "first_name", "last_name", "custom_f_1", "custom_i_1")
 

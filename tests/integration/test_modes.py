@@ -17,8 +17,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert,
 from sync.app import App
 from sync.runner import RunOptions
 from sync.sandbox import SandboxServer
-from tests import test_cli
 from tests.support import (
+    Outcome,
     change_customers,
     config_doc,
     customers,
@@ -28,9 +28,6 @@ from tests.support import (
     users_by_internal_id,
     write_config,
 )
-from tests.test_cli import Outcome
-
-cli = test_cli.cli  # the in-process ``personyze-sync`` runner, shared
 
 contacts = Table(
     "contacts",

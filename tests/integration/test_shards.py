@@ -13,10 +13,10 @@ import yaml
 from sync.app import App
 from sync.runner import RunOptions
 from sync.sandbox import SandboxServer
-from tests import test_cli
 from tests.integration.test_daemon import CLI
 from tests.support import (
     API_KEY,
+    Outcome,
     change_customers,
     config_doc,
     customers,
@@ -25,9 +25,6 @@ from tests.support import (
     users_by_internal_id,
     write_config,
 )
-from tests.test_cli import Outcome
-
-cli = test_cli.cli  # the in-process ``personyze-sync`` runner, shared
 
 
 def sharded_config(
