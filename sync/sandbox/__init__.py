@@ -12,7 +12,8 @@ read whose ``where`` holds a range condition (``> < >= <=``) is refused with a b
 are dropped. Faults can be injected with :class:`Faults`.
 """
 
+from sync.sandbox.query import RequestError
 from sync.sandbox.server import FaultKind, Faults, RecordedRequest, SandboxServer
-from sync.sandbox.store import RequestError, UserStore
+from sync.sandbox.users import UserStore
 
 __all__ = ["FaultKind", "Faults", "RecordedRequest", "RequestError", "SandboxServer", "UserStore"]
