@@ -24,7 +24,8 @@ from sqlalchemy import Connection, and_, case, delete, func, literal, select, up
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sync.state.schema import adopt_wanted, adoptions, duplicates, rows
-from sync.state.store import StateStore, in_chunks
+from sync.state.sql import in_chunks
+from sync.state.store import StateStore
 
 RUNNING, DONE, SKIPPED = "running", "done", "skipped"
 INSERT_CHUNK = 500  # wanted rows per INSERT

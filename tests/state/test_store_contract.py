@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from sync.errors import ConfigError, StateError
 from sync.extract.query import Position
+from sync.state import outcome as outcome_module
 from sync.state.records import (
     Ack,
     BatchOutcome,
@@ -235,7 +236,7 @@ def test_commit_batch_is_all_or_nothing(store: StateStore, monkeypatch: pytest.M
     def boom(*_args: Any, **_kwargs: Any) -> None:
         raise OperationalError("INSERT INTO psync_rejected", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(StateStore, "_record_rejection", boom)
+    monkeypatch.setattr(outcome_module, "record_rejection", boom)  # what commit_batch writes
     with pytest.raises(StateError, match="disk I/O error") as caught:
         store.commit_batch(
             JOB,
