@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, inspect
 
 from sync.errors import StateError
-from sync.state.leases import Lease, Leases, Transaction
+from sync.state.leases.interface import Lease, Leases, Transaction
 from sync.state.records import LeaseInfo
 from sync.state.schema import leases
 

@@ -1,32 +1,5 @@
-"""Adoption: a new, moved or lost state store takes over the users Personyze already holds.
-
-A row without an email cannot be merged by Personyze: the live service does not merge
-on internal_id (nor on fb_id), so a state store that never synced a job would make a
-second user of every such row the first time it sends it. Before that, an adoption
-reads the users Personyze holds, in user_id order, 50 at a time (``user_id>N`` is a
-range read, refused past 50 rows), and gives each source row the user whose identifier
-(internal_id, else fb_id) it carries:
-
-- the scan: each part's source rows (rows ``delete_when`` marks and rows the mapping
-  refuses are left out) are recorded in ``psync_adopt_wanted`` with their identifier,
-  payload and fingerprint, and the adoption starts;
-- the pass: pages of users from where it stopped (it resumes after a crash); a user
-  that a row of any job already holds, or that this adoption already gave a row, is
-  never given again; the lowest user_id wins, a later user with the same identifier
-  is recorded as a duplicate. A user holding the row's payload already is "in step"
-  and keeps the row's fingerprint (the next run skips it); others are resent, with
-  their user_id. Each page is saved in one transaction. Reading stops once every row
-  looked for is found, at a short page, or past the highest user_id there was;
-- the finish: found rows move into the identity map (never over a row it has).
-
-One pass serves every part of a job (its shards). Personyze also holds every tracked
-visitor, so an account may hold millions of users: :meth:`Adopter.estimate` says what a
-pass costs before it starts.
-
-A run that finds a part never synced calls :func:`adopt_or_refuse`: it adopts inline
-when that is cheap (``INLINE_READS``) and otherwise stops with :class:`AdoptionNeeded`,
-naming the ``adopt`` command.
-"""
+"""The pass of an adoption: scan the source rows, read Personyze's users page by page,
+match them, finish; and :func:`adopt_or_refuse`, what a run calls before it sends."""
 
 from __future__ import annotations
 
@@ -34,9 +7,18 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from sync.adopt.plan import (
+    INLINE_READS,
+    AdoptionSummary,
+    Estimate,
+    adoption_needed,
+    identifier_of,
+    identifier_text,
+    mapped_columns,
+    refusal,
+)
 from sync.compare import compare
 from sync.config.jobs import JobSettings
 from sync.errors import AdoptionNeeded, FatalError, Stopped
@@ -56,74 +38,7 @@ from sync.state.adoptions import (
 from sync.state.schema import key_text
 from sync.state.store import StateStore
 
-INLINE_READS = 20  # a run adopts by itself when the pass costs at most this many reads
-IDENTIFIER_ORDER = ("internal_id", "fb_id")  # what a row is looked for by, in Personyze
-
 Progress = Callable[[int, int], None]  # (user_id read up to, highest user_id)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """What a pass over Personyze's users costs: ``reads`` pages of 50 users."""
-
-    highest_user_id: int | None  # None: Personyze holds no user
-    reads: int
-    after_user_id: int = 0  # a pass already under way resumes after this user
-
-    def seconds(self, requests_per_second: float | None) -> float | None:
-        """The time the reads take at the client's rate ceiling (None: no ceiling)."""
-        if not requests_per_second:
-            return None
-        return self.reads / requests_per_second
-
-
-@dataclass
-class AdoptionSummary:
-    """What an adoption did (``already``: it was done before; nothing was read)."""
-
-    job: str
-    wanted: int = 0
-    found: int = 0
-    in_step: int = 0
-    reads: int = 0  # pages of users read, over the whole adoption (also before a crash)
-    users_read: int = 0  # users read by this process
-    duplicates: int = 0
-    resumed_after: int | None = None  # the pass resumed after this user_id
-    already: bool = False
-    skipped: bool = False
-    parts: dict[str, Adoption | None] | None = None  # each part's record, at the end
-
-
-def identifier_of(job: JobSettings) -> str | None:
-    """The column a job's rows are looked for by: internal_id, else fb_id (None: neither
-    is mapped, so every row merges by email or carries its user_id)."""
-    targets = set(job.mapping.values()) | set(job.transforms)
-    return next((c for c in IDENTIFIER_ORDER if c in targets), None)
-
-
-def mapped_columns(job: JobSettings) -> tuple[str, ...]:
-    """Every Personyze column the job maps (the columns an adoption reads and compares)."""
-    return tuple(dict.fromkeys([*job.mapping.values(), *job.transforms]))
-
-
-def identifier_text(value: Any) -> str | None:
-    """An identifier's value as the text rows and users are matched by (None: empty)."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        value = int(value)
-    text = str(value).strip()
-    return text or None
-
-
-def adoption_needed(store: StateStore, part: str) -> bool:
-    """Whether a run of ``part`` must adopt first: the store never synced it (no row in
-    the identity map, no checkpoint) and no adoption of it was ever recorded."""
-    return (
-        Adoptions(store).get(part) is None
-        and store.row_count(part) == 0
-        and store.checkpoint(part) is None
-    )
 
 
 class Adopter:
@@ -372,38 +287,6 @@ def _by_user_id(page: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 # -- what a run calls ---------------------------------------------------------------
-
-
-def duration_text(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def cost_text(estimate: Estimate, requests_per_second: float | None) -> str:
-    """``about 24,692 reads, ~8 min at personyze.requests_per_second 50``."""
-    seconds = estimate.seconds(requests_per_second)
-    if seconds is None:
-        return f"about {estimate.reads:,} reads; no personyze.requests_per_second ceiling is set"
-    return (
-        f"about {estimate.reads:,} reads, ~{duration_text(seconds)} at "
-        f"personyze.requests_per_second {requests_per_second:g}"
-    )
-
-
-def refusal(
-    job: str, estimate: Estimate, *, requests_per_second: float | None, config_path: str
-) -> str:
-    """What a run says when it will not send before an adoption."""
-    return (
-        f"job {job}: this state store has never synced the job, and Personyze already holds "
-        f"users (highest user_id {estimate.highest_user_id}): rows without an email could "
-        f"become second users. Adopt them first: personyze-sync adopt -c {config_path} {job} "
-        f"({cost_text(estimate, requests_per_second)}), or, if Personyze holds none of this "
-        f"job's users, personyze-sync adopt -c {config_path} {job} --skip"
-    )
 
 
 def adopt_or_refuse(
