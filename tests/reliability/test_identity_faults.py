@@ -87,7 +87,10 @@ def advisory_lock_holders(url: str) -> list[int]:
     engine = create_engine(url)
     with engine.connect() as conn:
         pids = conn.execute(
-            text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
         ).scalars()
         found = list(pids)
     engine.dispose()
