@@ -413,7 +413,8 @@ def test_a_lease_whose_connection_is_lost_says_so(pg_url: str) -> None:
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
                     " AND classid::bigint = :hi AND objid::bigint = :lo"
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"
                 ),
                 {"hi": hi, "lo": lo},
             ).scalars()
