@@ -39,17 +39,17 @@ from run import (
     write_config,
 )
 
-from sync.app import App
 from sync.config import load_config
 from sync.mapping import Mapper
 from sync.state.records import Ack, BatchOutcome
+from sync.wiring import Wiring
 
 CLI = str(Path(sys.executable).parent / "personyze-sync")
 
 
 def seed_state(config: Path) -> int:
     """The identity map a first diff run would have left, written straight in."""
-    with App(load_config(config, {})) as app:
+    with Wiring(load_config(config, {})) as app:
         job = app.config.job(DIFF_JOB)
         mapper = Mapper(job)
         seeded = 0

@@ -20,10 +20,11 @@ from pathlib import Path
 import yaml
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, create_engine
 
-from sync.app import App
 from sync.config import load_config
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import run_job
 from sync.sandbox import SandboxServer
+from sync.wiring import Wiring
 
 T0 = datetime(2025, 1, 1)  # noqa: DTZ001 - a naive column, as the source has
 
@@ -65,12 +66,12 @@ def measure(folder: Path, rows: int, *, shared: bool) -> tuple[float, int, int]:
                       "mapping": {"id": "internal_id", "email": "email"}}],
         }  # fmt: skip
         (folder / "sync.yaml").write_text(yaml.safe_dump(doc))
-        with App(load_config(folder / "sync.yaml", {})) as app:
+        with Wiring(load_config(folder / "sync.yaml", {})) as app:
             job = app.config.jobs[0]
-            app.run(job, RunOptions(kind="backfill"))
+            run_job(app, job, RunOptions(kind="backfill"))
             api.clear_requests()
             started = time.perf_counter()
-            stats = app.run(job, RunOptions())
+            stats = run_job(app, job, RunOptions())
             seconds = time.perf_counter() - started
         return seconds, stats.read, len(api.requests)
 

@@ -29,14 +29,15 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sync.alerts import Alerter
-from sync.app import App
 from sync.config.jobs import DEFAULT_SCHEDULE_EVERY, JobSettings, Schedule
 from sync.config.load import Config, load_config
 from sync.errors import ConfigError, StateError, Stopped, SyncError
 from sync.health import HealthServer
 from sync.logs import secrets_of, set_secrets
 from sync.metrics import Metrics
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import run_job
+from sync.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Daemon:
         self.metrics = Metrics(clock)
         self.app = self._build_app(config)
         self.alerter = Alerter(config.alerts)
-        self._retired: list[App] = []
+        self._retired: list[Wiring] = []
         self._health: dict[str, JobHealth] = {job.name: JobHealth() for job in config.jobs}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -115,8 +116,8 @@ class Daemon:
             config.daemon.http_host, port, ready=self.readiness, metrics=self.metrics.render
         )
 
-    def _build_app(self, config: Config) -> App:
-        return App(
+    def _build_app(self, config: Config) -> Wiring:
+        return Wiring(
             config,
             observer=self.metrics,
             on_response=self.metrics.response,
@@ -243,7 +244,7 @@ class Daemon:
         outcome, error, sent = "failed", None, 0
         try:
             job = app.config.job(name)
-            stats = app.run(job, RunOptions(kind="scheduled"))
+            stats = run_job(app, job, RunOptions(kind="scheduled"))
             sent = stats.sent
             everywhere = len(stats.held_elsewhere) == len(app.parts(job))
             outcome = "held elsewhere" if everywhere else "success"
@@ -257,7 +258,7 @@ class Daemon:
         self._ended(app, name, outcome, error, sent, time.monotonic() - began)
 
     def _ended(
-        self, app: App, name: str, outcome: str, error: str | None, sent: int, seconds: float
+        self, app: Wiring, name: str, outcome: str, error: str | None, sent: int, seconds: float
     ) -> None:
         now = self.clock()
         if outcome == "held elsewhere":  # another replica runs it: nothing to judge here
@@ -286,7 +287,7 @@ class Daemon:
         elif outcome == "failed":
             self.alerter.run_failed(name, error or "failed")
 
-    def _recent_sent(self, app: App, name: str) -> list[int]:
+    def _recent_sent(self, app: Wiring, name: str) -> list[int]:
         """Rows sent by the job's previous successful runs, newest first."""
         try:
             runs = app.store.runs(name, limit=11)[1:]

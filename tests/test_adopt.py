@@ -25,13 +25,14 @@ from urllib.parse import unquote
 import pytest
 from sqlalchemy import select, text
 
+from sync import admin
 from sync.adopt import INLINE_READS, Adopter, adopt_or_refuse, adoption_needed
-from sync.app import App
 from sync.errors import AdoptionNeeded
 from sync.mapping import Mapper, Record
 from sync.sandbox import Faults, SandboxServer
 from sync.state.adoptions import Adoptions
 from sync.state.schema import duplicates, rows
+from sync.wiring import Wiring
 from tests.support import (
     API_KEY,
     config_doc,
@@ -89,7 +90,7 @@ def gets(sandbox: SandboxServer) -> int:
 
 def source_records(config: Path) -> dict[int, Record]:
     """What the job maps each source row to now, by key."""
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         job = app.config.job("customers")
         rows = app.reader(job).rows_by_key(list(range(1, ROWS + 1)))
     mapper = Mapper(job)
@@ -146,7 +147,7 @@ def any_state(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def identity_map(config: Path, part: str = "customers") -> dict[str, tuple[int, str]]:
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         found = app.store.transaction(
             lambda conn: [
                 (r.row_key, r.user_id, r.fingerprint)
@@ -249,9 +250,9 @@ def test_b_sigkill_mid_adoption_resumes_from_the_last_page_saved(
     read_before = page_reads(sandbox, before=killed_at)
     assert 15 <= read_before < full_pass
 
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         record = Adoptions(app.store).get("customers")
-        [status] = app.status()
+        [status] = admin.status(app)
     assert record is not None and record.state == "running"
     assert 0 < record.after_user_id <= read_before * 50 and record.after_user_id % 50 == 0
     assert record.highest_user_id == total and record.found == 0
@@ -270,7 +271,7 @@ def test_b_sigkill_mid_adoption_resumes_from_the_last_page_saved(
     # one pass in all, give or take the page the kill interrupted
     assert full_pass <= page_reads(sandbox) <= full_pass + 1
     assert {k: u for k, (u, _) in identity_map(config).items()} == {str(i): made[i] for i in made}
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         final = Adoptions(app.store).get("customers")
     assert final is not None and final.state == "done"
     # every page the resumed process read is saved: the killed one read what was saved
@@ -294,7 +295,7 @@ def test_c_held_users_are_never_adopted_and_the_lowest_of_two_wins(
     rest = {i: sandbox.store.upsert(payload[i]) for i in range(3, 11)}
     visitors(sandbox, 100)
 
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         app.store.transaction(
             lambda conn: conn.execute(
                 rows.insert().values(
@@ -303,7 +304,7 @@ def test_c_held_users_are_never_adopted_and_the_lowest_of_two_wins(
             ),
             "test",
         )
-        summary = app.adopt(app.config.job("customers"))
+        summary = admin.adopt(app, app.config.job("customers"))
         kept = app.store.transaction(
             lambda conn: [
                 (r.job, r.row_key, r.user_id, r.kept_user_id)
@@ -311,7 +312,7 @@ def test_c_held_users_are_never_adopted_and_the_lowest_of_two_wins(
             ],
             "test",
         )
-        [status] = app.status()
+        [status] = admin.status(app)
     assert (summary.wanted, summary.found, summary.duplicates) == (ROWS, 10, 1)
     adopted = {k: u for k, (u, _) in identity_map(config).items()}
     assert adopted == {"1": first, "2": two, **{str(i): u for i, u in rest.items()}}
@@ -353,7 +354,7 @@ def test_d_skip_records_it_and_status_says_how_the_map_was_built(
     refused = cli("adopt", "-c", str(config), "customers", "--skip")
     assert refused.code == 2, refused.flat  # not a terminal, no --yes: nothing asked
     assert "pass --yes" in refused.flat
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         assert Adoptions(app.store).get("customers") is None
 
     shown = cli("status", "-c", str(config))
@@ -396,11 +397,11 @@ def test_d_adopt_refuses_while_another_process_runs_the_job(
     setup: Callable[..., Path], sandbox: SandboxServer
 ) -> None:
     config = setup()
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         app.store.claim()  # the SQLite store is this process's
         done = cli("adopt", "-c", str(config), "customers", "--yes")
     assert done.code == 1, done.flat
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         assert Adoptions(app.store).get("customers") is None
 
 
@@ -408,11 +409,11 @@ def test_d_adopt_refuses_while_another_process_runs_the_job(
 
 
 @pytest.fixture
-def parts(setup: Callable[..., Path]) -> Iterator[Callable[..., tuple[App, Any]]]:
-    apps: list[App] = []
+def parts(setup: Callable[..., Path]) -> Iterator[Callable[..., tuple[Wiring, Any]]]:
+    apps: list[Wiring] = []
 
-    def make(**job: Any) -> tuple[App, Any]:
-        app = App(load(setup(**job)))
+    def make(**job: Any) -> tuple[Wiring, Any]:
+        app = Wiring(load(setup(**job)))
         apps.append(app)
         settings = app.config.job("customers")
         pieces = [(name, app.reader(settings, shard)) for name, shard in app.parts(settings)]
@@ -423,7 +424,7 @@ def parts(setup: Callable[..., Path]) -> Iterator[Callable[..., tuple[App, Any]]
         app.close()
 
 
-def refuse_or_adopt(app: App, pieces: Any) -> Any:
+def refuse_or_adopt(app: Wiring, pieces: Any) -> Any:
     settings = app.config.job("customers")
     return adopt_or_refuse(
         settings,
@@ -437,7 +438,7 @@ def refuse_or_adopt(app: App, pieces: Any) -> Any:
 
 
 def test_a_run_adopts_inline_when_cheap(
-    parts: Callable[..., tuple[App, Any]], sandbox: SandboxServer
+    parts: Callable[..., tuple[Wiring, Any]], sandbox: SandboxServer
 ) -> None:
     app, pieces = parts()
     assert adoption_needed(app.store, "customers")
@@ -453,7 +454,7 @@ def test_a_run_adopts_inline_when_cheap(
 
 
 def test_an_empty_account_costs_one_read(
-    parts: Callable[..., tuple[App, Any]], sandbox: SandboxServer
+    parts: Callable[..., tuple[Wiring, Any]], sandbox: SandboxServer
 ) -> None:
     app, pieces = parts()
     summary = refuse_or_adopt(app, pieces)
@@ -463,7 +464,7 @@ def test_an_empty_account_costs_one_read(
 
 
 def test_a_run_refuses_when_the_account_is_large(
-    parts: Callable[..., tuple[App, Any]], sandbox: SandboxServer
+    parts: Callable[..., tuple[Wiring, Any]], sandbox: SandboxServer
 ) -> None:
     app, pieces = parts()
     visitors(sandbox, 1234)
@@ -481,7 +482,7 @@ def test_a_run_refuses_when_the_account_is_large(
 
 
 def test_rows_that_all_carry_an_email_need_no_adoption(
-    parts: Callable[..., tuple[App, Any]], sandbox: SandboxServer, sqlite_url: str
+    parts: Callable[..., tuple[Wiring, Any]], sandbox: SandboxServer, sqlite_url: str
 ) -> None:
     app, pieces = parts()
     execute(sqlite_url, text("UPDATE customers SET email = 'user' || id || '@example.com'"))
@@ -491,7 +492,7 @@ def test_rows_that_all_carry_an_email_need_no_adoption(
 
 
 def test_a_job_that_maps_no_internal_id_is_looked_for_by_fb_id(
-    parts: Callable[..., tuple[App, Any]], sandbox: SandboxServer
+    parts: Callable[..., tuple[Wiring, Any]], sandbox: SandboxServer
 ) -> None:
     app, pieces = parts(mapping={"id": "fb_id", "first_name": "first_name"})
     uid = sandbox.store.upsert({"fb_id": 7, "first_name": "First7"})

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 from sqlalchemy import MetaData, Table, create_engine, select, text
 
-from sync.app import App
+from sync import admin
 from sync.databases import source_engine
 from sync.sandbox import SandboxServer
+from sync.wiring import Wiring
 from tests.conftest import PG_SERVER
 from tests.support import (
     DEFAULT_MAPPING,
@@ -70,10 +71,10 @@ def assert_nothing_lost(
     config: str, sandbox_users: set[int], *, table: str = "customers", cursor: str = "updated_at"
 ) -> None:
     """Every source row at or before the checkpoint was delivered or recorded as rejected."""
-    with App(load(Path(config))) as app:
+    with Wiring(load(Path(config))) as app:
         job = app.config.jobs[0]
         checkpoint = app.store.checkpoint(job.name)
-        rejected = {r.key for r in app.rejections(job)}
+        rejected = {r.key for r in admin.rejections(app, job)}
         url = job.source.url.get_secret_value()
     if checkpoint is None:
         return

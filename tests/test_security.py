@@ -25,12 +25,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sync.app import App
 from sync.config import PersonyzeSettings
 from sync.databases import source_engine
 from sync.errors import SyncError
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import run_job
 from sync.sandbox import SandboxServer
+from sync.wiring import Wiring
 from tests.conftest import MARIADB_PASSWORD, PG_PASSWORD
 from tests.support import (
     API_KEY,
@@ -191,8 +192,8 @@ def test_tracebacks_of_a_failing_run_never_show_a_secret(failing, case, monkeypa
     monkeypatch.setenv("TEST_API_KEY", key)
     from sync.config import load_config
 
-    with App(load_config(config)) as app, pytest.raises(SyncError) as caught:
-        app.run(app.config.jobs[0], RunOptions())
+    with Wiring(load_config(config)) as app, pytest.raises(SyncError) as caught:
+        run_job(app, app.config.jobs[0], RunOptions())
     chain = "".join(traceback.format_exception(caught.value))  # every cause, with locals' reprs
     assert words in chain
     assert_no_secret(chain, "the traceback")
@@ -234,7 +235,7 @@ def test_the_client_verifies_certificates_and_hostnames(tmp_path, sandbox, sqlit
         if any(word in f for word in ("verify", "ssl", "tls", "cert"))
     ]
     make_customers(sqlite_url, range(1, 3))
-    with App(load(Path(write(tmp_path, sqlite_url, "https://app.personyze.com/rest")))) as app:
+    with Wiring(load(Path(write(tmp_path, sqlite_url, "https://app.personyze.com/rest")))) as app:
         made = app.client._transport._make()  # what each sending thread gets
         context = made._pool._ssl_context  # HTTP/1.1 and HTTP/2 alike  # type: ignore[attr-defined]
         assert context.verify_mode == ssl.CERT_REQUIRED

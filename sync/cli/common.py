@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 import click
 
-from sync.app import App
 from sync.cli.render import err
 from sync.config import load_config
 from sync.logs import secrets_of, set_secrets
+from sync.wiring import Wiring
 
 LogFormat = Literal["auto", "json", "text"]
 
@@ -35,11 +35,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 @contextmanager
-def open_app(config_path: Path) -> Iterator[App]:
+def open_app(config_path: Path) -> Iterator[Wiring]:
     """The app for a one-shot command; SIGINT/SIGTERM stop it after the batch in flight."""
     config = load_config(config_path)
     set_secrets(secrets_of(config))
-    with App(config, config_path=config_path) as app, stop_on_signals(app.stopping):
+    with Wiring(config, config_path=config_path) as app, stop_on_signals(app.stopping):
         yield app
 
 

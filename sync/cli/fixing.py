@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from sync.adopt import Estimate, duration_text
-from sync.app import run_all
+from sync import admin
+from sync.admin import Estimate, duration_text
 from sync.cli.common import config_option, dry_run_option, json_option, open_app
 from sync.cli.progress import AdoptionBar
 from sync.cli.render import adoption_summary, out, print_rejections, retry_report
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import run_all
 
 
 @click.group()
@@ -39,11 +40,11 @@ def checkpoint_reset(config_path: Path, job: str, to: str | None, reshard: bool)
     with open_app(config_path) as app:
         settings = app.config.job(job)
         if reshard:
-            moved = app.reshard(settings)
+            moved = admin.reshard(app, settings)
             out.print(
                 f"{job}: {moved} synced row(s) moved to {settings.shards} shard(s)", markup=False
             )
-        position = app.reset_checkpoint(settings, to)
+        position = admin.reset_checkpoint(app, settings, to)
     where = "the beginning" if position is None else f"cursor >= {position.cursor}"
     out.print(f"{job}: the next run reads from {where}", markup=False)
 
@@ -105,8 +106,8 @@ def adopt(config_path: Path, job: str, yes: bool, skip: bool) -> None:
             click.confirm(what[0].upper() + what[1:] + "?", abort=True)
 
         with AdoptionBar() as bar:
-            summary = app.adopt(
-                settings, skip=skip, confirm=confirm, progress=bar.read, scanned=bar.scanned
+            summary = admin.adopt(
+                app, settings, skip=skip, confirm=confirm, progress=bar.read, scanned=bar.scanned
             )
             bar.finished(summary)
     out.print(adoption_summary(summary), markup=False)
@@ -124,7 +125,7 @@ def rejected() -> None:
 def rejected_list(config_path: Path, job: str | None, as_json: bool) -> None:
     """Each rejected row of each job (or of JOB): key, reason, status, attempts, payload."""
     with open_app(config_path) as app:
-        found = {j.name: app.rejections(j) for j in app.jobs([job] if job else ())}
+        found = {j.name: admin.rejections(app, j) for j in app.jobs([job] if job else ())}
     print_rejections(found, as_json=as_json)
 
 
@@ -137,9 +138,9 @@ def rejected_retry(config_path: Path, job: str | None, dry_run: bool, as_json: b
     """Re-read every rejected row from the source and send it again now."""
     with open_app(config_path) as app:
         jobs = app.jobs([job] if job else ())
-        before = {j.name: len(app.rejections(j)) for j in jobs}
+        before = {j.name: len(admin.rejections(app, j)) for j in jobs}
         results = run_all(app, jobs, RunOptions(kind="retry", dry_run=dry_run, only_rejected=True))
-        after = {j.name: len(app.rejections(j)) for j in jobs}
+        after = {j.name: len(admin.rejections(app, j)) for j in jobs}
     retry_report(results, before, after, dry_run=dry_run, as_json=as_json)
 
 
@@ -154,7 +155,7 @@ def rejected_purge(config_path: Path, job: str | None, keys: tuple[str, ...], ye
         jobs = app.jobs([job] if job else ())
         if keys and len(jobs) > 1:
             raise click.UsageError("--key needs the JOB it belongs to")
-        counts = {j.name: len(keys) or len(app.rejections(j)) for j in jobs}
+        counts = {j.name: len(keys) or len(admin.rejections(app, j)) for j in jobs}
         if not sum(counts.values()):
             out.print("no rejected rows to drop", markup=False)
             return
@@ -166,5 +167,5 @@ def rejected_purge(config_path: Path, job: str | None, keys: tuple[str, ...], ye
                 )
             click.confirm(f"Drop {what}? They will not be retried", abort=True)
         for j in jobs:
-            dropped = app.purge_rejections(j, keys)
+            dropped = admin.purge_rejections(app, j, keys)
             out.print(f"{j.name}: dropped {len(dropped)} rejected row(s)", markup=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from sync import admin
 from sync.cli.common import config_option, json_option, open_app
 from sync.cli.render import out, print_json
 from sync.cli.render_status import print_status, status_doc
@@ -19,7 +20,7 @@ from sync.cli.render_status import print_status, status_doc
 def validate(config_path: Path, connect: bool) -> None:
     """Check the config (and, with --connect, everything it points at)."""
     with open_app(config_path) as app:
-        for line in app.validate(connect=connect):
+        for line in admin.validate(app, connect=connect):
             out.print(f"ok  {line}", markup=False)
 
 
@@ -29,7 +30,7 @@ def validate(config_path: Path, connect: bool) -> None:
 def status(config_path: Path, as_json: bool) -> None:
     """Per job: checkpoint, last runs, rows sent and rejected, lag."""
     with open_app(config_path) as app:
-        jobs = app.status()
+        jobs = admin.status(app)
     if as_json:
         print_json([status_doc(j) for j in jobs])
         return

@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from sync.adopt import AdoptionSummary
+from sync.admin import AdoptionSummary
 from sync.cli.render import err
 
 

@@ -10,10 +10,9 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from sync.adopt import AdoptionSummary
+from sync.admin import AdoptionSummary, StoredRejection
 from sync.errors import SyncError
-from sync.runner import RunStats
-from sync.state.records import StoredRejection
+from sync.model import RunStats
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

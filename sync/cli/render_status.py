@@ -8,9 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from sync.app import JobStatus
+from sync.admin import Adoption, JobStatus
 from sync.cli.render import iso_utc, out, utc
-from sync.state.adoptions import Adoption
 
 
 def status_doc(job: JobStatus) -> dict[str, Any]:

@@ -9,15 +9,16 @@ from typing import cast
 
 import click
 
-from sync.app import run_all
+from sync import admin
 from sync.cli.common import LogFormat, config_option, dry_run_option, json_option, open_app
 from sync.cli.progress import progress_bar
 from sync.cli.render import report
 from sync.config import load_config
 from sync.errors import SyncError
 from sync.logs import configure_logging, secrets_of
-from sync.processes import LogSetup
-from sync.runner import RunOptions, RunStats
+from sync.model import RunOptions, RunStats
+from sync.run import run_all, run_in_processes, run_job
+from sync.run.processes import LogSetup
 
 
 @click.command()
@@ -101,17 +102,18 @@ def backfill(
         settings = app.config.job(job)
         start = None
         if since is not None:
-            from sync.extract.query import Position
+            from sync.model import Position
 
-            start = Position(app.parse_cursor(settings, since), None)
+            start = Position(admin.parse_cursor(app, settings, since), None)
         options = RunOptions(kind="backfill", dry_run=dry_run, start=start, full=full)
         started = time.monotonic()
         with progress_bar(enabled=not as_json) as progress:
             try:
                 result: RunStats | SyncError = (
-                    app.run(settings, options, progress)
+                    run_job(app, settings, options, progress)
                     if processes == 1
-                    else app.run_in_processes(
+                    else run_in_processes(
+                        app,
                         settings,
                         options,
                         progress,

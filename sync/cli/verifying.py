@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from sync import verify as verifying
 from sync.cli.common import config_option, json_option, open_app
 from sync.cli.render import print_json
 from sync.cli.render_verify import print_verify, verify_doc
@@ -44,8 +45,12 @@ def verify(
     if sample is not None and everything:
         raise click.UsageError("--sample and --all exclude each other")
     with open_app(config_path) as app:
-        report = app.verify(
-            app.config.job(job), sample=sample, everything=everything, repair=repair and not dry_run
+        report = verifying.verify(
+            app,
+            app.config.job(job),
+            sample=sample,
+            everything=everything,
+            repair=repair and not dry_run,
         )
     would_resend = report.to_repair if repair and dry_run else None
     if as_json:

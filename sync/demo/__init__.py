@@ -33,10 +33,12 @@ from sqlalchemy import (
 )
 from sqlalchemy import Table as SqlTable
 
-from sync.app import App
+from sync import admin
 from sync.config.load import load_config
-from sync.runner import Progress, RunOptions
+from sync.model import Progress, RunOptions
+from sync.run import run_job
 from sync.sandbox import SandboxServer
+from sync.wiring import Wiring
 
 CONFIG = Path(__file__).with_name("demo.yaml")
 API_KEY = "demo-key"
@@ -182,8 +184,8 @@ def run_demo(
             f"[bold]1. backfill[/bold] {rows} customers from {shop} "
             f"into the sandbox at {sandbox.url}"
         )
-        with App(config) as app:
-            first = app.run(job, RunOptions(kind="backfill"), progress)
+        with Wiring(config) as app:
+            first = run_job(app, job, RunOptions(kind="backfill"), progress)
             console.print(
                 f"   sent {first.sent}, rejected {first.rejected} "
                 f"(see `status`: a customer's email is invalid)",
@@ -195,13 +197,13 @@ def run_demo(
             )
             changed = change_shop(shop, datetime.now(UTC).replace(tzinfo=None))
             sandbox.clear_requests()
-            second = app.run(job, RunOptions(kind="once"))
+            second = run_job(app, job, RunOptions(kind="once"))
             console.print(
                 f"[bold]3. incremental run[/bold] read {second.read}, sent "
                 f"{second.sent}, unchanged {second.skipped}, "
                 f"requests {len(sandbox.requests)}"
             )
-            status = app.status()[0]
+            status = admin.status(app)[0]
         users = sandbox.users()
         console.print("[bold]4. what Personyze now holds for the changed customers[/bold]")
         for user in users:

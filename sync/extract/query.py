@@ -18,31 +18,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, Select, TextClause, and_, case, func, or_, select
 
+from sync.model import Position, Shard
+
 DELETED = "_psync_deleted"  # the extra column a job with ``delete_when`` reads: 1 or 0
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a job got to: the last row read, by cursor value then key."""
-
-    cursor: Any
-    key: Any
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Part ``index`` of ``count``: the rows whose integer key modulo ``count`` is ``index``."""
-
-    index: int
-    count: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    def holds(self, key: int) -> bool:
-        """The same test as :func:`in_shard`, in Python."""
-        return abs(key) % self.count == self.index
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from sync.config.yaml import suggest
 from sync.databases import Reconnecting, shown
 from sync.errors import SourceError
 from sync.extract import query as q
-from sync.extract.query import Position, Shard, SourceShape
+from sync.extract.query import SourceShape
+from sync.model import Position, Shard
 
 Row = dict[str, Any]
 UP_TO_NOW: Any = object()  # batches_after's default bound: the largest cursor once needed
@@ -245,7 +246,8 @@ class SourceReader:
         def read() -> list[Row]:
             with self._engine.connect() as conn:
                 result = conn.execution_options(stream_results=True).execute(statement)
-                return [dict(r) for r in result.mappings()]
+                with result:
+                    return [dict(r) for r in result.mappings()]
 
         try:
             return self._reconnecting(read)

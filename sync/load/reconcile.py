@@ -26,7 +26,7 @@ from typing import Any
 
 from sync.compare import compare
 from sync.load.client import PersonyzeClient
-from sync.state.records import PendingRow
+from sync.model import PendingRow
 
 MARGIN_S = 120  # how far Personyze's database clock may step back between mark and write
 UNMATCHED_IDENTIFIERS = ("internal_id", "fb_id")  # stored and returned, but never merged on

@@ -24,6 +24,31 @@ def forget(conn: Connection, job: str, keys: Sequence[str]) -> None:
         delete_keys(conn, table, job, keys)
 
 
+def read_known(conn: Connection, job: str, keys: Sequence[str]) -> dict[str, KnownRow]:
+    """The user_id and fingerprint of each of these rows that has one."""
+    found = {}
+    for chunk in in_chunks(keys):
+        query = select(rows.c.row_key, rows.c.user_id, rows.c.fingerprint).where(
+            rows.c.job == job, rows.c.row_key.in_(chunk)
+        )
+        found.update({r.row_key: KnownRow(r.user_id, r.fingerprint) for r in conn.execute(query)})
+    return found
+
+
+def read_holders(
+    conn: Connection, parts: Sequence[str], ids: Sequence[int]
+) -> dict[int, list[str]]:
+    """Which row keys of these parts (a job's shards) hold each of these user_ids."""
+    found: dict[int, list[str]] = {}
+    for chunk in in_chunks(ids):
+        query = select(rows.c.user_id, rows.c.row_key).where(
+            rows.c.job.in_(list(parts)), rows.c.user_id.in_(chunk)
+        )
+        for r in conn.execute(query):
+            found.setdefault(r.user_id, []).append(r.row_key)
+    return found
+
+
 def key_page(
     run: Transact, table: Table, job: str, after: str | None, limit: int, doing: str
 ) -> list[tuple[str, int]]:
@@ -48,37 +73,14 @@ class Identities:
     def known_rows(self, job: str, keys: Sequence[str]) -> dict[str, KnownRow]:
         if not keys:
             return {}
-
-        def read(conn: Connection) -> dict[str, KnownRow]:
-            found = {}
-            for chunk in in_chunks(keys):
-                query = select(rows.c.row_key, rows.c.user_id, rows.c.fingerprint).where(
-                    rows.c.job == job, rows.c.row_key.in_(chunk)
-                )
-                found.update(
-                    {r.row_key: KnownRow(r.user_id, r.fingerprint) for r in conn.execute(query)}
-                )
-            return found
-
-        return self._run(read, "reading the identity map")
+        return self._run(lambda conn: read_known(conn, job, keys), "reading the identity map")
 
     def holders(self, parts: Sequence[str], user_ids: Iterable[int]) -> dict[int, list[str]]:
         """Which row keys of these parts (a job's shards) hold each of these user_ids."""
         ids = list(set(user_ids))
         if not ids:
             return {}
-
-        def read(conn: Connection) -> dict[int, list[str]]:
-            found: dict[int, list[str]] = {}
-            for chunk in in_chunks(ids):
-                query = select(rows.c.user_id, rows.c.row_key).where(
-                    rows.c.job.in_(list(parts)), rows.c.user_id.in_(chunk)
-                )
-                for r in conn.execute(query):
-                    found.setdefault(r.user_id, []).append(r.row_key)
-            return found
-
-        return self._run(read, "reading the identity map")
+        return self._run(lambda conn: read_holders(conn, parts, ids), "reading the identity map")
 
     def holders_anywhere(self, user_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
         """Which (part, row key) of any job already hold each of these user_ids."""

@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, select
 
+from sync.model import PendingRow
 from sync.state.fencing import Fence, Transact
 from sync.state.identities import key_page
-from sync.state.records import Mark, PendingRow
+from sync.state.records import Mark
 from sync.state.schema import duplicates as duplicates_table
 from sync.state.schema import pending, rows, vanished
 from sync.state.sql import delete_keys, upsert

@@ -5,18 +5,19 @@ checkpoint is never stored without the acknowledgements behind it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, delete, select
 
-from sync.extract.query import Position
+from sync.model import Position
 from sync.state.identities import forget
-from sync.state.records import BatchOutcome
+from sync.state.records import Ack, BatchOutcome, Collision
 from sync.state.rejected import record_rejection
 from sync.state.schema import (
     checkpoints,
     collisions,
+    decode_value,
     encode_value,
     pending,
     rejected,
@@ -38,6 +39,23 @@ def checkpoint_values(job: str, position: Position, now: float) -> dict[str, Any
         "key_value": key_value,
         "updated_at": now,
     }
+
+
+def read_checkpoint(conn: Connection, job: str) -> Position | None:
+    row = conn.execute(select(checkpoints).where(checkpoints.c.job == job)).first()
+    if row is None:
+        return None
+    return Position(
+        cursor=decode_value(row.cursor_type, row.cursor_value),
+        key=decode_value(row.key_type, row.key_value),
+    )
+
+
+def replace_checkpoint(conn: Connection, job: str, position: Position | None, now: float) -> None:
+    """Move a checkpoint deliberately; None forgets it."""
+    conn.execute(delete(checkpoints).where(checkpoints.c.job == job))
+    if position is not None:
+        conn.execute(checkpoints.insert().values(checkpoint_values(job, position, now)))
 
 
 def write_outcome(
@@ -96,3 +114,17 @@ def write_outcome(
         )  # fmt: skip
     if outcome.checkpoint is not None:
         upsert(conn, checkpoints, [checkpoint_values(job, outcome.checkpoint, clock())], ["job"])
+
+
+def find_collisions(acks: Sequence[Ack], holders: dict[int, list[str]]) -> list[Collision]:
+    """Acks whose user_id another row already holds (``holders``: user_id -> row keys
+    before this batch, or an earlier ack of the same batch): two rows, one Personyze user."""
+    seen: dict[int, str] = {}
+    found = []
+    for ack in acks:
+        others = [k for k in holders.get(ack.user_id, []) if k != ack.key]
+        other = others[0] if others else seen.get(ack.user_id)
+        if other is not None and other != ack.key:
+            found.append(Collision(ack.key, ack.user_id, other))
+        seen.setdefault(ack.user_id, ack.key)
+    return found

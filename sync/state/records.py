@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync.extract.query import Position
+from sync.model import Position
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,6 @@ class Mark:
     payload: dict[str, Any]
     fingerprint: str
     watermark: int | None = None
-
-
-@dataclass(frozen=True)
-class PendingRow:
-    """A mark still standing: the row was sent and no answer was recorded."""
-
-    key: str
-    payload: dict[str, Any]
-    fingerprint: str | None
-    watermark: int | None
-    sent_at: float  # this host's clock: for people, never for reconciliation
 
 
 @dataclass

@@ -41,6 +41,19 @@ def record_rejection(conn: Connection, job: str, r: RejectedRow, now: float) -> 
         )
 
 
+def read_rejected_fingerprints(
+    conn: Connection, job: str, keys: Sequence[str]
+) -> dict[str, str | None]:
+    """The fingerprint each of these rows was rejected with, for those rejected."""
+    found = {}
+    for chunk in in_chunks(keys):
+        query = select(rejected.c.row_key, rejected.c.fingerprint).where(
+            rejected.c.job == job, rejected.c.row_key.in_(chunk)
+        )
+        found.update({r.row_key: r.fingerprint for r in conn.execute(query)})
+    return found
+
+
 class Rejections:
     """Reads and drops of rejected rows and collisions, each one transaction of ``run``."""
 
@@ -51,17 +64,9 @@ class Rejections:
         """Fingerprints of rows already recorded as rejected (so they are not resent as is)."""
         if not keys:
             return {}
-
-        def read(conn: Connection) -> dict[str, str | None]:
-            found = {}
-            for chunk in in_chunks(keys):
-                query = select(rejected.c.row_key, rejected.c.fingerprint).where(
-                    rejected.c.job == job, rejected.c.row_key.in_(chunk)
-                )
-                found.update({r.row_key: r.fingerprint for r in conn.execute(query)})
-            return found
-
-        return self._run(read, "reading rejected rows")
+        return self._run(
+            lambda conn: read_rejected_fingerprints(conn, job, keys), "reading rejected rows"
+        )
 
     def rejections(self, job: str) -> list[StoredRejection]:
         def read(conn: Connection) -> list[StoredRejection]:

@@ -33,21 +33,21 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.databases import Reconnecting, database_url, engine_for, shown
 from sync.errors import ConfigError, StateError
-from sync.extract.query import Position
+from sync.model import PendingRow, Position
 from sync.state.fencing import Fence
 from sync.state.history import History
 from sync.state.identities import Identities
 from sync.state.leases import Lease, leases_for
 from sync.state.marks import Marks
 from sync.state.migrations import LATEST, migrate, stored_version
-from sync.state.outcome import checkpoint_values, write_outcome
+from sync.state.outcome import read_checkpoint, replace_checkpoint, write_outcome
+from sync.state.part import PartState, Tables
 from sync.state.records import (
     BatchOutcome,
     Collision,
     KnownRow,
     LeaseInfo,
     Mark,
-    PendingRow,
     RunRecord,
     StoredRejection,
 )
@@ -55,7 +55,6 @@ from sync.state.rejected import Rejections
 from sync.state.schema import (
     checkpoints,
     collisions,
-    decode_value,
     pending,
     rejected,
     rows,
@@ -176,31 +175,34 @@ class StateStore:
     # -- checkpoints ---------------------------------------------------------
 
     def checkpoint(self, job: str) -> Position | None:
-        def read(conn: Connection) -> Position | None:
-            row = conn.execute(select(checkpoints).where(checkpoints.c.job == job)).first()
-            if row is None:
-                return None
-            return Position(
-                cursor=decode_value(row.cursor_type, row.cursor_value),
-                key=decode_value(row.key_type, row.key_value),
-            )
-
-        return self._run(read, "reading a checkpoint")
+        return self._run(lambda conn: read_checkpoint(conn, job), "reading a checkpoint")
 
     def set_checkpoint(
         self, job: str, position: Position | None, fence: Fence | None = None
     ) -> None:
         """Move a checkpoint deliberately (``checkpoint reset``); None forgets it."""
+        now = self._clock()
+        self._run(
+            lambda conn: replace_checkpoint(conn, job, position, now), "moving a checkpoint", fence
+        )
 
-        def write(conn: Connection) -> None:
-            conn.execute(delete(checkpoints).where(checkpoints.c.job == job))
-            if position is not None:
-                conn.execute(checkpoints.insert().values(self._checkpoint_values(job, position)))
+    def part(
+        self, name: str, *, parts: Sequence[str] = (), fence: Fence | None = None
+    ) -> PartState:
+        """The state of one part (a job, or one of its shards), for one run of it.
 
-        self._run(write, "moving a checkpoint", fence)
-
-    def _checkpoint_values(self, job: str, position: Position) -> dict[str, Any]:
-        return checkpoint_values(job, position, self._clock())
+        ``parts``: every part of its job; ``fence``: the run's lease, checked by every write.
+        """
+        tables = Tables(self._identities, self._marks, self._rejections, self._history)
+        return PartState(
+            name,
+            parts=parts,
+            fence=fence,
+            run=self._run,
+            clock=self._clock,
+            tables=tables,
+            committed=self._keep_statistics,
+        )
 
     # -- identities (sync.state.identities) -------------------------------------
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.app import App
 from sync.sandbox import Faults, SandboxServer
+from sync.wiring import Wiring
 from tests.support import (
     API_KEY,
     config_doc,
@@ -90,7 +90,7 @@ def test_sigkill_during_backfill_loses_and_doubles_nothing(
         assert kills >= 3
         assert posts_sent <= ROWS + kills * BATCH, "more resent than the unacknowledged tail"
 
-        with App(load(config)) as app:
+        with Wiring(load(config)) as app:
             checkpoint = app.store.checkpoint("customers")
             assert app.store.pending("customers") == []
             assert app.store.row_count("customers") == ROWS

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert, text, update
 
-from sync.app import App
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import job_run, run_job
 from sync.sandbox import SandboxServer
+from sync.wiring import Wiring
 from tests.support import (
     Outcome,
     change_customers,
@@ -141,10 +142,10 @@ def test_diff_upsert_counts_vanished_rows_but_deletes_nothing(
 ) -> None:
     config = diff_config(tmp_path, sqlite_url, sandbox)
     make_contacts(sqlite_url, range(1, 11))
-    with App(load(config)) as app:
-        app.run(app.config.jobs[0], RunOptions())
+    with Wiring(load(config)) as app:
+        run_job(app, app.config.jobs[0], RunOptions())
         execute(sqlite_url, delete(contacts).where(contacts.c.id > 8))
-        stats = app.run(app.config.jobs[0], RunOptions())
+        stats = run_job(app, app.config.jobs[0], RunOptions())
     assert (stats.vanished, stats.deleted, stats.sent) == (2, 0, 0)
     assert len(sandbox.users()) == 10
     assert "DELETE" not in writes(sandbox)
@@ -156,14 +157,14 @@ def test_diff_run_resumes_after_a_failure_mid_pass(
     """A diff pass that stops part way resumes where it stopped, then starts over."""
     config = diff_config(tmp_path, pg_url, sandbox)
     make_contacts(pg_url, range(1, 201))
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         job = app.config.jobs[0]
-        with app.job_run(job) as first:
+        with job_run(app, job) as first:
             first.stop.set()  # stops between batches: the checkpoint is saved
             with pytest.raises(Exception, match="stopped"):
                 first.run(RunOptions())
         app.stopping.clear()
-        stats = app.run(job, RunOptions())
+        stats = run_job(app, job, RunOptions())
         assert app.store.checkpoint(job.name) is None  # the pass ended: the next starts over
     assert stats.sent == 200
     assert_mirrors(sandbox, pg_url)
@@ -283,8 +284,8 @@ def test_update_mode_never_creates_users(
     )
     config = write_config(tmp_path / "sync.yaml", doc)
     sandbox.clear_requests()
-    with App(load(config)) as app:
-        stats = app.run(app.config.jobs[0], RunOptions())
+    with Wiring(load(config)) as app:
+        stats = run_job(app, app.config.jobs[0], RunOptions())
         assert (stats.sent, stats.missing) == (4, 6)
         assert "POST" not in writes(sandbox)
         users = {u["email"]: u for u in sandbox.users()}
@@ -298,7 +299,7 @@ def test_update_mode_never_creates_users(
 
         change_customers(source_url, customers.c.id.in_([2, 7]), updated_at=datetime(2030, 1, 1))
         sandbox.clear_requests()
-        stats = app.run(app.config.jobs[0], RunOptions())
+        stats = run_job(app, app.config.jobs[0], RunOptions())
     # missing: row 7, and row 10 read again at the checkpoint's own cursor value
     assert (stats.sent, stats.missing) == (1, 2)
     assert writes(sandbox) == ["PUT"]  # by user_id, learned on the first run
@@ -354,7 +355,7 @@ def test_an_unchanged_100k_row_table_costs_no_request(
             "FROM generate_series(1, 100000) AS i"
         ),
     )
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         job = app.config.jobs[0]
         mapper = Mapper(job)
         for batch in app.reader(job).batches_after(None):
@@ -362,12 +363,12 @@ def test_an_unchanged_100k_row_table_costs_no_request(
             app.store.commit_batch(job.name, BatchOutcome(acks=acks))
         assert app.store.row_count(job.name) == 100_000
 
-        stats = app.run(job, RunOptions())
+        stats = run_job(app, job, RunOptions())
         assert (stats.read, stats.skipped, stats.sent) == (100_000, 100_000, 0)
         assert sandbox.requests == []
 
         execute(pg_url, insert(contacts).values(contact(100_001)))
-        stats = app.run(job, RunOptions())
+        stats = run_job(app, job, RunOptions())
     assert (stats.read, stats.sent) == (100_001, 1)
     assert [r.method for r in sandbox.requests] == ["POST"]
     (user,) = sandbox.users()

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, insert, text
 
-from sync.app import App
+from sync import admin
 from sync.errors import ConfigError, TooManyDeletes
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import run_job
 from sync.sandbox import Faults, SandboxServer
 from sync.sandbox.store import Query
+from sync.wiring import Wiring
 from tests.support import (
     BASE_TIME,
     change_customers,
@@ -32,14 +34,14 @@ from tests.support import (
 NO_EMAIL = {"id": "internal_id", "first_name": "first_name", "last_name": "last_name"}
 
 
-def make_app(tmp_path: Path, source_url: str, sandbox: SandboxServer, **parts: Any) -> App:
+def make_app(tmp_path: Path, source_url: str, sandbox: SandboxServer, **parts: Any) -> Wiring:
     doc = config_doc(
         source_url=source_url,
         api_url=sandbox.url,
         state_url=parts.pop("state_url", f"sqlite:///{tmp_path}/state.db"),
         **parts,
     )
-    return App(load(write_config(tmp_path / "sync.yaml", doc)))
+    return Wiring(load(write_config(tmp_path / "sync.yaml", doc)))
 
 
 def posts(sandbox: SandboxServer) -> list[Any]:
@@ -62,16 +64,16 @@ def test_a_row_updated_to_the_checkpoints_own_cursor_value_is_not_lost(
     make_customers(source_url, range(1, 11), updated_at=BASE_TIME)
     with make_app(tmp_path, source_url, sandbox) as app:
         job = app.config.jobs[0]
-        app.run(job, RunOptions(kind="backfill"))
+        run_job(app, job, RunOptions(kind="backfill"))
         assert app.store.checkpoint("customers").key == 10
         # a second-precision timestamp: updated in the same second the checkpoint holds
         change_customers(source_url, customers.c.id <= 5, first_name="Changed")
         sandbox.clear_requests()
-        stats = app.run(job, RunOptions())
+        stats = run_job(app, job, RunOptions())
         assert sorted(r.body["internal_id"] for r in posts(sandbox)) == [1, 2, 3, 4, 5]
         assert stats.sent == 5 and stats.skipped == 5  # the other five: read, not sent
         sandbox.clear_requests()
-        app.run(job, RunOptions())
+        run_job(app, job, RunOptions())
         assert posts(sandbox) == []  # re-reading the value costs no request
     users = one_user_each(sandbox)
     assert [users[str(i)]["first_name"] for i in range(1, 6)] == ["Changed"] * 5
@@ -102,7 +104,7 @@ def test_a_retried_row_that_changed_before_the_pass_read_it_is_sent(
     job = {"mapping": {"id": "internal_id", "uid": "user_id", "email": "email"}}
     with make_app(tmp_path, sqlite_url, sandbox, job=job, source={"table": "people"}) as app:
         settings = app.config.jobs[0]
-        app.run(settings, RunOptions(kind="backfill"))
+        run_job(app, settings, RunOptions(kind="backfill"))
         assert [r.key for r in app.store.rejections("customers")] == ["3"]
         reader = app.reader(settings)
         read_by_key = reader.rows_by_key
@@ -118,7 +120,7 @@ def test_a_retried_row_that_changed_before_the_pass_read_it_is_sent(
             return found
 
         reader.rows_by_key = retry_then_change  # type: ignore[method-assign]
-        stats = app.run(settings, RunOptions())
+        stats = run_job(app, settings, RunOptions())
         reader.rows_by_key = read_by_key  # type: ignore[method-assign]
         assert stats.sent == 1  # the pass sent the new version, in the same run
         assert app.store.rejections("customers") == []
@@ -134,19 +136,19 @@ def test_a_row_whose_user_was_deleted_in_personyze_is_sent_as_new(
     make_customers(source_url, range(1, 6))
     with make_app(tmp_path, source_url, sandbox, job={"mapping": NO_EMAIL}) as app:
         job = app.config.jobs[0]
-        app.run(job, RunOptions(kind="backfill"))
+        run_job(app, job, RunOptions(kind="backfill"))
         gone = one_user_each(sandbox)["3"]["user_id"]
         assert sandbox.store.delete(Query(user_id=int(gone))) == 1
         change_customers(
             source_url, customers.c.id == 3, first_name="Back", updated_at=BASE_TIME + timedelta(1)
         )
-        app.run(job, RunOptions())
+        run_job(app, job, RunOptions())
         assert app.store.rejections("customers") == []
         user = one_user_each(sandbox)["3"]
         assert user["first_name"] == "Back" and user["user_id"] != gone
         assert app.store.known_rows("customers", ["3"])["3"].user_id == user["user_id"]
         sandbox.clear_requests()
-        app.run(job, RunOptions())
+        run_job(app, job, RunOptions())
         assert posts(sandbox) == []
     assert len(sandbox.users()) == 5
 
@@ -159,7 +161,7 @@ def test_the_sqlite_state_store_commits_with_synchronous_full(
 ) -> None:
     make_customers(sqlite_url, range(1, 3))
     with make_app(tmp_path, sqlite_url, sandbox) as app:
-        app.run(app.config.jobs[0], RunOptions())
+        run_job(app, app.config.jobs[0], RunOptions())
         with app.store._engine.connect() as conn:  # the store's own connections
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -175,7 +177,7 @@ def test_rows_of_different_shards_sharing_a_user_are_a_reported_collision(
     change_customers(pg_url, customers.c.id.in_([1, 2]), email="shared@example.com")
     with make_app(tmp_path, pg_url, sandbox, state_url=pg_url, job={"shards": 2}) as app:
         job = app.config.jobs[0]
-        stats = app.run(job, RunOptions(kind="backfill"))
+        stats = run_job(app, job, RunOptions(kind="backfill"))
         collisions = [c for name, _ in app.parts(job) for c in app.store.collisions(name)]
     assert stats.collisions == 1
     assert {(c.key, c.other_key) for c in collisions} in ({("1", "2")}, {("2", "1")})
@@ -209,7 +211,7 @@ def test_a_rejected_row_whose_key_changed_case_does_not_crash_the_retry(
     source = {"table": "codes", "key": "code"}
     with make_app(tmp_path, mariadb_url, sandbox, job=job, source=source) as app:
         settings = app.config.jobs[0]
-        app.run(settings, RunOptions(kind="backfill"))
+        run_job(app, settings, RunOptions(kind="backfill"))
         assert [r.key for r in app.store.rejections("customers")] == ["ABC"]
         later = BASE_TIME + timedelta(days=1)
         execute(
@@ -217,7 +219,7 @@ def test_a_rejected_row_whose_key_changed_case_does_not_crash_the_retry(
             text("UPDATE codes SET code = 'abc', email = 'abc@example.com', updated_at = :t"
                  " WHERE code = 'ABC'").bindparams(t=later),
         )  # fmt: skip
-        stats = app.run(settings, RunOptions())
+        stats = run_job(app, settings, RunOptions())
         assert stats.sent == 1
         assert app.store.rejections("customers") == []
     assert {u["email"] for u in sandbox.users()} == {"abc@example.com", "xyz@example.com"}
@@ -233,7 +235,7 @@ def test_a_mirror_run_whose_source_empties_at_its_end_deletes_nothing(
     job = {"sync": "mirror", "max_deletes_per_run": "50%"}
     with make_app(tmp_path, pg_url, sandbox, job=job) as app:
         settings = app.config.jobs[0]
-        app.run(settings, RunOptions(kind="backfill"))
+        run_job(app, settings, RunOptions(kind="backfill"))
         change_customers(
             pg_url, customers.c.id <= 20, first_name="Changed", updated_at=BASE_TIME + timedelta(1)
         )
@@ -250,12 +252,12 @@ def test_a_mirror_run_whose_source_empties_at_its_end_deletes_nothing(
         reader.present_keys = briefly_empty  # type: ignore[method-assign]
         sandbox.clear_requests()
         with pytest.raises(TooManyDeletes, match=r"200 rows vanished.*nothing was deleted"):
-            app.run(settings, RunOptions())
+            run_job(app, settings, RunOptions())
         reader.present_keys = present  # type: ignore[method-assign]
         assert emptied  # the end-of-run pass ran against the empty source
         assert [r.method for r in sandbox.requests if r.method == "DELETE"] == []
         assert app.store.row_count("customers") == 200
-        app.run(settings, RunOptions())
+        run_job(app, settings, RunOptions())
     assert len(one_user_each(sandbox)) == 200
 
 
@@ -267,17 +269,17 @@ def test_a_row_deleted_as_vanished_that_comes_back_is_sent_again(
         tmp_path, pg_url, sandbox, job={"sync": "mirror", "max_deletes_per_run": 5}
     ) as app:
         settings = app.config.jobs[0]
-        app.run(settings, RunOptions(kind="backfill"))
+        run_job(app, settings, RunOptions(kind="backfill"))
         execute(pg_url, text("CREATE TABLE kept AS SELECT * FROM customers WHERE id <= 3"))
         execute(pg_url, customers.delete().where(customers.c.id <= 3))
-        stats = app.run(settings, RunOptions())
+        stats = run_job(app, settings, RunOptions())
         assert stats.deleted == 3 and len(sandbox.users()) == 17
         execute(pg_url, text("INSERT INTO customers SELECT * FROM kept"))  # old cursors
         sandbox.clear_requests()
-        app.run(settings, RunOptions())
+        run_job(app, settings, RunOptions())
         assert sorted(r.body["internal_id"] for r in posts(sandbox)) == [1, 2, 3]
         sandbox.clear_requests()
-        app.run(settings, RunOptions())
+        run_job(app, settings, RunOptions())
         assert posts(sandbox) == []
     assert len(one_user_each(sandbox)) == 20
 
@@ -295,13 +297,13 @@ def test_lost_answers_under_a_database_clock_behind_the_date_header_make_no_seco
     with SandboxServer("test-key-3f9a1c", faults=faults, clock=lambda: time.time() - 10) as api:
         with make_app(tmp_path, pg_url, api, job={"mapping": NO_EMAIL}) as app:
             settings = app.config.jobs[0]
-            first = app.run(settings, RunOptions(kind="backfill"))
+            first = run_job(app, settings, RunOptions(kind="backfill"))
             assert first.unresolved > 0
             api.faults = Faults()
             for _ in range(3):  # until every mark is resolved
                 if not app.store.pending("customers"):
                     break
-                app.run(settings, RunOptions())
+                run_job(app, settings, RunOptions())
             assert app.store.pending("customers") == []
         assert sorted(one_user_each(api), key=int) == [str(i) for i in range(1, 21)]
 
@@ -339,12 +341,12 @@ def test_reconciliation_never_adopts_the_user_of_another_job(
             "mapping": {"id": "internal_id", "first_name": "first_name"},
         }
     )
-    with App(load(write_config(tmp_path / "sync.yaml", doc))) as app:
-        app.run(app.config.job("customers"), RunOptions())
+    with Wiring(load(write_config(tmp_path / "sync.yaml", doc))) as app:
+        run_job(app, app.config.job("customers"), RunOptions())
         sandbox.faults = Faults(lost_answer_rate=1.0, writes_only=True)  # applied, answer lost
-        assert app.run(app.config.job("leads"), RunOptions()).unresolved == 1
+        assert run_job(app, app.config.job("leads"), RunOptions()).unresolved == 1
         sandbox.faults = Faults()
-        app.run(app.config.job("leads"), RunOptions())
+        run_job(app, app.config.job("leads"), RunOptions())
         assert app.store.pending("leads") == []
         customer_user = app.store.known_rows("customers", ["42"])["42"].user_id
         lead_user = app.store.known_rows("leads", ["42"])["42"].user_id
@@ -366,7 +368,7 @@ def test_a_lost_first_answer_then_an_email_change_leaves_one_user(
         settings = app.config.jobs[0]
         sandbox.faults = Faults(lost_answer_rate=1.0, writes_only=True)  # applied, answers lost
         try:
-            app.run(settings, RunOptions(kind="backfill"))
+            run_job(app, settings, RunOptions(kind="backfill"))
         except Exception as exc:  # noqa: BLE001 - the run gives up: no answer came
             assert "could not be delivered" in str(exc)
         sandbox.faults = Faults()
@@ -377,7 +379,7 @@ def test_a_lost_first_answer_then_an_email_change_leaves_one_user(
             email="renamed2@example.com",
             updated_at=BASE_TIME + timedelta(days=1),
         )
-        app.run(settings, RunOptions())
+        run_job(app, settings, RunOptions())
         assert app.store.pending("customers") == []
     users = one_user_each(sandbox)
     assert sorted(users, key=int) == ["1", "2", "3"]
@@ -394,7 +396,7 @@ def test_a_reshard_between_a_runs_shards_stops_the_run_before_it_sends(
     three = {"shards": 3, "mapping": NO_EMAIL}
     with make_app(tmp_path, pg_url, sandbox, state_url=pg_url, job=three) as app:
         settings = app.config.jobs[0]
-        app.run(settings, RunOptions(kind="backfill"))
+        run_job(app, settings, RunOptions(kind="backfill"))
         assert len(sandbox.users()) == 30
         change_customers(pg_url, customers.c.id > 0, first_name="Changed",
                          updated_at=BASE_TIME + timedelta(1))  # fmt: skip
@@ -407,13 +409,13 @@ def test_a_reshard_between_a_runs_shards_stops_the_run_before_it_sends(
         def lease_after_a_reshard(name: str) -> Any:
             taken.append(name)
             if len(taken) == 2:  # between this run's first and second shard
-                other.reshard(other.config.jobs[0])
+                admin.reshard(other, other.config.jobs[0])
             return take(name)
 
         app.store.lease = lease_after_a_reshard  # type: ignore[method-assign]
         try:
             with pytest.raises(ConfigError, match=r"shard.*nothing was run"):
-                app.run(settings, RunOptions())
+                run_job(app, settings, RunOptions())
         finally:
             app.store.lease = take  # type: ignore[method-assign]
             other.close()
@@ -431,11 +433,11 @@ def test_a_row_whose_id_two_users_hold_is_adopted_once_and_the_other_reported(
     with make_app(tmp_path, sqlite_url, sandbox, job={"mapping": NO_EMAIL}) as app:
         settings = app.config.jobs[0]
         sandbox.faults = Faults(lost_answer_rate=1.0, writes_only=True)
-        assert app.run(settings, RunOptions()).unresolved == 1
+        assert run_job(app, settings, RunOptions()).unresolved == 1
         sandbox.faults = Faults()
         (first,) = sandbox.users()
         second = sandbox.store.upsert({k: v for k, v in first.items() if k != "user_id"})
-        app.run(settings, RunOptions())
-        (status,) = app.status()
+        run_job(app, settings, RunOptions())
+        (status,) = admin.status(app)
         assert app.store.known_rows("customers", ["1"])["1"].user_id == first["user_id"]
     assert status.duplicates == [("1", second, first["user_id"])]

@@ -11,10 +11,11 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from sync.app import App
 from sync.config import load_config
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import run_job
 from sync.sandbox import SandboxServer
+from sync.wiring import Wiring
 from tests.support import API_KEY, config_doc, load, users_by_internal_id, write_config
 
 MAPPING = {
@@ -35,7 +36,7 @@ CITY_QUERY = """
 """
 
 
-def sakila_app(tmp_path: Path, url: str, sandbox: SandboxServer, **job: Any) -> App:
+def sakila_app(tmp_path: Path, url: str, sandbox: SandboxServer, **job: Any) -> Wiring:
     doc = config_doc(
         source_url=url,
         api_url=sandbox.url,
@@ -48,7 +49,7 @@ def sakila_app(tmp_path: Path, url: str, sandbox: SandboxServer, **job: Any) -> 
         },
         job={"mapping": MAPPING, **job},
     )
-    return App(load(write_config(tmp_path / "sakila.yaml", doc)))
+    return Wiring(load(write_config(tmp_path / "sakila.yaml", doc)))
 
 
 def customers(url: str) -> dict[str, dict[str, Any]]:
@@ -83,7 +84,7 @@ def test_all_599_customers_arrive_once_though_they_share_one_last_update(
 ) -> None:
     assert len({str(r["last_update"]) for r in customers(sakila_url).values()}) == 1
     with sakila_app(tmp_path, sakila_url, sandbox) as app:
-        stats = app.run(app.config.jobs[0], RunOptions(kind="backfill"))
+        stats = run_job(app, app.config.jobs[0], RunOptions(kind="backfill"))
         checkpoint = app.store.checkpoint("customers")
 
     assert (stats.read, stats.sent, stats.rejected) == (599, 599, 0)
@@ -98,14 +99,14 @@ def test_an_update_is_sent_on_the_next_run_and_nothing_else_is_resent(
 ) -> None:
     with sakila_app(tmp_path, sakila_url, sandbox) as app:
         job = app.config.jobs[0]
-        app.run(job, RunOptions())
+        run_job(app, job, RunOptions())
         engine = create_engine(sakila_url)
         with engine.begin() as conn:  # ON UPDATE CURRENT_TIMESTAMP bumps last_update
             conn.execute(text("UPDATE customer SET first_name = 'MARIE' WHERE customer_id = 5"))
         engine.dispose()
 
         sandbox.clear_requests()
-        second = app.run(job, RunOptions())
+        second = run_job(app, job, RunOptions())
         assert second.sent == 1
         assert [r.body for r in posts(sandbox)] == [
             {**posts(sandbox)[0].body, "first_name": "MARIE"}
@@ -116,7 +117,7 @@ def test_an_update_is_sent_on_the_next_run_and_nothing_else_is_resent(
         )
 
         sandbox.clear_requests()
-        third = app.run(job, RunOptions())
+        third = run_job(app, job, RunOptions())
     assert third.sent == 0 and sandbox.requests == []
     assert_sandbox_mirrors_customers(sandbox, sakila_url)
 
@@ -126,7 +127,7 @@ def test_changes_and_an_email_change_leave_one_user_per_customer_in_both_modes(
 ) -> None:
     with sakila_app(tmp_path, sakila_url, any_sandbox) as app:
         job = app.config.jobs[0]
-        app.run(job, RunOptions())
+        run_job(app, job, RunOptions())
         engine = create_engine(sakila_url)
         with engine.begin() as conn:
             conn.execute(
@@ -143,7 +144,7 @@ def test_changes_and_an_email_change_leave_one_user_per_customer_in_both_modes(
             )
         engine.dispose()
         before = {u["internal_id"]: u["user_id"] for u in any_sandbox.users()}
-        second = app.run(job, RunOptions())
+        second = run_job(app, job, RunOptions())
 
     assert second.sent == 5
     assert_sandbox_mirrors_customers(any_sandbox, sakila_url)
@@ -173,7 +174,7 @@ def test_a_query_over_customer_address_city_and_country(
                 )
             }
         )
-        first = app.run(settings, RunOptions())
+        first = run_job(app, settings, RunOptions())
         assert first.sent == 599
         london = users_by_internal_id(sandbox.users())
         engine = create_engine(sakila_url)
@@ -191,7 +192,7 @@ def test_a_query_over_customer_address_city_and_country(
             conn.execute(text("UPDATE city SET city = 'Londinium' WHERE city_id = 312"))
         engine.dispose()
         sandbox.clear_requests()
-        second = app.run(settings, RunOptions())
+        second = run_job(app, settings, RunOptions())
 
     assert in_city and second.sent == len(in_city)
     users = users_by_internal_id(sandbox.users())
@@ -216,9 +217,9 @@ def test_the_worked_example_in_config(
         "STATE_URL": f"sqlite:///{tmp_path}/state.db",
     }
     inactive = [c for c, row in customers(sakila_url).items() if not row["active"]]
-    with App(load_config(example, env)) as app:
+    with Wiring(load_config(example, env)) as app:
         job = app.config.jobs[0]
-        first = app.run(job, RunOptions())
+        first = run_job(app, job, RunOptions())
         assert first.sent == 599 - len(inactive)  # soft-deleted rows are never created
         users = users_by_internal_id(sandbox.users())
         assert set(users).isdisjoint(inactive) and len(users) == 599 - len(inactive)
@@ -236,7 +237,7 @@ def test_the_worked_example_in_config(
             conn.execute(text("UPDATE customer SET active = 0 WHERE customer_id IN (1, 2)"))
         engine.dispose()
         sandbox.clear_requests()
-        second = app.run(job, RunOptions())
+        second = run_job(app, job, RunOptions())
 
     assert in_city and (second.deleted, second.sent) == (2, len(in_city))
     methods = sorted(r.method for r in sandbox.requests if r.method != "GET")

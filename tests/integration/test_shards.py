@@ -10,9 +10,11 @@ from pathlib import Path
 
 import yaml
 
-from sync.app import App
-from sync.runner import RunOptions
+from sync import admin
+from sync.model import RunOptions
+from sync.run import run_job
 from sync.sandbox import SandboxServer
+from sync.wiring import Wiring
 from tests.integration.test_daemon import CLI
 from tests.support import (
     API_KEY,
@@ -41,22 +43,22 @@ def test_each_shard_reads_its_part_and_keeps_its_own_checkpoint(
 ) -> None:
     make_customers(source_url, range(1, 101))
     config = sharded_config(tmp_path, source_url, f"sqlite:///{tmp_path}/s.db", sandbox, 3)
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         job = app.config.jobs[0]
-        stats = app.run(job, RunOptions())
+        stats = run_job(app, job, RunOptions())
         assert stats.sent == 100 and stats.held_elsewhere == []
         for name, shard in app.parts(job):
             assert shard is not None
             keys = {int(k) for k, _ in app.store.known_keys(name, None, 1000)}
             assert keys == {i for i in range(1, 101) if i % 3 == shard.index}
             assert app.store.checkpoint(name) is not None
-        assert [s.name for s in app.status()] == [f"customers#{i}/3" for i in range(3)]
+        assert [s.name for s in admin.status(app)] == [f"customers#{i}/3" for i in range(3)]
         change_customers(source_url, customers.c.id == 7, first_name="Seven")
         from datetime import datetime
 
         change_customers(source_url, customers.c.id == 7, updated_at=datetime(2030, 1, 1))
         sandbox.clear_requests()
-        again = app.run(job, RunOptions())
+        again = run_job(app, job, RunOptions())
     assert again.sent == 1
     assert [r.method for r in sandbox.requests if r.method == "POST"] == ["POST"]
     users = users_by_internal_id(sandbox.users())
@@ -86,7 +88,7 @@ def test_changing_the_shard_count_is_refused_until_resharded(
     again = cli("once", "-c", str(config))
     assert again.code == 0
     assert [r.method for r in sandbox.requests if r.method != "GET"] == []  # nothing resent
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         for name, shard in app.parts(app.config.jobs[0]):
             assert shard is not None
             keys = {int(k) for k, _ in app.store.known_keys(name, None, 1000)}
@@ -95,7 +97,7 @@ def test_changing_the_shard_count_is_refused_until_resharded(
     doc["jobs"][0]["shards"] = 1  # and back to one part
     config.write_text(yaml.safe_dump(doc))
     assert cli("checkpoint", "reset", "-c", str(config), "customers", "--reshard").code == 0
-    with App(load(config)) as app:
+    with Wiring(load(config)) as app:
         assert app.store.row_count("customers") == 60
     assert cli("once", "-c", str(config)).code == 0
     assert len(sandbox.users()) == 60

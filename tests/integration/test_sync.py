@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, text
 
-from sync.app import App
+from sync import admin
 from sync.databases import source_engine
 from sync.errors import AuthError, RetriableError
-from sync.runner import RunOptions
+from sync.model import RunOptions
+from sync.run import run_job
 from sync.sandbox import Faults, SandboxServer
+from sync.wiring import Wiring
 from tests.support import (
     BASE_TIME,
     change_customers,
@@ -34,14 +36,14 @@ def make_app(
     sandbox: SandboxServer,
     state_url: str | None = None,
     **parts: Any,
-) -> App:
+) -> Wiring:
     doc = config_doc(
         source_url=source_url,
         api_url=sandbox.url,
         state_url=state_url or f"sqlite:///{tmp_path}/state.db",
         **parts,
     )
-    return App(load(write_config(tmp_path / "sync.yaml", doc)))
+    return Wiring(load(write_config(tmp_path / "sync.yaml", doc)))
 
 
 def posts(sandbox: SandboxServer) -> list[Any]:
@@ -60,7 +62,7 @@ def test_backfill_then_incremental_runs(
     make_customers(source_url, range(1, 121))
     with make_app(tmp_path, source_url, sandbox) as app:
         job = app.config.jobs[0]
-        first = app.run(job, RunOptions(kind="backfill"))
+        first = run_job(app, job, RunOptions(kind="backfill"))
         assert (first.read, first.sent, first.skipped) == (120, 120, 0)
         assert_one_user_per_row(sandbox, range(1, 121))
         user = users_by_internal_id(sandbox.users())["7"][0]
@@ -74,7 +76,7 @@ def test_backfill_then_incremental_runs(
         )
         make_customers(source_url, [121, 122], updated_at=later)
         sandbox.clear_requests()
-        second = app.run(job, RunOptions())
+        second = run_job(app, job, RunOptions())
         assert (second.read, second.sent) == (6, 5)  # and row 120, at the checkpoint
         bodies = {r.body["internal_id"]: r.body for r in posts(sandbox)}
         assert set(bodies) == {5, 6, 7, 121, 122}
@@ -83,7 +85,7 @@ def test_backfill_then_incremental_runs(
         assert_one_user_per_row(sandbox, range(1, 123))
 
         sandbox.clear_requests()
-        third = app.run(job, RunOptions())
+        third = run_job(app, job, RunOptions())
         # read again: the five rows at the checkpoint's cursor value; sent: none
         assert (third.read, third.sent) == (5, 0) and sandbox.requests == []
         runs = app.store.runs("customers")
@@ -103,13 +105,13 @@ def test_lookback_catches_a_row_committed_late_with_an_older_cursor(
         make_app(tmp_path, pg_url, sandbox, source={"lookback": "1h"}) as app,
         make_app(tmp_path / "b", pg_url, sandbox) as no_lookback,
     ):
-        app.run(app.config.jobs[0], RunOptions())
-        no_lookback.run(no_lookback.config.jobs[0], RunOptions())
+        run_job(app, app.config.jobs[0], RunOptions())
+        run_job(no_lookback, no_lookback.config.jobs[0], RunOptions())
         # committed now, but stamped before the checkpoint (a long transaction)
         make_customers(pg_url, [21], updated_at=BASE_TIME + timedelta(seconds=1))
         sandbox.clear_requests()
-        caught = app.run(app.config.jobs[0], RunOptions())
-        missed = no_lookback.run(no_lookback.config.jobs[0], RunOptions())
+        caught = run_job(app, app.config.jobs[0], RunOptions())
+        missed = run_job(no_lookback, no_lookback.config.jobs[0], RunOptions())
     assert caught.sent == 1 and caught.skipped >= 1
     assert missed.sent == 0
     assert [r.body["internal_id"] for r in posts(sandbox)] == [21]
@@ -121,8 +123,8 @@ def test_two_rows_sharing_an_email_are_one_user_and_a_reported_collision(
     make_customers(sqlite_url, range(1, 6))
     change_customers(sqlite_url, customers.c.id == 4, email="USER2@example.com")
     with make_app(tmp_path, sqlite_url, sandbox) as app:
-        stats = app.run(app.config.jobs[0], RunOptions())
-        [status] = app.status()
+        stats = run_job(app, app.config.jobs[0], RunOptions())
+        [status] = admin.status(app)
     assert stats.sent == 5 and stats.collisions == 1
     assert len(sandbox.users()) == 4
     assert [(c.key, c.other_key) for c in status.collisions] == [("4", "2")]
@@ -138,7 +140,7 @@ def test_a_run_that_gives_up_keeps_its_checkpoint_before_the_row_still_owed(
     ):
         job = app.config.jobs[0]
         with pytest.raises(RetriableError, match="could not be delivered"):
-            app.run(job, RunOptions())
+            run_job(app, job, RunOptions())
         checkpoint = app.store.checkpoint("customers")
         assert checkpoint is not None
         delivered = {int(k) for k in users_by_internal_id(sandbox.users())}
@@ -155,7 +157,7 @@ def test_a_run_that_gives_up_keeps_its_checkpoint_before_the_row_still_owed(
 
         sandbox.faults = Faults()
         sandbox.clear_requests()
-        app.run(job, RunOptions())
+        run_job(app, job, RunOptions())
         resent = [r.body["internal_id"] for r in posts(sandbox)]
     assert_one_user_per_row(sandbox, range(1, 201))
     assert len(resent) == 200 - len(delivered)  # acknowledged rows are not sent again
@@ -165,7 +167,7 @@ def test_a_refused_key_stops_the_job_at_once(tmp_path: Path, sqlite_url: str) ->
     make_customers(sqlite_url, range(1, 101))
     with SandboxServer("another-key") as sandbox, make_app(tmp_path, sqlite_url, sandbox) as app:
         with pytest.raises(AuthError, match="refused the API key"):
-            app.run(app.config.jobs[0], RunOptions())
+            run_job(app, app.config.jobs[0], RunOptions())
         assert app.store.checkpoint("customers") is None
         assert len(sandbox.requests) <= app.config.personyze.concurrency
         assert app.store.runs("customers")[0].outcome == "failed"
@@ -205,7 +207,7 @@ def test_rows_personyze_rejects_are_kept_and_retried_once_fixed(
     }
     with make_app(tmp_path, sqlite_url, sandbox, **parts) as app:
         job = app.config.jobs[0]
-        first = app.run(job, RunOptions())
+        first = run_job(app, job, RunOptions())
         [rejection] = app.store.rejections("customers")
         assert (first.sent, first.rejected) == (4, 1)
         assert rejection.key == "3" and rejection.status == 400
@@ -214,7 +216,7 @@ def test_rows_personyze_rejects_are_kept_and_retried_once_fixed(
         assert app.store.checkpoint("customers").key == 5  # type: ignore[union-attr]
 
         execute(sqlite_url, text("UPDATE accounts SET pz = NULL, version = 2 WHERE id = 3"))
-        second = app.run(job, RunOptions())
+        second = run_job(app, job, RunOptions())
         assert second.sent == 1 and app.store.rejections("customers") == []
     assert len(sandbox.users()) == 5
 
@@ -237,7 +239,7 @@ def test_a_time_zone_aware_cursor_resumes_exactly(
     }
     with make_app(tmp_path, pg_url, sandbox, **parts) as app:
         job = app.config.jobs[0]
-        assert app.run(job, RunOptions()).sent == 30
+        assert run_job(app, job, RunOptions()).sent == 30
         checkpoint = app.store.checkpoint("customers")
         assert checkpoint is not None and checkpoint.cursor.tzinfo is not None
         execute(
@@ -245,7 +247,7 @@ def test_a_time_zone_aware_cursor_resumes_exactly(
             text("UPDATE members SET email = 'x' || email, changed = now() WHERE id IN (2, 9)"),
         )
         sandbox.clear_requests()
-        assert app.run(job, RunOptions()).sent == 2
+        assert run_job(app, job, RunOptions()).sent == 2
     assert sorted(r.body["internal_id"] for r in posts(sandbox)) == [2, 9]
     user = users_by_internal_id(sandbox.users())["1"][0]
     assert user["custom_d_1"] == "2024-03-31 01:30:00"  # 02:30+01 in UTC
@@ -257,14 +259,14 @@ def test_a_run_with_nothing_changed_costs_one_query_and_no_request(
     make_customers(source_url, range(1, 121))
     with make_app(tmp_path, source_url, sandbox) as app:
         job = app.config.jobs[0]
-        app.run(job, RunOptions(kind="backfill"))
-        app.run(job, RunOptions())  # the reader reflects the table once per app
+        run_job(app, job, RunOptions(kind="backfill"))
+        run_job(app, job, RunOptions())  # the reader reflects the table once per app
         statements: list[str] = []
         event.listen(
             app.engine(job), "before_cursor_execute", lambda *args: statements.append(args[2])
         )
         sandbox.clear_requests()
-        stats = app.run(job, RunOptions())
+        stats = run_job(app, job, RunOptions())
     assert (stats.read, stats.sent) == (1, 0)  # the row at the checkpoint's cursor value
     assert sandbox.requests == []
     assert len(statements) == 1, statements
@@ -278,7 +280,7 @@ def test_requests_in_flight_never_exceed_the_concurrency(tmp_path: Path, sqlite_
         SandboxServer("test-key-3f9a1c", faults=faults) as sandbox,
         make_app(tmp_path, sqlite_url, sandbox, personyze={"concurrency": 5}) as app,
     ):
-        app.run(app.config.jobs[0], RunOptions())
+        run_job(app, app.config.jobs[0], RunOptions())
     spans = sorted((r.start, r.end) for r in sandbox.requests)
     most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
     assert most == 5  # all of it used, never more
@@ -291,7 +293,7 @@ def test_the_rate_ceiling_holds_over_many_requests(
     with make_app(
         tmp_path, sqlite_url, sandbox, personyze={"requests_per_second": 100, "concurrency": 8}
     ) as app:
-        app.run(app.config.jobs[0], RunOptions())
+        run_job(app, app.config.jobs[0], RunOptions())
     starts = sorted(r.start for r in sandbox.requests if r.method == "POST")
     assert len(starts) >= 150  # (a retried request only adds to the time)
     # the bucket starts with one token: then no faster than 100 a second

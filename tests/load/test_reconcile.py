@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sync.load.reconcile import MARGIN_S, decide, since
-from sync.state.records import PendingRow
+from sync.model import PendingRow
 
 PART = "leads"
 

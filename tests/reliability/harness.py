@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from sync.mapping import format_datetime
-from sync.runner import WINDOW_BATCHES
+from sync.run.feed import WINDOW_BATCHES
 from sync.sandbox import SandboxServer
 from tests.support import API_KEY, config_doc, write_config
 

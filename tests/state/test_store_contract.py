@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from sync.errors import ConfigError, StateError
-from sync.extract.query import Position
+from sync.model import PendingRow, Position
 from sync.state import outcome as outcome_module
 from sync.state.records import (
     Ack,
@@ -27,7 +27,6 @@ from sync.state.records import (
     Collision,
     KnownRow,
     Mark,
-    PendingRow,
     RejectedRow,
     RunRecord,
     StoredRejection,

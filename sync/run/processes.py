@@ -15,8 +15,6 @@ import math
 import multiprocessing
 import queue
 import signal
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,7 +22,9 @@ from sync.config.jobs import JobSettings
 from sync.config.load import Config
 from sync.errors import ConfigError, FatalError, Stopped, SyncError
 from sync.logs import configure_logging, secrets_of
-from sync.runner import Progress, RunOptions, RunStats
+from sync.model import Progress, RunOptions, RunStats
+from sync.run.parts import ProgressFor, check_layout, run_job
+from sync.wiring import Wiring
 
 POLL_S = 0.2  # how often the parent looks at its children when none has spoken
 
@@ -69,23 +69,25 @@ def share(config: Config, processes: int) -> Config:
 
 
 def run_in_processes(
-    config: Config,
+    wiring: Wiring,
     job: JobSettings,
-    parts: list[str],
     options: RunOptions,
+    progress: ProgressFor | None = None,
     *,
     processes: int,
-    stopping: threading.Event,
     logs: LogSetup,
-    progress: Callable[[int], Progress] | None = None,
 ) -> RunStats:
-    """Run ``parts`` of ``job`` in ``processes`` children; the figures of them all.
+    """:func:`run_job` with the job's shards spread over ``processes`` new processes.
 
     Each child runs every ``processes``-th part. A stop (``stopping``) is passed on
     as SIGTERM: each child finishes its batch in flight and saves its checkpoint. A
     child that fails or dies does not stop the others; the first failure is raised
     once all have ended.
     """
+    check(wiring.config, job, processes)
+    check_layout(wiring.store, job, record=True)
+    config, stopping = wiring.config, wiring.stopping
+    parts = [name for name, _ in wiring.parts(job)]
     context = multiprocessing.get_context("spawn")
     messages: multiprocessing.Queue[tuple[int, str, Any]] = context.Queue()
     children = [
@@ -147,20 +149,18 @@ def _child(
     logs: LogSetup,
 ) -> None:
     """A child process: run its parts and send back what became of them."""
-    from sync.app import App  # imported here: the parent never builds one for a child
-
     configure_logging(fmt=logs.fmt, level=logs.level, secrets=secrets_of(config))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the parent too
     result: RunStats | SyncError
-    with App(config) as app:
-        signal.signal(signal.SIGTERM, lambda *_: app.stopping.set())
+    with Wiring(config) as wiring:
+        signal.signal(signal.SIGTERM, lambda *_: wiring.stopping.set())
 
         def progress(total: int) -> Progress:
             messages.put((number, "total", total))
             return lambda rows: messages.put((number, "rows", rows))
 
         try:
-            result = app.run(app.config.job(job_name), options, progress, only=parts)
+            result = run_job(wiring, config.job(job_name), options, progress, only=parts)
         except SyncError as exc:
             result = exc
         except Exception as exc:  # reported to the parent as a failure, not lost

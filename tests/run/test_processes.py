@@ -1,4 +1,4 @@
-"""The pure parts of ``sync/processes.py``: what each process of a backfill runs with."""
+"""The pure parts of ``sync/run/processes.py``: what each process of a backfill runs with."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from sync.config import Config
 from sync.errors import ConfigError
-from sync.processes import check, share
+from sync.run.processes import check, share
 from tests.support import config_doc, load, write_config
 
 

@@ -8,8 +8,8 @@ from functools import partial
 import pytest
 
 from sync.extract.query import Position
-from sync.load.window import Slot, Window
 from sync.load.writer import Delivered, SenderThreads
+from sync.run.window import Slot, Window
 
 
 def sent(key: str, at: int) -> Slot:

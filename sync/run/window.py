@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
 
-from sync.extract.query import Position
 from sync.load.writer import Result
+from sync.model import Position
 
 
 @dataclass

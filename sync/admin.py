@@ -1,0 +1,286 @@
+"""What the commands that do not sync do: check a config, show state, fix it.
+
+``validate``, ``status``, ``rejected list|purge``, ``checkpoint reset`` (and
+``--reshard``) and ``adopt``, each a function of the wiring's parts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sync.adopt import Adopter, AdoptionSummary, Estimate, duration_text
+from sync.config.jobs import JobSettings
+from sync.config.urls import redact_url
+from sync.errors import ConfigError, FatalError
+from sync.mapping import Mapper
+from sync.model import Position
+from sync.run.parts import check_layout
+from sync.state.adoptions import Adoption, Adoptions
+from sync.state.records import Collision, RunRecord, StoredRejection
+from sync.wiring import Wiring, layout
+
+# what the commands return, and the CLI renders
+__all__ = [
+    "Adoption",
+    "AdoptionSummary",
+    "Estimate",
+    "JobStatus",
+    "StoredRejection",
+    "adopt",
+    "duration_text",
+    "parse_cursor",
+    "purge_rejections",
+    "rejections",
+    "reset_checkpoint",
+    "reshard",
+    "status",
+    "validate",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    checkpoint: Position | None
+    runs: list[RunRecord]
+    rows_known: int
+    collisions: list[Collision]
+    lag_s: float | None
+    rejections: list[StoredRejection]  # with Personyze's (or the mapper's) reasons
+    held_by: str | None = None  # the process running it now (host:pid), if any
+    held_since: float | None = None
+    adoption: Adoption | None = None  # how its identity map was first built (None: by its runs)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # key, user, kept
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejections)
+
+
+def parse_cursor(wiring: Wiring, job: JobSettings, text: str) -> Any:
+    """A ``--since`` / ``--to`` value, typed like the job's cursor column."""
+    sample = wiring.reader(job).max_cursor()
+    try:
+        if isinstance(sample, datetime):
+            value = datetime.fromisoformat(text)
+            if sample.tzinfo is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            return value
+        if isinstance(sample, date):
+            return date.fromisoformat(text)
+        if isinstance(sample, bool | int):
+            return int(text)
+        if isinstance(sample, Decimal | float):
+            return Decimal(text)
+    except (ValueError, InvalidOperation):
+        raise ConfigError(
+            f"{text!r} is not a valid value for cursor {job.source.cursor!r} "
+            f"(a {type(sample).__name__})"
+        ) from None
+    return text
+
+
+def reset_checkpoint(wiring: Wiring, job: JobSettings, to: str | None) -> Position | None:
+    position = None if to is None else Position(parse_cursor(wiring, job, to), None)
+    wiring.store.claim()  # not while a daemon runs on the same SQLite store
+    for name, _shard in wiring.parts(job):
+        wiring.store.set_checkpoint(name, position)
+    return position
+
+
+def reshard(wiring: Wiring, job: JobSettings) -> int:
+    """Move the job's state to ``job.shards`` shards; the rows moved."""
+    store = wiring.store
+    store.claim()
+    kept = store.shards_of(job.name) or 1
+    if kept == job.shards:
+        return 0
+    old = [name for name, _ in layout(job, kept)]
+    new = wiring.parts(job)
+
+    def target(key: str) -> str:
+        if len(new) == 1:
+            return job.name
+        try:
+            number = int(Decimal(key))
+        except InvalidOperation:
+            raise ConfigError(
+                f"job {job.name}: key {key!r} is not a number: shards need a numeric key"
+            ) from None
+        return new[abs(number) % len(new)][0]
+
+    leases = [store.lease(name) for name in old + [n for n, _ in new]]
+    try:
+        if any(lease is None for lease in leases):
+            raise ConfigError(
+                f"job {job.name} is running in another process: stop every replica first"
+            )
+        moved = sum(store.rehome(name, target) for name in old)
+        store.set_shards(job.name, job.shards)
+    finally:
+        for lease in leases:
+            if lease is not None:
+                lease.release()
+    log.info("job resharded", extra={"job": job.name, "from": kept, "to": job.shards})
+    return moved
+
+
+def adopt(
+    wiring: Wiring,
+    job: JobSettings,
+    *,
+    skip: bool = False,
+    confirm: Callable[[Estimate], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    scanned: Callable[[int], None] | None = None,
+) -> AdoptionSummary:
+    """Adopt the users Personyze already holds into ``job``'s identity map (``adopt``).
+
+    Under every part's lease (FatalError if another process runs the job). A job
+    whose adoption is done (or skipped) reads nothing. Otherwise ``confirm`` sees
+    the cost first (it raises to refuse); then the adoption runs, or, with ``skip``,
+    is recorded as skipped. See :mod:`sync.adopt`.
+    """
+    wiring.store.claim()  # a SQLite state store serves one process
+    check_layout(wiring.store, job, record=True)
+    parts = wiring.parts(job)
+    with ExitStack() as held:
+        for name, _ in parts:
+            lease = wiring.store.lease(name)
+            if lease is None:
+                raise FatalError(
+                    f"job {name} is being run by another process; nothing was adopted: "
+                    "run adopt again when that run has finished"
+                )
+            held.enter_context(lease)
+        adopter = Adopter(
+            job,
+            [(name, wiring.reader(job, shard)) for name, shard in parts],
+            mapper=Mapper(job),
+            store=wiring.store,
+            client=wiring.client,
+            stop=wiring.stopping,
+            clock=wiring.wall,
+        )
+        if not adopter.unfinished():
+            return adopter.run()  # reads nothing: says what was done
+        estimate = adopter.estimate()
+        if confirm is not None:
+            confirm(estimate)
+        if skip:
+            adopter.skip()
+            summary = AdoptionSummary(job.name, skipped=True, parts=adopter.states())
+        else:
+            summary = adopter.run(progress, estimate=estimate, scanned=scanned)
+    log.info(
+        "adoption finished",
+        extra={
+            "job": job.name,
+            "skipped": skip,
+            "rows_wanted": summary.wanted,
+            "rows_found": summary.found,
+            "rows_in_step": summary.in_step,
+            "reads": summary.reads,
+            "duplicates": summary.duplicates,
+        },
+    )
+    return summary
+
+
+def validate(wiring: Wiring, *, connect: bool) -> list[str]:
+    """What was checked, line by line; raises on the first thing that is wrong."""
+    lines = [
+        f"config: {len(wiring.config.jobs)} job(s): "
+        + ", ".join(j.name for j in wiring.config.jobs)
+    ]
+    if not connect:
+        return lines
+    wiring.store.checkpoint(wiring.config.jobs[0].name)
+    state_url = redact_url(wiring.config.state.url.get_secret_value())
+    lines.append(f"state store: reachable ({state_url})")
+    for job in wiring.config.jobs:
+        reader = wiring.reader(job)
+        nulls = reader.null_cursor_count()
+        lines.append(
+            f"job {job.name}: source reachable, columns " + ", ".join(reader.columns) + " exist"
+        )
+        if nulls:
+            lines.append(
+                f"job {job.name}: WARNING {nulls} row(s) have a NULL "
+                f"{job.source.cursor!r} and will never be synced"
+            )
+    wiring.client.check_key(once=True)  # a check: one attempt, no retries
+    lines.append("personyze: API key accepted")
+    return lines
+
+
+def status(wiring: Wiring) -> list[JobStatus]:
+    """Per job, or per shard of a sharded job; with the replica running it, if any."""
+    held = {lease.name: lease for lease in wiring.store.leases()}
+    out = []
+    for job in wiring.config.jobs:
+        for name, _shard in wiring.parts(job):
+            checkpoint = wiring.store.checkpoint(name)
+            lease = held.get(name)
+            out.append(
+                JobStatus(
+                    name=name,
+                    checkpoint=checkpoint,
+                    runs=wiring.store.runs(name),
+                    rows_known=wiring.store.row_count(name),
+                    collisions=wiring.store.collisions(name),
+                    lag_s=_lag(wiring, checkpoint),
+                    rejections=wiring.store.rejections(name),
+                    held_by=None if lease is None else lease.holder,
+                    held_since=None if lease is None else lease.since,
+                    adoption=Adoptions(wiring.store).get(name),
+                    duplicates=wiring.store.duplicates(name),
+                )
+            )
+    return out
+
+
+def _lag(wiring: Wiring, checkpoint: Position | None) -> float | None:
+    if checkpoint is None or not isinstance(checkpoint.cursor, datetime):
+        return None
+    cursor = checkpoint.cursor
+    if cursor.tzinfo is None:
+        cursor = cursor.replace(tzinfo=UTC)
+    return max(0.0, wiring.wall() - cursor.timestamp())
+
+
+def rejections(wiring: Wiring, job: JobSettings) -> list[StoredRejection]:
+    """``job``'s rejected rows (of every shard), with the reasons they were refused."""
+    found = [r for name, _ in wiring.parts(job) for r in wiring.store.rejections(name)]
+    return sorted(found, key=lambda r: r.first_at)
+
+
+def purge_rejections(wiring: Wiring, job: JobSettings, keys: Sequence[str] = ()) -> list[str]:
+    """Drop ``job``'s rejected rows (those with ``keys``, or all): never retried again.
+
+    Returns the keys dropped. A key that is not a rejected row of the job is a
+    usage error, and then nothing is dropped.
+    """
+    stored = [r.key for r in rejections(wiring, job)]
+    if keys:
+        unknown = [k for k in dict.fromkeys(keys) if k not in stored]
+        if unknown:
+            raise ConfigError(
+                f"job {job.name}: no rejected row with key "
+                + ", ".join(repr(k) for k in unknown)
+                + "; nothing was dropped (see: rejected list)"
+            )
+        stored = [k for k in stored if k in set(keys)]
+    wiring.store.claim()
+    for name, _shard in wiring.parts(job):
+        wiring.store.drop_rejections(name, stored)
+    log.info("rejected rows dropped", extra={"job": job.name, "rows": len(stored)})
+    return stored

@@ -1,0 +1,174 @@
+"""What one run of one part (a job, or a shard of one) reads from the state store and
+commits to it: the run holds this one object, bound to its part and its lease.
+
+A batch costs three transactions: :meth:`PartState.lookup` (what is known of its rows),
+:meth:`PartState.mark` (first sends, before they go) and :meth:`PartState.commit` (their
+outcomes, the collisions among them and the checkpoint, all or nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from sync.model import PendingRow, Position
+from sync.state.fencing import Fence, Transact
+from sync.state.history import History
+from sync.state.identities import Identities, read_holders, read_known
+from sync.state.marks import Marks
+from sync.state.outcome import (
+    find_collisions,
+    read_checkpoint,
+    replace_checkpoint,
+    write_outcome,
+)
+from sync.state.records import (
+    BatchOutcome,
+    KnownRow,
+    Mark,
+    StoredRejection,
+)
+from sync.state.rejected import Rejections, read_rejected_fingerprints
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the state store knows of a batch's rows, by key."""
+
+    known: dict[str, KnownRow]  # rows synced before: their user_id and fingerprint
+    refused: dict[str, str | None]  # rows rejected before: the fingerprint refused
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The state store's groups of tables a part's state lives in."""
+
+    identities: Identities
+    marks: Marks
+    rejections: Rejections
+    history: History
+
+
+class PartState:
+    """One part's checkpoint, identities, marks, rejections and runs; every write fenced.
+
+    ``parts``: every part of the part's job (a user_id held by a row of a sibling shard
+    is a collision too).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        parts: Sequence[str],
+        fence: Fence | None,
+        run: Transact,
+        clock: Callable[[], float],
+        tables: Tables,
+        committed: Callable[[int], None],
+    ) -> None:
+        self.name = name
+        self.parts = list(parts) or [name]
+        self.fence = fence
+        self._run = run
+        self._clock = clock
+        self._t = tables
+        self._committed = committed  # told the rows acknowledged by each commit
+
+    # -- the three transactions of a batch ------------------------------------------
+
+    def lookup(self, keys: Sequence[str], *, refused: bool = True) -> Lookup:
+        """The rows of ``keys`` synced before and (``refused``) rejected before."""
+        if not keys:
+            return Lookup({}, {})
+
+        def read(conn: Connection) -> Lookup:
+            known = read_known(conn, self.name, keys)
+            rejected = read_rejected_fingerprints(conn, self.name, keys) if refused else {}
+            return Lookup(known, rejected)
+
+        return self._run(read, "reading the identity map")
+
+    def mark(self, marks: Sequence[Mark]) -> None:
+        """Mark first sends before sending them (see :mod:`sync.load.reconcile`)."""
+        self._t.marks.add_pending(self.name, marks, self.fence)
+
+    def commit(self, outcome: BatchOutcome) -> None:
+        """Acks, rejections, deletes and the checkpoint, all or nothing; the acks whose
+        user_id another row holds are found in the same transaction and recorded as
+        collisions (``outcome.collisions``)."""
+        now = self._clock()
+
+        def write(conn: Connection) -> None:
+            ids = list({a.user_id for a in outcome.acks})
+            holders = read_holders(conn, self.parts, ids) if ids else {}
+            outcome.collisions = find_collisions(outcome.acks, holders)
+            write_outcome(conn, self.name, outcome, now, self._clock)
+
+        self._run(write, "saving a batch's progress", self.fence)
+        self._committed(len(outcome.acks))
+
+    # -- the rest of a run ---------------------------------------------------------
+
+    def checkpoint(self) -> Position | None:
+        return self._run(lambda conn: read_checkpoint(conn, self.name), "reading a checkpoint")
+
+    def set_checkpoint(self, position: Position | None) -> None:
+        """Move the checkpoint deliberately (a diff pass is done); None forgets it."""
+        now = self._clock()
+        self._run(
+            lambda conn: replace_checkpoint(conn, self.name, position, now),
+            "moving a checkpoint",
+            self.fence,
+        )
+
+    def row_count(self) -> int:
+        return self._t.identities.row_count(self.name)
+
+    def known_keys(self, after: str | None, limit: int) -> list[tuple[str, int]]:
+        """One page of the identity map, (key, user_id) in key order after ``after``."""
+        return self._t.identities.known_keys(self.name, after, limit)
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Forget these rows' users (deleted in Personyze): a later write creates anew."""
+        self._t.identities.forget_rows(self.name, keys, self.fence)
+
+    def holders_anywhere(self, user_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
+        """Which (part, row key) of any job already hold each of these user_ids."""
+        return self._t.identities.holders_anywhere(user_ids)
+
+    def pending(self) -> list[PendingRow]:
+        return self._t.marks.pending(self.name)
+
+    def adopt(
+        self, found: dict[str, tuple[int, str]], duplicates: Sequence[tuple[str, int, int]]
+    ) -> None:
+        """Record users reconciliation found (key -> user_id, fingerprint sent)."""
+        self._t.marks.adopt(self.name, found, duplicates, self.fence)
+
+    def clear_pending(self, keys: Sequence[str]) -> None:
+        self._t.marks.clear_pending(self.name, keys, self.fence)
+
+    def vanished_keys(self, after: str | None, limit: int) -> list[tuple[str, int]]:
+        """One page of rows a mirror run deleted as gone from the source, in key order."""
+        return self._t.marks.vanished_keys(self.name, after, limit)
+
+    def rejections(self) -> list[StoredRejection]:
+        return self._t.rejections.rejections(self.name)
+
+    def drop_rejections(self, keys: Sequence[str]) -> None:
+        self._t.rejections.drop_rejections(self.name, keys, self.fence)
+
+    def start_run(self, kind: str) -> int:
+        return self._t.history.start_run(self.name, kind)
+
+    def finish_run(
+        self, run_id: int, outcome: str, *, read: int, sent: int, skipped: int, rejected: int,
+        error: str | None,
+    ) -> None:  # fmt: skip
+        self._t.history.finish_run(
+            run_id, outcome, read=read, sent=sent, skipped=skipped, rejected_count=rejected,
+            error=error,
+        )  # fmt: skip

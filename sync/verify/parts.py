@@ -1,0 +1,85 @@
+"""``verify`` of a job: each of its parts read back in turn, and one report of them all."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from typing import Any
+
+from sync.config.jobs import JobSettings
+from sync.errors import ConfigError, FatalError
+from sync.model import RunStats, Shard
+from sync.run.parts import job_run
+from sync.verify.report import DRIFT, SAMPLE, VerifyReport, combine
+from sync.verify.verifier import Verifier
+from sync.wiring import Wiring
+
+log = logging.getLogger(__name__)
+
+
+def verify(
+    wiring: Wiring, job: JobSettings, *, sample: int | None, everything: bool, repair: bool
+) -> VerifyReport:
+    """Read ``job``'s users back from Personyze and compare them with the source now.
+
+    ``sample`` rows of the identity map picked at random (default 100, shared out
+    among the job's shards), or ``everything``: every source row, a batch at a time.
+    Only GETs are sent unless ``repair``: then the rows found drifting are resent
+    (users gone from Personyze are created anew) and checked again, under the
+    job's leases, so never while a run of the job goes on elsewhere.
+    """
+    if everything and sample is not None:
+        raise ConfigError("--sample and --all exclude each other")
+    if sample is not None and sample < 1:
+        raise ConfigError(f"--sample must be at least 1, got {sample}")
+    count = None if everything else sample or SAMPLE
+    parts = wiring.parts(job)
+    reports: list[VerifyReport] = []
+    with ExitStack() as held:
+        if repair:
+            wiring.store.claim()  # a SQLite state store serves one process
+            for name, _ in parts:
+                lease = wiring.store.lease(name)
+                if lease is None:
+                    raise FatalError(
+                        f"job {name} is being run by another process; nothing was "
+                        "resent: try verify --repair again when that run has finished"
+                    )
+                held.enter_context(lease)
+        for i, (name, shard) in enumerate(parts):
+            share = None if count is None else count // len(parts) + (i < count % len(parts))
+            if share == 0:
+                continue
+            verifier = Verifier(
+                job,
+                name=name,
+                reader=wiring.reader(job, shard),
+                store=wiring.store,
+                client=wiring.client,
+                stop=wiring.stopping,
+            )
+            report = verifier.everything() if share is None else verifier.sample(share)
+            if repair:
+
+                def resend(
+                    rows: list[dict[str, Any]], forget: list[str], shard: Shard | None = shard
+                ) -> RunStats:
+                    with job_run(wiring, job, shard=shard) as run:
+                        return run.resend(rows, forget=forget)
+
+                report = verifier.repair(report, resend)
+            reports.append(report)
+    whole = combine(job.name, reports, sample=count)
+    log.info(
+        "verify finished",
+        extra={
+            "job": job.name,
+            "mode": whole.mode,
+            "rows_checked": whole.checked,
+            "rows_in_step": whole.in_step,
+            **{f"rows_{kind}": whole.count(kind) for kind in DRIFT},
+            "rows_resent": whole.repair.resent if whole.repair else 0,
+            "drift_remaining": whole.drift_remaining,
+        },
+    )
+    return whole
