@@ -22,21 +22,20 @@ from sync.cli import main
 from sync.sandbox import SandboxServer
 from tests.support import (
     API_KEY,
-    DEFAULT_MAPPING,
+    MARIADB_PASSWORD,
+    MARIADB_SERVER,
+    PG_PASSWORD,
+    PG_SERVER,
+    Daemon,
     Outcome,
-    config_doc,
+    config_file,
     execute,
     make_customers,
     no_secrets,
-    write_config,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 SAKILA = ROOT.parent / "shared" / "datasets" / "sakila" / "sakila.sql"
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
-PG_PASSWORD = "Pg-S3cret.word99"
-MARIADB_PASSWORD = "Ma/ri@db:S3%cret!"  # characters a URL's user-info must percent-encode
 
 
 def _admin(server: str, database: str, what: str):  # type: ignore[no-untyped-def]
@@ -142,11 +141,27 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
+@pytest.fixture
+def wiki_sandbox() -> Iterator[SandboxServer]:
+    """The sandbox as the wiki says the service behaves (internal_id and fb_id merge)."""
+    with SandboxServer(API_KEY, internal_id_merges=True) as server:
+        yield server
+
+
 @pytest.fixture(params=["live", "wiki"])
 def any_sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
     """The sandbox as the live service behaves, and as the wiki says it does."""
     with SandboxServer(API_KEY, internal_id_merges=request.param == "wiki") as server:
         yield server
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Append each ``Daemon`` started: whatever is still running at the end is killed."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
 
 
 @pytest.fixture
@@ -193,10 +208,9 @@ def cli(
 
 
 @pytest.fixture
-def setup(
-    tmp_path: Path, sqlite_url: str, state_url: str, sandbox: SandboxServer
-) -> Callable[..., str]:
-    """Write a config (SQLite source of customers 1..10 unless told) and return its path."""
+def setup(tmp_path: Path, sqlite_url: str, sandbox: SandboxServer) -> Callable[..., str]:
+    """Write a config (SQLite source of customers 1..10 unless told; the state store at
+    ``state_url``) and return its path."""
     made: list[str] = []
 
     def write(
@@ -209,13 +223,8 @@ def setup(
         if rows is not None and not made:
             make_customers(sqlite_url, rows)
             made.append(sqlite_url)
-        doc = config_doc(
-            source_url=source_url or sqlite_url,
-            api_url=sandbox.url,
-            state_url=state_url,
-            job={"mapping": mapping or DEFAULT_MAPPING},
-            **overrides,
+        return config_file(
+            tmp_path, source_url or sqlite_url, sandbox.url, mapping=mapping, **overrides
         )
-        return str(write_config(tmp_path / "sync.yaml", doc))
 
     return write

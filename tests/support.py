@@ -1,23 +1,34 @@
-"""Helpers the tests share: sample source tables, config files, a webhook receiver,
-a database server that never answers."""
+"""Helpers the tests share, in one place (tests/test_tests.py keeps it so).
+
+Sample source tables; config files; loopback servers (HTTP, raw sockets, one that never
+says a word); waiting for a condition, and a clock the test moves; the command line,
+as a subprocess and as a daemon; the database servers and what the state store holds;
+secrets and the places they must not show; clients of the sandbox.
+Fixtures built on these are in ``conftest.py``.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+from urllib.parse import quote, quote_plus
 
+import httpx
 import yaml
 from sqlalchemy import (
     Boolean,
@@ -28,11 +39,17 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    create_engine,
+    text,
     update,
 )
 
-from sync.config import Config, load_config
+from sync.config import Config, PersonyzeSettings, load_config
 from sync.databases import source_engine
+from sync.load.client import PersonyzeClient
+from sync.sandbox import SandboxServer
+
+T = TypeVar("T")
 
 API_KEY = "test-key-3f9a1c"
 BASE_TIME = datetime(2024, 5, 1, 12, 0, 0)
@@ -151,6 +168,27 @@ def load(path: Path) -> Config:
     return load_config(path, {"TEST_API_KEY": API_KEY})
 
 
+def config_file(
+    tmp_path: Path,
+    source_url: str,
+    api_url: str,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    **parts: Any,
+) -> str:
+    """``tmp_path/sync.yaml``, its SQLite state store in ``tmp_path/state`` (where
+    ``state_bytes`` reads it, and the ``state_url`` fixture points); ``parts`` as
+    config_doc takes them."""
+    doc = config_doc(
+        source_url=source_url,
+        api_url=api_url,
+        state_url=f"sqlite:///{tmp_path}/state/state.db",
+        job={"mapping": dict(mapping or DEFAULT_MAPPING)},
+        **parts,
+    )
+    return str(write_config(tmp_path / "sync.yaml", doc))
+
+
 def users_by_internal_id(users: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for user in users:
@@ -226,20 +264,23 @@ class Receiver(LoopbackServer):
         self.url = f"http://127.0.0.1:{self.port}/services/T0/B0/{token}"
 
 
-class SilentServer:
-    """A TCP server on loopback that accepts every connection and never says a word.
+class SocketServer:
+    """A TCP server on loopback, in a with-block: each accepted connection is handed to
+    ``_talk`` in a thread of its own (subclasses say what to talk).
 
-    A database behind a dead proxy, or one frozen mid-start, looks like this: the
-    connection is made, and the handshake's first answer never comes. The connections
-    are held open until the with-block ends, then closed (which frees a client still
-    waiting on one).
+    ``connections`` counts the accepted connections, ``ended`` those whose ``_talk``
+    returned (so a test can wait for the server to have hung up). With ``tls``, a
+    subclass wraps each connection itself.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        self.connections = 0
+        self.ended = 0
+        self._ended_lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> Self:
         self.thread.start()
@@ -249,27 +290,100 @@ class SilentServer:
         self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self.listener.close()
         self.thread.join(5)
-        for conn in self.accepted:
-            conn.close()
 
-    def _accept(self) -> None:
+    def _serve(self) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            self.accepted.append(conn)
+            self.connections += 1
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self._talk(conn)
+        finally:
+            with self._ended_lock:
+                self.ended += 1
+
+    def _talk(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
 
-class FakeTime:
-    """A monotonic clock that only moves when slept on (or told to)."""
+class SilentServer(SocketServer):
+    """A socket server that accepts every connection and never says a word.
 
-    def __init__(self, advance_on_sleep: bool = True) -> None:
-        self.now = 1000.0
+    A database behind a dead proxy, or one frozen mid-start, looks like this: the
+    connection is made, and the handshake's first answer never comes. The connections
+    are held open until the with-block ends, then closed (which frees a client still
+    waiting on one).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted: list[socket.socket] = []
+
+    def _accepted(self, conn: socket.socket) -> None:
+        self.accepted.append(conn)  # held, silent: no thread talks on it
+
+    def __exit__(self, *exc_info: object) -> None:
+        super().__exit__(*exc_info)
+        for conn in self.accepted:
+            conn.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (free when asked: a test binds it soon after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- waiting, and time the test moves ----------------------------------------------------
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 20.0, what: str = "") -> T:
+    """Look at ``condition`` until it is true, and return what it said; fail after ``timeout`` s.
+
+    How a test waits for something to happen, instead of sleeping a fixed time. It
+    looks every 5 ms at first, then less often, up to every 50 ms. ``condition`` may
+    assert (that a process is still running, say): the failure comes at once.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+class FakeClock:
+    """Time that moves only when the test moves it: for ``clock=`` and ``sleep=`` alike.
+
+    Calling it reads the time; ``advance`` (or setting ``now``) moves it; ``sleep``
+    records how long was asked for and, unless ``advance_on_sleep=False``, moves the
+    time by as much.
+    """
+
+    def __init__(self, now: float = 1000.0, *, advance_on_sleep: bool = True) -> None:
+        self.now = now
         self.sleeps: list[float] = []
         self._advance = advance_on_sleep
 
-    def clock(self) -> float:
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
         return self.now
 
     def sleep(self, seconds: float) -> None:
@@ -281,11 +395,12 @@ class FakeTime:
 # -- the command line, in a test ------------------------------------------------------
 
 WRONG_KEY = "wrong-key-7d1e0b"
-DB_PASSWORD = "Hunter2pw77"
+DB_PASSWORD = "Hunter2pw77"  # PostgreSQL here trusts loopback: any password connects
 SECRETS = (API_KEY, WRONG_KEY, DB_PASSWORD)
 
 
 def script() -> str:
+    """The installed ``personyze-sync`` console script: beside this Python, or on PATH."""
     beside = Path(sys.executable).with_name("personyze-sync")
     found = str(beside) if beside.exists() else shutil.which("personyze-sync")
     assert found, "the personyze-sync console script is not installed"
@@ -333,3 +448,149 @@ def status_json(cli: Callable[..., Outcome], config: str) -> dict[str, Any]:
     assert result.code == 0, result.text
     (job,) = result.json()
     return job
+
+
+# -- the daemon, as a real process ----------------------------------------------------------
+
+
+class Daemon:
+    """A ``personyze-sync run`` subprocess and its HTTP endpoints, up once it is healthy."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log_path = log
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            [script(), "run", "-c", str(config), "--http-port", str(self.port),
+             "--log-format", "json"],
+            env={**os.environ, "TEST_API_KEY": API_KEY},
+            stdout=self._log,
+            stderr=self._log,
+        )  # fmt: skip
+        wait_until(self.alive, what="the health endpoint")
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+
+    def alive(self) -> bool:
+        try:
+            return self.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            assert self.process.poll() is None, self.logs()
+            return False
+
+    def metric(self, name: str, **labels: str) -> float:
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith(f"{name}{{{wanted}}} " if labels else f"{name} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+# -- the database servers, and what the state store holds ------------------------------------
+
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
+PG_PASSWORD = "Pg-S3cret.word99"
+MARIADB_PASSWORD = "Ma/ri@db:S3%cret!"  # characters a URL's user-info must percent-encode
+
+
+def with_password(url: str) -> str:
+    """A PostgreSQL URL of the tests' server with ``DB_PASSWORD`` in it."""
+    return url.replace("postgres@", f"postgres:{DB_PASSWORD}@")
+
+
+def psync_runs(url: str) -> list[dict[str, Any]]:
+    """The run history a state store holds (``psync_runs``), one dict a run."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT job, holder, started_at, ended_at, outcome, rows_sent FROM psync_runs")
+        )
+        rows = [dict(r._mapping) for r in found]
+    engine.dispose()
+    return rows
+
+
+def assert_one_user_per_row(sandbox: SandboxServer, rows: int) -> None:
+    """Rows 1..``rows`` are in the sandbox, each as exactly one user."""
+    users = users_by_internal_id(sandbox.users())
+    assert sorted(users, key=int) == [str(i) for i in range(1, rows + 1)]
+    doubled = [k for k, found in users.items() if len(found) != 1]
+    assert not doubled, f"rows that became several users: {doubled[:10]}"
+
+
+# -- secrets, in every form they may be written -----------------------------------------------
+
+KEYS_AND_PASSWORDS = (API_KEY, WRONG_KEY, PG_PASSWORD, MARIADB_PASSWORD)
+
+
+def forms(secret: str) -> set[str]:
+    """A secret as it may be written: raw, percent-encoded (either hex case, + for a space)
+    and base64."""
+    encoded = quote(secret, safe="")
+    b64 = base64.b64encode(secret.encode()).decode()
+    return {secret, encoded, encoded.lower(), quote_plus(secret), b64}
+
+
+def assert_no_secret(
+    text: str | bytes, where: str, secrets: Iterable[str] = KEYS_AND_PASSWORDS
+) -> None:
+    for secret in secrets:
+        for form in forms(secret):
+            needle: str | bytes = form.encode() if isinstance(text, bytes) else form
+            assert needle not in text, f"{where} holds a secret ({form!r}):\n{text!r}"
+
+
+def state_bytes(tmp_path: Path) -> bytes:
+    """The SQLite state store's files, write-ahead log included, and every row of it."""
+    files = sorted((tmp_path / "state").glob("state.db*"))
+    assert files
+    raw = b"".join(f.read_bytes() for f in files)
+    conn = sqlite3.connect(tmp_path / "state" / "state.db")
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        assert "psync_rejected" in tables and "psync_runs" in tables
+        rows = [repr(conn.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables]
+    finally:
+        conn.close()
+    return raw + "\n".join(rows).encode()
+
+
+# -- clients of the sandbox ------------------------------------------------------------------
+
+
+def sandbox_client(sandbox: SandboxServer, timeout: float = 5) -> httpx.Client:
+    """An httpx client of the sandbox, with its key."""
+    return httpx.Client(base_url=sandbox.url, auth=("api", sandbox.api_key), timeout=timeout)
+
+
+def make_client(
+    sandbox: SandboxServer, sleep: Callable[[float], None] = lambda _: None, **overrides: Any
+) -> PersonyzeClient:
+    """The sync's own client of the sandbox; ``sleep`` receives the waits between attempts."""
+    values: dict[str, Any] = {
+        "api_key": API_KEY, "base_url": sandbox.url, "requests_per_second": None,
+        "timeout_s": 5, "max_attempts": 4, "concurrency": 8,
+        "backoff_initial_s": 0.01, "backoff_max_s": 0.05,  # the pool's parked retries wait
+    }  # fmt: skip
+    values.update(overrides)
+    return PersonyzeClient(PersonyzeSettings(**values), sleep=sleep)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 
 from sync.alerts import Alerter, unusual_row_count
 from sync.config import AlertSettings
-from tests.support import Receiver
+from tests.support import Receiver, free_port
 
 TOKEN = "XYZsecretTOKEN"  # the part of a Slack webhook URL that is the secret
 
@@ -119,13 +118,6 @@ def test_unusual_row_count_message(receiver: Receiver) -> None:
         "personyze-sync: job customers sent 52000 rows, usually 120 "
         "(median of the last 10 runs): a broken source query or a mass update?",
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.mark.parametrize("webhook", ["answers 500", "unreachable"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -940,7 +939,7 @@ def test_the_cli_finds_one_store_from_any_working_directory(tmp_path: Path) -> N
             state_url="sqlite:///state/sync.db",
         )
         config = support.write_config(conf / "sync.yaml", doc)
-        script = str(Path(sys.executable).parent / "personyze-sync")
+        script = support.script()
         env = {**os.environ, "TEST_API_KEY": support.API_KEY}
 
         def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

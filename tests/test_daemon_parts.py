@@ -10,6 +10,7 @@ from sync.config import Schedule
 from sync.daemon import JobHealth, backoff, trigger_for
 from sync.extract.query import Position
 from sync.metrics import Metrics
+from tests.support import FakeClock
 
 MINUTE = timedelta(minutes=1)
 
@@ -64,8 +65,8 @@ def test_job_health_states(health: JobHealth, now: float, state: str) -> None:
 
 
 def test_metrics_render_in_prometheus_names_and_lag_grows_between_scrapes() -> None:
-    now = [1_000_000.0]
-    metrics = Metrics(clock=lambda: now[0])
+    wall = FakeClock(1_000_000.0)
+    metrics = Metrics(clock=wall)
     metrics.rows_done("customers", "sent", 5)
     metrics.rows_done("customers", "rejected", 1)
     metrics.response(200, 0.02)
@@ -90,5 +91,5 @@ def test_metrics_render_in_prometheus_names_and_lag_grows_between_scrapes() -> N
     ):
         assert line in text.splitlines(), line
     assert 'job="numbers"' not in text
-    now[0] += 60
+    wall.advance(60)
     assert 'personyze_sync_lag_seconds{job="customers"} 1060.0' in metrics.render().decode()

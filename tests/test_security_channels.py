@@ -1,6 +1,6 @@
 """Secrets with URL characters in them, searched for in every output there is.
 
-The secret tests of ``test_security.py``, continued (its helpers are used here): a
+The secret tests of ``test_security.py``, continued (with the same helpers): a
 password holding ``@ : / %`` put into a URL by ``${VAR}`` must reach the database
 intact and never show, not even the part a URL parser would take for the host; the
 API key, its Basic token and every password are looked for, raw, percent-encoded and
@@ -21,19 +21,23 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from sync.sandbox import SandboxServer
-from tests.conftest import MARIADB_PASSWORD, PG_SERVER
-from tests.integration.test_daemon import Daemon, wait_until
 from tests.support import (
     API_KEY,
+    MARIADB_PASSWORD,
+    PG_SERVER,
     WRONG_KEY,
+    Daemon,
     Receiver,
+    assert_no_secret,
     config_doc,
+    config_file,
     execute,
     make_customers,
     run_script,
+    state_bytes,
+    wait_until,
     write_config,
 )
-from tests.test_security import assert_no_secret, state_bytes, write
 
 
 @pytest.mark.parametrize("password", ["p@ss:w/rd%x#y", "Tail@0f-the-Secret"])
@@ -45,7 +49,7 @@ def test_a_password_spliced_into_a_url_may_hold_url_characters(
     database = pg_url.rsplit("/", 1)[1]
     monkeypatch.setenv("PG_PASSWORD", password)  # trust auth: any password connects
     url = f"postgresql://postgres:${{PG_PASSWORD}}@127.0.0.1:5432/{database}"
-    config = write(tmp_path, url, sandbox.url)
+    config = config_file(tmp_path, url, sandbox.url)
     tail = password.split("@", 1)[1]
 
     def check(*args: str) -> Any:

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 
@@ -21,97 +16,22 @@ from sync.sandbox import Faults, SandboxServer
 from tests.support import (
     API_KEY,
     BASE_TIME,
+    DB_PASSWORD,
+    Daemon,
     Receiver,
     change_customers,
     config_doc,
     customers,
     execute,
     make_customers,
+    script,
     users_by_internal_id,
+    wait_until,
+    with_password,
     write_config,
 )
 
-CLI = str(Path(sys.executable).parent / "personyze-sync")
-DB_PASSWORD = "pg-pass-7d41e"  # PostgreSQL here trusts loopback, so any password works
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-
-
-class Daemon:
-    """A ``personyze-sync run`` subprocess and its HTTP endpoints."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.port = free_port()
-        self.log_path = log
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [CLI, "run", "-c", str(config), "--http-port", str(self.port), "--log-format", "json"],
-            env={**os.environ, "TEST_API_KEY": API_KEY},
-            stdout=self._log,
-            stderr=self._log,
-        )
-        wait_until(self.alive, what="the health endpoint")
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
-
-    def alive(self) -> bool:
-        try:
-            return self.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            assert self.process.poll() is None, self.logs()
-            return False
-
-    def metric(self, name: str, **labels: str) -> float:
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in self.get("/metrics").text.splitlines():
-            if line.startswith(f"{name}{{{wanted}}} " if labels else f"{name} "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log.close()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-def with_password(url: str) -> str:
-    return url.replace("postgres@", f"postgres:{DB_PASSWORD}@")
+CLI = script()  # tests/integration/test_shards.py still imports it from here
 
 
 def test_changes_arrive_within_an_interval_and_the_metrics_count_them(
@@ -325,11 +245,15 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(
         wait_until(lambda: len(sandbox.requests) >= 20, what="the run to be under way")
         # from now on a request takes 3 s: the first signal's graceful stop waits for the
         # two in flight, and the second signal comes while it does
+        answered = len(sandbox.requests)
         sandbox.faults = Faults(latency_s=3.0)
-        time.sleep(0.2)
+        wait_until(
+            lambda: len(sandbox.requests) >= answered + 2,
+            what="the two fast requests in flight to be answered (the slow ones follow)",
+        )
         stopped_at = time.monotonic()
         daemon.signal(signal.SIGTERM)
-        time.sleep(0.2)
+        wait_until(lambda: "stopping: no new runs" in daemon.logs(), what="the first signal's stop")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(5) == 1
         assert time.monotonic() - stopped_at < 2, "the second signal did not exit at once"
@@ -337,7 +261,7 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(
         sandbox.faults = Faults()
 
         finish = subprocess.run(
-            [CLI, "once", "-c", str(config)],
+            [script(), "once", "-c", str(config)],
             env={**os.environ, "TEST_API_KEY": API_KEY},
             capture_output=True,
             timeout=120,

@@ -10,16 +10,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from sync.sandbox import Faults, SandboxServer
-from tests.support import API_KEY, config_doc, make_customers, write_config
-
-CLI = str(Path(sys.executable).parent / "personyze-sync")
+from tests.support import (
+    API_KEY,
+    config_doc,
+    free_port,
+    make_customers,
+    run_script,
+    script,
+    wait_until,
+    write_config,
+)
 
 
 def config(tmp_path: Path, api_url: str, **personyze: object) -> Path:
@@ -34,34 +39,20 @@ def config(tmp_path: Path, api_url: str, **personyze: object) -> Path:
     return write_config(tmp_path / "sync.yaml", doc)
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TEST_API_KEY": API_KEY}
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-
-
-def closed_port() -> int:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port: int = listener.getsockname()[1]
-    listener.close()
-    return port
-
-
 def test_validate_connect_with_the_api_port_closed_fails_at_once_naming_the_host(
     tmp_path: Path,
 ) -> None:
     """It printed nothing for 63 s, then a ConnectError without the URL."""
-    port = closed_port()
+    port = free_port()
     path = config(tmp_path, f"http://127.0.0.1:{port}/rest", max_attempts=8)
     started = time.monotonic()
-    done = run("validate", "--connect", "-c", str(path))
+    done = run_script("validate", "--connect", "-c", str(path))
     took = time.monotonic() - started
-    assert done.returncode != 0
-    assert f"could not connect to Personyze at 127.0.0.1:{port}" in done.stderr
-    assert "Connection refused" in done.stderr
+    assert done.code != 0
+    assert f"could not connect to Personyze at 127.0.0.1:{port}" in done.err
+    assert "Connection refused" in done.err
     assert took < 20  # one attempt: no backoff between eight
-    assert API_KEY not in done.stdout + done.stderr
+    assert API_KEY not in done.out + done.err
 
 
 def test_validate_connect_against_a_trickling_server_ends_at_timeout_s(tmp_path: Path) -> None:
@@ -70,10 +61,10 @@ def test_validate_connect_against_a_trickling_server_ends_at_timeout_s(tmp_path:
     with SandboxServer(API_KEY, faults=faults) as sandbox:
         path = config(tmp_path, sandbox.url, timeout_s=1, max_attempts=3)
         started = time.monotonic()
-        done = run("validate", "--connect", "-c", str(path))
+        done = run_script("validate", "--connect", "-c", str(path))
         took = time.monotonic() - started
-    assert done.returncode != 0
-    assert "did not answer within 1 s" in done.stderr, done.stderr
+    assert done.code != 0
+    assert "did not answer within 1 s" in done.err, done.err
     assert took < 20
 
 
@@ -84,28 +75,30 @@ def test_a_backfill_waiting_out_a_retry_stops_at_once_on_sigterm(tmp_path: Path)
         path = config(tmp_path, sandbox.url, backoff_initial_s=60, max_attempts=5)
         env = {**os.environ, "TEST_API_KEY": API_KEY}
         process = subprocess.Popen(
-            [CLI, "backfill", "-c", str(path), "customers", "--json"],
+            [script(), "backfill", "-c", str(path), "customers", "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
-        deadline = time.monotonic() + 30
-        while not any(r.method == "POST" for r in sandbox.requests):
-            assert time.monotonic() < deadline and process.poll() is None, "nothing was sent"
-            time.sleep(0.02)  # polls a condition: the first write was answered 503
+
+        def first_write_answered() -> bool:
+            assert process.poll() is None, "the backfill ended before it sent anything"
+            return any(r.method == "POST" for r in sandbox.requests)
+
+        wait_until(first_write_answered, timeout=30, what="the first write's 503")
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         out, err = process.communicate(timeout=30)
         took = time.monotonic() - started
         posts = sum(1 for r in sandbox.requests if r.method == "POST")
         sandbox.faults = Faults()
-        again = run("once", "-c", str(path))  # nothing was lost: the next run sends all
+        again = run_script("once", "-c", str(path))  # nothing was lost: the next run sends all
         users = sandbox.users()
     assert took < 10, err  # not the 60 s backoff
     assert process.returncode != 0, out
     assert posts == 5  # each row tried once; none retried after the stop
-    assert again.returncode == 0, again.stderr
+    assert again.code == 0, again.err
     assert sorted(u["email"] for u in users) == [f"user{i}@example.com" for i in range(1, 6)]
 
 
@@ -113,11 +106,11 @@ def test_each_retry_is_a_line_at_v(tmp_path: Path) -> None:
     faults = Faults(error_rate=0.5, writes_only=True, seed=3)
     with SandboxServer(API_KEY, faults=faults) as sandbox:
         path = config(tmp_path, sandbox.url, backoff_initial_s=0.01, max_attempts=20)
-        done = run("-v", "once", "-c", str(path))
-    assert done.returncode == 0, done.stderr
-    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        done = run_script("-v", "once", "-c", str(path))
+    assert done.code == 0, done.err
+    logged = [json.loads(line) for line in done.err.splitlines() if line.startswith("{")]
     retries = [e for e in logged if e["event"] == "request failed; retrying"]
-    assert retries, done.stderr  # the seeded draw fails some first attempts
+    assert retries, done.err  # the seeded draw fails some first attempts
     for retry in retries:
         assert retry["level"] == "info" and retry["logger"] == "sync.load"
         assert retry["request"].startswith("sending row ")

@@ -16,9 +16,18 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from sync.sandbox import Faults, SandboxServer
-from tests.integration.test_daemon import CLI, DB_PASSWORD, wait_until, with_password
-from tests.integration.test_replicas import assert_one_user_per_row, runs
-from tests.support import API_KEY, config_doc, make_customers, write_config
+from tests.support import (
+    API_KEY,
+    DB_PASSWORD,
+    assert_one_user_per_row,
+    config_doc,
+    make_customers,
+    psync_runs,
+    script,
+    wait_until,
+    with_password,
+    write_config,
+)
 
 ROWS = 600
 
@@ -64,7 +73,7 @@ def backfill(config: Path, *args: str, timeout: float = 120) -> subprocess.Compl
 
 def start_backfill(config: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [CLI, "backfill", "-c", str(config), "customers", "--json", *args],
+        [script(), "backfill", "-c", str(config), "customers", "--json", *args],
         env={**os.environ, "TEST_API_KEY": API_KEY},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -84,7 +93,7 @@ def test_the_shards_are_loaded_by_several_processes_each_row_once(
     assert '"read": 600' in done.stdout and '"sent": 600' in done.stdout
     assert_one_user_per_row(sandbox, ROWS)
     assert sum(1 for r in sandbox.requests if r.method == "POST") == ROWS
-    history = runs(pg_url)
+    history = psync_runs(pg_url)
     assert sorted(r["job"] for r in history) == [f"customers#{i}/3" for i in range(3)]
     assert len({r["holder"] for r in history}) == 2  # two processes, neither the parent
     assert {r["outcome"] for r in history} == {"success"}
@@ -108,7 +117,7 @@ def test_a_stop_reaches_every_process_and_the_next_backfill_finishes_the_rest(
     out, err = parent.communicate(timeout=60)
     assert parent.returncode != 0, out
     assert "stopped" in out + err
-    stopped = runs(pg_url)
+    stopped = psync_runs(pg_url)
     assert stopped and {r["outcome"] for r in stopped} <= {"stopped", "success"}
     sent_before = len(sandbox.requests)
     assert sent_before < ROWS  # it did stop

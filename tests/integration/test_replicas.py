@@ -17,10 +17,17 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from sync.sandbox import Faults, SandboxServer
-from tests.integration.test_daemon import Daemon, daemons, wait_until, with_password
-from tests.support import config_doc, make_customers, users_by_internal_id, write_config
-
-__all__ = ["daemons"]  # the fixture, shared
+from tests.support import (
+    Daemon,
+    assert_one_user_per_row,
+    config_doc,
+    make_customers,
+    psync_runs,
+    users_by_internal_id,
+    wait_until,
+    with_password,
+    write_config,
+)
 
 HOST = socket.gethostname()
 
@@ -38,17 +45,6 @@ def replica_config(
         job={"schedule": {"every": "1s"}, **job},
     )
     return write_config(tmp_path / "sync.yaml", doc)
-
-
-def runs(pg_url: str) -> list[dict[str, Any]]:
-    engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        found = conn.execute(
-            text("SELECT job, holder, started_at, ended_at, outcome, rows_sent FROM psync_runs")
-        )
-        rows = [dict(r._mapping) for r in found]
-    engine.dispose()
-    return rows
 
 
 def lease_holders(pg_url: str) -> dict[str, str]:
@@ -77,13 +73,6 @@ def assert_never_twice_at_once(all_runs: list[dict[str, Any]], killed_at: float 
             assert start >= end, f"two runs of {job} overlapped"
 
 
-def assert_one_user_per_row(sandbox: SandboxServer, rows: int) -> None:
-    users = users_by_internal_id(sandbox.users())
-    assert sorted(users, key=int) == [str(i) for i in range(1, rows + 1)]
-    doubled = [k for k, found in users.items() if len(found) != 1]
-    assert not doubled, f"rows that became several users: {doubled[:10]}"
-
-
 def test_three_replicas_never_run_a_job_twice_and_one_takes_over_from_a_killed_one(
     tmp_path: Path, pg_url: str, sandbox: SandboxServer, daemons: list[Daemon]
 ) -> None:
@@ -102,7 +91,7 @@ def test_three_replicas_never_run_a_job_twice_and_one_takes_over_from_a_killed_o
     killed_at = time.time()
 
     wait_until(lambda: len(sandbox.users()) >= rows, timeout=90, what="every row")
-    history = runs(pg_url)
+    history = psync_runs(pg_url)
     took_over = min(
         r["started_at"] for r in history if r["started_at"] > killed_at and r["holder"] != holder
     )
@@ -130,13 +119,13 @@ def test_a_sharded_job_is_loaded_by_three_replicas_in_parallel(
         daemons.append(Daemon(config, tmp_path / f"replica{i}.log"))
 
     wait_until(
-        lambda: sum(r["rows_sent"] for r in runs(pg_url)) >= rows,
+        lambda: sum(r["rows_sent"] for r in psync_runs(pg_url)) >= rows,
         timeout=90,
         what="runs that sent every row",
     )
     assert_one_user_per_row(sandbox, rows)
-    history = [r for r in runs(pg_url) if r["rows_sent"]]
+    history = [r for r in psync_runs(pg_url) if r["rows_sent"]]
     assert {r["job"] for r in history} == {f"customers#{i}/3" for i in range(3)}
     assert len({r["holder"] for r in history}) >= 2  # the shards were spread over replicas
-    assert_never_twice_at_once(runs(pg_url))
+    assert_never_twice_at_once(psync_runs(pg_url))
     assert sum(r["rows_sent"] for r in history) == rows  # each row sent once, by its shard

@@ -23,7 +23,7 @@ from sync.errors import AuthError, ConfigError, FatalError, RejectedError, Retri
 from sync.load.client import RANGE_PAGE, PersonyzeClient
 from sync.load.transport import ConnectionPerThread
 from sync.sandbox import Faults, SandboxServer
-from tests.support import API_KEY, FakeTime, LoopbackServer
+from tests.support import API_KEY, FakeClock, LoopbackServer, wait_until
 
 
 def settings(url: str, **overrides: Any) -> PersonyzeSettings:
@@ -51,13 +51,6 @@ def client(sandbox: SandboxServer, sleeps: list[float]) -> Iterator[PersonyzeCli
 
 def without_stamp(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in u.items() if k != "data_last_modified"} for u in users]
-
-
-def wait_for_log(sandbox: SandboxServer, count: int, timeout: float = 5.0) -> None:
-    """The sandbox records a request when it ends: wait for slow ones to finish."""
-    deadline = time.monotonic() + timeout
-    while len(sandbox.requests) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 # --- writes and credentials ------------------------------------------------------
@@ -288,8 +281,9 @@ def test_a_server_slower_than_the_timeout_is_a_retriable_error(
     assert f"Personyze at {host} did not answer within 0.1 s" in str(caught.value)
     assert caught.value.unapplied is False
     assert len(sleeps) == attempts - 1
-    wait_for_log(sandbox, attempts)
-    time.sleep(0.1)
+    # the sandbox records a request when it ends: wait for the slow ones to finish
+    wait_until(lambda: len(sandbox.requests) >= attempts, timeout=5, what="every attempt")
+    time.sleep(0.1)  # not an ordering: a quiet window, one timeout long, for an extra attempt
     assert len(sandbox.requests) == attempts
 
 
@@ -300,9 +294,9 @@ def test_a_server_slower_than_the_timeout_is_a_retriable_error(
 def test_requests_per_second_ceiling_paces_real_requests(
     sandbox: SandboxServer, rate: float, count: int
 ) -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     with PersonyzeClient(
-        settings(sandbox.url, requests_per_second=rate), sleep=fake.sleep, clock=fake.clock
+        settings(sandbox.url, requests_per_second=rate), sleep=fake.sleep, clock=fake
     ) as c:
         for i in range(count):
             c.upsert({"email": f"user{i}@example.com"})
@@ -358,16 +352,15 @@ def test_https_anywhere_and_http_to_loopback_are_allowed(url: str, allow: bool) 
 
 
 def test_users_changed_since_pages_by_keyset_through_a_crowded_second() -> None:
-    now = [1_700_000_000.0]
-    with SandboxServer(API_KEY, clock=lambda: now[0]) as sandbox:
+    wall = FakeClock(1_700_000_000.0)
+    with SandboxServer(API_KEY, clock=wall) as sandbox:
         store = sandbox.store
         for i in range(5):  # before the watermark
             store.upsert({"email": f"old{i}@example.com"})
-        now[0] += 100
-        since = int(now[0])
+        since = int(wall.advance(100))
         for i in range(250):  # all in one second
             store.upsert({"email": f"user{i}@example.com", "internal_id": f"row-{i}"})
-        now[0] += 5
+        wall.advance(5)
         for i in range(70):
             store.upsert({"email": f"late{i}@example.com"})
         store.upsert({"email": "old1@example.com", "first_name": "Changed"})  # moves to now
@@ -546,9 +539,7 @@ def test_a_stop_ends_a_wait_between_attempts_at_once(
 
         waiting = threading.Thread(target=check)
         waiting.start()
-        deadline = time.monotonic() + 10
-        while not sandbox.requests and time.monotonic() < deadline:
-            time.sleep(0.01)  # polls a condition: the first attempt was answered
+        wait_until(lambda: sandbox.requests, timeout=10, what="the first attempt's answer")
         stop.set()
         waiting.join(5)
     assert not waiting.is_alive()

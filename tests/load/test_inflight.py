@@ -10,8 +10,7 @@ import pytest
 from sync.load.inflight import HEADROOM, WINDOW, InFlightLimit, needed, unloaded
 from sync.load.writer import Outgoing, SenderThreads, Writer
 from sync.sandbox import Faults, SandboxServer
-from tests.load.test_writer import make_client
-from tests.support import API_KEY
+from tests.support import API_KEY, FakeClock, make_client
 
 
 @pytest.mark.parametrize(
@@ -33,14 +32,6 @@ def test_requests_needed_cover_the_round_trip(
     assert needed(round_trip, cpu, ceiling) == want
 
 
-class CpuClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize(
     ("round_trips", "want"),
     [
@@ -57,7 +48,7 @@ def test_the_unloaded_round_trip_is_the_10th_percentile(
 
 
 def test_the_limit_is_set_again_each_window_of_delivered_rows() -> None:
-    cpu = CpuClock()
+    cpu = FakeClock(0.0)
     limit = InFlightLimit(32, cpu_clock=cpu)
     assert limit.limit == 32
     for _ in range(WINDOW - 1):
@@ -74,7 +65,7 @@ def test_the_limit_is_set_again_each_window_of_delivered_rows() -> None:
 
 
 def test_a_thread_waits_for_a_place_and_one_over_the_limit_leaves() -> None:
-    cpu = CpuClock()
+    cpu = FakeClock(0.0)
     limit = InFlightLimit(2, cpu_clock=cpu)
     limit.enter()
     limit.enter()
@@ -121,7 +112,9 @@ def test_a_short_round_trip_keeps_a_few_threads_at_work_and_a_long_one_all() -> 
 def test_threads_sleeping_over_the_limit_still_end_at_shutdown() -> None:
     pool = SenderThreads(8, name="test-send")
     pool.in_flight.limit = 1
-    finished = [pool.submit(time.sleep, 0.01) for _ in range(20)]
+    finished: list[object] = []
+    for _ in range(20):
+        pool.run(time.sleep, 0.01, finished.append)
     pool.shutdown()
-    assert all(f.done() for f in finished)
+    assert len(finished) == 20
     assert not any(t.is_alive() for t in pool._threads)

@@ -12,11 +12,11 @@ import random
 import pytest
 
 from sync.load.pacing import FLOOR, MIN_ANSWERS, Pacing
-from tests.support import FakeTime
+from tests.support import FakeClock
 
 
 def window(
-    pacing: Pacing, fake: FakeTime, answers: int, limited: int, seconds: float = 1.0
+    pacing: Pacing, fake: FakeClock, answers: int, limited: int, seconds: float = 1.0
 ) -> None:
     """One window of ``answers`` evenly spread over ``seconds``, ``limited`` of them 429."""
     start = fake.now
@@ -27,7 +27,7 @@ def window(
 
 
 def server_limited(
-    pacing: Pacing, fake: FakeTime, limit: float, windows: int
+    pacing: Pacing, fake: FakeClock, limit: float, windows: int
 ) -> tuple[float, float]:
     """Windows against a server limiting at ``limit``/s: we send at the pacing's rate (or
     at 10× the limit when unpaced); the answers past the limit are 429. Returns the
@@ -45,8 +45,8 @@ def server_limited(
 
 
 def test_a_real_limit_is_found_in_one_window_and_held_with_few_429s() -> None:
-    fake = FakeTime()
-    pacing = Pacing(None, fake.clock, fake.sleep)
+    fake = FakeClock()
+    pacing = Pacing(None, fake, fake.sleep)
     window(pacing, fake, 1000, 900)  # unpaced: 1000/s against a limit of 100/s
     assert pacing.rate == pytest.approx(100 * 0.95)
     rate, share = server_limited(pacing, fake, 100.0, 120)
@@ -54,8 +54,8 @@ def test_a_real_limit_is_found_in_one_window_and_held_with_few_429s() -> None:
 
 
 def test_random_429s_that_do_not_follow_our_rate_do_not_slow_us() -> None:
-    fake = FakeTime()
-    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    fake = FakeClock()
+    pacing = Pacing(50.0, fake, fake.sleep)
     draw = random.Random(7)
     rates = []
     for _ in range(120):
@@ -68,8 +68,8 @@ def test_random_429s_that_do_not_follow_our_rate_do_not_slow_us() -> None:
 
 
 def test_a_cut_that_did_not_lessen_the_429s_is_undone() -> None:
-    fake = FakeTime()
-    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    fake = FakeClock()
+    pacing = Pacing(50.0, fake, fake.sleep)
     window(pacing, fake, 50, 5)  # 10 %: once may be chance
     assert pacing.rate == 50.0
     window(pacing, fake, 50, 5)  # twice: a cut
@@ -81,8 +81,8 @@ def test_a_cut_that_did_not_lessen_the_429s_is_undone() -> None:
 
 
 def test_without_429s_the_rate_climbs_back_with_time_up_to_the_ceiling() -> None:
-    fake = FakeTime()
-    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    fake = FakeClock()
+    pacing = Pacing(50.0, fake, fake.sleep)
     window(pacing, fake, 50, 25)  # half the answers 429: at once
     cut = pacing.rate
     assert cut is not None and cut < 25
@@ -94,8 +94,8 @@ def test_without_429s_the_rate_climbs_back_with_time_up_to_the_ceiling() -> None
 
 def test_the_rate_never_falls_below_the_floor() -> None:
     """A server that allows one request in five seconds: we stay at the floor."""
-    fake = FakeTime()
-    pacing = Pacing(50.0, fake.clock, fake.sleep)
+    fake = FakeClock()
+    pacing = Pacing(50.0, fake, fake.sleep)
     for _ in range(20):
         rate = pacing.rate or 50.0
         seconds = MIN_ANSWERS / rate
@@ -106,8 +106,8 @@ def test_the_rate_never_falls_below_the_floor() -> None:
 
 
 def test_without_a_ceiling_or_429s_nothing_is_paced() -> None:
-    fake = FakeTime()
-    pacing = Pacing(None, fake.clock, fake.sleep)
+    fake = FakeClock()
+    pacing = Pacing(None, fake, fake.sleep)
     window(pacing, fake, 500, 0)
     for _ in range(100):
         pacing.take()
@@ -131,8 +131,8 @@ def test_without_a_ceiling_or_429s_nothing_is_paced() -> None:
 def test_the_token_bucket_spaces_requests_at_the_rate_in_force(
     rate: float | None, gaps: list[float], advance: bool, expected: list[float]
 ) -> None:
-    fake = FakeTime(advance_on_sleep=advance)
-    bucket = Pacing(rate, fake.clock, fake.sleep)
+    fake = FakeClock(advance_on_sleep=advance)
+    bucket = Pacing(rate, fake, fake.sleep)
     for gap in gaps:
         fake.now += gap
         bucket.take()

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
 
 import h2.config
 import h2.connection
@@ -24,45 +23,13 @@ import pytest
 
 from sync.load.transport import AnswerTooLarge, BoundedConnection, ConnectionPerThread
 from sync.sandbox.server import SandboxServer
-from tests.support import API_KEY, self_signed_certificate
+from tests.support import API_KEY, SocketServer, self_signed_certificate, wait_until
 
 TIMEOUT = {"timeout": httpx.Timeout(5).as_dict()}
 
 # What a scripted connection does with each request it reads: answer these bytes and go
 # on (bytes), answer them and hang up (a tuple), or hang up at once (None).
 Reply = bytes | tuple[bytes, str] | None
-
-
-class SocketServer:
-    """A socket server on loopback: each connection is talked to by a thread of its own."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.tls = tls
-        self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-        self.listener.close()
-        self.thread.join(5)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
-
-    def _talk(self, conn: socket.socket) -> None:
-        raise NotImplementedError
 
 
 class ScriptedServer(SocketServer):
@@ -207,9 +174,10 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() 
         kept = plain()
         url = f"http://127.0.0.1:{server.port}/rest/users"
         answers = []
-        for _ in range(3):
+        for n in range(1, 4):
             answers.append(post(kept, url).json())
-            time.sleep(0.05)  # the server's FIN arrives while the connection is idle
+            # the server hangs up (its FIN arrives) while the connection is idle
+            wait_until(lambda n=n: server.ended == n, what=f"the server to close connection {n}")
         kept.close()
     assert answers == [1, 2, 3]
     assert server.connections == 3  # each request on a new connection, none lost
@@ -447,41 +415,37 @@ def test_a_server_that_picks_http2_is_spoken_to_in_http2(certificate: tuple[Path
     assert server.requests == 3
 
 
+class HelloCatcher(SocketServer):
+    """Keeps the first bytes a client sends (a TLS ClientHello, in clear), then hangs up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hello: list[bytes] = []
+
+    def _talk(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            self.hello.append(conn.recv(4096))
+
+
 def test_the_client_offers_http2_when_it_speaks_tls() -> None:
     """HTTP/2 is negotiated by ALPN: the TLS ClientHello must offer "h2"."""
-    import socket
-    import threading
-
     from pydantic import SecretStr
 
     from sync.config import PersonyzeSettings
     from sync.errors import SyncError
     from sync.load.client import PersonyzeClient
 
-    hello: list[bytes] = []
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-
-    def accept() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(5)
-            hello.append(conn.recv(4096))  # the ClientHello, in clear; then hang up
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    port = server.getsockname()[1]
-    settings = PersonyzeSettings(
-        api_key=SecretStr("k"),
-        base_url=f"https://127.0.0.1:{port}/rest",
-        max_attempts=1,
-        requests_per_second=None,
-        timeout_s=5,
-    )
-    with PersonyzeClient(settings) as client, pytest.raises(SyncError):
-        client.check_key()
-    thread.join(5)
-    server.close()
-    assert hello and hello[0][:1] == b"\x16"  # a TLS handshake record
-    assert b"\x02h2" in hello[0] and b"\x08http/1.1" in hello[0]
+    with HelloCatcher() as server:
+        settings = PersonyzeSettings(
+            api_key=SecretStr("k"),
+            base_url=f"https://127.0.0.1:{server.port}/rest",
+            max_attempts=1,
+            requests_per_second=None,
+            timeout_s=5,
+        )
+        with PersonyzeClient(settings) as client, pytest.raises(SyncError):
+            client.check_key()
+        hello = wait_until(lambda: server.hello, timeout=5, what="the ClientHello")[0]
+    assert hello[:1] == b"\x16"  # a TLS handshake record
+    assert b"\x02h2" in hello and b"\x08http/1.1" in hello

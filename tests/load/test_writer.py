@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -25,19 +25,7 @@ from sync.load.writer import (
     Writer,
 )
 from sync.sandbox import Faults, RecordedRequest, SandboxServer
-from tests.support import API_KEY, LoopbackServer, users_by_internal_id
-
-
-def make_client(
-    sandbox: SandboxServer, sleep: Callable[[float], None] = lambda _: None, **overrides: Any
-) -> PersonyzeClient:
-    values: dict[str, Any] = {
-        "api_key": API_KEY, "base_url": sandbox.url, "requests_per_second": None,
-        "timeout_s": 5, "max_attempts": 4, "concurrency": 8,
-        "backoff_initial_s": 0.01, "backoff_max_s": 0.05,  # the pool's parked retries wait
-    }  # fmt: skip
-    values.update(overrides)
-    return PersonyzeClient(PersonyzeSettings(**values), sleep=sleep)
+from tests.support import API_KEY, LoopbackServer, make_client, users_by_internal_id
 
 
 def writer(client: PersonyzeClient, pool: SenderThreads) -> Writer:

@@ -7,7 +7,6 @@ value wrong, no duplicate user.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from tests.reliability.harness import (
     sync_config,
     wait_for_posts,
 )
-from tests.support import API_KEY
+from tests.support import API_KEY, wait_until
 
 
 @pytest.fixture
@@ -72,10 +71,7 @@ def test_writes_applied_after_their_timeout_are_adopted_not_resent(
             output = run_to_end(config)
             late = sum(1 for r in sandbox.requests if r.fault == "late_apply")
             assert late > 20 and "unresolved" in output  # the fault landed
-            deadline = time.monotonic() + 30
-            while sandbox.late_pending():  # until every late write has landed
-                assert time.monotonic() < deadline, "late writes never landed"
-                time.sleep(0.05)
+            wait_until(lambda: not sandbox.late_pending(), timeout=30, what="the late writes")
             sandbox.faults = Faults()
             settle(config)
         outcome = assert_sandbox_equals_source(source, sandbox)

@@ -4,15 +4,12 @@ answers, endless bodies), their validation, and the ``sandbox`` command's option
 from __future__ import annotations
 
 import base64
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,35 +18,22 @@ from click.testing import CliRunner
 from sync.cli import cli
 from sync.sandbox import Faults, SandboxServer
 from sync.sandbox.faults import FaultDrawer, TokenBucket
-
-KEY = "test-key"
-
-
-@pytest.fixture
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(KEY) as api:
-        yield api
-
-
-def connect(api: SandboxServer, timeout: float = 5) -> httpx.Client:
-    return httpx.Client(base_url=api.url, auth=("api", KEY), timeout=timeout)
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 10) -> None:
-    """Poll a condition until it holds (the test never sleeps a fixed time)."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
+from tests.support import (
+    API_KEY,
+    FakeClock,
+    free_port,
+    sandbox_client,
+    script,
+    wait_until,
+)
 
 # --- wrong shape -----------------------------------------------------------------
 
 
-def test_wrong_shape_answers_an_object_to_reads(server: SandboxServer) -> None:
-    server.store.upsert({"email": "a@x.com"})
-    server.faults = Faults(wrong_shape_rate=1.0, include_account=True)
-    with connect(server) as c:
+def test_wrong_shape_answers_an_object_to_reads(sandbox: SandboxServer) -> None:
+    sandbox.store.upsert({"email": "a@x.com"})
+    sandbox.faults = Faults(wrong_shape_rate=1.0, include_account=True)
+    with sandbox_client(sandbox) as c:
         for target in ("/users/order_by/user_id", "/users/where/email=a@x.com", "/users/1"):
             response = c.get(target)
             assert response.status_code == 200
@@ -59,17 +43,17 @@ def test_wrong_shape_answers_an_object_to_reads(server: SandboxServer) -> None:
         assert c.post("/users", json={"email": "b@x.com"}).json() == 2
         assert c.put("/users/2", json={"n": 1}).json() == 1
         assert c.get("/account").json() == {"account_id": 1, "name": "sandbox"}
-    assert [r.fault for r in server.requests] == ["wrong_shape"] * 3 + [None] * 3
-    assert [u["email"] for u in server.users()] == ["a@x.com", "b@x.com"]
-    server.faults = Faults()
-    with connect(server) as c:
+    assert [r.fault for r in sandbox.requests] == ["wrong_shape"] * 3 + [None] * 3
+    assert [u["email"] for u in sandbox.users()] == ["a@x.com", "b@x.com"]
+    sandbox.faults = Faults()
+    with sandbox_client(sandbox) as c:
         assert c.get("/users/order_by/user_id/column/user_id").json() == [1, 2]
 
 
-def test_wrong_shape_is_deterministic_with_a_seed(server: SandboxServer) -> None:
+def test_wrong_shape_is_deterministic_with_a_seed(sandbox: SandboxServer) -> None:
     def run() -> list[bool]:
-        server.faults = Faults(wrong_shape_rate=0.5, seed=11)
-        with connect(server) as c:
+        sandbox.faults = Faults(wrong_shape_rate=0.5, seed=11)
+        with sandbox_client(sandbox) as c:
             return [isinstance(c.get("/users/order_by/user_id").json(), list) for _ in range(30)]
 
     first = run()
@@ -80,60 +64,60 @@ def test_wrong_shape_is_deterministic_with_a_seed(server: SandboxServer) -> None
 # --- late apply ------------------------------------------------------------------
 
 
-def test_late_apply_lands_after_the_client_gave_up(server: SandboxServer) -> None:
-    server.faults = Faults(late_apply_rate=1.0, late_apply_s=1.0)
-    assert server.late_pending() == 0
-    with connect(server, timeout=0.2) as c, pytest.raises(httpx.ReadTimeout):
+def test_late_apply_lands_after_the_client_gave_up(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(late_apply_rate=1.0, late_apply_s=1.0)
+    assert sandbox.late_pending() == 0
+    with sandbox_client(sandbox, timeout=0.2) as c, pytest.raises(httpx.ReadTimeout):
         c.post("/users", json={"email": "a@x.com"})
-    wait_for(lambda: server.late_pending() == 1)
-    assert server.users() == []  # not yet: the client gave up before the change landed
-    wait_for(lambda: server.late_pending() == 0)
-    assert [u["email"] for u in server.users()] == ["a@x.com"]
-    (recorded,) = server.requests
+    wait_until(lambda: sandbox.late_pending() == 1)
+    assert sandbox.users() == []  # not yet: the client gave up before the change landed
+    wait_until(lambda: sandbox.late_pending() == 0)
+    assert [u["email"] for u in sandbox.users()] == ["a@x.com"]
+    (recorded,) = sandbox.requests
     assert (recorded.method, recorded.status, recorded.fault) == ("POST", None, "late_apply")
     assert recorded.end - recorded.start >= 1.0
 
 
-def test_late_apply_covers_put_and_delete_and_spares_reads(server: SandboxServer) -> None:
-    server.store.upsert({"email": "a@x.com", "n": 1})
-    server.store.upsert({"email": "b@x.com"})
-    server.faults = Faults(late_apply_rate=1.0, late_apply_s=0.5)
-    with connect(server, timeout=0.1) as c:
+def test_late_apply_covers_put_and_delete_and_spares_reads(sandbox: SandboxServer) -> None:
+    sandbox.store.upsert({"email": "a@x.com", "n": 1})
+    sandbox.store.upsert({"email": "b@x.com"})
+    sandbox.faults = Faults(late_apply_rate=1.0, late_apply_s=0.5)
+    with sandbox_client(sandbox, timeout=0.1) as c:
         with pytest.raises(httpx.ReadTimeout):
             c.put("/users/where/email=a@x.com", json={"n": 2})
         with pytest.raises(httpx.ReadTimeout):
             c.delete("/users/2")
         assert c.get("/users/1/column/n").json() == 1  # a read is served at once
-    wait_for(lambda: server.late_pending() == 0)
-    assert [(u["email"], u["n"]) for u in server.users()] == [("a@x.com", 2)]
-    assert [r.fault for r in server.requests if r.method == "GET"] == [None]
-    assert {r.fault for r in server.requests if r.method != "GET"} == {"late_apply"}
+    wait_until(lambda: sandbox.late_pending() == 0)
+    assert [(u["email"], u["n"]) for u in sandbox.users()] == [("a@x.com", 2)]
+    assert [r.fault for r in sandbox.requests if r.method == "GET"] == [None]
+    assert {r.fault for r in sandbox.requests if r.method != "GET"} == {"late_apply"}
 
 
-def test_a_late_write_overwrites_a_newer_one(server: SandboxServer) -> None:
+def test_a_late_write_overwrites_a_newer_one(sandbox: SandboxServer) -> None:
     """The hazard the fault exists for: a resend lands first, the lost original after."""
-    server.faults = Faults(late_apply_rate=1.0, late_apply_s=0.5)
-    with connect(server, timeout=0.1) as c, pytest.raises(httpx.ReadTimeout):
+    sandbox.faults = Faults(late_apply_rate=1.0, late_apply_s=0.5)
+    with sandbox_client(sandbox, timeout=0.1) as c, pytest.raises(httpx.ReadTimeout):
         c.post("/users", json={"email": "a@x.com", "n": "old"})
-    server.faults = Faults()
-    with connect(server) as c:
+    sandbox.faults = Faults()
+    with sandbox_client(sandbox) as c:
         assert c.post("/users", json={"email": "a@x.com", "n": "new"}).json() == 1
-    wait_for(lambda: server.late_pending() == 0)
-    assert [u["n"] for u in server.users()] == ["old"]
+    wait_until(lambda: sandbox.late_pending() == 0)
+    assert [u["n"] for u in sandbox.users()] == ["old"]
 
 
 def test_stop_abandons_late_writes_without_waiting() -> None:
-    api = SandboxServer(KEY, faults=Faults(late_apply_rate=1.0, late_apply_s=60)).start()
+    api = SandboxServer(API_KEY, faults=Faults(late_apply_rate=1.0, late_apply_s=60)).start()
     try:
-        with connect(api, timeout=0.1) as c, pytest.raises(httpx.ReadTimeout):
+        with sandbox_client(api, timeout=0.1) as c, pytest.raises(httpx.ReadTimeout):
             c.post("/users", json={"email": "a@x.com"})
-        wait_for(lambda: api.late_pending() == 1)
+        wait_until(lambda: api.late_pending() == 1)
     finally:
         started = time.monotonic()
         api.stop()
         stopped_in = time.monotonic() - started
     assert stopped_in < 5
-    wait_for(lambda: api.late_pending() == 0)
+    wait_until(lambda: api.late_pending() == 0)
     assert api.users() == []  # abandoned, never applied
 
 
@@ -179,16 +163,8 @@ def test_new_fault_defaults() -> None:
 # --- the draw: where the new kinds sit ------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_token_bucket_refills_caps_and_says_when() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     bucket = TokenBucket(rate=2, burst=3, clock=clock)
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
     assert bucket.retry_after() == 1  # a token in 0.5 s, rounded up
@@ -206,7 +182,7 @@ def test_token_bucket_refills_caps_and_says_when() -> None:
 
 
 def test_the_limit_gate_comes_first_and_takes_no_draw() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     plain = FaultDrawer(Faults(error_rate=0.5, seed=5))
     gated = FaultDrawer(Faults(error_rate=0.5, seed=5, limit_rps=1, limit_burst=2), clock)
     served: list[str | None] = []
@@ -244,11 +220,11 @@ def test_trickle_and_endless_join_the_seeded_draw() -> None:
 # --- the rate limit over HTTP ---------------------------------------------------
 
 
-def test_limit_rps_answers_429_beyond_the_bucket(server: SandboxServer) -> None:
+def test_limit_rps_answers_429_beyond_the_bucket(sandbox: SandboxServer) -> None:
     started = time.monotonic()  # before the bucket exists: bounds what it can refill
-    server.faults = Faults(limit_rps=5)  # burst: one second's worth, 5
+    sandbox.faults = Faults(limit_rps=5)  # burst: one second's worth, 5
     served = limited = 0
-    with connect(server) as c:
+    with sandbox_client(sandbox) as c:
         deadline = time.monotonic() + 20
         while served < 8:  # the burst, then 3 more refilled: wait on that, not a clock
             assert time.monotonic() < deadline, "the bucket never refilled"
@@ -263,54 +239,54 @@ def test_limit_rps_answers_429_beyond_the_bucket(server: SandboxServer) -> None:
     elapsed = time.monotonic() - started
     assert served <= 5 + 5 * elapsed + 1
     assert limited >= 1
-    assert server.limited() == limited
-    assert len(server.users()) == served  # a refused write is not applied
-    log = server.requests
+    assert sandbox.limited() == limited
+    assert len(sandbox.users()) == served  # a refused write is not applied
+    log = sandbox.requests
     assert sum(1 for r in log if r.fault == "limit_rps" and r.status == 429) == limited
     assert sum(1 for r in log if r.fault is None and r.status == 200) == served
-    server.reset()
-    assert server.limited() == 0
+    sandbox.reset()
+    assert sandbox.limited() == 0
 
 
-def test_limit_rps_serves_everything_within_it(server: SandboxServer) -> None:
-    server.faults = Faults(limit_rps=1000, limit_burst=50)
-    with connect(server) as c:
+def test_limit_rps_serves_everything_within_it(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(limit_rps=1000, limit_burst=50)
+    with sandbox_client(sandbox) as c:
         statuses = {c.get("/users/order_by/user_id").status_code for _ in range(40)}
     assert statuses == {200}
-    assert server.limited() == 0
-    server.faults = Faults(limit_rps=1, limit_burst=1)
-    with connect(server) as c:
+    assert sandbox.limited() == 0
+    sandbox.faults = Faults(limit_rps=1, limit_burst=1)
+    with sandbox_client(sandbox) as c:
         assert [c.get("/users/order_by/user_id").status_code for _ in range(3)] == [200, 429, 429]
         # once a token is free again the next request is served: wait on that condition
-        wait_for(lambda: c.get("/users/order_by/user_id").status_code == 200)
+        wait_until(lambda: c.get("/users/order_by/user_id").status_code == 200)
 
 
-def test_limit_rps_counts_only_the_fault_scope(server: SandboxServer) -> None:
-    server.faults = Faults(limit_rps=0.5, limit_burst=1, writes_only=True)
-    with connect(server) as c:
+def test_limit_rps_counts_only_the_fault_scope(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(limit_rps=0.5, limit_burst=1, writes_only=True)
+    with sandbox_client(sandbox) as c:
         assert {c.get("/users/order_by/user_id").status_code for _ in range(10)} == {200}
         assert {c.get("/account").status_code for _ in range(5)} == {200}
         assert c.post("/users", json={"email": "a@x.com"}).status_code == 200
         response = c.put("/users/1", json={"n": 1})
         assert response.status_code == 429
         assert response.headers["retry-after"] in ("1", "2")  # 2 s a token, rounded up
-    assert server.limited() == 1
-    assert [u.get("n") for u in server.users()] == [None]  # the refused PUT not applied
-    server.faults = Faults(limit_rps=0.5, limit_burst=1, include_account=True)
-    with connect(server) as c:
+    assert sandbox.limited() == 1
+    assert [u.get("n") for u in sandbox.users()] == [None]  # the refused PUT not applied
+    sandbox.faults = Faults(limit_rps=0.5, limit_burst=1, include_account=True)
+    with sandbox_client(sandbox) as c:
         assert [c.get("/account").status_code for _ in range(2)] == [200, 429]
         assert c.get("/users/1").status_code == 429  # one bucket for both
-    assert server.limited() == 3
+    assert sandbox.limited() == 3
 
 
-def test_limit_rps_is_thread_safe(server: SandboxServer) -> None:
+def test_limit_rps_is_thread_safe(sandbox: SandboxServer) -> None:
     started = time.monotonic()
-    server.faults = Faults(limit_rps=20, limit_burst=10)
+    sandbox.faults = Faults(limit_rps=20, limit_burst=10)
     statuses: list[int] = []
     lock = threading.Lock()
 
     def hammer() -> None:
-        with connect(server) as c:
+        with sandbox_client(sandbox) as c:
             mine = [c.get("/users/order_by/user_id").status_code for _ in range(30)]
         with lock:
             statuses.extend(mine)
@@ -324,7 +300,7 @@ def test_limit_rps_is_thread_safe(server: SandboxServer) -> None:
     assert len(statuses) == 240 and set(statuses) <= {200, 429}
     served = statuses.count(200)
     assert 10 <= served <= 10 + 20 * elapsed + 1
-    assert server.limited() == statuses.count(429) > 0
+    assert sandbox.limited() == statuses.count(429) > 0
 
 
 # --- trickled answers -----------------------------------------------------------
@@ -332,7 +308,7 @@ def test_limit_rps_is_thread_safe(server: SandboxServer) -> None:
 
 def raw_request(api: SandboxServer, method: str, target: str, body: bytes = b"") -> socket.socket:
     """A connection with one request sent (Connection: close), for reading raw bytes."""
-    auth = base64.b64encode(f"api:{KEY}".encode()).decode()
+    auth = base64.b64encode(f"api:{API_KEY}".encode()).decode()
     sock = socket.create_connection((api.host, api.port), timeout=10)
     sock.sendall(
         f"{method} /rest{target} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
@@ -351,10 +327,10 @@ def read_all(sock: socket.socket) -> list[bytes]:
     return pieces
 
 
-def test_trickle_sends_the_answer_byte_by_byte(server: SandboxServer) -> None:
-    server.faults = Faults(trickle_rate=1.0, trickle_s=0.01)
+def test_trickle_sends_the_answer_byte_by_byte(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(trickle_rate=1.0, trickle_s=0.01)
     started = time.monotonic()
-    with raw_request(server, "GET", "/users/order_by/user_id") as sock:
+    with raw_request(sandbox, "GET", "/users/order_by/user_id") as sock:
         pieces = read_all(sock)
     elapsed = time.monotonic() - started
     data = b"".join(pieces)
@@ -364,32 +340,32 @@ def test_trickle_sends_the_answer_byte_by_byte(server: SandboxServer) -> None:
     assert elapsed >= (len(data) - 1) * 0.01
     assert len(pieces) >= len(data) // 2  # a byte at a time (a busy client may merge a few)
     assert sum(1 for p in pieces if len(p) == 1) >= len(pieces) // 2
-    (recorded,) = server.requests
+    (recorded,) = sandbox.requests
     assert (recorded.status, recorded.fault) == (200, "trickle")
 
 
-def test_a_trickled_write_is_applied_and_answered_in_full(server: SandboxServer) -> None:
-    server.faults = Faults(trickle_rate=1.0, trickle_s=0.001)
-    with connect(server) as c:  # each read waits 1 ms: no read timeout ever trips
+def test_a_trickled_write_is_applied_and_answered_in_full(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(trickle_rate=1.0, trickle_s=0.001)
+    with sandbox_client(sandbox) as c:  # each read waits 1 ms: no read timeout ever trips
         assert c.post("/users", json={"email": "a@x.com"}).json() == 1
         assert c.put("/users/1", json={"n": 2}).json() == 1
-    assert [(u["email"], u["n"]) for u in server.users()] == [("a@x.com", 2)]
-    assert {r.fault for r in server.requests} == {"trickle"}
+    assert [(u["email"], u["n"]) for u in sandbox.users()] == [("a@x.com", 2)]
+    assert {r.fault for r in sandbox.requests} == {"trickle"}
 
 
-def test_a_client_leaving_a_trickle_leaves_the_server_healthy(server: SandboxServer) -> None:
-    server.faults = Faults(trickle_rate=1.0, trickle_s=0.05)
-    with raw_request(server, "GET", "/users/order_by/user_id") as sock:
+def test_a_client_leaving_a_trickle_leaves_the_server_healthy(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(trickle_rate=1.0, trickle_s=0.05)
+    with raw_request(sandbox, "GET", "/users/order_by/user_id") as sock:
         assert sock.recv(1) == b"H"
-    wait_for(lambda: len(server.requests) == 1)  # the server noticed, and stopped writing
-    assert (server.requests[0].status, server.requests[0].fault) == (None, "trickle")
-    server.faults = Faults()
-    with connect(server) as c:
+    wait_until(lambda: len(sandbox.requests) == 1)  # the server noticed, and stopped writing
+    assert (sandbox.requests[0].status, sandbox.requests[0].fault) == (None, "trickle")
+    sandbox.faults = Faults()
+    with sandbox_client(sandbox) as c:
         assert c.get("/users/order_by/user_id").json() == []
 
 
 def test_stop_ends_a_trickle_at_once() -> None:
-    api = SandboxServer(KEY, faults=Faults(trickle_rate=1.0, trickle_s=60)).start()
+    api = SandboxServer(API_KEY, faults=Faults(trickle_rate=1.0, trickle_s=60)).start()
     try:
         sock = raw_request(api, "GET", "/users/order_by/user_id")
         assert sock.recv(1) == b"H"
@@ -400,18 +376,18 @@ def test_stop_ends_a_trickle_at_once() -> None:
     assert stopped_in < 5
     with sock:
         assert read_all(sock) == []  # nothing more was written
-    wait_for(lambda: len(api.requests) == 1)
+    wait_until(lambda: len(api.requests) == 1)
     assert api.requests[0].status is None
 
 
 # --- endless bodies -------------------------------------------------------------
 
 
-def test_an_endless_body_keeps_coming_until_the_client_leaves(server: SandboxServer) -> None:
-    server.faults = Faults(endless_rate=1.0)
+def test_an_endless_body_keeps_coming_until_the_client_leaves(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(endless_rate=1.0)
     received = bytearray()
     with (
-        connect(server) as c,
+        sandbox_client(sandbox) as c,
         c.stream("GET", "/users/order_by/user_id") as response,
     ):
         assert response.status_code == 200
@@ -424,16 +400,16 @@ def test_an_endless_body_keeps_coming_until_the_client_leaves(server: SandboxSer
     assert received.startswith(b'[{"user_id":1},{"user_id":1},')
     assert len(received) > 2**20
     # the client closed: the handler stops writing and its request is logged
-    wait_for(lambda: len(server.requests) == 1)
-    assert (server.requests[0].status, server.requests[0].fault) == (200, "endless")
-    server.faults = Faults()
-    with connect(server) as c:
+    wait_until(lambda: len(sandbox.requests) == 1)
+    assert (sandbox.requests[0].status, sandbox.requests[0].fault) == (200, "endless")
+    sandbox.faults = Faults()
+    with sandbox_client(sandbox) as c:
         assert c.get("/users/order_by/user_id").json() == []
 
 
-def test_a_write_drawn_for_endless_is_not_applied(server: SandboxServer) -> None:
-    server.faults = Faults(endless_rate=1.0)
-    with raw_request(server, "POST", "/users", b'{"email": "a@x.com"}') as sock:
+def test_a_write_drawn_for_endless_is_not_applied(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(endless_rate=1.0)
+    with raw_request(sandbox, "POST", "/users", b'{"email": "a@x.com"}') as sock:
         received = b""
         while len(received) < 200_000:
             piece = sock.recv(65536)
@@ -441,15 +417,15 @@ def test_a_write_drawn_for_endless_is_not_applied(server: SandboxServer) -> None
             received += piece
     assert received.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Transfer-Encoding: chunked\r\n" in received
-    wait_for(lambda: len(server.requests) == 1)
-    assert server.users() == []
-    server.faults = Faults()
-    with connect(server) as c:
+    wait_until(lambda: len(sandbox.requests) == 1)
+    assert sandbox.users() == []
+    sandbox.faults = Faults()
+    with sandbox_client(sandbox) as c:
         assert c.post("/users", json={"email": "b@x.com"}).json() == 1
 
 
 def test_stop_ends_an_endless_body_nobody_reads() -> None:
-    api = SandboxServer(KEY, faults=Faults(endless_rate=1.0)).start()
+    api = SandboxServer(API_KEY, faults=Faults(endless_rate=1.0)).start()
     try:
         sock = raw_request(api, "GET", "/users/order_by/user_id")
         assert sock.recv(5) == b"HTTP/"  # then never read again: the server's send blocks
@@ -459,7 +435,7 @@ def test_stop_ends_an_endless_body_nobody_reads() -> None:
         stopped_in = time.monotonic() - started
     sock.close()
     assert stopped_in < 5
-    wait_for(lambda: len(api.requests) == 1)
+    wait_until(lambda: len(api.requests) == 1)
     assert api.requests[0].fault == "endless"
 
 
@@ -511,19 +487,6 @@ def test_sandbox_refuses_bad_fault_options(args: list[str], message: str) -> Non
     assert message in result.output
 
 
-def _script() -> str:
-    beside = Path(sys.executable).with_name("personyze-sync")
-    found = str(beside) if beside.exists() else shutil.which("personyze-sync")
-    assert found, "the personyze-sync console script is not installed"
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def sandbox_command() -> Iterator[Callable[..., SandboxServer]]:
     """Start ``personyze-sync sandbox ARGS`` on a free port; a handle to talk to it.
@@ -533,24 +496,24 @@ def sandbox_command() -> Iterator[Callable[..., SandboxServer]]:
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> SandboxServer:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
-            [_script(), "sandbox", "--port", str(port), "--api-key", KEY, *args],
+            [script(), "sandbox", "--port", str(port), "--api-key", API_KEY, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
         started.append(proc)
-        handle = SandboxServer(KEY, port=port)
+        handle = SandboxServer(API_KEY, port=port)
 
         def up() -> bool:
             assert proc.poll() is None, proc.communicate()[1]
             try:  # /rest/account is outside the faults' scope: it never uses a token
-                return httpx.get(f"{handle.url}/account", auth=("api", KEY)).status_code == 200
+                return httpx.get(f"{handle.url}/account", auth=("api", API_KEY)).status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_for(up, seconds=30)
+        wait_until(up, timeout=30, what="the sandbox command")
         return handle
 
     yield start
@@ -568,7 +531,7 @@ def sandbox_command() -> Iterator[Callable[..., SandboxServer]]:
 
 def test_sandbox_command_rate_limits(sandbox_command: Callable[..., SandboxServer]) -> None:
     api = sandbox_command("--limit-rps", "0.5", "--limit-burst", "1")
-    with connect(api) as c:
+    with sandbox_client(api) as c:
         assert c.get("/users/order_by/user_id").status_code == 200
         response = c.get("/users/order_by/user_id")
         assert response.status_code == 429
@@ -577,7 +540,7 @@ def test_sandbox_command_rate_limits(sandbox_command: Callable[..., SandboxServe
 
 def test_sandbox_command_errors_writes_only(sandbox_command: Callable[..., SandboxServer]) -> None:
     api = sandbox_command("--error-rate", "1", "--writes-only", "--seed", "1")
-    with connect(api) as c:
+    with sandbox_client(api) as c:
         assert c.get("/users/order_by/user_id").status_code == 200
         assert c.post("/users", json={"email": "a@x.com"}).status_code in (500, 503)
         assert c.get("/users/order_by/user_id").json() == []
@@ -598,7 +561,7 @@ def test_sandbox_command_endless(sandbox_command: Callable[..., SandboxServer]) 
     api = sandbox_command("--endless-rate", "1", "--latency-ms", "50")
     received = 0
     started = time.monotonic()
-    with connect(api) as c, c.stream("GET", "/users/order_by/user_id") as response:
+    with sandbox_client(api) as c, c.stream("GET", "/users/order_by/user_id") as response:
         assert response.status_code == 200
         for chunk in response.iter_bytes():
             received += len(chunk)
@@ -606,5 +569,5 @@ def test_sandbox_command_endless(sandbox_command: Callable[..., SandboxServer]) 
                 break
     assert received > 2**20
     assert time.monotonic() - started >= 0.05
-    with connect(api) as c:  # still healthy after the client left
+    with sandbox_client(api) as c:  # still healthy after the client left
         assert c.get("/account").json() == {"account_id": 1, "name": "sandbox"}

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from sync.sandbox import Faults, RecordedRequest, SandboxServer
-
-KEY = "test-key"
+from tests.support import API_KEY, sandbox_client
 
 
 def b64(text: str) -> str:
@@ -22,14 +21,8 @@ def b64(text: str) -> str:
 
 
 @pytest.fixture
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(KEY) as api:
-        yield api
-
-
-@pytest.fixture
-def client(server: SandboxServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, auth=("api", KEY), timeout=5) as c:
+def client(sandbox: SandboxServer) -> Iterator[httpx.Client]:
+    with sandbox_client(sandbox) as c:
         yield c
 
 
@@ -39,29 +32,29 @@ def plain_400(response: httpx.Response, contains: str) -> None:
     assert contains in response.text
 
 
-def test_url_and_port(server: SandboxServer) -> None:
-    assert server.port > 0
-    assert server.url == f"http://127.0.0.1:{server.port}/rest"
+def test_url_and_port(sandbox: SandboxServer) -> None:
+    assert sandbox.port > 0
+    assert sandbox.url == f"http://127.0.0.1:{sandbox.port}/rest"
 
 
 @pytest.mark.parametrize(
     ("auth_header", "body"),
     [
         (None, "Please, log in"),
-        ("Bearer test-key", "Please, log in"),
+        ("Bearer " + API_KEY, "Please, log in"),
         ("Basic !!!notbase64", "Please, log in"),
-        ("Basic " + b64("someone:" + KEY), "Please, log in"),
-        ("Basic " + b64("api" + KEY), "Please, log in"),  # no colon
+        ("Basic " + b64("someone:" + API_KEY), "Please, log in"),
+        ("Basic " + b64("api" + API_KEY), "Please, log in"),  # no colon
         ("Basic " + b64("api:wrong"), "Invalid API key"),
         ("Basic " + b64("api:"), "Invalid API key"),
     ],
 )
 @pytest.mark.parametrize("target", ["/account", "/users/order_by/user_id"])
 def test_auth_refusals(
-    server: SandboxServer, auth_header: str | None, body: str, target: str
+    sandbox: SandboxServer, auth_header: str | None, body: str, target: str
 ) -> None:
     headers = {} if auth_header is None else {"Authorization": auth_header}
-    with httpx.Client(base_url=server.url, timeout=5) as c:
+    with httpx.Client(base_url=sandbox.url, timeout=5) as c:
         response = c.get(target, headers=headers)
     assert response.status_code == 401
     assert response.text == body
@@ -74,7 +67,7 @@ def test_account(client: httpx.Client) -> None:
     assert response.json() == {"account_id": 1, "name": "sandbox"}
 
 
-def test_post_get_put_delete_roundtrip(server: SandboxServer, client: httpx.Client) -> None:
+def test_post_get_put_delete_roundtrip(sandbox: SandboxServer, client: httpx.Client) -> None:
     assert client.post("/users", json={"email": "a@x.com", "firstName": "Ann"}).json() == 1
     assert client.post("/users", json={"internal_id": "b", "custom_i_1": 5}).json() == 2
     merged = client.post("/users", json={"email": "a@x.com", "lastName": "Lee", "x": ""})
@@ -104,10 +97,10 @@ def test_post_get_put_delete_roundtrip(server: SandboxServer, client: httpx.Clie
     assert client.delete("/users/where/city=Oslo").json() == 1
     assert client.delete("/users/1").json() == 1
     assert client.delete("/users/1").json() == 0
-    assert server.users() == []
+    assert sandbox.users() == []
 
 
-def test_percent_encoded_values(server: SandboxServer, client: httpx.Client) -> None:
+def test_percent_encoded_values(sandbox: SandboxServer, client: httpx.Client) -> None:
     email = "we/ird&x=y,z|w:v%+1@x.com"
     uid = client.post("/users", json={"email": email}).json()
     client.post("/users", json={"email": "other@x.com"})
@@ -155,8 +148,8 @@ def test_400s_are_plain_text(
 
 def test_limits_window_in_wiki_mode_too() -> None:
     with (
-        SandboxServer(KEY, internal_id_merges=True) as api,
-        httpx.Client(base_url=api.url, auth=("api", KEY)) as c,
+        SandboxServer(API_KEY, internal_id_merges=True) as api,
+        sandbox_client(api) as c,
     ):
         plain_400(c.get("/users/order_by/user_id/limit/500,501"), "must not exceed 1000")
         assert c.post("/users", json={"internal_id": "x"}).json() == 1
@@ -164,11 +157,11 @@ def test_limits_window_in_wiki_mode_too() -> None:
         assert c.get("/users/where/internal_id=x/column/a").json() == [1]
 
 
-def test_live_mode_duplicates_on_internal_id(server: SandboxServer, client: httpx.Client) -> None:
+def test_live_mode_duplicates_on_internal_id(sandbox: SandboxServer, client: httpx.Client) -> None:
     assert client.post("/users", json={"internal_id": "x"}).json() == 1
     assert client.post("/users", json={"internal_id": "x"}).json() == 2
     assert client.get("/users/where/internal_id=x").json() == []
-    assert [u["internal_id"] for u in server.users()] == ["x", "x"]
+    assert [u["internal_id"] for u in sandbox.users()] == ["x", "x"]
 
 
 def test_unknown_paths_and_methods(client: httpx.Client) -> None:
@@ -184,10 +177,10 @@ def test_unknown_paths_and_methods(client: httpx.Client) -> None:
     assert client.post("/account", json={}).status_code == 405
 
 
-def test_keep_alive_and_request_log(server: SandboxServer, client: httpx.Client) -> None:
+def test_keep_alive_and_request_log(sandbox: SandboxServer, client: httpx.Client) -> None:
     for i in range(20):
         assert client.post("/users", json={"email": f"u{i}@x.com"}).status_code == 200
-    log = server.requests
+    log = sandbox.requests
     assert len(log) == 20
     first = log[0]
     assert isinstance(first, RecordedRequest)
@@ -200,77 +193,77 @@ def test_keep_alive_and_request_log(server: SandboxServer, client: httpx.Client)
     assert first.body == {"email": "u0@x.com"}
     assert first.start <= first.end <= log[1].start
     log.clear()  # a copy
-    assert len(server.requests) == 20
-    server.clear_requests()
-    assert server.requests == []
+    assert len(sandbox.requests) == 20
+    sandbox.clear_requests()
+    assert sandbox.requests == []
     client.get("/users/where/user_id%3E0/limit/1")
-    assert server.requests[0].path == "/rest/users/where/user_id%3E0/limit/1"
-    assert server.requests[0].body is None
-    server.reset()
-    assert server.users() == []
-    assert server.requests == []
+    assert sandbox.requests[0].path == "/rest/users/where/user_id%3E0/limit/1"
+    assert sandbox.requests[0].body is None
+    sandbox.reset()
+    assert sandbox.users() == []
+    assert sandbox.requests == []
 
 
-def test_fault_error_and_rate_limit(server: SandboxServer, client: httpx.Client) -> None:
-    server.faults = Faults(error_rate=1.0)
+def test_fault_error_and_rate_limit(sandbox: SandboxServer, client: httpx.Client) -> None:
+    sandbox.faults = Faults(error_rate=1.0)
     statuses = {client.post("/users", json={"email": f"{i}@x.com"}).status_code for i in range(20)}
     assert statuses == {500, 503}
-    assert server.users() == []  # not applied
+    assert sandbox.users() == []  # not applied
     assert client.get("/account").status_code == 200  # account is spared by default
 
-    server.faults = Faults(rate_limit_rate=1.0, retry_after_s=2)
+    sandbox.faults = Faults(rate_limit_rate=1.0, retry_after_s=2)
     response = client.post("/users", json={"email": "a@x.com"})
     assert response.status_code == 429
     assert response.headers["retry-after"] == "2"
-    server.faults = Faults(rate_limit_rate=1.0, retry_after_s=None)
+    sandbox.faults = Faults(rate_limit_rate=1.0, retry_after_s=None)
     response = client.get("/users/order_by/user_id")
     assert response.status_code == 429
     assert "retry-after" not in response.headers
-    server.faults = Faults(rate_limit_rate=1.0, include_account=True)
+    sandbox.faults = Faults(rate_limit_rate=1.0, include_account=True)
     assert client.get("/account").status_code == 429
-    assert server.users() == []
-    assert {r.fault for r in server.requests if r.status in (429, 500, 503)} == {
+    assert sandbox.users() == []
+    assert {r.fault for r in sandbox.requests if r.status in (429, 500, 503)} == {
         "error",
         "rate_limit",
     }
 
-    server.faults = Faults()
+    sandbox.faults = Faults()
     assert client.post("/users", json={"email": "a@x.com"}).json() == 1
 
 
-def test_fault_drop(server: SandboxServer, client: httpx.Client) -> None:
-    server.faults = Faults(drop_rate=1.0)
+def test_fault_drop(sandbox: SandboxServer, client: httpx.Client) -> None:
+    sandbox.faults = Faults(drop_rate=1.0)
     with pytest.raises(httpx.RemoteProtocolError):
         client.post("/users", json={"email": "a@x.com"})
-    assert server.users() == []
-    last = server.requests[-1]
+    assert sandbox.users() == []
+    last = sandbox.requests[-1]
     assert (last.status, last.fault) == (None, "drop")
-    server.faults = Faults()
+    sandbox.faults = Faults()
     assert client.post("/users", json={"email": "a@x.com"}).json() == 1  # reconnects
 
 
-def test_fault_lost_answer_applies_the_write(server: SandboxServer) -> None:
-    server.faults = Faults(lost_answer_rate=1.0, seed=7)
+def test_fault_lost_answer_applies_the_write(sandbox: SandboxServer) -> None:
+    sandbox.faults = Faults(lost_answer_rate=1.0, seed=7)
     outcomes: list[int | str] = []
-    with httpx.Client(base_url=server.url, auth=("api", KEY), timeout=5) as c:
+    with sandbox_client(sandbox) as c:
         for i in range(12):
             try:
                 outcomes.append(c.post("/users", json={"email": f"u{i}@x.com"}).status_code)
             except httpx.RemoteProtocolError:
                 outcomes.append("dropped")
     assert set(outcomes) == {500, "dropped"}
-    assert [u["email"] for u in server.users()] == [f"u{i}@x.com" for i in range(12)]
-    assert {r.fault for r in server.requests} == {"lost_answer"}
+    assert [u["email"] for u in sandbox.users()] == [f"u{i}@x.com" for i in range(12)]
+    assert {r.fault for r in sandbox.requests} == {"lost_answer"}
 
 
-def test_faults_are_deterministic_with_a_seed(server: SandboxServer) -> None:
+def test_faults_are_deterministic_with_a_seed(sandbox: SandboxServer) -> None:
     def run() -> list[int | None]:
-        server.faults = Faults(error_rate=0.3, rate_limit_rate=0.2, seed=42)
-        server.clear_requests()
-        with httpx.Client(base_url=server.url, auth=("api", KEY), timeout=5) as c:
+        sandbox.faults = Faults(error_rate=0.3, rate_limit_rate=0.2, seed=42)
+        sandbox.clear_requests()
+        with sandbox_client(sandbox) as c:
             for _ in range(40):
                 c.get("/users/order_by/user_id/limit/1")
-        return [r.status for r in server.requests]
+        return [r.status for r in sandbox.requests]
 
     first = run()
     assert first == run()
@@ -279,12 +272,12 @@ def test_faults_are_deterministic_with_a_seed(server: SandboxServer) -> None:
     assert set(first) <= {200, 429, 500, 503}
 
 
-def test_fault_latency(server: SandboxServer, client: httpx.Client) -> None:
-    server.faults = Faults(latency_s=0.05, latency_jitter_s=0.02)
+def test_fault_latency(sandbox: SandboxServer, client: httpx.Client) -> None:
+    sandbox.faults = Faults(latency_s=0.05, latency_jitter_s=0.02)
     started = time.monotonic()
     assert client.get("/users/order_by/user_id").status_code == 200
     assert time.monotonic() - started >= 0.05
-    recorded = server.requests[-1]
+    recorded = sandbox.requests[-1]
     assert 0.05 <= recorded.end - recorded.start < 1.0
     assert recorded.fault is None
 
@@ -297,8 +290,8 @@ def test_faults_validate_rates() -> None:
 
 
 def test_stop_closes_idle_keep_alive_connections() -> None:
-    api = SandboxServer(KEY).start()
-    c = httpx.Client(base_url=api.url, auth=("api", KEY), timeout=5)
+    api = SandboxServer(API_KEY).start()
+    c = sandbox_client(api)
     try:
         assert c.get("/account").status_code == 200
         api.stop()
@@ -309,12 +302,12 @@ def test_stop_closes_idle_keep_alive_connections() -> None:
         api.stop()
 
 
-def test_concurrent_clients(server: SandboxServer) -> None:
+def test_concurrent_clients(sandbox: SandboxServer) -> None:
     errors: list[httpx.HTTPError] = []
 
     def work(n: int) -> None:
         try:
-            with httpx.Client(base_url=server.url, auth=("api", KEY), timeout=5) as c:
+            with sandbox_client(sandbox) as c:
                 for i in range(25):
                     c.post("/users", json={"email": f"t{n}-{i}@x.com", "n": n})
                     c.post("/users", json={"email": f"t{n}-{i}@x.com", "seen": True})
@@ -327,7 +320,7 @@ def test_concurrent_clients(server: SandboxServer) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    users = server.users()
+    users = sandbox.users()
     assert len(users) == 200
     assert all(u["seen"] is True for u in users)
     assert [u["user_id"] for u in users] == list(range(1, 201))
@@ -341,7 +334,7 @@ def test_a_burst_of_new_connections_is_queued_not_dropped() -> None:
     and each such client waits a second for its retransmission, which alone cost the
     50 ms benchmark a tenth of its rate when 32 connections opened at once.
     """
-    api = SandboxServer(KEY)
+    api = SandboxServer(API_KEY)
     httpd = api._bind()  # listening, but nothing accepts until serve_forever runs
     clients: list[socket.socket] = []
     try:

@@ -16,16 +16,7 @@ from sync.sandbox.store import (
     parse_modifiers,
     parse_where,
 )
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def path(text: str) -> Query:

@@ -26,6 +26,7 @@ from sync.errors import LeaseLost, StateError
 from sync.state.leases import RENEW_S, Lease, key_halves, lease_key
 from sync.state.records import LeaseInfo
 from sync.state.store import StateStore, state_engine
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.5
@@ -109,13 +110,6 @@ def hold_in_process(
 def kill(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL
-
-
-def eventually(check: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        time.sleep(0.05)
 
 
 def lease_row(url: str, name: str = JOB) -> dict[str, object]:
@@ -387,7 +381,7 @@ def test_a_killed_holder_frees_its_lease(
 
         kill(doomed)
 
-        eventually(lambda: store.leases() == [])
+        wait_until(lambda: store.leases() == [])
         assert lease_rows(pg_url) == [(JOB, "doomed")]  # the stale row, not reported
         lease = store.lease(JOB)
         assert lease is not None
@@ -419,8 +413,8 @@ def test_a_lease_whose_connection_is_lost_says_so(pg_url: str) -> None:
                 {"hi": hi, "lo": lo},
             ).scalars()
             assert list(killed) == [True]
-        eventually(lambda: not lease.held())
-        eventually(lambda: b.lease(JOB) is not None)
+        wait_until(lambda: not lease.held())
+        wait_until(lambda: b.lease(JOB) is not None)
         lease.release()  # on a dead connection: quietly done
         assert [i.holder for i in b.leases()] == ["b"]
     finally:
@@ -496,7 +490,7 @@ def terminate_lease(admin: Engine, pg_url: str, name: str = JOB) -> None:
     (pid,) = lease_pids(admin, pg_url, name)
     with admin.connect() as conn:
         assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
-    eventually(lambda: lease_pids(admin, pg_url, name) == [])
+    wait_until(lambda: lease_pids(admin, pg_url, name) == [])
 
 
 def heartbeats(holder: str) -> list[threading.Thread]:
@@ -504,7 +498,11 @@ def heartbeats(holder: str) -> list[threading.Thread]:
 
 
 def stays(check: Callable[[], bool], seconds: float) -> None:
-    """``check`` holds at every look, each 0.1 s, for ``seconds``."""
+    """``check`` holds at every look, each 0.1 s, for ``seconds``.
+
+    Not a wait for something to happen: the time it lasts is the scenario (a lease kept
+    for that long, through renewals and idle timeouts), looked at all along.
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert check(), "it stopped holding"
@@ -523,10 +521,10 @@ def test_a_take_over_an_unreleased_lease_says_when_its_holder_last_renewed(
         assert first is not None
         taken = lease_row(pg_url)["renewed_at"]
         assert isinstance(taken, float)
-        eventually(lambda: lease_row(pg_url)["renewed_at"] > taken)  # type: ignore[operator]
+        wait_until(lambda: lease_row(pg_url)["renewed_at"] > taken)  # type: ignore[operator]
 
         terminate_lease(admin, pg_url)
-        eventually(first.lost.is_set)  # no more renewals from a
+        wait_until(first.lost.is_set)  # no more renewals from a
         last = lease_row(pg_url)
         assert (last["holder"], last["generation"]) == ("a", 1)
 
@@ -600,7 +598,7 @@ def test_a_take_waits_for_a_write_that_passed_the_fence(pg_url: str, admin: Engi
                         ).scalar()
                     )
 
-            eventually(waiting)  # b's take waits for the write to end ...
+            wait_until(waiting)  # b's take waits for the write to end ...
             assert taken == []
         thread.join(timeout=30)  # ... and goes on once it committed
         (second,) = taken
@@ -625,7 +623,7 @@ def test_the_heartbeat_finds_a_terminated_connection_by_itself(
             lease = store.lease(JOB)
             assert lease is not None
             terminate_lease(admin, pg_url)
-            eventually(lease.lost.is_set, seconds=5)
+            wait_until(lease.lost.is_set, timeout=5)
         assert not lease.held()
         (record,) = [r for r in caplog.records if r.getMessage() == "lease lost"]
         assert record.lease == JOB  # type: ignore[attr-defined]
@@ -649,7 +647,7 @@ def test_a_write_holding_the_row_does_not_make_the_heartbeat_lose_the_lease(
             lease.fence(conn)  # a long write of the run: it holds the row
             stays(lambda: not lease.lost.is_set(), seconds=3 * RENEW_S)
         before = lease_row(pg_url)["renewed_at"]
-        eventually(lambda: lease_row(pg_url)["renewed_at"] > before)  # type: ignore[operator]
+        wait_until(lambda: lease_row(pg_url)["renewed_at"] > before)  # type: ignore[operator]
         assert lease.held()
     finally:
         store.close()
@@ -668,14 +666,14 @@ def test_the_heartbeat_is_a_daemon_that_ends_with_the_leases(pg_url: str) -> Non
         assert beat.daemon
         first.release()
         other.release()
-        eventually(lambda: not beat.is_alive())  # nothing held: it ends
+        wait_until(lambda: not beat.is_alive())  # nothing held: it ends
         again = store.lease(JOB)
         assert again is not None
         (beat,) = heartbeats("beating")  # a take starts it again
         started = time.monotonic()
         store.close()
         assert time.monotonic() - started < 1.0  # close does not wait for a beat
-        eventually(lambda: not beat.is_alive())
+        wait_until(lambda: not beat.is_alive())
         assert not again.held()
     finally:
         store.close()
@@ -702,7 +700,7 @@ def test_the_heartbeat_keeps_a_lease_past_idle_session_timeout(pg_url: str, admi
                         text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
                     ).first()
 
-            eventually(gone)
+            wait_until(gone)
             conn.invalidate()
         lease = store.lease(JOB)
         assert lease is not None
