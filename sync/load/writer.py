@@ -17,7 +17,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import partial
 from queue import SimpleQueue
@@ -111,7 +110,7 @@ class Later:
     resume: Callable[[], Any]
 
 
-class SenderThreads(Executor):
+class SenderThreads:
     """A fixed set of threads that run what is given them, in the order given.
 
     ThreadPoolExecutor keeps a semaphore of idle threads that every submit and every
@@ -148,12 +147,13 @@ class SenderThreads(Executor):
         """
         self._calls.put(partial(self._call_then, partial(fn, arg), then))
 
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        future: Future[R] = Future()
-        self._calls.put(partial(_settle, future, partial(fn, *args, **kwargs)))
-        return future
+    def __enter__(self) -> SenderThreads:
+        return self
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def __exit__(self, *_: object) -> None:
+        self.shutdown()
+
+    def shutdown(self, wait: bool = True) -> None:
         """Let every thread finish what was given it, then end; parked calls are stopped."""
         with self._parked_changed:
             self._closing = True
@@ -212,15 +212,6 @@ class SenderThreads(Executor):
                     call()
             finally:
                 limit.leave()
-
-
-def _settle(future: Future[R], call: Callable[[], R]) -> None:
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        future.set_result(call())
-    except BaseException as exc:  # noqa: BLE001 - the future hands it to its waiter
-        future.set_exception(exc)
 
 
 class Writer:
