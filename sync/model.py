@@ -64,7 +64,7 @@ class RunStats:
 
     read: int = 0
     sent: int = 0
-    skipped: int = 0
+    unchanged: int = 0  # not sent: the row is as Personyze last acknowledged it
     rejected: int = 0
     collisions: int = 0
     deleted: int = 0  # users deleted (delete_when, or vanished rows with sync: mirror)
@@ -80,7 +80,7 @@ class RunStats:
         """Fold in the figures of another part (shard) of the same run."""
         self.read += other.read
         self.sent += other.sent
-        self.skipped += other.skipped
+        self.unchanged += other.unchanged
         self.rejected += other.rejected
         self.collisions += other.collisions
         self.deleted += other.deleted

@@ -69,6 +69,7 @@ def test_metrics_render_in_prometheus_names_and_lag_grows_between_scrapes() -> N
     metrics = Metrics(clock=wall)
     metrics.rows_done("customers", "sent", 5)
     metrics.rows_done("customers", "rejected", 1)
+    metrics.rows_done("customers", "unchanged", 7)
     metrics.response(200, 0.02)
     metrics.response(None, 1.5)
     metrics.run_ended("customers", "success", 2.0)
@@ -80,6 +81,8 @@ def test_metrics_render_in_prometheus_names_and_lag_grows_between_scrapes() -> N
     for line in (
         'personyze_sync_rows_total{job="customers",outcome="sent"} 5.0',
         'personyze_sync_rows_total{job="customers",outcome="rejected"} 1.0',
+        'personyze_sync_rows_total{job="customers",outcome="unchanged"} 7.0',
+        'personyze_sync_rows_total{job="customers",outcome="skipped"} 7.0',  # the old name
         'personyze_sync_requests_total{status="200"} 1.0',
         'personyze_sync_requests_total{status="error"} 1.0',
         "personyze_sync_request_seconds_count 2.0",

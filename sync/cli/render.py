@@ -55,7 +55,7 @@ def report(
             else {
                 "read": r.read,
                 "sent": r.sent,
-                "skipped": r.skipped,
+                "unchanged": r.unchanged,
                 "rejected": r.rejected,
                 "collisions": r.collisions,
                 "deleted": r.deleted,
@@ -104,7 +104,7 @@ def report(
             deletes = len(r.would_delete) if dry_run else r.deleted
             out.print(
                 f"{name}: read {r.read}, {verb} {count}"
-                f", unchanged {r.skipped}, rejected {r.rejected}"
+                f", unchanged {r.unchanged}, rejected {r.rejected}"
                 + (f", {'would delete' if dry_run else 'deleted'} {deletes}" if deletes else "")
                 + (f", missing in Personyze {r.missing}" if r.missing else "")
                 + (f", vanished from the source {r.vanished}" if r.vanished else "")

@@ -200,7 +200,7 @@ def run_demo(
             second = run_job(app, job, RunOptions(kind="once"))
             console.print(
                 f"[bold]3. incremental run[/bold] read {second.read}, sent "
-                f"{second.sent}, unchanged {second.skipped}, "
+                f"{second.sent}, unchanged {second.unchanged}, "
                 f"requests {len(sandbox.requests)}"
             )
             status = admin.status(app)[0]

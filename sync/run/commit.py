@@ -1,7 +1,7 @@
 """The checkpoint rule: finished rows become one outcome, committed in one transaction.
 
 The checkpoint moves to the end of the longest prefix of rows (in source order) that
-were acknowledged, skipped as unchanged, or recorded as rejected, and never again in a
+were acknowledged, unchanged, or recorded as rejected, and never again in a
 run once a row could not be delivered. Rows that finished beyond that prefix have
 their outcomes recorded too, so a crash does not send them again.
 """
@@ -59,7 +59,7 @@ class Commits:
         self.held = False  # a row is not done for certain: the checkpoint stays before it
         self.superseded: set[tuple[str, str]] = set()  # (key, fingerprint) read again since
         self.again: list[str] = []  # keys to read and send as new before the run ends
-        self.skipped = 0  # unchanged rows since the last commit
+        self.unchanged = 0  # unchanged rows since the last commit
         self.deleted = 0  # users deleted since the last commit
         self._finished: list[Slot] = []  # the window's finished prefix, not yet committed
         self._ahead: list[Slot] = []  # finished beyond that prefix, not yet committed
@@ -131,10 +131,10 @@ class Commits:
         stats.sent += len(outcome.acks)
         stats.rejected += len(outcome.rejected)
         stats.collisions += len(outcome.collisions)
-        stats.skipped += self.skipped
+        stats.unchanged += self.unchanged
         stats.deleted += self.deleted
         self._observe(outcome)
-        self.skipped = self.deleted = 0
+        self.unchanged = self.deleted = 0
 
     def _record(self, slot: Slot, outcome: BatchOutcome) -> None:
         """Add one finished slot's outcome."""
@@ -177,7 +177,7 @@ class Commits:
         for kind, count in (
             ("sent", len(outcome.acks)),
             ("rejected", len(outcome.rejected)),
-            ("skipped", self.skipped),
+            ("unchanged", self.unchanged),
             ("deleted", self.deleted),
         ):
             if count:

@@ -102,7 +102,7 @@ class Feed:
                 commits.superseded.add((key, self.handled[key]))  # the earlier outcome yields
             if deleted:  # delete_when marks it: delete its user, if it has one
                 if previous is None:
-                    commits.skipped += 1  # never synced: nothing to delete
+                    commits.unchanged += 1  # never synced: nothing to delete
                 elif self.writer is not None:
                     slot.payload, slot.action = {"user_id": previous.user_id}, "delete"
                     self.deletes.spend()
@@ -111,7 +111,7 @@ class Feed:
                 or self.handled.get(key) == m.fingerprint
                 or refused.get(key) == m.fingerprint
             ):
-                commits.skipped += 1
+                commits.unchanged += 1
             elif isinstance(m, Rejection):
                 slot.payload, slot.reason = m.payload, m.reason
             else:
@@ -123,8 +123,8 @@ class Feed:
                 self.handled[key] = m.fingerprint
             slots.append(slot)
         if self.writer is None:  # a dry run: say what would be sent, send nothing
-            self.stats.skipped += commits.skipped
-            commits.skipped = 0
+            self.stats.unchanged += commits.unchanged
+            commits.unchanged = 0
             self.stats.rejected += sum(1 for s in slots if s.reason is not None)
             self.stats.would_send += [s.payload for s in slots if _to_send(s)]
             return

@@ -149,7 +149,7 @@ class JobRun:
         finally:
             s = self.stats
             self.part.finish_run(
-                run_id, outcome, read=read(), sent=s.sent, skipped=s.skipped,
+                run_id, outcome, read=read(), sent=s.sent, skipped=s.unchanged,
                 rejected=s.rejected, error=error,
             )  # fmt: skip
 

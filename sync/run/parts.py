@@ -181,7 +181,7 @@ def _run_part(
             "dry_run": options.dry_run,
             "rows_read": stats.read,
             "rows_sent": stats.sent,
-            "rows_unchanged": stats.skipped,
+            "rows_unchanged": stats.unchanged,
             "rows_rejected": stats.rejected,
             "rows_deleted": stats.deleted,
             "rows_missing": stats.missing,

@@ -364,7 +364,7 @@ def test_an_unchanged_100k_row_table_costs_no_request(
         assert app.store.row_count(job.name) == 100_000
 
         stats = run_job(app, job, RunOptions())
-        assert (stats.read, stats.skipped, stats.sent) == (100_000, 100_000, 0)
+        assert (stats.read, stats.unchanged, stats.sent) == (100_000, 100_000, 0)
         assert sandbox.requests == []
 
         execute(pg_url, insert(contacts).values(contact(100_001)))

@@ -93,7 +93,7 @@ def test_answers_out_of_order_move_the_checkpoint_only_over_the_done_prefix() ->
 def test_unchanged_and_rejected_rows_are_done_and_move_the_checkpoint() -> None:
     part, window, commits, _ = make()
     unchanged(window, 1)
-    commits.skipped += 1
+    commits.unchanged += 1
     refused = sent(window, 2)
     by_mapper = Slot("3", at(3), "f3", payload={"x": 1}, reason="email is not valid")
     window.add(by_mapper)
@@ -101,7 +101,7 @@ def test_unchanged_and_rejected_rows_are_done_and_move_the_checkpoint() -> None:
     commits.finish()
     assert part.checkpoints == [at(3)]
     assert sorted(part.rejected) == ["2", "3"]
-    assert (commits.stats.skipped, commits.stats.rejected) == (1, 2)
+    assert (commits.stats.unchanged, commits.stats.rejected) == (1, 2)
 
 
 def test_a_failure_mid_window_stops_the_checkpoint_before_it_for_the_rest_of_the_run() -> None:
