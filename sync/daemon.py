@@ -91,12 +91,12 @@ class Daemon:
         config: Config,
         *,
         http_port: int | None = None,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.config_path = config_path
         self.config = config
-        self.clock = clock
-        self.metrics = Metrics(clock)
+        self.wall = wall
+        self.metrics = Metrics(wall)
         self.app = self._build_app(config)
         self.alerter = Alerter(config.alerts)
         self._retired: list[Wiring] = []
@@ -194,7 +194,7 @@ class Daemon:
         """Lag from the stored checkpoints, before any run has moved them."""
         try:
             for job in self.config.jobs:
-                position = self.app.store.checkpoint(job.name)
+                position = self.app.store.part(job.name).checkpoint()
                 if position is not None:
                     self.metrics.checkpoint(job.name, position)
         except StateError as exc:
@@ -230,7 +230,7 @@ class Daemon:
 
     def _tick(self, name: str) -> None:
         """One scheduled run; never raises (the scheduler must go on)."""
-        app, now = self.app, self.clock()
+        app, now = self.app, self.wall()
         with self._lock:
             health = self._health.setdefault(name, JobHealth())
             if now < health.retry_after:
@@ -260,7 +260,7 @@ class Daemon:
     def _ended(
         self, app: Wiring, name: str, outcome: str, error: str | None, sent: int, seconds: float
     ) -> None:
-        now = self.clock()
+        now = self.wall()
         if outcome == "held elsewhere":  # another replica runs it: nothing to judge here
             self.metrics.runs_skipped.labels(name).inc()
             with self._lock:
@@ -290,7 +290,7 @@ class Daemon:
     def _recent_sent(self, app: Wiring, name: str) -> list[int]:
         """Rows sent by the job's previous successful runs, newest first."""
         try:
-            runs = app.store.runs(name, limit=11)[1:]
+            runs = app.store.part(name).runs(limit=11)[1:]
         except StateError:
             return []
         return [r.rows_sent for r in runs if r.outcome == "success"]
@@ -326,7 +326,7 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: config loaded, state store reachable, no job failing or stuck."""
-        now, stuck_after = self.clock(), self.config.daemon.stuck_after.total_seconds()
+        now, stuck_after = self.wall(), self.config.daemon.stuck_after.total_seconds()
         try:
             self.app.store.ping()
             store = "ok"

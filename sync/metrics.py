@@ -26,8 +26,8 @@ RUN_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400)
 class _Lag(Collector):
     """personyze_sync_lag_seconds{job}: now minus each job's checkpoint cursor time."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self._wall = wall
         self._cursor_times: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -41,7 +41,7 @@ class _Lag(Collector):
             "Now minus the time of the job's checkpoint cursor.",
             labels=["job"],
         )
-        now = self._clock()
+        now = self._wall()
         with self._lock:
             for job, cursor_time in sorted(self._cursor_times.items()):
                 family.add_metric([job], max(0.0, now - cursor_time))
@@ -51,9 +51,9 @@ class _Lag(Collector):
 class Metrics:
     """Counters and gauges the daemon updates; ``render()`` is the /metrics body."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry()
-        self._clock = clock
+        self._wall = wall
         r = self.registry
         self.rows = Counter(
             "personyze_sync_rows", "Rows by job and outcome.", ["job", "outcome"], registry=r
@@ -89,7 +89,7 @@ class Metrics:
             ["job"],
             registry=r,
         )
-        self._lag = _Lag(clock)
+        self._lag = _Lag(wall)
         r.register(self._lag)
 
     # -- RunObserver ----------------------------------------------------------
@@ -117,7 +117,7 @@ class Metrics:
         self.runs.labels(job, outcome).inc()
         self.run_seconds.labels(job).observe(seconds)
         if outcome == "success":
-            self.last_success.labels(job).set(self._clock())
+            self.last_success.labels(job).set(self._wall())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

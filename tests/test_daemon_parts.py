@@ -66,7 +66,7 @@ def test_job_health_states(health: JobHealth, now: float, state: str) -> None:
 
 def test_metrics_render_in_prometheus_names_and_lag_grows_between_scrapes() -> None:
     wall = FakeClock(1_000_000.0)
-    metrics = Metrics(clock=wall)
+    metrics = Metrics(wall=wall)
     metrics.rows_done("customers", "sent", 5)
     metrics.rows_done("customers", "rejected", 1)
     metrics.rows_done("customers", "unchanged", 7)

@@ -49,10 +49,10 @@ def _reject_constant(name: str) -> Any:
 class SandboxServer:
     """A local Personyze Users API: ``with SandboxServer() as api: ... api.url ...``.
 
-    ``clock`` is the database's clock: it stamps ``data_last_modified`` (and nothing
+    ``wall`` is the database's clock: it stamps ``data_last_modified`` (and nothing
     else), while the HTTP ``Date`` header always carries the real time, so a test can
     run the data clock behind (or ahead of) the Date header, e.g.
-    ``SandboxServer(clock=lambda: time.time() - 10)`` stamps changes 10 s behind it.
+    ``SandboxServer(wall=lambda: time.time() - 10)`` stamps changes 10 s behind it.
     ``internal_id_merges=True`` is the wiki's behaviour (internal_id and fb_id merge
     and are found by ``where``); the default is the live service's (only email and
     user_id do).
@@ -66,13 +66,13 @@ class SandboxServer:
         port: int = 0,
         internal_id_merges: bool = False,
         faults: Faults | None = None,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
         request_log_limit: int | None = 100_000,
     ) -> None:
         self.api_key = api_key
         self.host = host
         self.port = port
-        self.store = UserStore(internal_id_merges=internal_id_merges, clock=clock)
+        self.store = UserStore(internal_id_merges=internal_id_merges, wall=wall)
         self._drawer = FaultDrawer(faults or Faults())
         self._log: deque[RecordedRequest] = deque(maxlen=request_log_limit)
         self._log_lock = threading.Lock()

@@ -66,11 +66,11 @@ class UserStore:
     """Thread-safe in-memory users; every public method holds the one lock."""
 
     def __init__(
-        self, *, internal_id_merges: bool = False, clock: Callable[[], float] = time.time
+        self, *, internal_id_merges: bool = False, wall: Callable[[], float] = time.time
     ) -> None:
         self.internal_id_merges = internal_id_merges
         self._unresolved = frozenset() if internal_id_merges else LIVE_UNRESOLVED
-        self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()
         self._users: dict[int, Row] = {}
         self._index: dict[str, dict[int | float | str, set[int]]] = {c: {} for c in HASHED}
@@ -184,7 +184,7 @@ class UserStore:
     # internals
 
     def _now(self) -> int:
-        return int(self._clock())
+        return int(self._wall())
 
     @staticmethod
     def _require_target(query: Query, method: str) -> None:

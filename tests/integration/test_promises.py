@@ -294,7 +294,7 @@ def test_lost_answers_under_a_database_clock_behind_the_date_header_make_no_seco
 
     make_customers(pg_url, range(1, 21))
     faults = Faults(lost_answer_rate=0.5, seed=9)
-    with SandboxServer("test-key-3f9a1c", faults=faults, clock=lambda: time.time() - 10) as api:
+    with SandboxServer("test-key-3f9a1c", faults=faults, wall=lambda: time.time() - 10) as api:
         with make_app(tmp_path, pg_url, api, job={"mapping": NO_EMAIL}) as app:
             settings = app.config.jobs[0]
             first = run_job(app, settings, RunOptions(kind="backfill"))

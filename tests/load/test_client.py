@@ -353,7 +353,7 @@ def test_https_anywhere_and_http_to_loopback_are_allowed(url: str, allow: bool) 
 
 def test_users_changed_since_pages_by_keyset_through_a_crowded_second() -> None:
     wall = FakeClock(1_700_000_000.0)
-    with SandboxServer(API_KEY, clock=wall) as sandbox:
+    with SandboxServer(API_KEY, wall=wall) as sandbox:
         store = sandbox.store
         for i in range(5):  # before the watermark
             store.upsert({"email": f"old{i}@example.com"})
@@ -389,7 +389,7 @@ def test_users_changed_since_pages_by_keyset_through_a_crowded_second() -> None:
 
 
 def test_users_changed_since_stops_after_an_exactly_full_page() -> None:
-    with SandboxServer(API_KEY, clock=lambda: 1_700_000_000.0) as sandbox:
+    with SandboxServer(API_KEY, wall=lambda: 1_700_000_000.0) as sandbox:
         for i in range(RANGE_PAGE):
             sandbox.store.upsert({"email": f"user{i}@example.com"})
         with PersonyzeClient(settings(sandbox.url)) as c:

@@ -140,7 +140,7 @@ def test_wiki_fb_id_and_internal_id_merge_and_are_found(wiki_sandbox: SandboxSer
 
 
 def test_data_clock_runs_behind_the_date_header() -> None:
-    with SandboxServer(API_KEY, clock=lambda: time.time() - 10) as api, sandbox_client(api) as c:
+    with SandboxServer(API_KEY, wall=lambda: time.time() - 10) as api, sandbox_client(api) as c:
         posted = c.post("/users", json={"email": "a@x.com"})
         date = parsedate_to_datetime(posted.headers["date"]).timestamp()
         stamp = c.get(f"/users/{posted.json()}/column/data_last_modified").json()

@@ -442,7 +442,7 @@ def test_empty_values_never_clear() -> None:
 
 def test_data_last_modified_moves_only_on_a_real_change() -> None:
     clock = FakeClock(1000.7)
-    store = UserStore(clock=clock)
+    store = UserStore(wall=clock)
     uid = store.upsert({"email": "a@x.com", "n": 1})
     assert store.users()[0]["data_last_modified"] == 1000
     clock.now = 2000
@@ -461,7 +461,7 @@ def test_data_last_modified_moves_only_on_a_real_change() -> None:
 
 def test_change_polling_by_data_last_modified() -> None:
     clock = FakeClock(100)
-    store = UserStore(clock=clock)
+    store = UserStore(wall=clock)
     for i in range(5):
         clock.now = 100 + i
         store.upsert({"email": f"u{i}@x.com"})
@@ -483,7 +483,7 @@ def test_change_polling_by_data_last_modified() -> None:
 
 def test_update_and_delete() -> None:
     clock = FakeClock(100)
-    store = make_store(PEOPLE, clock=clock)
+    store = make_store(PEOPLE, wall=clock)
     clock.now = 500
     assert store.update(path("where/city=Oslo"), {"city": "Bergen", "vip": 1}) == 2
     assert store.get(path("where/city=Bergen/column/user_id")) == [1, 4]
@@ -522,7 +522,7 @@ def test_put_and_delete_need_a_target(modifiers: str, message: str) -> None:
 
 def test_bulk_update_and_delete_keep_indexes_consistent() -> None:
     clock = FakeClock(100)
-    store = make_store([{"email": f"u{i}@x.com", "n": i % 2} for i in range(300)], clock=clock)
+    store = make_store([{"email": f"u{i}@x.com", "n": i % 2} for i in range(300)], wall=clock)
     clock.now = 150
     assert store.update(path("where/n=1"), {"flag": "y"}) == 150
     stamps = keyset(store, "data_last_modified>=150")
