@@ -446,7 +446,8 @@ def run_script(*args: str, key: str | None = API_KEY, timeout: float = 60) -> Ou
 def status_json(cli: Callable[..., Outcome], config: str) -> dict[str, Any]:
     result = cli("status", "-c", config, "--json")
     assert result.code == 0, result.text
-    (job,) = result.json()
+    jobs: list[dict[str, Any]] = result.json()
+    (job,) = jobs
     return job
 
 
@@ -556,8 +557,8 @@ def assert_no_secret(
 ) -> None:
     for secret in secrets:
         for form in forms(secret):
-            needle: str | bytes = form.encode() if isinstance(text, bytes) else form
-            assert needle not in text, f"{where} holds a secret ({form!r}):\n{text!r}"
+            held = form.encode() in text if isinstance(text, bytes) else form in text
+            assert not held, f"{where} holds a secret ({form!r}):\n{text!r}"
 
 
 def state_bytes(tmp_path: Path) -> bytes:

@@ -11,15 +11,13 @@ output channel of a real sync, the daemon and the alert webhook.
 from __future__ import annotations
 
 import base64
-import sqlite3
 import ssl
 import tempfile
 import traceback
-from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import text
@@ -32,68 +30,29 @@ from sync.model import RunOptions
 from sync.run import run_job
 from sync.sandbox import SandboxServer
 from sync.wiring import Wiring
-from tests.conftest import MARIADB_PASSWORD, PG_PASSWORD
 from tests.support import (
     API_KEY,
     DEFAULT_MAPPING,
+    MARIADB_PASSWORD,
+    PG_PASSWORD,
     WRONG_KEY,
     LoopbackServer,
+    assert_no_secret,
     config_doc,
+    config_file,
     execute,
     load,
     make_customers,
     self_signed_certificate,
+    state_bytes,
     status_json,
     write_config,
 )
-
-SECRETS = (API_KEY, WRONG_KEY, PG_PASSWORD, MARIADB_PASSWORD)
-
-
-def forms(secret: str) -> set[str]:
-    """A secret as it may be written: raw, percent-encoded (either hex case, + for a space)
-    and base64."""
-    encoded = quote(secret, safe="")
-    b64 = base64.b64encode(secret.encode()).decode()
-    return {secret, encoded, encoded.lower(), quote_plus(secret), b64}
-
-
-def assert_no_secret(text: str | bytes, where: str, secrets: Iterable[str] = SECRETS) -> None:
-    for secret in secrets:
-        for form in forms(secret):
-            needle: str | bytes = form.encode() if isinstance(text, bytes) else form
-            assert needle not in text, f"{where} holds a secret ({form!r}):\n{text!r}"
 
 
 def shown(result: Any, where: str) -> Any:
     assert_no_secret(result.text, where)
     return result
-
-
-def write(tmp_path: Path, source_url: str, api_url: str, **parts: Any) -> str:
-    doc = config_doc(
-        source_url=source_url,
-        api_url=api_url,
-        state_url=f"sqlite:///{tmp_path}/state/state.db",
-        job={"mapping": dict(DEFAULT_MAPPING)},
-        **parts,
-    )
-    return str(write_config(tmp_path / "sync.yaml", doc))
-
-
-def state_bytes(tmp_path: Path) -> bytes:
-    """The SQLite state store's files, write-ahead log included, and every row of it."""
-    files = sorted((tmp_path / "state").glob("state.db*"))
-    assert files
-    raw = b"".join(f.read_bytes() for f in files)
-    conn = sqlite3.connect(tmp_path / "state" / "state.db")
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        assert "psync_rejected" in tables and "psync_runs" in tables
-        rows = [repr(conn.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables]
-    finally:
-        conn.close()
-    return raw + "\n".join(rows).encode()
 
 
 # -- a read-only user, and nothing printed holds a secret -----------------------------------
@@ -110,7 +69,7 @@ def test_a_read_only_user_is_enough_and_no_output_holds_a_secret(
             conn.execute(text("UPDATE customers SET first_name = 'x' WHERE id = 1"))
     finally:
         engine.dispose()
-    config = write(tmp_path, url, sandbox.url)
+    config = config_file(tmp_path, url, sandbox.url)
 
     result = shown(cli("validate", "-c", config, "--connect"), "validate --connect")
     assert result.code == 0, result.text
@@ -202,7 +161,7 @@ def test_tracebacks_of_a_failing_run_never_show_a_secret(failing, case, monkeypa
 def test_the_state_store_never_holds_the_api_key(cli, tmp_path, sandbox, sqlite_url):
     make_customers(sqlite_url, range(1, 6))
     execute(sqlite_url, text("UPDATE customers SET email = 'no-email' WHERE id = 2"))
-    config = write(tmp_path, sqlite_url, sandbox.url)
+    config = config_file(tmp_path, sqlite_url, sandbox.url)
     assert cli("once", "-c", config).code == 0  # sent, and one rejected with its payload
     assert "no-email" in state_bytes(tmp_path).decode("utf-8", "replace")
     execute(
@@ -222,7 +181,7 @@ def test_the_state_store_never_holds_the_api_key(cli, tmp_path, sandbox, sqlite_
 )
 def test_no_config_key_turns_certificate_checks_off(cli, tmp_path, sandbox, sqlite_url, key):
     make_customers(sqlite_url, range(1, 3))
-    config = write(tmp_path, sqlite_url, sandbox.url, personyze={key: False})
+    config = config_file(tmp_path, sqlite_url, sandbox.url, personyze={key: False})
     result = cli("validate", "-c", config)
     assert result.code == 2, result.text
     assert f"personyze.{key}: unknown key" in result.err
@@ -235,7 +194,9 @@ def test_the_client_verifies_certificates_and_hostnames(tmp_path, sandbox, sqlit
         if any(word in f for word in ("verify", "ssl", "tls", "cert"))
     ]
     make_customers(sqlite_url, range(1, 3))
-    with Wiring(load(Path(write(tmp_path, sqlite_url, "https://app.personyze.com/rest")))) as app:
+    with Wiring(
+        load(Path(config_file(tmp_path, sqlite_url, "https://app.personyze.com/rest")))
+    ) as app:
         made = app.client._transport._make()  # what each sending thread gets
         context = made._pool._ssl_context  # HTTP/1.1 and HTTP/2 alike  # type: ignore[attr-defined]
         assert context.verify_mode == ssl.CERT_REQUIRED
@@ -274,7 +235,7 @@ class SelfSigned(LoopbackServer):
 def test_a_self_signed_certificate_is_refused_with_a_clear_error(cli, tmp_path, sqlite_url):
     make_customers(sqlite_url, range(1, 4))
     with SelfSigned(tmp_path) as server:
-        config = write(
+        config = config_file(
             tmp_path,
             sqlite_url,
             server.url,
@@ -300,7 +261,6 @@ class EchoesHeaders(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         auth = self.headers.get("Authorization", "")
         token = auth.removeprefix("Basic ")
-        import base64
 
         key = base64.b64decode(token).decode().removeprefix("api:")
         body = f"Bad request. You sent: Authorization: {auth}; key={key}; token={token}".encode()
@@ -317,12 +277,11 @@ class EchoesHeaders(BaseHTTPRequestHandler):
 def test_an_answer_that_echoes_the_key_is_masked_wherever_it_is_kept_or_shown(
     cli: Any, tmp_path: Path, sqlite_url: str
 ) -> None:
-    import base64
 
     token = base64.b64encode(f"api:{API_KEY}".encode()).decode()
     make_customers(sqlite_url, range(1, 4))
     with LoopbackServer(EchoesHeaders) as server:
-        config = write(tmp_path, sqlite_url, f"http://127.0.0.1:{server.port}/rest")
+        config = config_file(tmp_path, sqlite_url, f"http://127.0.0.1:{server.port}/rest")
         once = cli("-vv", "once", "-c", config)
         listed = cli("rejected", "list", "-c", config, "--json")
         status = cli("status", "-c", config, "--json")
@@ -341,7 +300,6 @@ def test_an_answer_that_echoes_the_key_is_masked_wherever_it_is_kept_or_shown(
 def test_the_basic_token_and_h2_header_logs_are_masked(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import base64
     import logging
 
     from sync.logs import configure_logging, secrets_of

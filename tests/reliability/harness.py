@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,12 +22,11 @@ from sqlalchemy import create_engine, text
 from sync.mapping import format_datetime
 from sync.run.feed import WINDOW_BATCHES
 from sync.sandbox import SandboxServer
-from tests.support import API_KEY, config_doc, write_config
+from tests.support import API_KEY, config_doc, script, wait_until, write_config
 
 ROWS = 6_000
 BATCH = 200
 WINDOW = WINDOW_BATCHES * BATCH  # rows read but not yet recorded: what a crash may resend
-CLI = str(Path(sys.executable).parent / "personyze-sync")
 T0 = datetime(2025, 1, 1, 8, 0, 0)
 MAPPING = {
     "id": "internal_id",
@@ -124,7 +122,7 @@ def start(
 ) -> subprocess.Popen[bytes]:
     """The sync as a real process; ``clock_offset``: its host clock that many seconds off
     (a ``sitecustomize`` shifts ``time.time`` in that process only)."""
-    args = [CLI, command, "-c", str(config)] + (["people"] if command == "backfill" else [])
+    args = [script(), command, "-c", str(config)] + (["people"] if command == "backfill" else [])
     env = {**os.environ, "TEST_API_KEY": API_KEY}
     if clock_offset:
         shim = config.parent / f"clock{clock_offset:+.0f}"
@@ -274,11 +272,13 @@ def utc(dt: datetime) -> datetime:
 def wait_for_posts(
     sandbox: SandboxServer, count: int, process: subprocess.Popen[bytes], timeout: float = 60
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while len(sandbox.requests) < count:
+    """Until the sandbox has answered ``count`` requests, the sync still running."""
+
+    def answered() -> bool:
         assert process.poll() is None, "the sync ended before the fault could be injected"
-        assert time.monotonic() < deadline, "the sync made no progress"
-        time.sleep(0.01)
+        return len(sandbox.requests) >= count
+
+    wait_until(answered, timeout=timeout, what=f"{count} requests (the sync made no progress)")
 
 
 def report(name: str, outcome: object, **more: object) -> None:
