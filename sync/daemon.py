@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
@@ -37,6 +36,7 @@ from sync.logs import secrets_of, set_secrets
 from sync.metrics import Metrics
 from sync.model import RunOptions
 from sync.run import run_job
+from sync.signals import stop_on_signals
 from sync.wiring import Wiring
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,6 @@ class Daemon:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._signals = 0
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max(4, len(config.jobs)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -128,40 +127,31 @@ class Daemon:
 
     def serve(self) -> int:
         """Run until stopped; the exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_stop_signal)
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        self.health.start()
-        self._seed_lag()
-        self._schedule(self.config)
-        self.scheduler.start()
-        log.info(
-            "daemon started",
-            extra={
-                "jobs": [j.name for j in self.config.jobs],
-                "http_port": self.health.port,
-                "pid": os.getpid(),
-            },
-        )
-        while not self._stop.wait(0.2):
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
-        return self._shutdown()
-
-    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log.warning(
-                "second signal: exiting at once; checkpoints stand before any unacknowledged row",
-                extra={"signal": signal.Signals(signum).name},
+        with stop_on_signals(self._on_stop_signal, at_once=_exiting_at_once):
+            self.health.start()
+            self._seed_lag()
+            self._schedule(self.config)
+            self.scheduler.start()
+            log.info(
+                "daemon started",
+                extra={
+                    "jobs": [j.name for j in self.config.jobs],
+                    "http_port": self.health.port,
+                    "pid": os.getpid(),
+                },
             )
-            logging.shutdown()
-            os._exit(1)
+            while not self._stop.wait(0.2):
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+            return self._shutdown()
+
+    def _on_stop_signal(self, name: str) -> None:
         log.info(
             "stopping: no new runs; the batches in flight finish",
             extra={
-                "signal": signal.Signals(signum).name,
+                "signal": name,
                 "grace_seconds": self.config.daemon.grace_period.total_seconds(),
             },
         )
@@ -350,3 +340,10 @@ class Daemon:
             "state_store": store,
             "jobs": jobs,
         }
+
+
+def _exiting_at_once(name: str) -> None:
+    log.warning(
+        "second signal: exiting at once; checkpoints stand before any unacknowledged row",
+        extra={"signal": name},
+    )

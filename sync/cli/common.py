@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import click
 
 from sync.cli.render import err
 from sync.config import load_config
 from sync.logs import secrets_of, set_secrets
+from sync.signals import stop_on_signals
 from sync.wiring import Wiring
 
 LogFormat = Literal["auto", "json", "text"]
@@ -39,23 +38,13 @@ def open_app(config_path: Path) -> Iterator[Wiring]:
     """The app for a one-shot command; SIGINT/SIGTERM stop it after the batch in flight."""
     config = load_config(config_path)
     set_secrets(secrets_of(config))
-    with Wiring(config, config_path=config_path) as app, stop_on_signals(app.stopping):
+    with Wiring(config, config_path=config_path) as app, stop_on_signals(_stop(app.stopping)):
         yield app
 
 
-@contextmanager
-def stop_on_signals(stopping: threading.Event) -> Iterator[None]:
-    """First signal: finish the batch in flight and stop. Second: exit at once."""
-
-    def handle(signum: int, _frame: Any) -> None:
-        if stopping.is_set():
-            os._exit(1)  # nothing is lost: checkpoints stand before unacknowledged rows
+def _stop(stopping: threading.Event) -> Callable[[str], None]:
+    def stop(_signal: str) -> None:
         stopping.set()
         err.print("stopping after the batch in flight (again to stop at once)", markup=False)
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return stop

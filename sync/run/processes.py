@@ -24,6 +24,7 @@ from sync.errors import ConfigError, FatalError, Stopped, SyncError
 from sync.logs import configure_logging, secrets_of
 from sync.model import Progress, RunOptions, RunStats
 from sync.run.parts import ProgressFor, check_layout, run_job
+from sync.signals import child_stops
 from sync.wiring import Wiring
 
 POLL_S = 0.2  # how often the parent looks at its children when none has spoken
@@ -150,10 +151,9 @@ def _child(
 ) -> None:
     """A child process: run its parts and send back what became of them."""
     configure_logging(fmt=logs.fmt, level=logs.level, secrets=secrets_of(config))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the parent too
     result: RunStats | SyncError
     with Wiring(config) as wiring:
-        signal.signal(signal.SIGTERM, lambda *_: wiring.stopping.set())
+        child_stops(wiring.stopping)
 
         def progress(total: int) -> Progress:
             messages.put((number, "total", total))
