@@ -52,6 +52,7 @@ def test_waiting_for_a_chunk_returns_when_the_last_of_it_finishes() -> None:
         window.add(slot)
     with SenderThreads(3, name="test-window") as threads:
         for i in (3, 1, 0, 2):  # the oldest four, out of order, from other threads
+            # each send takes 10 ms (the scenario: the wait below has something to wait for)
             threads.run(lambda slot: time.sleep(0.01) or Delivered(int(slot.key)), slots[i],
                         partial(window.complete, slots[i]))  # fmt: skip
         prefix = window.finished(wait_for=4)
