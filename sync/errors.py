@@ -2,6 +2,7 @@
 
     SyncError                 anything personyze-sync reports to a user
     ├── ConfigError           the config or the command line is wrong: fix it (exit 2)
+    │   └── PortUnavailable   a server cannot listen where it was told (a port in use)
     ├── FatalError            this job cannot go on: stop it and say why (exit 1)
     │   ├── AuthError         Personyze refused the API key
     │   ├── SourceError       the source database is unreachable or not as configured
@@ -19,6 +20,8 @@ Messages must never contain a secret.
 
 from __future__ import annotations
 
+import errno
+
 
 class SyncError(Exception):
     """Base of every error personyze-sync reports; ``exit_code`` is the CLI's."""
@@ -30,6 +33,27 @@ class ConfigError(SyncError):
     """The configuration or the command line is wrong; nothing was run."""
 
     exit_code = 2
+
+
+class PortUnavailable(ConfigError):
+    """A server (the daemon's health endpoints, the sandbox) cannot listen on its address:
+    the port is in use, or not this process's to take. Nothing was run."""
+
+    def __init__(self, host: str, port: int, why: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {why}")
+        self.host = host
+        self.port = port
+        self.why = why
+
+
+def port_unavailable(host: str, port: int, error: OSError) -> PortUnavailable:
+    """``error``, raised by binding ``host:port``, as a PortUnavailable that says why."""
+    why = {
+        errno.EADDRINUSE: "the port is in use",
+        errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
+    }.get(error.errno or 0, error.strerror or str(error))
+    return PortUnavailable(host, port, why)
 
 
 class FatalError(SyncError):

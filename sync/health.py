@@ -15,19 +15,28 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from sync.errors import port_unavailable
+
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class HealthServer:
-    """Serves the daemon's health and metrics on ``host:port`` (port 0: any free port)."""
+    """Serves the daemon's health and metrics on ``host:port`` (port 0: any free port).
+
+    It listens from the start: a port it cannot take raises
+    :class:`~sync.errors.PortUnavailable` here, before the daemon runs anything.
+    """
 
     def __init__(
         self, host: str, port: int, *, ready: Readiness, metrics: Callable[[], bytes]
     ) -> None:
         handler = _handler(ready, metrics)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise port_unavailable(host, port, exc) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True

@@ -318,12 +318,12 @@ def test_the_deploy_config_loads_with_its_environment() -> None:
 
 
 def test_the_compose_sandbox_needs_allow_insecure_http() -> None:
-    sandbox = {**PLACEHOLDER_ENV, "PERSONYZE_BASE_URL": "http://sandbox:8787/rest"}
+    sandbox = {**PLACEHOLDER_ENV, "PERSONYZE_BASE_URL": "http://sandbox:8742/rest"}
     with pytest.raises(ConfigError, match="allow_insecure_http"):
         load_config(DEPLOY / "personyze-sync.yaml", sandbox)
     allowed = {**sandbox, "PERSONYZE_ALLOW_INSECURE_HTTP": "true"}
     config = load_config(DEPLOY / "personyze-sync.yaml", allowed)
-    assert config.personyze.base_url == "http://sandbox:8787/rest"
+    assert config.personyze.base_url == "http://sandbox:8742/rest"
 
 
 def test_the_configmap_carries_the_deploy_config_unchanged() -> None:
@@ -361,7 +361,7 @@ def test_compose_offers_the_sandbox_only_in_its_profile() -> None:
     (compose,) = documents(DEPLOY / "docker-compose.yml")
     sandbox = compose["services"]["sandbox"]
     assert sandbox["profiles"] == ["sandbox"]
-    assert sandbox["command"][:5] == ["sandbox", "--host", "0.0.0.0", "--port", "8787"]
+    assert sandbox["command"][:5] == ["sandbox", "--host", "0.0.0.0", "--port", "8742"]
     assert "profiles" not in compose["services"]["sync"]
 
 

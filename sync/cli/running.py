@@ -14,7 +14,7 @@ from sync.cli.common import LogFormat, config_option, dry_run_option, json_optio
 from sync.cli.progress import progress_bar
 from sync.cli.render import report
 from sync.config import load_config
-from sync.errors import SyncError
+from sync.errors import ConfigError, PortUnavailable, SyncError
 from sync.logs import configure_logging, secrets_of
 from sync.model import RunOptions, RunStats
 from sync.run import run_all, run_in_processes, run_job
@@ -50,7 +50,12 @@ def run(
         level=level,
         secrets=secrets_of(config),
     )
-    raise click.exceptions.Exit(Daemon(config_path, config, http_port=http_port).serve())
+    try:
+        daemon = Daemon(config_path, config, http_port=http_port)
+    except PortUnavailable as exc:
+        where = "" if http_port is not None else f" (daemon.http_port in {config_path})"
+        raise ConfigError(f"{exc}{where}; choose another with --http-port N") from None
+    raise click.exceptions.Exit(daemon.serve())
 
 
 @click.command()

@@ -8,6 +8,13 @@ import click
 
 from sync.cli.progress import progress_bar
 from sync.cli.render import err, out
+from sync.errors import ConfigError, PortUnavailable
+
+# The sandbox's port unless --port says otherwise: neither IANA's nor a well-known
+# local tool's (8787 was, RStudio Server's and Cloudflare wrangler's; 8788 is wrangler
+# pages', 8793 Airflow's, 8778 Jolokia's, 8888 Jupyter's), nor seen open in nmap's
+# survey of the internet (its nmap-services list).
+SANDBOX_PORT = 8742
 
 
 def _sandbox_retry_after(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
@@ -31,7 +38,7 @@ _SANDBOX_SECONDS = click.FloatRange(min=0)
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--port", default=SANDBOX_PORT, show_default=True, type=int)
 @click.option("--api-key", default="sandbox-key", show_default=True)
 @click.option(
     "--internal-id-merges",
@@ -187,7 +194,10 @@ def sandbox(
     server = SandboxServer(
         api_key, host=host, port=port, internal_id_merges=internal_id_merges, faults=faults
     )
-    server.start()
+    try:
+        server.start()
+    except PortUnavailable as exc:
+        raise ConfigError(f"{exc}; choose another with --port N") from None
     err.print(f"sandbox Personyze API at {server.url} (Ctrl-C stops)", markup=False)
     defaults = asdict(Faults())
     changed = {k: v for k, v in asdict(faults).items() if v != defaults[k]}

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from sync.errors import port_unavailable
 from sync.sandbox.faults import FaultDrawer, FaultKind, Faults
 from sync.sandbox.handler import (
     Answer,
@@ -89,7 +90,10 @@ class SandboxServer:
         return f"http://{self.host}:{self.port}/rest"
 
     def start(self) -> SandboxServer:
-        """Bind and serve in a background daemon thread."""
+        """Bind and serve in a background daemon thread.
+
+        A port it cannot take (in use, say) raises :class:`~sync.errors.PortUnavailable`.
+        """
         httpd = self._bind()
         self._thread = threading.Thread(
             target=httpd.serve_forever,
@@ -142,7 +146,10 @@ class SandboxServer:
     def _bind(self) -> SandboxHTTPServer:
         if self._httpd is not None:
             raise RuntimeError("the sandbox is already running")
-        httpd = SandboxHTTPServer((self.host, self.port), Handler, self)
+        try:
+            httpd = SandboxHTTPServer((self.host, self.port), Handler, self)
+        except OSError as exc:  # in use, say: the CLI names the option that moves it
+            raise port_unavailable(self.host, self.port, exc) from None
         self.port = httpd.server_address[1]
         self._httpd = httpd
         return httpd

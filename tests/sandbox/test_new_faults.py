@@ -468,7 +468,7 @@ def test_sandbox_help_lists_the_fault_options() -> None:
     assert result.exit_code == 0, result.output
     for option in FAULT_OPTIONS:
         assert option in result.output, option
-    assert "[default: 8787]" in result.output
+    assert "[default: 8742]" in result.output
 
 
 @pytest.mark.parametrize(
