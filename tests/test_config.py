@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -420,6 +421,40 @@ ERRORS = [
         BASE + "state:\n  url: ${PG_PASSWORD}\n",
         "config.yaml:14: state.url: expected a SQLAlchemy database URL "
         "such as postgresql+psycopg://user:password@host:5432/db",
+    ),
+    # what a URL's scheme asks for is looked up without connecting (issue 17, item 8)
+    (
+        "unknown database, did you mean",
+        BASE + "state:\n  url: sqlit:///state.db\n",
+        "config.yaml:14: state.url: unknown database 'sqlit' (did you mean 'sqlite'?); "
+        "expected sqlite:///, postgresql://, mysql:// or mariadb:// "
+        "(another database needs its SQLAlchemy dialect installed)",
+    ),
+    (
+        "unknown driver, did you mean",
+        BASE.replace("postgresql+psycopg://", "postgresql+psycopgg://"),
+        "config.yaml:6: jobs[0].source.url: unknown driver 'psycopgg' for postgresql "
+        "(did you mean 'psycopg'?); known: psycopg, psycopg2, psycopg2cffi, pg8000",
+    ),
+    (
+        "a driver not installed",
+        BASE.replace("postgresql+psycopg://", "postgresql+psycopg2://"),
+        "config.yaml:6: jobs[0].source.url: the database driver psycopg2 (postgresql+psycopg2) "
+        "is not installed: write postgresql:// or postgresql+psycopg:// for psycopg 3, which "
+        "personyze-sync installs (or pip install psycopg2-binary)",
+    ),
+    (
+        "an asyncio driver",
+        BASE.replace("postgresql+psycopg://", "postgresql+psycopg_async://"),
+        "config.yaml:6: jobs[0].source.url: 'postgresql+psycopg_async' is an asyncio driver; "
+        "personyze-sync needs a synchronous one (postgresql+psycopg://, mysql+pymysql://, "
+        "sqlite:///)",
+    ),
+    (
+        "a state store in MySQL",
+        BASE + "state:\n  url: mysql://sync:${PG_PASSWORD}@db/state\n",
+        "config.yaml:14: state.url: the state store must be SQLite or PostgreSQL, not 'mysql' "
+        "(sqlite:///state/personyze-sync.db or postgresql+psycopg://user@host/db)",
     ),
 ]
 
@@ -894,8 +929,9 @@ def test_the_default_state_store_is_in_the_config_files_folder(tmp_path: Path) -
     ],
 )
 def test_absolute_in_memory_and_other_database_urls_are_kept(url: str, tmp_path: Path) -> None:
-    config = parse(sqlite_config(f"'{url}'", source=f"'{url}'"), base_dir=tmp_path)
-    assert config.state.url.get_secret_value() == url
+    state = "sqlite://" if url.startswith("mysql") else url  # no state store in MySQL
+    config = parse(sqlite_config(f"'{state}'", source=f"'{url}'"), base_dir=tmp_path)
+    assert config.state.url.get_secret_value() == state
     assert config.jobs[0].source.url.get_secret_value() == url
 
 
@@ -918,6 +954,75 @@ def test_a_relative_sqlite_url_read_from_a_file_is_resolved_too(tmp_path: Path) 
     text = sqlite_config(None).replace("url: sqlite:///data/shop.db", "url_file: secrets/shop-url")
     config = parse(text, base_dir=tmp_path)
     assert config.jobs[0].source.url.get_secret_value() == f"sqlite:///{tmp_path}/data/shop.db"
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql"])
+def test_a_mysql_url_without_pymysql_names_the_extra_to_install(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pymysql", None)  # as if PyMySQL were not installed
+    text = BASE.replace("postgresql+psycopg://", f"{scheme}://")
+    driver = scheme.partition("+")[0] + "+pymysql"
+    assert (
+        f"config.yaml:6: jobs[0].source.url: the database driver PyMySQL ({driver}) is not "
+        "installed: pip install 'personyze-sync[mysql]'"
+    ) in error_of(text).splitlines()
+
+
+def test_a_driver_that_fails_to_load_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name: str, *args: object, **kwargs: object) -> object:
+        if name == "pymysql":
+            raise ImportError("libsomething.so: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    message = error_of(BASE.replace("postgresql+psycopg://", "mysql://"))
+    assert (
+        "config.yaml:6: jobs[0].source.url: the database driver PyMySQL (mysql+pymysql) "
+        "cannot be loaded: libsomething.so: cannot open shared object file"
+    ) in message.splitlines()
+    assert_no_secret(message)
+
+
+def test_every_url_problem_is_reported_with_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pymysql", None)
+    text = edit("      table: public.customers", "      table: public.customers\n      tabel: x")
+    text = text.replace("postgresql+psycopg://", "mysql://") + "state:\n  url: sqlit://\n"
+    lines = error_of(text).splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "jobs[0].source.url",
+        "jobs[0].source.tabel",
+        "state.url",
+    ]
+    assert_no_secret("\n".join(lines))
+
+
+def test_the_config_and_the_engines_mean_one_driver_by_a_plain_scheme() -> None:
+    from sync.config.drivers import DEFAULT_DRIVERS
+    from sync.databases import DRIVERS
+
+    assert DEFAULT_DRIVERS == DRIVERS
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:pw@db/shop",
+        "postgresql://u:pw@db/shop",
+        "postgresql+psycopg://u:pw@db/shop",
+        "mysql://u:pw@db/shop",
+        "mariadb+pymysql://u:pw@db/shop",
+        "sqlite:///shop.db",
+        "sqlite+pysqlite:///shop.db",
+    ],
+)
+def test_urls_whose_driver_is_installed_load(url: str) -> None:
+    text = BASE.replace("postgresql+psycopg://reader:${PG_PASSWORD}@db/shop", url)
+    assert parse(text).jobs[0].source.url.get_secret_value().startswith(url.split("/")[0])
 
 
 def test_a_bad_state_url_is_not_echoed(tmp_path: Path) -> None:

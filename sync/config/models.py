@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from sync.config.values import db_url, duration_field, positive_number, whole_number
+from sync.config.values import duration_field, positive_number, state_db_url, whole_number
 from sync.config.yaml import invalid as _fail
 
 
@@ -96,7 +96,7 @@ class StateSettings(Model):
     # validated even when absent, so a config's default store is under its folder too
     url: SecretStr = Field(SecretStr("sqlite:///state/personyze-sync.db"), validate_default=True)
 
-    _check_url = field_validator("url")(db_url)
+    _check_url = field_validator("url")(state_db_url)
 
 
 class DaemonSettings(Model):

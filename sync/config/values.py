@@ -1,7 +1,8 @@
 """The values a config field may hold that are more than a pydantic type.
 
 Durations (``1h30m``), bounded whole numbers, positive numbers, lookbacks, delete
-limits and database URLs each accept what a person writes in YAML (``"30"``, ``5m``,
+limits and database URLs (parseable, their driver installed, a state store in
+SQLite or PostgreSQL) each accept what a person writes in YAML (``"30"``, ``5m``,
 ``1%``) and refuse the rest in plain English. Kept apart from the models so each
 rule is written once, whichever model uses it.
 """
@@ -13,12 +14,16 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr, ValidationInfo
 
+from sync.config.drivers import KNOWN_DRIVERS, driver_problem, with_default_driver
 from sync.config.urls import resolve_sqlite_path, userinfo_problem
 from sync.config.yaml import invalid as _fail
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 def to_snake_case(name: str) -> str:
@@ -104,17 +109,50 @@ def lookback(value: Any) -> timedelta | int | float:
 
 
 def db_url(value: SecretStr, info: ValidationInfo) -> SecretStr:
-    """A parseable URL; with the config's folder known, relative SQLite paths resolved."""
+    """A parseable URL whose driver is installed; with the config's folder known,
+    relative SQLite paths resolved."""
+    url = _parsed(value)
+    if (problem := driver_problem(url)) is not None:
+        raise _fail(problem)
+    return _resolved(value, info)
+
+
+STATE_BACKENDS = ("sqlite", "postgresql")
+
+
+def state_db_url(value: SecretStr, info: ValidationInfo) -> SecretStr:
+    """``db_url`` of a database the state store can live in: SQLite or PostgreSQL."""
+    url = with_default_driver(_parsed(value))
+    backend = url.drivername.partition("+")[0]
+    if backend in KNOWN_DRIVERS and backend not in STATE_BACKENDS:
+        raise _fail(_not_a_state_store(backend))
+    resolved = db_url(value, info)  # an unknown scheme: "did you mean", before this
+    if url.get_backend_name() not in STATE_BACKENDS:  # a dialect from a plugin
+        raise _fail(_not_a_state_store(url.get_backend_name()))
+    return resolved
+
+
+def _not_a_state_store(backend: str) -> str:
+    return (
+        f"the state store must be SQLite or PostgreSQL, not {backend!r} "
+        "(sqlite:///state/personyze-sync.db or postgresql+psycopg://user@host/db)"
+    )
+
+
+def _parsed(value: SecretStr) -> URL:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     if (problem := userinfo_problem(value.get_secret_value())) is not None:
         raise _fail(problem)
     try:
-        make_url(value.get_secret_value())
+        return make_url(value.get_secret_value())
     except (ArgumentError, ValueError, TypeError):
         example = "postgresql+psycopg://user:password@host:5432/db"
         raise _fail(f"expected a SQLAlchemy database URL such as {example}") from None
+
+
+def _resolved(value: SecretStr, info: ValidationInfo) -> SecretStr:
     base_dir = (info.context or {}).get("base_dir")
     if base_dir is None:  # a model built in code, not from a config file
         return value

@@ -1,0 +1,91 @@
+"""What the config check means on the command line (issue 17, items 8, 9 and 14).
+
+Plain ``validate`` checks what needs no network: a URL whose driver is not installed,
+an unknown database scheme or driver, a state store of the wrong kind.
+The commands that never talk to Personyze (``status``, ``rejected list|purge``,
+``checkpoint reset``) run without its API key; every other command still refuses,
+with the same FILE:LINE message. A template sees the transformed values.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import DB_PASSWORD
+
+
+def line_of(path: str, needle: str) -> int:
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def edit(config: str, change: Callable[[dict[str, Any]], None]) -> str:
+    """The config file with ``change`` applied to its document."""
+    doc = yaml.safe_load(Path(config).read_text())
+    change(doc)
+    Path(config).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return config
+
+
+def set_state_url(url: str) -> Callable[[dict[str, Any]], None]:
+    def change(doc: dict[str, Any]) -> None:
+        doc["state"]["url"] = url
+
+    return change
+
+
+# -- item 8: plain validate checks what needs no network ----------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql", "mariadb"])
+def test_validate_names_a_driver_that_is_not_installed(cli, setup, sandbox, monkeypatch, scheme):
+    monkeypatch.setitem(sys.modules, "pymysql", None)  # as if PyMySQL were not installed
+    config = setup(rows=None, source_url=f"{scheme}://reader:{DB_PASSWORD}@127.0.0.1:1/shop")
+    result = cli("validate", "-c", config)
+    assert result.code == 2, result.text
+    line = line_of(config, f"{scheme}://")
+    assert f"{config}:{line}: jobs[0].source.url: " in result.err
+    assert "PyMySQL" in result.err
+    assert "pip install 'personyze-sync[mysql]'" in result.err
+    assert "reader" not in result.text
+    assert result.out == ""
+    assert sandbox.requests == []
+
+
+def test_validate_refuses_an_unknown_scheme_with_a_suggestion(cli, setup, sandbox, tmp_path):
+    config = edit(setup(), set_state_url(f"sqlit:///{tmp_path}/state.db"))
+    result = cli("validate", "-c", config)
+    assert result.code == 2, result.text
+    line = line_of(config, "sqlit:///")
+    assert f"{config}:{line}: state.url: " in result.err
+    assert "did you mean 'sqlite'" in result.err
+    assert not (tmp_path / "state.db").exists()
+    assert sandbox.requests == []
+
+
+def test_validate_refuses_a_state_store_that_is_neither_sqlite_nor_postgresql(cli, setup, sandbox):
+    config = edit(setup(), set_state_url(f"mysql+pymysql://sync:{DB_PASSWORD}@127.0.0.1:1/st"))
+    result = cli("validate", "-c", config)
+    assert result.code == 2, result.text
+    line = line_of(config, "mysql+pymysql://")
+    assert f"{config}:{line}: state.url: " in result.err
+    assert "SQLite or PostgreSQL" in result.err
+    assert "sync:" not in result.text
+
+
+def test_validate_reports_every_such_problem_at_once(cli, setup, sandbox, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pymysql", None)
+    config = setup(rows=None, source_url=f"mysql://reader:{DB_PASSWORD}@127.0.0.1:1/shop")
+    edit(config, set_state_url(f"sqlit:///{tmp_path}/state.db"))
+    result = cli("validate", "-c", config)
+    assert result.code == 2, result.text
+    assert "state.url: " in result.err
+    assert "jobs[0].source.url: " in result.err
