@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
 from datetime import date, timedelta
 from typing import Any
 
@@ -202,3 +204,30 @@ def test_hostile_identifiers_and_values_are_quoted_and_bound(sqlite_url: str) ->
     with engine.connect() as conn:
         assert conn.execute(victims.select()).all() == []  # still there
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_read_whose_connection_dies_mid_stream_leaves_no_open_server_cursor(
+    pg_url: str,
+) -> None:
+    """Each attempt's server-side cursor is closed though its connection died under it:
+    psycopg warns, when one is collected still open, long after the test that left it."""
+    make_customers(pg_url, range(1, 3001))
+    execute(pg_url, text("CREATE INDEX customers_cursor ON customers (updated_at, id)"))
+    # the backend ends itself when the scan reaches row 2000, a few FETCHes in
+    query = "SELECT * FROM customers WHERE id <> 2000 OR pg_terminate_backend(pg_backend_pid())"
+    engine = source_engine(pg_url)
+    ENGINES.append(engine)
+    src = SourceReader(
+        engine,
+        settings(pg_url, table=None, query=query, batch_size=3000),
+        ("email",),
+        sleep=lambda _s: None,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SourceError, match="error while reading rows") as raised:
+            list(src.batches_after(None, None))
+        del raised  # its traceback holds the last attempt's frames
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

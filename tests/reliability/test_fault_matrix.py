@@ -6,12 +6,18 @@ checkpoint never passes a row Personyze has not acknowledged.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -37,43 +43,101 @@ from tests.reliability.harness import (
     sync_config,
     wait_for_posts,
 )
-from tests.support import API_KEY
-
-PG_VERSION = "15"
+from tests.support import API_KEY, wait_until
 
 
-def pg_ctl(action: str) -> None:
-    version = subprocess.run(
-        ["ls", "/etc/postgresql"], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+class OwnPostgres:
+    """A PostgreSQL server of one test's own, on a free port, which the test may restart
+    or stop: the shared server on 5432 serves the tests running beside it (pytest -n 2)."""
+
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="psync-pg-"))
+        self.data = self.home / "data"
+        # initdb and postgres refuse to run as root: as the server's own user, then
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.home, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        with (self.data / "postgresql.conf").open("a") as conf:  # for every start
+            conf.write(
+                f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.home}'\n"
+            )
+        self.ctl("start")
+
+    def ctl(self, action: str) -> None:
+        """``pg_ctl restart``, ``stop`` or ``start`` (fast shutdowns, like pg_ctlcluster's)."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "log"), "-w", action)
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [*self._as, _pg_bin(program), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
+
+
+def _pg_bin(program: str) -> str:
+    """The server's own programs are not on PATH on Debian: its versioned bin directory."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{program}"))
+    return str(found[-1]) if found else program
+
+
+def _free_port() -> int:
+    """A port below the ephemeral range, so that no client's socket takes it meanwhile."""
+    rng = random.Random()
+    for _ in range(50):
+        port = rng.randrange(20_000, 30_000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port for a private PostgreSQL server")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    server = OwnPostgres()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def wait_for_run(state_file: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Until ``process`` has begun its run (the run history names it as the holder)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def begun() -> bool:
         assert process.poll() is None, "the sync ended before its run began"
-        assert time.monotonic() < deadline, "the sync's run never began"
         try:
             with sqlite3.connect(state_file) as db:
                 holders = [h for (h,) in db.execute("SELECT holder FROM psync_runs")]
         except sqlite3.OperationalError:  # not created yet
             holders = []
-        if any(h and h.endswith(f":{process.pid}") for h in holders):
-            return
-        time.sleep(0.01)
+        return any(h and h.endswith(f":{process.pid}") for h in holders)
+
+    wait_until(begun, timeout=timeout, what="the sync's run to begin")
 
 
 @pytest.fixture
 def source(pg_url: str) -> str:
     make_people(pg_url)
     return pg_url
+
+
+@pytest.fixture
+def own_source(own_postgres: OwnPostgres) -> str:
+    """The people on a server of this test's own, for the scenarios that stop it."""
+    make_people(own_postgres.url)
+    return own_postgres.url
 
 
 def test_api_errors_rate_limits_drops_and_lost_answers(tmp_path: Path, source: str) -> None:
@@ -134,14 +198,17 @@ def test_sigkill_at_20_random_moments_of_one_backfill(tmp_path: Path, source: st
     report("sigkill", outcome, kills=kills, runs=len(history))
 
 
-def test_the_source_database_restarts_in_the_middle_of_a_run(tmp_path: Path, source: str) -> None:
+def test_the_source_database_restarts_in_the_middle_of_a_run(
+    tmp_path: Path, own_postgres: OwnPostgres, own_source: str
+) -> None:
+    source = own_source
     # 16 requests in flight at 20 ms: at most 800 rows/s, so the run outlasts the restart
     with SandboxServer(API_KEY, faults=Faults(latency_s=0.02)) as sandbox:
         config = sync_config(tmp_path, source, sandbox)
         with Watcher(tmp_path / "state.db", sandbox, cursor_order(source)) as watcher:
             process = start(config)
             wait_for_posts(sandbox, ROWS // 4, process)
-            pg_ctl("restart")
+            own_postgres.ctl("restart")
             restarted_at = len(sandbox.requests)
             code, output = finish(process)
         assert code == 0, output  # the same run went on after the restart
@@ -162,7 +229,7 @@ def test_a_locked_sqlite_state_store(tmp_path: Path, source: str) -> None:
             locker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
             locker.execute("BEGIN EXCLUSIVE")  # no other writer until it ends
             held_at = len(sandbox.requests)
-            time.sleep(4)
+            time.sleep(4)  # the scenario: the store stays locked this long
             stalled_at = len(sandbox.requests)
             locker.execute("ROLLBACK")
             locker.close()
@@ -178,18 +245,18 @@ def test_a_locked_sqlite_state_store(tmp_path: Path, source: str) -> None:
 
 
 def test_a_postgresql_state_store_that_stops_for_a_while(
-    tmp_path: Path, source: str, pg_url: str
+    tmp_path: Path, own_postgres: OwnPostgres, own_source: str
 ) -> None:
-    state_url = pg_url  # its own tables beside the source's, on the same server
+    source = state_url = own_source  # its own tables beside the source's, on the same server
     # 16 requests in flight at 20 ms: at most 800 rows/s, so the run outlasts the stop
     with SandboxServer(API_KEY, faults=Faults(latency_s=0.02)) as sandbox:
         config = sync_config(tmp_path, source, sandbox, state_url=state_url)
         process = start(config)
         wait_for_posts(sandbox, ROWS // 4, process)
-        pg_ctl("stop")
+        own_postgres.ctl("stop")
         stopped_at = len(sandbox.requests)
-        time.sleep(3)
-        pg_ctl("start")
+        time.sleep(3)  # the scenario: the store stays down this long
+        own_postgres.ctl("start")
         code, output = finish(process)
         if code != 0:  # a longer outage than the store waits for: the next run resumes
             assert "state store" in output or "source database" in output, output
@@ -255,7 +322,7 @@ def test_rows_change_while_a_run_is_reading(tmp_path: Path, source: str) -> None
         process = start(config)
         wait_for_posts(sandbox, 1000, process)
         writer.start()
-        time.sleep(5)
+        time.sleep(5)  # the scenario: 5 s of changes while the run reads
         stop.set()
         writer.join()
         assert process.poll() is None, "the run ended before the changes did"
