@@ -153,7 +153,7 @@ def backfill(
 
 def settings(args: argparse.Namespace) -> list[Setting]:
     quick = args.quick
-    a_rows, b_rows, c_rows = (200, 2_000, 300) if quick else (1_500, 60_000, 6_000)
+    a_rows, b_rows, c_rows = (100, 600, 200) if quick else (1_500, 60_000, 6_000)
     limit = args.limit_rps
     chosen: list[Setting] = []
     if args.only in (None, "A"):

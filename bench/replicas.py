@@ -355,11 +355,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=3, help="shards of the job (3)")
     parser.add_argument("--concurrency", type=int, default=8, help="per replica (8)")
     parser.add_argument(
-        "--quick", action="store_true", help="3,000 rows, replicas 1,3 (what the tests run)"
+        "--quick", action="store_true", help="1,200 rows, replicas 1,3 (what the tests run)"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows = 3_000
+        args.rows = 1_200
     if args.replicas is None:
         args.replicas = (1, 3) if args.quick else (1, 2, 3)
     if args.latency_ms <= 0:

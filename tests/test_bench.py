@@ -1,6 +1,9 @@
-"""bench/run.py --quick and bench/replicas.py --quick run end to end: every check PASS.
+"""bench/run.py, bench/replicas.py and bench/hostile.py --quick run end to end: every
+check PASS, every table row printed.
 
 No timing is asserted (machines are noisy); the figures are the benchmark's business.
+Each script runs once, in one test that checks all it printed (a fixture shared by
+several tests would run once per pytest-xdist worker that drew one of them).
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ TABLE_ROWS = [
     ("50 ms", "personyze-sync backfill"),
     ("50 ms", "personyze-sync once, nothing changed"),
     ("50 ms", "personyze-sync once, 1% changed"),
-    ("0 ms", "personyze-sync backfill, 200 rows"),
+    ("0 ms", "personyze-sync backfill, 120 rows"),
 ]
 
 
-@pytest.fixture(scope="module")
-def output() -> str:
+def bench(script: str) -> str:
+    """``bench/SCRIPT --quick``'s output; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -51,7 +54,17 @@ def output() -> str:
     return done.stdout
 
 
-def test_the_table_has_a_row_per_measurement(output: str) -> None:
+def test_bench_run_prints_every_measurement_and_passes_every_check() -> None:
+    output = bench("run.py")
+    the_table_has_a_row_per_measurement(output)
+    the_httpx_only_ceiling_is_measured(output)
+    the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(output)
+    the_backfill_in_two_processes_sends_each_row_once(output)
+    every_correctness_check_passes(output)
+    every_target_is_reported(output)
+
+
+def the_table_has_a_row_per_measurement(output: str) -> None:
     assert re.search(r"^setting\s+what\s+rows\s+seconds\s+rows/s\s+requests/row", output, re.M)
     for setting, what in TABLE_ROWS:
         if what.startswith("ceiling: wrk") and "wrk is not installed" in output:
@@ -59,7 +72,7 @@ def test_the_table_has_a_row_per_measurement(output: str) -> None:
         assert re.search(rf"^{re.escape(setting)}\s+{re.escape(what)}\s+\S", output, re.M), what
 
 
-def test_the_httpx_only_ceiling_is_measured(output: str) -> None:
+def the_httpx_only_ceiling_is_measured(output: str) -> None:
     """--quick runs bench/httpx_ceiling.py with 2 processes; it needs no wrk."""
     found = re.search(
         r"^0 ms\s+ceiling: HTTP client only, 2 processes\s+([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+(\S+)"
@@ -84,10 +97,10 @@ def test_the_httpx_only_ceiling_is_measured(output: str) -> None:
         assert re.search(r"\d+% \(2 processes, [\d,]+ req/s", line.group(0)), line.group(0)
 
 
-def test_the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(output: str) -> None:
+def the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(output: str) -> None:
     """detect: diff on the same table: every row, then nothing, then exactly the 1% changed."""
     first = re.search(
-        r"^0 ms\s+personyze-sync diff: first run\s+2,000\s+[\d.]+\s+[\d,]+\s+1\.000\s+[\d.]+"
+        r"^0 ms\s+personyze-sync diff: first run\s+1,200\s+[\d.]+\s+[\d,]+\s+1\.000\s+[\d.]+"
         r"\s+[\d.]+$",
         output,
         re.M,
@@ -101,7 +114,7 @@ def test_the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(outpu
     assert noop, output
     assert float(noop.group(1)) > 0 and float(noop.group(2)) > 0
     changed = re.search(
-        r"^0 ms\s+personyze-sync diff: 1% changed\s+20\s+[\d.]+\s+[\d,]+\s+1\.000\s", output, re.M
+        r"^0 ms\s+personyze-sync diff: 1% changed\s+12\s+[\d.]+\s+[\d,]+\s+1\.000\s", output, re.M
     )
     assert changed, output
     for what in ("first run", "nothing changed", "1% changed"):
@@ -122,10 +135,10 @@ def test_the_diff_mode_is_measured_and_an_unchanged_table_costs_no_request(outpu
     ), targets
 
 
-def test_the_backfill_in_two_processes_sends_each_row_once(output: str) -> None:
+def the_backfill_in_two_processes_sends_each_row_once(output: str) -> None:
     """backfill --processes 2 of the table in 2 shards: every row once, sandbox == source."""
     row = re.search(
-        r"^0 ms\s+personyze-sync backfill in 2 processes\s+2,000\s+[\d.]+\s+[\d,]+\s+1\.000\s",
+        r"^0 ms\s+personyze-sync backfill in 2 processes\s+1,200\s+[\d.]+\s+[\d,]+\s+1\.000\s",
         output,
         re.M,
     )
@@ -138,14 +151,14 @@ def test_the_backfill_in_two_processes_sends_each_row_once(output: str) -> None:
     ) or ("wrk is not installed" in output), targets
 
 
-def test_every_correctness_check_passes(output: str) -> None:
+def every_correctness_check_passes(output: str) -> None:
     checks = re.findall(r"^\[(PASS|FAIL)\] (.*)$", output, re.M)
     assert len(checks) >= 27, output
     assert all(verdict == "PASS" for verdict, _ in checks), [c for v, c in checks if v != "PASS"]
     assert re.search(r"^(\d+) of \1 correctness checks passed", output, re.M)
 
 
-def test_every_target_is_reported(output: str) -> None:
+def every_target_is_reported(output: str) -> None:
     targets = output.split("\ntargets\n", 1)[1]
     for name in ("÷ baseline at 50 ms", "÷ (concurrency ÷ latency)", "peak RSS", "no-change run"):
         assert name in targets
@@ -155,21 +168,14 @@ def test_every_target_is_reported(output: str) -> None:
 # --- bench/replicas.py --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def replicas_output() -> str:
-    """bench/replicas.py --quick: 3,000 rows, 1 then 3 replicas, 20 ms a request."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "replicas.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return done.stdout
+def test_bench_replicas_prints_a_row_per_replica_count_and_passes_every_check() -> None:
+    """bench/replicas.py --quick: 1,200 rows, 1 then 3 replicas, 20 ms a request."""
+    output = bench("replicas.py")
+    replicas_has_a_row_per_replica_count_with_one_request_per_row(output)
+    replicas_every_check_passes(output)
 
 
-def test_replicas_has_a_row_per_replica_count_with_one_request_per_row(
+def replicas_has_a_row_per_replica_count_with_one_request_per_row(
     replicas_output: str,
 ) -> None:
     assert re.search(
@@ -180,7 +186,7 @@ def test_replicas_has_a_row_per_replica_count_with_one_request_per_row(
     ), replicas_output
     for count in (1, 3):
         row = re.search(
-            rf"^\s+{count}\s+3,000\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)×\s+(\S+)\s+([\d.]+)\s+([\d.]+)$",
+            rf"^\s+{count}\s+1,200\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)×\s+(\S+)\s+([\d.]+)\s+([\d.]+)$",
             replicas_output,
             re.M,
         )
@@ -189,18 +195,18 @@ def test_replicas_has_a_row_per_replica_count_with_one_request_per_row(
         assert per_row == "1.000"
         assert float(seconds) > 0 and int(rate.replace(",", "")) > 0 and float(speedup) > 0
         assert float(cpu) > 0 and float(rss) > 0
-    assert re.search(r"^\s+1\s+3,000\s+\S+\s+\S+\s+1\.00×", replicas_output, re.M)
+    assert re.search(r"^\s+1\s+1,200\s+\S+\s+\S+\s+1\.00×", replicas_output, re.M)
     assert re.search(r"^\s+3 × 8 ÷ 20 ms = 1,200 rows/s", replicas_output, re.M)
 
 
-def test_replicas_every_check_passes(replicas_output: str) -> None:
+def replicas_every_check_passes(replicas_output: str) -> None:
     checks = re.findall(r"^\[(PASS|FAIL)\] (.*)$", replicas_output, re.M)
     assert len(checks) == 6, replicas_output  # 3 checks for each of 1 and 3 replicas
     assert all(verdict == "PASS" for verdict, _ in checks), checks
     for count, name in ((1, "1 replica"), (3, "3 replicas")):
-        assert f"[PASS] {name}: requests == rows: 3000 requests for 3000 rows" in replicas_output
+        assert f"[PASS] {name}: requests == rows: 1200 requests for 1200 rows" in replicas_output
         assert f"[PASS] {name}: every process exited 0: {[0] * count}" in replicas_output
-        assert f"[PASS] {name}: sandbox holds one user per source row: 3000 users" in (
+        assert f"[PASS] {name}: sandbox holds one user per source row: 1200 users" in (
             replicas_output
         )
 
@@ -208,15 +214,8 @@ def test_replicas_every_check_passes(replicas_output: str) -> None:
 def test_the_hostile_bench_measures_targets_a_b_and_c_and_every_run_is_correct() -> None:
     """bench/hostile.py --quick: each run exits 0 with the sandbox equal to the source,
     and A, B and C are each reported (PASS or MISS: the figures are not asserted)."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "hostile.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    runs = re.findall(r"^(\w): .* rows/s .* 429 .* CPU s  ok$", done.stdout, re.M)
-    assert sorted(runs) == ["A", "A", "B", "B", "C"], done.stdout
+    output = bench("hostile.py")
+    runs = re.findall(r"^(\w): .* rows/s .* 429 .* CPU s  ok$", output, re.M)
+    assert sorted(runs) == ["A", "A", "B", "B", "C"], output
     for target in "ABC":
-        assert re.search(rf"^{target}  .*(PASS|MISS)", done.stdout, re.M), done.stdout
+        assert re.search(rf"^{target}  .*(PASS|MISS)", output, re.M), output
