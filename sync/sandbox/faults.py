@@ -32,6 +32,9 @@ FaultKind: TypeAlias = Literal[
     "limit_rps",
 ]
 
+OBJECTS = frozenset({"users", "products", "user_lists", "user_list_users"})
+"""The REST objects (``/rest/<object>``) every fault hits alike."""
+
 ENDLESS_CHUNK = b'{"user_id":1},' * (64 * 1024 // len(b'{"user_id":1},'))
 """One chunk of an endless body (just under 64 KiB of JSON-looking bytes)."""
 
@@ -42,13 +45,15 @@ class Faults:
 
     The kinds are exclusive per request (one draw decides), so their rates must add
     up to at most 1. ``latency_s`` (plus up to ``latency_jitter_s``) is added to every
-    affected request. Faults hit ``/rest/users`` only, and ``/rest/account`` too when
-    ``include_account`` is set. ``lost_answer_rate`` applies the request, then answers
-    500 or drops the connection: the change is made, the answer lost.
+    affected request. Faults hit the objects (``/rest/users``, ``/rest/products``,
+    ``/rest/user_lists``, ``/rest/user_list_users``: :data:`OBJECTS`) alike, and
+    ``/rest/account`` too when ``include_account`` is set. ``lost_answer_rate``
+    applies the request, then answers 500 or drops the connection: the change is
+    made, the answer lost.
 
-    ``wrong_shape_rate``: a GET on ``/rest/users`` is answered 200 with the JSON object
+    ``wrong_shape_rate``: a GET on an object is answered 200 with the JSON object
     ``{"result": "ok"}`` instead of an array. ``late_apply_rate``: a POST, PUT or
-    DELETE on ``/rest/users`` gets no answer for ``late_apply_s`` seconds (the client
+    DELETE on an object gets no answer for ``late_apply_s`` seconds (the client
     should time out first), then the write is applied and the connection closed,
     still unanswered: the change lands after the client gave up (see
     :meth:`SandboxServer.late_pending`). A request of another method drawn for either
@@ -210,7 +215,7 @@ class FaultDrawer:
         """The fate of one request to ``/rest/<path>``: the gate, then the one draw."""
         with self._lock:
             f = self._faults
-            affected = path == "users" or (path == "account" and f.include_account)
+            affected = path in OBJECTS or (path == "account" and f.include_account)
             if f.writes_only and method not in ("POST", "PUT", "DELETE"):
                 affected = False
             if not affected:
@@ -239,10 +244,10 @@ class FaultDrawer:
                     fault = kind
                     break
                 roll -= rate
-            if fault == "wrong_shape" and not (path == "users" and method == "GET"):
+            if fault == "wrong_shape" and not (path in OBJECTS and method == "GET"):
                 fault = None
             if fault == "late_apply" and not (
-                path == "users" and method in ("POST", "PUT", "DELETE")
+                path in OBJECTS and method in ("POST", "PUT", "DELETE")
             ):
                 fault = None
             return Draw(latency, fault, drop, f)
@@ -286,4 +291,13 @@ def endless(
     return sent
 
 
-__all__ = ["Draw", "FaultDrawer", "FaultKind", "Faults", "TokenBucket", "endless", "trickle"]
+__all__ = [
+    "OBJECTS",
+    "Draw",
+    "FaultDrawer",
+    "FaultKind",
+    "Faults",
+    "TokenBucket",
+    "endless",
+    "trickle",
+]

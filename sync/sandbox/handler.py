@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -69,13 +70,23 @@ def json_answer(value: Any) -> Answer:
     return Answer(200, payload, "application/json", {})
 
 
+class Resource(Protocol):
+    """One REST object besides users (``products``, ...): see :mod:`sync.sandbox.rest`."""
+
+    def serve(self, method: str, segments: list[str], raw: bytes) -> Answer: ...
+
+
 class Backend(Protocol):
     """What the handler needs of the sandbox (``SandboxServer`` is the one implementation).
 
     ``_record`` is overridden by ``bench/sandbox_server.py`` to count instead of log.
+    ``objects`` serves every object but users and the account, by its path.
     """
 
     _drawer: FaultDrawer
+
+    @property
+    def objects(self) -> Mapping[str, Resource]: ...
 
     def _late_count(self, step: int) -> None: ...
 
@@ -258,6 +269,9 @@ class Handler(BaseHTTPRequestHandler):
         if refused is not None:
             return refused
         try:
+            resource = sandbox.objects.get(segments[0])
+            if resource is not None:
+                return resource.serve(self.command, segments[1:], raw)
             return sandbox._dispatch(self.command, segments, raw)
         except Exception:
             log.exception("sandbox: unexpected error on %s %s", self.command, self.path)
@@ -364,6 +378,7 @@ __all__ = [
     "Backend",
     "Handler",
     "RecordedRequest",
+    "Resource",
     "SandboxHTTPServer",
     "bare_answer",
     "json_answer",

@@ -7,9 +7,11 @@ writes that land after the client gave up, answers trickled a byte at a time, en
 bodies, a real rate limit) can be switched at runtime and are drawn from a seeded
 generator, so a test sees the same sequence every run (see ``faults.py``).
 
-This module holds the lifecycle, the request log and the API's routing; reading,
-faulting and answering one request is :mod:`sync.sandbox.handler`'s, the users are
-:mod:`sync.sandbox.users`'s.
+This module holds the lifecycle, the request log and the users' routing; reading,
+faulting and answering one request is :mod:`sync.sandbox.handler`'s (it hands the
+other objects to their :mod:`sync.sandbox.rest` resources), the users are
+:mod:`sync.sandbox.users`'s, the products :mod:`sync.sandbox.products`'s, the
+audiences :mod:`sync.sandbox.audiences`'s.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ from types import TracebackType
 from typing import Any
 
 from sync.errors import port_unavailable
+from sync.sandbox.audiences import AudienceStore
 from sync.sandbox.faults import FaultDrawer, FaultKind, Faults
 from sync.sandbox.handler import (
     Answer,
     Handler,
     RecordedRequest,
+    Resource,
     SandboxHTTPServer,
     bare_answer,
     json_answer,
     text_answer,
 )
+from sync.sandbox.products import ProductStore
 from sync.sandbox.query import RequestError, parse_modifiers
 from sync.sandbox.users import UserStore
 
@@ -74,6 +79,12 @@ class SandboxServer:
         self.host = host
         self.port = port
         self.store = UserStore(internal_id_merges=internal_id_merges, wall=wall)
+        self.catalog = ProductStore()
+        self.audiences = AudienceStore(self.store)
+        self.objects: dict[str, Resource] = {
+            **self.catalog.resources(),
+            **self.audiences.resources(),
+        }
         self._drawer = FaultDrawer(faults or Faults())
         self._log: deque[RecordedRequest] = deque(maxlen=request_log_limit)
         self._log_lock = threading.Lock()
@@ -201,9 +212,24 @@ class SandboxServer:
         """Copies of every stored user, ordered by user_id."""
         return self.store.users()
 
+    def products(self) -> list[dict[str, Any]]:
+        """Copies of every stored product, ordered by id."""
+        return self.catalog.products()
+
+    def user_lists(self) -> list[dict[str, Any]]:
+        """Copies of every stored list (audience), ordered by id."""
+        return self.audiences.lists()
+
+    def members(self, list_id: int) -> list[int]:
+        """The user_ids in one list, ascending."""
+        return self.audiences.members(list_id)
+
     def reset(self) -> None:
-        """Forget every user, the request log and the limited() count (faults stay)."""
+        """Forget every user, product, list and membership, the request log and the
+        limited() count (faults stay)."""
         self.store.reset()
+        self.catalog.reset()
+        self.audiences.reset()
         self.clear_requests()
         self._drawer.reset_limited()
 

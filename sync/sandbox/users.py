@@ -30,7 +30,6 @@ from typing import Any
 from sync.sandbox.query import (
     MAX_WINDOW,
     RANGE_WINDOW,
-    Bounds,
     Condition,
     Query,
     RequestError,
@@ -44,6 +43,7 @@ from sync.sandbox.query import (
     same_value,
     sort_key,
 )
+from sync.sandbox.table import EDGE, bounded_slice, walk, window
 
 __all__ = ["HASHED", "INDEXED", "LIVE_UNRESOLVED", "UserStore"]
 
@@ -88,6 +88,18 @@ class UserStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._users)
+
+    def find(self, column: str, value: Scalar) -> int | None:
+        """The lowest user_id whose ``column`` (user_id, email or internal_id) is ``value``.
+
+        In either mode: the members of a list resolve internal_id (see audiences.py).
+        """
+        with self._lock:
+            key = index_key(value)
+            if column == "user_id":
+                return key if isinstance(key, int) and key in self._users else None
+            found = self._index[column].get(key)
+            return min(found) if found else None
 
     def reset(self) -> None:
         with self._lock:
@@ -287,7 +299,7 @@ class UserStore:
         candidates = self._indexed_candidates(query.where)
         if candidates is not None:
             ids = [u for u in sorted(candidates) if self._matches(self._users[u], query.where)]
-            return _window(self._ordered(ids, query.order), offset, limit)
+            return window(self._ordered(ids, query.order), offset, limit)
         stream = self._ordered_stream(query)
         if stream is not None:
             picked: list[int] = []
@@ -297,9 +309,9 @@ class UserStore:
                     break
                 if self._matches(self._users[uid], query.where):
                     picked.append(uid)
-            return _window(picked, offset, limit)
+            return window(picked, offset, limit)
         ids = [u for u in self._ids if self._matches(self._users[u], query.where)]
-        return _window(self._ordered(ids, query.order), offset, limit)
+        return window(self._ordered(ids, query.order), offset, limit)
 
     def _indexed_candidates(self, where: Where | None) -> set[int] | None:
         """Ids that may match, from equality / in tests on indexed columns; None = scan."""
@@ -339,12 +351,12 @@ class UserStore:
         columns = tuple(c for c, _ in order)
         bounds = range_bounds(query.where, columns[0])
         if columns == ("user_id",):
-            lo, hi = _slice(self._ids, bounds, lambda v: v)
-            return _walk(self._ids[lo:hi], descending)
+            lo, hi = bounded_slice(self._ids, bounds, lambda v: v)
+            return walk(self._ids[lo:hi], descending)
         if columns in (("data_last_modified",), ("data_last_modified", "user_id")):
-            lo, hi = _slice(self._by_modified, bounds, lambda v: (v, _EDGE))
+            lo, hi = bounded_slice(self._by_modified, bounds, lambda v: (v, EDGE))
             pairs = self._by_modified[lo:hi]
-            return (uid for _, uid in _walk(pairs, descending))
+            return (uid for _, uid in walk(pairs, descending))
         return None
 
     def _ordered(self, ids: list[int], order: tuple[tuple[str, bool], ...]) -> list[int]:
@@ -359,38 +371,3 @@ class UserStore:
         if query.columns is not None:
             return [{c: row.get(c) for c in query.columns} for row in rows]
         return [dict(row) for row in rows]
-
-
-_EDGE = float("inf")
-
-
-def _window(ids: list[int], offset: int, limit: int | None) -> list[int]:
-    return ids[offset:] if limit is None else ids[offset : offset + limit]
-
-
-def _walk(items: list[Any], descending: bool) -> Iterator[Any]:
-    return reversed(items) if descending else iter(items)
-
-
-def _slice(items: list[Any], bounds: Bounds, key: Callable[[float], Any]) -> tuple[int, int]:
-    """The [lo, hi) slice of a sorted list that the bounds allow."""
-    lows, highs = bounds
-    lo, hi = 0, len(items)
-    for op, number in lows:
-        if op == ">":
-            lo = max(lo, bisect.bisect_right(items, key(number)))
-        else:
-            lo = max(lo, bisect.bisect_left(items, _low(key(number))))
-    for op, number in highs:
-        if op == "<":
-            hi = min(hi, bisect.bisect_left(items, _low(key(number))))
-        else:
-            hi = min(hi, bisect.bisect_right(items, key(number)))
-    return lo, max(lo, hi)
-
-
-def _low(key: Any) -> Any:
-    """For a (value, user_id) key, the position before every user_id with that value."""
-    if isinstance(key, tuple):
-        return (key[0], -_EDGE)
-    return key
