@@ -635,6 +635,126 @@ def test_unreadable_secret_file_names_relative_path(tmp_path: Path) -> None:
     )
 
 
+# ------------------------- the API key, for the commands that reach Personyze (item 9)
+
+NO_KEY_ENV = {"PG_PASSWORD": PG_PASSWORD}
+
+
+def keyless(text: str, environ: Mapping[str, str] = NO_KEY_ENV, base_dir: Path = REPO) -> Config:
+    return parse_config(
+        text, source="config.yaml", environ=environ, base_dir=base_dir, need_key=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "said"),
+    [
+        ("${API_KEY}", NO_KEY_ENV, "environment variable API_KEY is not set"),
+        ("${API_KEY}", {**NO_KEY_ENV, "API_KEY": ""}, "must not be empty"),
+        ("${API_KEY}", {**NO_KEY_ENV, "API_KEY": "  "}, "must not be empty"),
+        ("${API_KEY:-}", NO_KEY_ENV, "must not be empty"),
+        ("key-${A}-${B}", NO_KEY_ENV, "environment variable A is not set"),
+    ],
+)
+def test_a_key_the_environment_does_not_give_is_no_error_when_not_needed(
+    value: str, environ: Mapping[str, str], said: str
+) -> None:
+    text = BASE.replace("${API_KEY}", value)
+    needed = error_of(text, environ)
+    assert f"config.yaml:2: personyze.api_key: {said}" in needed.splitlines()
+    config = keyless(text, environ)
+    assert config.personyze.api_key is None
+    with pytest.raises(ConfigError) as asked:
+        config.personyze.require_key()
+    assert str(asked.value) == needed  # what loading for a command that sends would say
+    assert config.jobs[0].source.url.get_secret_value().endswith(f"{PG_PASSWORD}@db/shop")
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n"])
+def test_a_secret_file_that_cannot_be_read_or_is_empty_is_no_error_when_not_needed(
+    tmp_path: Path, content: str | None
+) -> None:
+    if content is not None:
+        (tmp_path / "key").write_text(content)
+    text = edit("  api_key: ${API_KEY}", "  api_key_file: key")
+    needed = error_of(text, base_dir=tmp_path)
+    config = keyless(text, base_dir=tmp_path)
+    assert config.personyze.api_key is None
+    with pytest.raises(ConfigError) as asked:
+        config.personyze.require_key()
+    assert str(asked.value) == needed
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            edit("  api_key: ${API_KEY}", "  base_url: https://app.personyze.com/rest"),
+            "config.yaml:1: personyze: missing required key 'api_key' (or 'api_key_file')",
+        ),
+        (BASE.replace("${API_KEY}", "''"), "config.yaml:2: personyze.api_key: must not be empty"),
+        (
+            BASE.replace("${API_KEY}", "${API_KEY"),
+            "config.yaml:2: personyze.api_key: malformed ${...} reference "
+            "(write $$ for a literal $)",
+        ),
+        (
+            edit("  api_key: ${API_KEY}", "  api_key: ${API_KEY}\n  api_key_file: key.txt"),
+            "config.yaml:3: personyze.api_key_file: give either 'api_key' or 'api_key_file', "
+            "not both",
+        ),
+        (
+            BASE.replace("${API_KEY}", "null"),
+            "config.yaml:2: personyze.api_key: expected text (put it in quotes)",
+        ),
+    ],
+)
+def test_a_key_the_file_itself_gets_wrong_is_an_error_for_every_command(
+    text: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        keyless(text)
+    assert expected in str(info.value).splitlines()
+
+
+def test_without_the_key_every_other_problem_is_still_reported() -> None:
+    text = edit("      cursor: updated_at", "      cursr: updated_at")
+    with pytest.raises(ConfigError) as info:
+        keyless(text)
+    lines = str(info.value).splitlines()
+    assert not [line for line in lines if "api_key" in line]
+    assert "config.yaml:8: jobs[0].source.cursr: unknown key (did you mean 'cursor'?)" in lines
+
+
+def test_a_key_that_is_given_is_loaded_whether_needed_or_not() -> None:
+    config = keyless(BASE, ENV)
+    assert config.personyze.require_key().get_secret_value() == API_KEY
+    assert API_KEY not in repr(config)
+
+
+def test_load_config_without_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "sync.yaml"
+    path.write_text(BASE)
+    with pytest.raises(ConfigError, match="environment variable API_KEY is not set"):
+        load_config(path, NO_KEY_ENV)
+    assert load_config(path, NO_KEY_ENV, need_key=False).personyze.api_key is None
+
+
+def test_nothing_can_send_without_the_key() -> None:
+    """The one place the key is used, the client, asks for it: with none, it says why."""
+    from sync.load.client import PersonyzeClient
+    from sync.logs import secrets_of
+
+    config = keyless(BASE)
+    with pytest.raises(ConfigError) as info:
+        PersonyzeClient(config.personyze)
+    assert (
+        str(info.value)
+        == "config.yaml:2: personyze.api_key: environment variable API_KEY is not set"
+    )
+    assert PG_PASSWORD in secrets_of(config)  # the database passwords are still masked
+
+
 @pytest.mark.parametrize(
     "url", ["http://localhost:8080/rest", "http://127.0.0.5/rest", "http://[::1]:9/"]
 )

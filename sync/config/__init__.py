@@ -2,7 +2,9 @@
 
 One way in: ``load_config``. The parts, lower first, so none imports a higher one:
 ``urls`` (credentials in URLs), ``yaml`` (lines, ``${VAR}``, errors in plain
-English), ``values`` (durations, counts, delete limits), ``models`` and ``jobs``
+English), ``check`` (the values against the models, every problem at its line),
+``drivers`` (what a database URL's scheme asks for, looked up without connecting),
+``values`` (durations, counts, delete limits, database URLs), ``models`` and ``jobs``
 (the frozen pydantic models), ``load`` (``Config`` and the reading). The names
 below are the ones the rest of sync and the tests use, so ``from sync.config
 import X`` needs no knowledge of that cut.

@@ -16,15 +16,17 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from sync.config.check import validate
 from sync.config.jobs import JobSettings
 from sync.config.models import (
+    API_KEY_PATH,
     AlertSettings,
     DaemonSettings,
     Model,
     PersonyzeSettings,
     StateSettings,
 )
-from sync.config.yaml import compose, expand_env, raise_problems, suggest, validate
+from sync.config.yaml import compose, expand_env, raise_problems, suggest
 from sync.config.yaml import invalid as _fail
 from sync.errors import ConfigError
 
@@ -79,8 +81,16 @@ def _duplicate_names(names: list[Any]) -> list[tuple[int, int]]:
     return repeats
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and check the config file; the only reader of the environment."""
+def load_config(
+    path: Path | str, environ: Mapping[str, str] | None = None, *, need_key: bool = True
+) -> Config:
+    """Read and check the config file; the only reader of the environment.
+
+    ``need_key=False`` is for the commands that never reach Personyze (status, rejected
+    list and purge, checkpoint reset): an API key the environment does not give (its
+    variable unset or empty, its secret file unreadable) is then no error, and
+    ``config.personyze.api_key`` is None; ``require_key()`` says why when asked.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -91,11 +101,18 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     env = os.environ if environ is None else environ
-    return parse_config(text, source=str(path), environ=env, base_dir=path.parent)
+    return parse_config(
+        text, source=str(path), environ=env, base_dir=path.parent, need_key=need_key
+    )
 
 
 def parse_config(
-    text: str, *, source: str = "<config>", environ: Mapping[str, str], base_dir: Path
+    text: str,
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str],
+    base_dir: Path,
+    need_key: bool = True,
 ) -> Config:
     """Check config text; every problem is reported in one ConfigError."""
     doc = compose(text, source)
@@ -111,4 +128,5 @@ def parse_config(
             line = doc.line(("jobs", other, "name"))
             message = f"duplicate job name {names[index]!r}, also on line {line}"
             doc.problem(("jobs", index, "name"), message)
-    return validate(doc, Config, base_dir=base_dir, secret_keys=_SECRET_KEYS)
+    optional = frozenset() if need_key else frozenset({API_KEY_PATH})
+    return validate(doc, Config, base_dir=base_dir, secret_keys=_SECRET_KEYS, optional=optional)

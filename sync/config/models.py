@@ -11,10 +11,22 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sync.config.values import duration_field, positive_number, state_db_url, whole_number
 from sync.config.yaml import invalid as _fail
+from sync.errors import ConfigError
+
+API_KEY_PATH = ("personyze", "api_key")
 
 
 class Model(BaseModel):
@@ -24,9 +36,14 @@ class Model(BaseModel):
 
 
 class PersonyzeSettings(Model):
-    """How to reach the Personyze Users API, and how hard to push it."""
+    """How to reach the Personyze Users API, and how hard to push it.
 
-    api_key: SecretStr
+    ``api_key`` is None only in a config loaded for a command that never reaches
+    Personyze (``load_config(need_key=False)``) where the environment does not give the
+    key; whatever sends or reads asks ``require_key()``, which then says why.
+    """
+
+    api_key: SecretStr | None
     allow_insecure_http: bool = False  # before base_url, whose check reads it
     base_url: str = "https://app.personyze.com/rest"
     concurrency: int = 8
@@ -37,12 +54,29 @@ class PersonyzeSettings(Model):
     backoff_max_s: float = 30.0  # the longest wait between attempts (Retry-After aside)
     max_answer_mb: int = 64  # a longer answer fails its request (an endless body)
 
+    _unavailable: str | None = PrivateAttr(default=None)  # why api_key is None
+
     @field_validator("api_key")
     @classmethod
-    def _key(cls, value: SecretStr) -> SecretStr:
+    def _key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            if API_KEY_PATH in _set_aside(info):
+                return None
+            raise _fail("expected text (put it in quotes)")
         if not value.get_secret_value().strip():
             raise _fail("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _why_no_key(self, info: ValidationInfo) -> PersonyzeSettings:
+        self._unavailable = _set_aside(info).get(API_KEY_PATH)
+        return self
+
+    def require_key(self) -> SecretStr:
+        """The API key; a ConfigError saying why there is none (exit 2), as loading would have."""
+        if self.api_key is None:
+            raise ConfigError(self._unavailable or "personyze.api_key: no API key was given")
+        return self.api_key
 
     @field_validator("base_url")
     @classmethod
@@ -88,6 +122,11 @@ class PersonyzeSettings(Model):
     @classmethod
     def _timeout(cls, value: Any) -> float:
         return positive_number(value)
+
+
+def _set_aside(info: ValidationInfo) -> dict[tuple[str | int, ...], str]:
+    """The values ``sync.config.check.validate`` set aside as the environment's to give."""
+    return dict((info.context or {}).get("unavailable", {}))
 
 
 class StateSettings(Model):

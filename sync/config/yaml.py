@@ -6,31 +6,25 @@ keys and turns a column called ``on`` into ``True``. Here the node tree from
 file and line, duplicate keys are refused, and mapping keys stay the text the user
 typed. ``${VAR}`` expansion also happens here, after parsing, so lines stay right.
 
-``validate`` then checks the plain values against a pydantic model: unknown keys and
-``X_file`` secrets first (where the lines are known), then pydantic, whose errors are
-put into plain English at the right line, never quoting a secret.
+Every problem found is kept as a ``Problem`` until all can be reported at once;
+``sync.config.check`` then checks the plain values against the models.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import yaml
-from pydantic import BaseModel, SecretStr, ValidationError
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from sync.config.urls import Splice, splice
 from sync.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
-M = TypeVar("M", bound=BaseModel)
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -51,6 +45,7 @@ class Problem(NamedTuple):
     line: int
     path: KeyPath
     message: str
+    unavailable: bool = False  # the environment did not give the value: an unset variable
 
     def render(self, source: str) -> str:
         """``FILE:LINE: key.path: message``, the one format every config error uses."""
@@ -84,6 +79,7 @@ class Document:
     source: str
     lines: dict[KeyPath, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    expanded: set[KeyPath] = field(default_factory=set)  # values a ${VAR} reference made
 
     def line(self, path: KeyPath) -> int:
         """The line of ``path``, or of its nearest ancestor that was in the file."""
@@ -92,9 +88,9 @@ class Document:
                 return self.lines[path[:end]]
         return 1
 
-    def problem(self, path: KeyPath, message: str) -> None:
+    def problem(self, path: KeyPath, message: str, *, unavailable: bool = False) -> None:
         """Record a problem at ``path``'s line."""
-        self.problems.append(Problem(self.line(path), path, message))
+        self.problems.append(Problem(self.line(path), path, message, unavailable))
 
 
 def compose(text: str, source: str) -> Document:
@@ -217,171 +213,15 @@ def _expand(doc: Document, value: Any, path: KeyPath, environ: Mapping[str, str]
         if dollar:
             parts.append(Splice(match.start(), pos, "$", literal=True))
             continue
+        doc.expanded.add(path)
         found = environ.get(name)
         if found is None or (has_default and found == ""):
             if has_default:
                 found = default
             else:
-                doc.problem(path, f"environment variable {name} is not set")
+                doc.problem(path, f"environment variable {name} is not set", unavailable=True)
                 found = ""
         parts.append(Splice(match.start(), pos, found))
     if bad or "${" in value[pos:]:
         doc.problem(path, "malformed ${...} reference (write $$ for a literal $)")
     return splice(value, parts)
-
-
-# ------------------------------------------------- validating against models
-
-
-def validate(doc: Document, model: type[M], *, base_dir: Path, secret_keys: frozenset[str]) -> M:
-    """``doc.data`` as ``model``, or one ConfigError with every problem, secrets unquoted.
-
-    Keys in ``secret_keys`` (and values read from ``X_file``) are never echoed.
-    ``base_dir`` (the config file's folder) is also the validators' ``info.context``.
-    """
-    hidden: set[KeyPath] = set()
-    _prepare(model, doc.data, (), doc, base_dir, hidden)
-    erred = {p.path for p in doc.problems}  # already reported: pydantic would repeat them
-    erred |= {(*p[:-1], p[-1].removesuffix("_file")) for p in erred if p and isinstance(p[-1], str)}
-    result: M | None = None
-    try:
-        result = model.model_validate(doc.data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        for error in exc.errors():
-            full, problem = _translate(error, doc, hidden, secret_keys)
-            if not any(full[: len(bad)] == bad for bad in erred):
-                doc.problems.append(problem)
-    raise_problems(doc.problems, doc.source)  # outside `except`: no pydantic chain
-    assert result is not None  # a ValidationError always carries at least one error
-    return result
-
-
-def _prepare(
-    model: type[BaseModel],
-    data: Any,
-    path: KeyPath,
-    doc: Document,
-    base_dir: Path,
-    hidden: set[KeyPath],
-) -> None:
-    """Before pydantic: unknown keys (with suggestions) and ``X_file`` secrets."""
-    if not isinstance(data, dict):
-        return
-    fields = model.model_fields
-    for key in list(data):
-        stem = key.removesuffix("_file")
-        if key.endswith("_file") and stem in fields and key not in fields:
-            _read_secret(data, key, stem, path, doc, base_dir, hidden)
-        elif key not in fields:
-            secrets = [f"{f}_file" for f, info in fields.items() if info.annotation is SecretStr]
-            doc.problem((*path, key), f"unknown key{suggest(key, [*fields, *secrets])}")
-            del data[key]
-    for name, info in fields.items():
-        sub, many = _submodel(info.annotation)
-        if sub is None or name not in data:
-            continue
-        if many and isinstance(data[name], list):
-            for index, item in enumerate(data[name]):
-                _prepare(sub, item, (*path, name, index), doc, base_dir, hidden)
-        elif not many:
-            _prepare(sub, data[name], (*path, name), doc, base_dir, hidden)
-
-
-def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The model a field holds directly (``M``, ``M | None``) or in a list (``list[M]``)."""
-    origin = typing.get_origin(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg, False
-    if origin is list:
-        (arg,) = typing.get_args(annotation)
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg, True
-    return None, False
-
-
-def _read_secret(
-    data: dict[str, Any],
-    key: str,
-    stem: str,
-    path: KeyPath,
-    doc: Document,
-    base_dir: Path,
-    hidden: set[KeyPath],
-) -> None:
-    """Replace ``X_file: PATH`` by ``X: <file content>``; the content is never shown."""
-    where = (*path, key)
-    value = data.pop(key)
-    doc.lines[(*path, stem)] = doc.line(where)
-    hidden.add((*path, stem))
-    if stem in data:
-        doc.problem(where, f"give either '{stem}' or '{key}', not both")
-        return
-    data[stem] = ""
-    if not isinstance(value, str) or not value.strip():
-        doc.problem(where, "expected the path of a file")
-        return
-    file = Path(value).expanduser()
-    file = file if file.is_absolute() else base_dir / file
-    try:
-        data[stem] = file.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:
-        doc.problem(where, f"{file} is not UTF-8 text")
-    except OSError as exc:
-        doc.problem(where, f"cannot read {file}: {exc.strerror or type(exc).__name__}")
-
-
-_EXPECTED = {
-    "string_type": "expected text (put it in quotes)",
-    "string_too_short": "must not be empty",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "int_type": "expected a whole number",
-    "int_parsing": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "dict_type": "expected a mapping (key: value lines)",
-    "model_type": "expected a mapping (key: value lines)",
-    "model_attributes_type": "expected a mapping (key: value lines)",
-    "list_type": "expected a list",
-    "too_short": "expected at least one entry",
-    "extra_forbidden": "unknown key",
-}
-
-
-def _translate(
-    error: ErrorDetails, doc: Document, hidden: set[KeyPath], secret_keys: frozenset[str]
-) -> tuple[KeyPath, Problem]:
-    """A pydantic error as a Problem in plain English, with no secret in it."""
-    loc: KeyPath = tuple(error["loc"])
-    ctx = error.get("ctx") or {}
-    kind = error["type"]
-    full = loc + tuple(ctx.get("at", ()))
-    if kind == "missing":
-        name = str(loc[-1])
-        hint = f" (or '{name}_file')" if name in secret_keys else ""
-        return full, Problem(doc.line(loc[:-1]), loc[:-1], f"missing required key '{name}'{hint}")
-    if kind == "config":
-        message = str(ctx["message"])
-    elif kind == "literal_error":
-        message = f"expected one of: {str(ctx.get('expected', '')).replace(chr(39), '')}"
-    elif kind == "value_error":
-        message = str(ctx.get("error", error["msg"]))
-    else:
-        message = _EXPECTED.get(kind, error["msg"])
-    secret = any(p in secret_keys for p in full if isinstance(p, str)) or any(
-        full[: len(h)] == h for h in hidden
-    )
-    shown = error.get("input")
-    text = repr(shown)
-    if (
-        not secret
-        and isinstance(shown, str | int | float | bool)
-        and not (isinstance(shown, str) and text in message)
-    ):
-        message += f" (got {text[:40]}{'...' if len(text) > 40 else ''})"
-    return full, Problem(doc.line(full), full, message)

@@ -70,6 +70,7 @@ class PersonyzeClient:
         """``stop``: once set, every wait ends at once with :class:`Stopped` (a request in
         flight is given until its deadline). ``sleep``: how to wait (tests count waits)."""
         check_base_url(settings)
+        key = settings.require_key().get_secret_value()  # none: a ConfigError saying why
         self._mask = mask  # hides secrets in what an answer's text says
         self._settings = settings
         self._stop = stop or threading.Event()
@@ -102,7 +103,7 @@ class PersonyzeClient:
         )
         self._base_url = settings.base_url + "/"
         self._urls: dict[str, httpx.URL] = {}
-        token = base64.b64encode(f"api:{settings.api_key.get_secret_value()}".encode()).decode()
+        token = base64.b64encode(f"api:{key}".encode()).decode()
         headers = {
             "Authorization": f"Basic {token}",
             "User-Agent": USER_AGENT,
