@@ -4,6 +4,12 @@ Pure: no database, no network, no clock. A :class:`Mapper` is compiled once from
 job's config; ``map(row)`` then renames the mapped columns, applies the column's
 transforms, coerces values into what JSON and Personyze take, normalises emails,
 and checks that at least one identifier is usable. Only mapped columns are sent.
+
+A template (``{template: "{first_name} {last_name}"}``) names source columns, and sees
+each mapped one as its Personyze column's transforms made it (``last_name: [strip]``
+applies first), coerced as it would be sent; a column nobody maps, or the template's
+own column, it sees as read. So mapped columns are made in the order the config gives
+(:meth:`JobSettings.columns_in_order`): each after the columns its templates read.
 """
 
 from __future__ import annotations
@@ -193,7 +199,8 @@ def _aware(value: datetime) -> datetime:
 
 # -- the mapper ----------------------------------------------------------------
 
-Step = Callable[[Any, Mapping[str, Any]], Any]
+# A step: (the value so far, the source row, the values made so far by source column).
+Step = Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any]
 
 
 def _compile_step(transform: str | TemplateTransform | ConstantTransform) -> Step:
@@ -201,16 +208,24 @@ def _compile_step(transform: str | TemplateTransform | ConstantTransform) -> Ste
         template = transform.template
         fields = _fields(template)
 
-        def render(_: Any, row: Mapping[str, Any]) -> Any:
-            values = {f: "" if row[f] is None else coerce(row[f]) for f in fields}
-            return template.format_map(values).strip() or None
+        def render(_: Any, row: Mapping[str, Any], made: Mapping[str, Any]) -> Any:
+            values = {f: _shown(made[f] if f in made else coerce(row[f])) for f in fields}
+            try:
+                return template.format_map(values).strip() or None
+            except (ValueError, TypeError) as exc:  # a format spec the value does not take
+                raise Unsendable(f"template {template!r}: {exc}") from None
 
         return render
     if isinstance(transform, ConstantTransform):
         constant = transform.constant
-        return lambda _value, _row: constant
+        return lambda _value, _row, _made: constant
     fn = SIMPLE[transform]
-    return lambda value, _row: None if value is None else fn(value)
+    return lambda value, _row, _made: None if value is None else fn(value)
+
+
+def _shown(value: Scalar | None) -> Scalar:
+    """A value as a template writes it: nothing for a value that is not sent."""
+    return "" if value is None else value
 
 
 def _fields(template: str) -> list[str]:
@@ -240,15 +255,11 @@ class Mapper:
 
     def __init__(self, job: JobSettings) -> None:
         self.key = job.source.key
-        columns = [
-            _Column(src, dst, tuple(_compile_step(t) for t in job.transforms.get(dst, [])))
-            for src, dst in job.mapping.items()
-        ]
-        made = [dst for dst in job.transforms if dst not in job.mapping.values()]
-        columns += [
-            _Column(None, dst, tuple(map(_compile_step, job.transforms[dst]))) for dst in made
-        ]
-        self._columns = tuple(columns)
+        sources = {dst: src for src, dst in job.mapping.items()}
+        self._columns = tuple(
+            _Column(sources.get(dst), dst, tuple(map(_compile_step, job.transforms.get(dst, []))))
+            for dst in job.columns_in_order()
+        )
         self.source_columns: tuple[str, ...] = tuple(
             dict.fromkeys([*job.mapping, *template_fields(job)])
         )
@@ -256,11 +267,12 @@ class Mapper:
     def map(self, row: Mapping[str, Any]) -> Record | Rejection:
         key = row[self.key]
         payload: dict[str, Any] = {}
+        made: dict[str, Any] = {}  # by source column: what templates see of a mapped one
         for col in self._columns:
             value = row[col.source] if col.source is not None else None
             try:
                 for step in col.steps:
-                    value = step(value, row)
+                    value = step(value, row, made)
                 value = coerce(value)
             except Unsendable as exc:
                 return Rejection(
@@ -268,6 +280,8 @@ class Mapper:
                     f"column {col.source or col.target!r}: {exc}",
                     _printable(row, self._columns),
                 )
+            if col.source is not None:
+                made[col.source] = value
             if value is not None and value != "":
                 payload[col.target] = value
         problem = _identify(payload)

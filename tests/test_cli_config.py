@@ -1,10 +1,8 @@
-"""What the config check means on the command line (issue 17, items 8, 9 and 14).
+"""What the config check means on the command line (issue 17, items 8 and 14).
 
 Plain ``validate`` checks what needs no network: a URL whose driver is not installed,
-an unknown database scheme or driver, a state store of the wrong kind.
-The commands that never talk to Personyze (``status``, ``rejected list|purge``,
-``checkpoint reset``) run without its API key; every other command still refuses,
-with the same FILE:LINE message. A template sees the transformed values.
+an unknown database scheme or driver, a state store of the wrong kind. A template
+sees the transformed values.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import DB_PASSWORD
+from tests.support import DB_PASSWORD, change_customers, customers
 
 
 def line_of(path: str, needle: str) -> int:
@@ -89,3 +87,45 @@ def test_validate_reports_every_such_problem_at_once(cli, setup, sandbox, monkey
     assert result.code == 2, result.text
     assert "state.url: " in result.err
     assert "jobs[0].source.url: " in result.err
+
+
+# -- item 14: templates see the transformed values ----------------------------------------
+
+
+def test_a_template_sees_the_transformed_values(cli, setup, sqlite_url, sandbox):
+    config = setup()
+    change_customers(sqlite_url, customers.c.id == 1, first_name=" Ada", last_name="  Lovelace ")
+
+    def transforms(doc: dict[str, Any]) -> None:
+        doc["jobs"][0]["transforms"] = {
+            "first_name": ["strip"],
+            "last_name": ["strip"],
+            "full_name": [{"template": "{first_name} {last_name}"}],
+        }
+
+    edit(config, transforms)
+    result = cli("once", "-c", config)
+    assert result.code == 0, result.text
+    (ada,) = [u for u in sandbox.users() if str(u["internal_id"]) == "1"]
+    assert ada["last_name"] == "Lovelace"
+    assert ada["full_name"] == "Ada Lovelace"
+
+
+def test_validate_refuses_templates_that_wait_for_each_other(cli, setup, sandbox):
+    config = setup()
+
+    def loop(doc: dict[str, Any]) -> None:
+        doc["jobs"][0]["transforms"] = {
+            "first_name": [{"template": "{last_name}"}],
+            "last_name": [{"template": "{first_name}"}],
+        }
+
+    edit(config, loop)
+    result = cli("validate", "-c", config)
+    assert result.code == 2, result.text
+    line = line_of(config, "- template: '{last_name}'") - 1  # the key above its list
+    assert (
+        f"{config}:{line}: jobs[0].transforms.first_name: templates read each other's columns "
+        "in a loop (first_name -> last_name -> first_name)"
+    ) in result.err
+    assert sandbox.requests == []

@@ -422,6 +422,14 @@ ERRORS = [
         "config.yaml:14: state.url: expected a SQLAlchemy database URL "
         "such as postgresql+psycopg://user:password@host:5432/db",
     ),
+    (
+        "templates waiting for each other",
+        BASE + "      a: custom_t_1\n      b: custom_t_2\n    transforms:\n"
+        '      custom_t_1: [{template: "{b}"}]\n      custom_t_2: [{template: "{a}"}]\n',
+        "config.yaml:16: jobs[0].transforms.custom_t_1: templates read each other's columns "
+        "in a loop (custom_t_1 -> custom_t_2 -> custom_t_1): a template sees a mapped column "
+        "after that column's own transforms",
+    ),
     # what a URL's scheme asks for is looked up without connecting (issue 17, item 8)
     (
         "unknown database, did you mean",

@@ -210,6 +210,110 @@ def test_rows_that_cannot_be_sent_are_rejected_with_a_reason(
     assert result.key == 1
 
 
+# -- templates see the transformed values (issue 17, item 14) -----------------------------
+
+
+def test_the_readmes_example_a_template_sees_the_stripped_last_name() -> None:
+    """README: ``last_name: [strip]`` and ``full_name: [{template: "{first_name} {lastName}"}]``."""
+    result = mapped(
+        {"email": "ada@example.com", "first_name": "Ada", "lastName": " Lovelace "},
+        {"email": "email", "first_name": "first_name", "lastName": "last_name"},
+        {"last_name": ["strip"], "full_name": [{"template": "{first_name} {lastName}"}]},
+    )
+    assert isinstance(result, Record), result
+    assert result.payload == {
+        "email": "ada@example.com",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "full_name": "Ada Lovelace",
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "mapping", "transforms", "column", "expected"),
+    [
+        # a mapped column, as its transforms made it, coerced as it is sent
+        ({"vip": "yes"}, {"vip": "custom_i_1"}, {"custom_i_1": ["bool"]}, "label", "vip=1"),
+        ({"n": "4.5"}, {"n": "custom_f_1"}, {"custom_f_1": ["float"]}, "label", "n=4.5"),
+        (
+            {"c": " Paris "},
+            {"c": "current_city"},
+            {"current_city": ["strip", "upper"]},
+            "label",
+            "c=PARIS",
+        ),
+        # a mapped column that is empty is written as nothing, as when it is read NULL
+        ({"c": "   "}, {"c": "current_city"}, {"current_city": ["strip"]}, "label", "c="),
+        ({"c": None}, {"c": "current_city"}, {"current_city": ["strip"]}, "label", "c="),
+        # a column nobody maps is seen as it was read
+        ({"c": " Paris "}, {}, {}, "label", "c= Paris"),
+    ],
+)
+def test_a_template_sees_mapped_columns_after_their_transforms(
+    row: dict[str, Any],
+    mapping: dict[str, str],
+    transforms: dict[str, Any],
+    column: str,
+    expected: str,
+) -> None:
+    (name,) = row
+    template = {"template": f"{name}={{{name}}}"}
+    result = mapped(
+        {"email": "a@example.com", **row},
+        {"email": "email", **mapping},
+        {**transforms, column: [template]},
+    )
+    assert isinstance(result, Record), result
+    assert result.payload[column] == expected
+
+
+def test_a_column_is_made_after_the_columns_its_template_reads() -> None:
+    """``x`` is listed first, but its template reads ``b``, which ``y``'s transforms make."""
+    job_settings = job(
+        {"email": "email", "a": "x", "b": "y"},
+        {"x": [{"template": "{a}+{b}"}], "y": ["upper"]},
+    )
+    assert job_settings.columns_in_order() == ("email", "y", "x")
+    result = Mapper(job_settings).map({"id": 1, "email": "a@example.com", "a": "q", "b": "w"})
+    assert isinstance(result, Record), result
+    assert result.payload == {"email": "a@example.com", "y": "W", "x": "q+W"}
+
+
+def test_a_template_reads_its_own_column_as_read() -> None:
+    result = mapped(
+        {"email": "a@example.com", "nick": " Bo "},
+        {"email": "email", "nick": "custom_t_1"},
+        {"custom_t_1": ["upper", {"template": "[{nick}]"}]},
+    )
+    assert isinstance(result, Record), result
+    assert result.payload["custom_t_1"] == "[ Bo ]"
+
+
+def test_a_template_whose_format_a_value_does_not_take_rejects_the_row() -> None:
+    transforms = {"label": [{"template": "{n:.2f}"}]}
+    result = mapped(
+        {"email": "a@example.com", "n": "abc"}, {"email": "email", "n": "custom_t_1"}, transforms
+    )
+    assert isinstance(result, Rejection)
+    assert "column 'label': template '{n:.2f}'" in result.reason
+    transforms["custom_t_1"] = ["float"]
+    result = mapped(
+        {"email": "a@example.com", "n": "4.5"}, {"email": "email", "n": "custom_t_1"}, transforms
+    )
+    assert isinstance(result, Record), result
+    assert result.payload["label"] == "4.50"
+
+
+def test_templates_that_wait_for_each_other_are_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"templates read each other's columns in a loop \(x -> y -> x\)"
+    ):
+        job(
+            {"email": "email", "a": "x", "b": "y"},
+            {"x": [{"template": "{b}"}], "y": [{"template": "{a}"}]},
+        )
+
+
 def test_fingerprint_ignores_key_order_and_sees_every_value() -> None:
     assert fingerprint({"a": 1, "b": "x"}) == fingerprint({"b": "x", "a": 1})
     assert fingerprint({"a": 1, "b": "x"}) != fingerprint({"a": 1, "b": "y"})

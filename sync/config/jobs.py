@@ -298,6 +298,26 @@ class JobSettings(Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _no_template_loop(self) -> JobSettings:
+        """A template sees the mapped columns it names after their transforms, so those
+        are made first; two templates that each wait for the other cannot be made."""
+        _, loop = _order(self.mapping, self.transforms)
+        if loop:
+            raise _fail(
+                f"templates read each other's columns in a loop ({' -> '.join(loop)}): a "
+                "template sees a mapped column after that column's own transforms",
+                "transforms",
+                loop[0],
+            )
+        return self
+
+    def columns_in_order(self) -> tuple[str, ...]:
+        """Every Personyze column the job makes, each after the mapped columns its
+        templates read (otherwise as the config lists them: mapped, then made)."""
+        order, _ = _order(self.mapping, self.transforms)
+        return tuple(order)
+
     def source_columns(self) -> tuple[str, ...]:
         """Every source column the job reads: mapped ones and those templates use."""
         columns = dict.fromkeys(self.mapping)
@@ -306,3 +326,42 @@ class JobSettings(Model):
                 if isinstance(step, TemplateTransform):
                     columns.update(dict.fromkeys(step.source_columns()))
         return tuple(columns)
+
+
+def _order(
+    mapping: dict[str, str], transforms: dict[str, list[Transform]]
+) -> tuple[list[str], list[str]]:
+    """The Personyze columns, each after those its templates read; and a loop, if any
+    (``[a, b, a]``: a's template reads b's source column, b's reads a's)."""
+    made = [target for target in transforms if target not in mapping.values()]
+    columns = [*mapping.values(), *made]
+    waits = {
+        target: [
+            mapping[name]
+            for step in transforms.get(target, [])
+            if isinstance(step, TemplateTransform)
+            for name in step.source_columns()
+            if name in mapping and mapping[name] != target  # its own source: as read
+        ]
+        for target in columns
+    }
+    order: list[str] = []
+    visiting: list[str] = []
+
+    def visit(target: str) -> list[str]:
+        if target in order:
+            return []
+        if target in visiting:
+            return [*visiting[visiting.index(target) :], target]
+        visiting.append(target)
+        for other in waits[target]:
+            if loop := visit(other):
+                return loop
+        visiting.pop()
+        order.append(target)
+        return []
+
+    for target in columns:
+        if loop := visit(target):
+            return columns, loop
+    return order, []
