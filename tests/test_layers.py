@@ -71,6 +71,8 @@ ALLOWED = {
     "sync.config": {"sync.errors"},
     "sync.databases": {"sync.errors"},
     "sync.compare": set(),
+    "sync.signals": set(),
+    "sync.signals": set(),  # the one stop logic of every process (edges only)
     "sync.extract": SHARED | {"sync.databases"},
     "sync.mapping": SHARED | {"sync.compare"},
     "sync.load": SHARED | {"sync.compare"},
@@ -81,16 +83,17 @@ ALLOWED = {
     | {"sync.compare", "sync.extract", "sync.mapping", "sync.load", "sync.state"},
     "sync.run": SHARED
     | {"sync.extract", "sync.mapping", "sync.load", "sync.state", "sync.adopt", "sync.wiring"}
-    | {"sync.logs"},
+    | {"sync.logs", "sync.signals"},
     "sync.verify": SHARED
     | {"sync.compare", "sync.extract", "sync.mapping", "sync.load", "sync.state", "sync.run"}
     | {"sync.wiring"},
     "sync.admin": SHARED | {"sync.adopt", "sync.mapping", "sync.run", "sync.state", "sync.wiring"},
     "sync.daemon": SHARED
-    | {"sync.run", "sync.wiring", "sync.alerts", "sync.health", "sync.metrics", "sync.logs"},
+    | {"sync.run", "sync.wiring", "sync.alerts", "sync.health", "sync.metrics", "sync.logs"}
+    | {"sync.signals"},
     "sync.cli": SHARED
     | {"sync.run", "sync.admin", "sync.verify", "sync.wiring", "sync.daemon", "sync.demo"}
-    | {"sync.sandbox", "sync.logs", "sync"},
+    | {"sync.sandbox", "sync.logs", "sync.signals", "sync"},
 }
 
 
