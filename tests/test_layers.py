@@ -71,7 +71,6 @@ ALLOWED = {
     "sync.config": {"sync.errors"},
     "sync.databases": {"sync.errors"},
     "sync.compare": set(),
-    "sync.signals": set(),
     "sync.signals": set(),  # the one stop logic of every process (edges only)
     "sync.extract": SHARED | {"sync.databases"},
     "sync.mapping": SHARED | {"sync.compare"},
