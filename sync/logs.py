@@ -12,12 +12,13 @@ which ``configure_logging`` renders as one line, either JSON (not a terminal, or
 
 or text (a terminal, or ``fmt="text"``), with any traceback on the lines after it::
 
-    2026-11-30 05:00:00 INFO  sync.daemon: run finished job=customers rows_sent=12 seconds=1.5
+    2026-11-30 05:00:00 UTC INFO  sync.daemon: run finished job=customers rows_sent=12 seconds=1.5
 
-Times are UTC. Redaction runs on the finished line, so a secret is replaced by ``***``
-wherever it came from: the message, its arguments, an extra, an exception message or
-a traceback. A secret is also found percent-encoded (any hex case, ``+`` for a space,
-as database URLs carry passwords) and escaped as JSON or ``repr`` would escape it.
+Times are UTC, and text lines say so. Redaction runs on the finished line, so a secret
+is replaced by ``***`` wherever it came from: the message, its arguments, an extra, an
+exception message or a traceback. A secret is also found percent-encoded (any hex
+case, ``+`` for a space, as database URLs carry passwords) and escaped as JSON or
+``repr`` would escape it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 from urllib.parse import quote, quote_plus, unquote, urlsplit
@@ -114,9 +115,11 @@ def secrets_of(config: Config) -> list[str]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    key = config.personyze.api_key.get_secret_value()
-    token = base64.b64encode(f"api:{key}".encode()).decode()
-    found = [key, token, base64.b64encode(key.encode()).decode(), quote(key, safe="")]
+    found: list[str] = []
+    if config.personyze.api_key is not None:  # None: loaded for a command that sends nothing
+        key = config.personyze.api_key.get_secret_value()
+        token = base64.b64encode(f"api:{key}".encode()).decode()
+        found += [key, token, base64.b64encode(key.encode()).decode(), quote(key, safe="")]
     passwords: list[str] = []
     urls = [config.state.url] + [job.source.url for job in config.jobs]
     for secret_url in urls:
@@ -217,10 +220,10 @@ _BARE = re.compile(r"[^\s\"'=\\]+")
 
 
 class TextFormatter(_Formatter):
-    """``2026-11-30 05:00:00 INFO  logger: event key=value ...``, traceback below."""
+    """``2026-11-30 05:00:00 UTC INFO  logger: event key=value ...``, traceback below."""
 
     def render(self, record: logging.LogRecord, message: str) -> str:
-        when = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         parts = [f"{when} {record.levelname:<5} {record.name}: {message}"]
         parts += [f"{key}={_text_value(value)}" for key, value in self.extras(record).items()]
         line = " ".join(parts)
@@ -284,12 +287,14 @@ def configure_logging(
     level: int = logging.INFO,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    shown_elsewhere: Callable[[logging.LogRecord], bool] | None = None,
 ) -> None:
     """Send every log record to ``stream`` (stderr) as one line, secrets masked.
 
     ``"auto"`` means text on a terminal and JSON anywhere else. Calling it again
     replaces the handler it installed before (handlers others installed are left
-    alone), and replaces the secrets with ``secrets``.
+    alone), and replaces the secrets with ``secrets``. ``shown_elsewhere``: records
+    it is true of are left out (a command that prints a job's failure itself, say).
     """
     out = sys.stderr if stream is None else stream
     if fmt == "auto":
@@ -297,6 +302,8 @@ def configure_logging(
         fmt = "text" if callable(isatty) and isatty() else "json"
     handler = _Handler(out)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    if shown_elsewhere is not None:
+        handler.addFilter(lambda record: not shown_elsewhere(record))
     set_secrets(secrets)
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:

@@ -60,7 +60,11 @@ class RunOptions:
 
 @dataclass
 class RunStats:
-    """What one run did, row by row; a sharded job's run adds up its parts'."""
+    """What one run did, row by row; a sharded job's run adds up its parts'.
+
+    ``read`` counts every row read from the source, retries included; each ends in one
+    of the other counts (a row read twice in a run, changed in between, counts once).
+    """
 
     read: int = 0
     sent: int = 0
@@ -71,6 +75,8 @@ class RunStats:
     missing: int = 0  # sync: update found no such user: counted, never created
     vanished: int = 0  # synced rows no longer in the source (deleted only with mirror)
     unresolved: int = 0  # sent without a certain answer: the next run reconciles them
+    deleted_before_sync: int = 0  # marked by delete_when, never synced: nothing to delete
+    rejected_rows: list[dict[str, Any]] = field(default_factory=list)  # key and reason each
     would_send: list[dict[str, Any]] = field(default_factory=list)
     would_delete: list[dict[str, Any]] = field(default_factory=list)
     too_many_deletes: str | None = None  # a dry run says why the real run would stop
@@ -87,6 +93,8 @@ class RunStats:
         self.missing += other.missing
         self.vanished += other.vanished
         self.unresolved += other.unresolved
+        self.deleted_before_sync += other.deleted_before_sync
+        self.rejected_rows += other.rejected_rows
         self.would_send += other.would_send
         self.would_delete += other.would_delete
         self.held_elsewhere += other.held_elsewhere

@@ -124,8 +124,8 @@ def test_text_line() -> None:
     log.info("run finished", extra={"job": "customers", "rows_sent": 12, "seconds": 1.5})
     log.warning("slow", extra={"note": "two words", "none": None})
     first, second = stream.getvalue().splitlines()
-    stamp, rest = first[:19], first[19:]
-    datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S")
+    stamp, rest = first[:23], first[23:]
+    datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S UTC")  # the zone named: no guessing
     assert rest == " INFO  sync.daemon: run finished job=customers rows_sent=12 seconds=1.5"
     assert second.endswith(' WARNING sync.daemon: slow note="two words" none=null')
 

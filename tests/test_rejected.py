@@ -128,7 +128,7 @@ def test_retry_while_still_bad_keeps_them_with_one_more_attempt(cli, config, san
     before = listed(cli, config)
     sandbox.clear_requests()
     result = cli("rejected", "retry", "-c", config, "customers", "--json")
-    assert result.code == 0, result.text
+    assert result.code == 1, result.text  # rows are still rejected
     assert result.json()["jobs"]["customers"] == {
         "retried": 2,
         "delivered": 0,

@@ -9,7 +9,7 @@ import click
 
 from sync import admin
 from sync.admin import Estimate, duration_text
-from sync.cli.common import config_option, dry_run_option, json_option, open_app
+from sync.cli.common import config_option, dry_run_option, json_option, log_options, open_app
 from sync.cli.progress import AdoptionBar
 from sync.cli.render import adoption_summary, out, print_rejections, retry_report
 from sync.model import RunOptions
@@ -35,9 +35,16 @@ def checkpoint() -> None:
     is_flag=True,
     help="Move the job's state to the number of shards its config now gives.",
 )
+@log_options()
 def checkpoint_reset(config_path: Path, job: str, to: str | None, reshard: bool) -> None:
-    """Move JOB's checkpoint deliberately. Rows already sent unchanged are still not resent."""
-    with open_app(config_path) as app:
+    """Move JOB's checkpoint deliberately. Rows already sent unchanged are still not resent.
+
+    \b
+    Examples:
+      personyze-sync checkpoint reset customers                  # from the beginning
+      personyze-sync checkpoint reset customers --to '2024-06-01 00:00:00'
+    """
+    with open_app(config_path, needs_key=False) as app:
         settings = app.config.job(job)
         if reshard:
             moved = admin.reshard(app, settings)
@@ -58,12 +65,18 @@ def checkpoint_reset(config_path: Path, job: str, to: str | None, reshard: bool)
     is_flag=True,
     help="Adopt nothing: record that Personyze holds none of JOB's users (a first sync).",
 )
+@log_options()
 def adopt(config_path: Path, job: str, yes: bool, skip: bool) -> None:
     """Adopt the users Personyze already holds into JOB's identity map.
 
     For a new, moved or lost state store, before its first run of JOB: rows without an
     email would otherwise become second users. Reads Personyze's users 50 at a time
     (the cost is shown first), stops once every row is found, resumes after a crash.
+
+    \b
+    Examples:
+      personyze-sync adopt customers
+      personyze-sync adopt customers --skip --yes    # Personyze holds none of them
     """
     with open_app(config_path) as app:
         settings = app.config.job(job)
@@ -122,9 +135,16 @@ def rejected() -> None:
 @config_option
 @click.argument("job", required=False)
 @json_option
+@log_options()
 def rejected_list(config_path: Path, job: str | None, as_json: bool) -> None:
-    """Each rejected row of each job (or of JOB): key, reason, status, attempts, payload."""
-    with open_app(config_path) as app:
+    """Each rejected row of each job (or of JOB): key, reason, status, attempts, payload.
+
+    \b
+    Examples:
+      personyze-sync rejected list
+      personyze-sync rejected list customers --json
+    """
+    with open_app(config_path, needs_key=False) as app:
         found = {j.name: admin.rejections(app, j) for j in app.jobs([job] if job else ())}
     print_rejections(found, as_json=as_json)
 
@@ -134,14 +154,25 @@ def rejected_list(config_path: Path, job: str | None, as_json: bool) -> None:
 @click.argument("job", required=False)
 @dry_run_option
 @json_option
-def rejected_retry(config_path: Path, job: str | None, dry_run: bool, as_json: bool) -> None:
-    """Re-read every rejected row from the source and send it again now."""
+@log_options(quiet=True)
+def rejected_retry(
+    config_path: Path, job: str | None, dry_run: bool, as_json: bool, quiet: bool
+) -> None:
+    """Re-read every rejected row from the source and send it again now.
+
+    Exits 1 while rows are still rejected (not with --dry-run: nothing is tried).
+
+    \b
+    Examples:
+      personyze-sync rejected retry --dry-run
+      personyze-sync rejected retry customers
+    """
     with open_app(config_path) as app:
         jobs = app.jobs([job] if job else ())
         before = {j.name: len(admin.rejections(app, j)) for j in jobs}
         results = run_all(app, jobs, RunOptions(kind="retry", dry_run=dry_run, only_rejected=True))
         after = {j.name: len(admin.rejections(app, j)) for j in jobs}
-    retry_report(results, before, after, dry_run=dry_run, as_json=as_json)
+    retry_report(results, before, after, dry_run=dry_run, as_json=as_json, quiet=quiet)
 
 
 @rejected.command("purge")
@@ -149,9 +180,16 @@ def rejected_retry(config_path: Path, job: str | None, dry_run: bool, as_json: b
 @click.argument("job", required=False)
 @click.option("--key", "keys", multiple=True, metavar="K", help="Drop only this row (repeatable).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@log_options()
 def rejected_purge(config_path: Path, job: str | None, keys: tuple[str, ...], yes: bool) -> None:
-    """Drop rejected rows deliberately: they are not retried again (until their data changes)."""
-    with open_app(config_path) as app:
+    """Drop rejected rows deliberately: they are not retried again (until their data changes).
+
+    \b
+    Examples:
+      personyze-sync rejected purge customers --key 42 --yes
+      personyze-sync rejected purge              # every job's; asks first
+    """
+    with open_app(config_path, needs_key=False) as app:
         jobs = app.jobs([job] if job else ())
         if keys and len(jobs) > 1:
             raise click.UsageError("--key needs the JOB it belongs to")

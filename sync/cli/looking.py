@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from sync import admin
-from sync.cli.common import config_option, json_option, open_app
+from sync.cli.common import config_option, json_option, log_options, open_app
 from sync.cli.render import out, print_json
 from sync.cli.render_status import print_status, status_doc
 
@@ -17,8 +17,15 @@ from sync.cli.render_status import print_status, status_doc
 @click.option(
     "--connect", is_flag=True, help="Also reach the source, the state store and Personyze."
 )
+@log_options()
 def validate(config_path: Path, connect: bool) -> None:
-    """Check the config (and, with --connect, everything it points at)."""
+    """Check the config (and, with --connect, everything it points at).
+
+    \b
+    Examples:
+      personyze-sync validate -c personyze-sync.yaml
+      personyze-sync validate --connect
+    """
     with open_app(config_path) as app:
         for line in admin.validate(app, connect=connect):
             out.print(f"ok  {line}", markup=False)
@@ -27,9 +34,16 @@ def validate(config_path: Path, connect: bool) -> None:
 @click.command()
 @config_option
 @json_option
+@log_options()
 def status(config_path: Path, as_json: bool) -> None:
-    """Per job: checkpoint, last runs, rows sent and rejected, lag."""
-    with open_app(config_path) as app:
+    """Per job: checkpoint, last runs, rows sent and rejected, lag.
+
+    \b
+    Examples:
+      personyze-sync status
+      personyze-sync status --json | jq '.[] | {job, lag_seconds}'
+    """
+    with open_app(config_path, needs_key=False) as app:
         jobs = admin.status(app)
     if as_json:
         print_json([status_doc(j) for j in jobs])

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from sync.admin import AdoptionSummary, StoredRejection
-from sync.errors import SyncError
+from sync.cli.exits import FAILED, exit_code, stop_signal
+from sync.errors import Stopped, SyncError
 from sync.model import RunStats
 
 out = Console(highlight=False, soft_wrap=True)
@@ -44,13 +45,25 @@ def shown(value: Any) -> str:
 
 
 def report(
-    results: dict[str, RunStats | SyncError], seconds: float, *, as_json: bool, dry_run: bool
+    results: dict[str, RunStats | SyncError],
+    seconds: float,
+    *,
+    as_json: bool,
+    dry_run: bool,
+    quiet: bool = False,
 ) -> None:
-    """Print each job's outcome; exit 1 if any failed."""
-    failed = {name: r for name, r in results.items() if isinstance(r, SyncError)}
+    """Print each job's outcome; exit as :func:`sync.cli.exits.exit_code` says.
+
+    ``quiet``: print nothing when that is 0 (for cron, which mails what is printed).
+    """
+    code = exit_code(results, dry_run=dry_run)
+    if quiet and not code:
+        return
     if as_json:
         doc = {
-            name: {"error": str(r)}
+            name: {"stopped": str(r)}
+            if isinstance(r, Stopped)
+            else {"error": str(r)}
             if isinstance(r, SyncError)
             else {
                 "read": r.read,
@@ -62,11 +75,14 @@ def report(
                 "missing": r.missing,
                 "vanished": r.vanished,
                 "unresolved": r.unresolved,
+                "deleted_before_sync": r.deleted_before_sync,
+                "rejected_rows": r.rejected_rows,
                 **(
                     {
                         "would_send": r.would_send,
                         "would_delete": r.would_delete,
                         "too_many_deletes": r.too_many_deletes,
+                        "would_stop": r.too_many_deletes is not None,
                     }
                     if dry_run
                     else {}
@@ -77,6 +93,9 @@ def report(
         print_json({"jobs": doc, "seconds": round(seconds, 3)})
     else:
         for name, r in results.items():
+            if isinstance(r, Stopped):
+                print_stopped(name, r)
+                continue
             if isinstance(r, SyncError):
                 err.print(
                     f"[red]job {escape(name)} failed:[/red] {escape(str(r))}",
@@ -115,12 +134,46 @@ def report(
                     else ""
                 )
                 + (f", identity collisions {r.collisions}" if r.collisions else "")
+                + (
+                    f", deleted at the source before it was ever synced {r.deleted_before_sync}"
+                    if r.deleted_before_sync
+                    else ""
+                )
                 + f" ({seconds:.1f}s)",
                 markup=False,
                 soft_wrap=True,
             )
-    if failed:
-        raise click.exceptions.Exit(max(e.exit_code for e in failed.values()))
+            print_rejected(name, r.rejected_rows)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def print_stopped(name: str, stop: Stopped) -> None:
+    """A job a signal stopped: not a failure, and the next run resumes it."""
+    why = str(stop).removeprefix("stopped").lstrip(";:, ")
+    err.print(
+        f"job {name} stopped ({stop_signal()}){': ' + why if why else ''}; run the command "
+        "again to resume",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+SHOWN_REJECTED = 20  # rejected rows a run's summary names; `rejected list` shows them all
+
+
+def print_rejected(job: str, rows: list[dict[str, Any]]) -> None:
+    """The rows this run rejected, each with its key and Personyze's (or the mapping's)
+    reason."""
+    for row in rows[:SHOWN_REJECTED]:
+        out.print(f"  rejected {row['key']}: {row['reason']}", markup=False, soft_wrap=True)
+    if len(rows) > SHOWN_REJECTED:
+        out.print(
+            f"  ... and {len(rows) - SHOWN_REJECTED} more: personyze-sync rejected list "
+            f"-c CONFIG {job}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def rejection_doc(r: StoredRejection) -> dict[str, Any]:
@@ -180,10 +233,23 @@ def retry_report(
     *,
     dry_run: bool,
     as_json: bool,
+    quiet: bool = False,
 ) -> None:
-    """``rejected retry``: per job, retried, delivered, still rejected; exit 1 if any failed."""
+    """``rejected retry``: per job, retried, delivered, still rejected; exit 1 if a job
+    failed or rows are still rejected (not in a dry run: nothing was tried). ``quiet``:
+    nothing printed when all went well."""
+    code = exit_code(results)
+    if not code and not dry_run and any(after.values()):
+        code = FAILED  # not everything was delivered: a script must be able to tell
+    if quiet and not code:
+        return
     doc: dict[str, Any] = {}
     for name, r in results.items():
+        if isinstance(r, Stopped):
+            doc[name] = {"stopped": str(r)}
+            if not as_json:
+                print_stopped(name, r)
+            continue
         if isinstance(r, SyncError):
             doc[name] = {"error": str(r)}
             if not as_json:
@@ -209,6 +275,5 @@ def retry_report(
             )
     if as_json:
         print_json({"jobs": doc})
-    failed = [r for r in results.values() if isinstance(r, SyncError)]
-    if failed:
-        raise click.exceptions.Exit(max(e.exit_code for e in failed))
+    if code:
+        raise click.exceptions.Exit(code)

@@ -10,7 +10,15 @@ from typing import cast
 import click
 
 from sync import admin
-from sync.cli.common import LogFormat, config_option, dry_run_option, json_option, open_app
+from sync.cli.common import (
+    LogFormat,
+    config_option,
+    dry_run_option,
+    json_option,
+    log_options,
+    open_app,
+    the_job,
+)
 from sync.cli.progress import progress_bar
 from sync.cli.render import report
 from sync.config import load_config
@@ -30,24 +38,24 @@ from sync.run.processes import LogSetup
     metavar="N",
     help="Serve /healthz, /readyz, /metrics here (default: daemon.http_port, 9108).",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "json", "text"]),
-    default=None,
-    help="Log lines as JSON or text (auto: text on a terminal).",
-)
+@log_options(level=logging.INFO)
 @click.pass_context
-def run(
-    ctx: click.Context, config_path: Path, http_port: int | None, log_format: str | None
-) -> None:
-    """The daemon: every job on its schedule until SIGTERM or SIGINT (SIGHUP reloads)."""
+def run(ctx: click.Context, config_path: Path, http_port: int | None) -> None:
+    """The daemon: every job on its schedule until SIGTERM or SIGINT (SIGHUP reloads).
+
+    Serves /healthz, /readyz and /metrics on --http-port (daemon.http_port, 9108).
+
+    \b
+    Examples:
+      personyze-sync run -c /config/personyze-sync.yaml
+      personyze-sync run --http-port 9200 --log-format json
+    """
     from sync.daemon import Daemon
 
     config = load_config(config_path)
-    level = logging.INFO - 10 * min(ctx.obj["verbose"], 1)
     configure_logging(
-        fmt=cast(LogFormat, log_format or ctx.obj["log_format"]),
-        level=level,
+        fmt=cast(LogFormat, ctx.obj["log_format"]),
+        level=ctx.obj["level"],
         secrets=secrets_of(config),
     )
     try:
@@ -63,17 +71,29 @@ def run(
 @click.argument("jobs", nargs=-1)
 @dry_run_option
 @json_option
-def once(config_path: Path, jobs: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
-    """One incremental run of each job (or of the JOBS named), then exit."""
+@log_options(quiet=True)
+def once(
+    config_path: Path, jobs: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool
+) -> None:
+    """One incremental run of each job (or of the JOBS named), then exit.
+
+    For cron and Kubernetes CronJobs; the exit code says how it went (see the README).
+
+    \b
+    Examples:
+      personyze-sync once                        # every job of ./personyze-sync.yaml
+      personyze-sync once customers --dry-run    # what would be sent; nothing is
+      personyze-sync once -q -c /etc/personyze-sync.yaml    # cron: quiet on success
+    """
     with open_app(config_path) as app:
         started = time.monotonic()
         results = run_all(app, app.jobs(jobs), RunOptions(kind="once", dry_run=dry_run))
-        report(results, time.monotonic() - started, as_json=as_json, dry_run=dry_run)
+        report(results, time.monotonic() - started, as_json=as_json, dry_run=dry_run, quiet=quiet)
 
 
 @click.command()
 @config_option
-@click.argument("job")
+@click.argument("job", required=False)
 @click.option("--since", metavar="VALUE", help="Start at this cursor value (inclusive).")
 @click.option("--full", is_flag=True, help="Read every row again; unchanged rows are not sent.")
 @click.option(
@@ -87,24 +107,35 @@ def once(config_path: Path, jobs: tuple[str, ...], dry_run: bool, as_json: bool)
 )
 @dry_run_option
 @json_option
+@log_options(quiet=True)
 @click.pass_context
 def backfill(
     ctx: click.Context,
     config_path: Path,
-    job: str,
+    job: str | None,
     since: str | None,
     full: bool,
     processes: int,
     dry_run: bool,
     as_json: bool,
+    quiet: bool,
 ) -> None:
-    """A one-shot history load of JOB with a progress bar; resumable after a crash."""
+    """A one-shot history load of JOB with a progress bar; resumable after a crash.
+
+    JOB may be left out when the config has only one.
+
+    \b
+    Examples:
+      personyze-sync backfill                    # the config's only job
+      personyze-sync backfill customers --since '2024-01-01 00:00:00'
+      personyze-sync backfill customers --full --processes 4
+    """
     if since and full:
         raise click.UsageError("--since and --full exclude each other")
     if dry_run and processes > 1:
         raise click.UsageError("--dry-run runs in one process: drop --processes")
     with open_app(config_path) as app:
-        settings = app.config.job(job)
+        settings = the_job(app, job, "backfill")
         start = None
         if since is not None:
             from sync.model import Position
@@ -112,7 +143,7 @@ def backfill(
             start = Position(admin.parse_cursor(app, settings, since), None)
         options = RunOptions(kind="backfill", dry_run=dry_run, start=start, full=full)
         started = time.monotonic()
-        with progress_bar(enabled=not as_json) as progress:
+        with progress_bar(enabled=not (as_json or quiet)) as progress:
             try:
                 result: RunStats | SyncError = (
                     run_job(app, settings, options, progress)
@@ -128,4 +159,5 @@ def backfill(
                 )
             except SyncError as exc:
                 result = exc
-        report({job: result}, time.monotonic() - started, as_json=as_json, dry_run=dry_run)
+        seconds = time.monotonic() - started
+        report({settings.name: result}, seconds, as_json=as_json, dry_run=dry_run, quiet=quiet)

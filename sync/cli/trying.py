@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import click
 
+from sync.cli.common import log_options
 from sync.cli.progress import progress_bar
 from sync.cli.render import err, out
 from sync.errors import ConfigError, PortUnavailable
+from sync.signals import stop_on_signals
 
 # The sandbox's port unless --port says otherwise: neither IANA's nor a well-known
 # local tool's (8787 was, RStudio Server's and Cloudflare wrangler's; 8788 is wrangler
 # pages', 8793 Airflow's, 8778 Jolokia's, 8888 Jupyter's), nor seen open in nmap's
 # survey of the internet (its nmap-services list).
 SANDBOX_PORT = 8742
+SANDBOX_KEY = "sandbox-key"
 
 
 def _sandbox_retry_after(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
@@ -37,9 +40,22 @@ _SANDBOX_SECONDS = click.FloatRange(min=0)
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=SANDBOX_PORT, show_default=True, type=int)
-@click.option("--api-key", default="sandbox-key", show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Listen on this address (0.0.0.0: every interface, as in a container).",
+)
+@click.option(
+    "--port", default=SANDBOX_PORT, show_default=True, type=int, help="Listen on this port."
+)
+@click.option(
+    "--api-key",
+    default=SANDBOX_KEY,
+    show_default=True,
+    metavar="KEY",
+    help="The key a client must send (Basic auth, user 'api').",
+)
 @click.option(
     "--internal-id-merges",
     is_flag=True,
@@ -84,13 +100,13 @@ _SANDBOX_SECONDS = click.FloatRange(min=0)
     "--wrong-shape-rate",
     type=_SANDBOX_RATE,
     default=0,
-    help='Fraction of user reads answered {"result": "ok"} instead of a list.',
+    help='Fraction of reads answered {"result": "ok"} instead of a list.',
 )
 @click.option(
     "--late-apply-rate",
     type=_SANDBOX_RATE,
     default=0,
-    help="Fraction of user writes left unanswered, applied after --late-apply-s.",
+    help="Fraction of writes left unanswered, applied after --late-apply-s.",
 )
 @click.option(
     "--late-apply-s",
@@ -133,6 +149,7 @@ _SANDBOX_SECONDS = click.FloatRange(min=0)
 @click.option("--include-account", is_flag=True, help="Faults hit /rest/account too.")
 @click.option("--writes-only", is_flag=True, help="Faults hit POST, PUT and DELETE only.")
 @click.option("--seed", type=int, default=None, help="Seed the draw: the same faults every run.")
+@log_options()
 def sandbox(
     host: str,
     port: int,
@@ -157,12 +174,18 @@ def sandbox(
     writes_only: bool,
     seed: int | None,
 ) -> None:
-    """Serve a local Personyze-compatible Users API until Ctrl-C.
+    """Serve a local Personyze-compatible API until Ctrl-C.
 
-    Faults hit /rest/users (and /rest/account with --include-account). The rates are
-    fractions of requests (0..1), exclusive per request (one seeded draw picks at most
-    one kind), so together at most 1. --limit-rps is a gate apart, applied first: a
+    It serves users, products, user_lists and user_list_users; faults hit all four
+    alike (and /rest/account with --include-account). The rates are fractions of
+    requests (0..1), exclusive per request (one seeded draw picks at most one kind),
+    so together at most 1. --limit-rps is a gate apart, applied first: a
     request it refuses gets 429 at once and takes no part in the draw.
+
+    \b
+    Examples:
+      personyze-sync sandbox                     # http://127.0.0.1:8742/rest, key sandbox-key
+      personyze-sync sandbox --port 9000 --api-key try-me --error-rate 0.1 --seed 1
     """
     from dataclasses import asdict
 
@@ -199,23 +222,42 @@ def sandbox(
     except PortUnavailable as exc:
         raise ConfigError(f"{exc}; choose another with --port N") from None
     err.print(f"sandbox Personyze API at {server.url} (Ctrl-C stops)", markup=False)
+    # A key of its own may be the user's real one (Compose passes PERSONYZE_API_KEY):
+    # only the default is printed.
+    key = api_key if api_key == SANDBOX_KEY else "KEY"
+    err.print(
+        f"log in as user 'api' with the key: curl -u api:{key} "
+        f"{server.url}/users/order_by/user_id/limit/10"
+        + ("" if key == api_key else "  (KEY: the --api-key given)"),
+        markup=False,
+        soft_wrap=True,
+    )
     defaults = asdict(Faults())
     changed = {k: v for k, v in asdict(faults).items() if v != defaults[k]}
     if changed:
         err.print("faults: " + ", ".join(f"{k}={v}" for k, v in changed.items()), markup=False)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+    stop = threading.Event()
+    try:  # SIGINT or SIGTERM (docker stop) stops it; a second signal at once
+        with stop_on_signals(lambda _signal: stop.set()):
+            while not stop.wait(1.0):
+                pass
     finally:
         server.stop()
 
 
 @click.command()
 @click.option("--rows", default=1000, show_default=True, help="Sample customers to make.")
+@log_options()
 def demo(rows: int) -> None:
-    """A complete sync on this machine: SQLite source, local sandbox, backfill, change, sync."""
+    """A complete sync on this machine: SQLite source, local sandbox, backfill, change, sync.
+
+    Nothing to set up, no network: it runs in a temporary folder and leaves nothing.
+
+    \b
+    Examples:
+      personyze-sync demo
+      personyze-sync demo --rows 100
+    """
     from sync.demo import run_demo
 
     with progress_bar(enabled=True) as progress:

@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from sync import verify as verifying
-from sync.cli.common import config_option, json_option, open_app
+from sync.cli.common import config_option, json_option, log_options, open_app, the_job
 from sync.cli.render import print_json
 from sync.cli.render_verify import print_verify, verify_doc
 
 
 @click.command()
 @config_option
-@click.argument("job")
+@click.argument("job", required=False)
 @click.option(
     "--sample",
     type=click.IntRange(min=1),
@@ -28,31 +28,40 @@ from sync.cli.render_verify import print_verify, verify_doc
     "--dry-run", is_flag=True, help="With --repair: say what would be resent; send nothing."
 )
 @json_option
+@log_options(quiet=True)
 def verify(
     config_path: Path,
-    job: str,
+    job: str | None,
     sample: int | None,
     everything: bool,
     repair: bool,
     dry_run: bool,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Read JOB's users back from Personyze and compare them with the source as it is now.
 
     Without --repair only reads (GETs). Exit 0 when nothing drifted (or all of it was
-    repaired), 1 when drift remains.
+    repaired), 1 when drift remains. JOB may be left out when the config has only one.
+
+    \b
+    Examples:
+      personyze-sync verify customers
+      personyze-sync verify customers --all --repair --dry-run
     """
     if sample is not None and everything:
         raise click.UsageError("--sample and --all exclude each other")
     with open_app(config_path) as app:
         report = verifying.verify(
             app,
-            app.config.job(job),
+            the_job(app, job, "verify"),
             sample=sample,
             everything=everything,
             repair=repair and not dry_run,
         )
     would_resend = report.to_repair if repair and dry_run else None
+    if quiet and not report.drift_remaining:
+        return
     if as_json:
         doc = verify_doc(report)
         if would_resend is not None:
