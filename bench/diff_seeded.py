@@ -5,7 +5,7 @@
 What a diff run costs when little changed is reading, mapping and fingerprinting every
 row. Sending a million rows first would take most of an hour on this machine, so this
 script writes the state that first run would leave (a user_id and the job's own
-fingerprint per row, through the state store's own ``commit_batch``) and then measures,
+fingerprint per row, through the state store's own ``PartState.commit``) and then measures,
 each run a process of its own through ``bench/measure.py`` (wall time, CPU, peak RSS):
 
 1. ``personyze-sync once`` with nothing changed: it must send no request;
@@ -51,11 +51,11 @@ def seed_state(config: Path) -> int:
     """The identity map a first diff run would have left, written straight in."""
     with Wiring(load_config(config, {})) as app:
         job = app.config.job(DIFF_JOB)
-        mapper = Mapper(job)
+        mapper, part = Mapper(job), app.store.part(job.name)
         seeded = 0
         for batch in app.reader(job).batches_after(None):
             acks = [Ack(str(r["id"]), int(r["id"]), mapper.map(r).fingerprint) for r in batch]
-            app.store.commit_batch(job.name, BatchOutcome(acks=acks))
+            part.commit(BatchOutcome(acks=acks))
             seeded += len(acks)
         return seeded
 

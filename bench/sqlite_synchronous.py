@@ -33,18 +33,18 @@ def run(folder: Path, mode: str, rows: int, batch: int) -> float:
 
     store = StateStore(engine, time.time)
     store.create_schema()
+    part = store.part("bench")
     started = time.perf_counter()
     for at in range(0, rows, batch):
         keys = [str(k) for k in range(at, min(rows, at + batch))]
         marks = [Mark(k, {"internal_id": k, "first_name": f"F{k}"}, "f" * 32, 1) for k in keys]
-        store.add_pending("bench", marks)
+        part.mark(marks)
         for quarter in range(0, len(keys), batch // 4):  # the runner commits per quarter
-            part = keys[quarter : quarter + batch // 4]
-            store.commit_batch(
-                "bench",
+            done = keys[quarter : quarter + batch // 4]
+            part.commit(
                 BatchOutcome(
-                    acks=[Ack(k, int(k) + 1, "f" * 32) for k in part],
-                    checkpoint=Position(int(part[-1]), int(part[-1])),
+                    acks=[Ack(k, int(k) + 1, "f" * 32) for k in done],
+                    checkpoint=Position(int(done[-1]), int(done[-1])),
                 ),
             )
     seconds = time.perf_counter() - started

@@ -92,7 +92,7 @@ def reset_checkpoint(wiring: Wiring, job: JobSettings, to: str | None) -> Positi
     position = None if to is None else Position(parse_cursor(wiring, job, to), None)
     wiring.store.claim()  # not while a daemon runs on the same SQLite store
     for name, _shard in wiring.parts(job):
-        wiring.store.set_checkpoint(name, position)
+        wiring.store.part(name).set_checkpoint(position)
     return position
 
 
@@ -203,7 +203,7 @@ def validate(wiring: Wiring, *, connect: bool) -> list[str]:
     ]
     if not connect:
         return lines
-    wiring.store.checkpoint(wiring.config.jobs[0].name)
+    wiring.store.ping()
     state_url = redact_url(wiring.config.state.url.get_secret_value())
     lines.append(f"state store: reachable ({state_url})")
     for job in wiring.config.jobs:
@@ -228,21 +228,22 @@ def status(wiring: Wiring) -> list[JobStatus]:
     out = []
     for job in wiring.config.jobs:
         for name, _shard in wiring.parts(job):
-            checkpoint = wiring.store.checkpoint(name)
+            part = wiring.store.part(name)
+            checkpoint = part.checkpoint()
             lease = held.get(name)
             out.append(
                 JobStatus(
                     name=name,
                     checkpoint=checkpoint,
-                    runs=wiring.store.runs(name),
-                    rows_known=wiring.store.row_count(name),
-                    collisions=wiring.store.collisions(name),
+                    runs=part.runs(),
+                    rows_known=part.row_count(),
+                    collisions=part.collisions(),
                     lag_s=_lag(wiring, checkpoint),
-                    rejections=wiring.store.rejections(name),
+                    rejections=part.rejections(),
                     held_by=None if lease is None else lease.holder,
                     held_since=None if lease is None else lease.since,
                     adoption=Adoptions(wiring.store).get(name),
-                    duplicates=wiring.store.duplicates(name),
+                    duplicates=part.duplicates(),
                 )
             )
     return out
@@ -259,7 +260,7 @@ def _lag(wiring: Wiring, checkpoint: Position | None) -> float | None:
 
 def rejections(wiring: Wiring, job: JobSettings) -> list[StoredRejection]:
     """``job``'s rejected rows (of every shard), with the reasons they were refused."""
-    found = [r for name, _ in wiring.parts(job) for r in wiring.store.rejections(name)]
+    found = [r for name, _ in wiring.parts(job) for r in wiring.store.part(name).rejections()]
     return sorted(found, key=lambda r: r.first_at)
 
 
@@ -281,6 +282,6 @@ def purge_rejections(wiring: Wiring, job: JobSettings, keys: Sequence[str] = ())
         stored = [k for k in stored if k in set(keys)]
     wiring.store.claim()
     for name, _shard in wiring.parts(job):
-        wiring.store.drop_rejections(name, stored)
+        wiring.store.part(name).drop_rejections(stored)
     log.info("rejected rows dropped", extra={"job": job.name, "rows": len(stored)})
     return stored

@@ -449,7 +449,7 @@ def test_a_run_adopts_inline_when_cheap(
     summary = refuse_or_adopt(app, pieces)
     assert summary is not None and (summary.wanted, summary.found) == (ROWS, ROWS)
     assert not adoption_needed(app.store, "customers")
-    assert app.store.row_count("customers") == ROWS
+    assert app.store.part("customers").row_count() == ROWS
     assert refuse_or_adopt(app, pieces) is None  # done: nothing more
 
 
@@ -506,4 +506,4 @@ def test_a_job_that_maps_no_internal_id_is_looked_for_by_fb_id(
     assert adopter.identifier == "fb_id"
     summary = adopter.run()
     assert (summary.found, summary.in_step) == (1, 1)
-    assert app.store.known_rows("customers", ["7"])["7"].user_id == uid
+    assert app.store.part("customers").lookup(["7"]).known["7"].user_id == uid

@@ -73,7 +73,7 @@ def assert_nothing_lost(
     """Every source row at or before the checkpoint was delivered or recorded as rejected."""
     with Wiring(load(Path(config))) as app:
         job = app.config.jobs[0]
-        checkpoint = app.store.checkpoint(job.name)
+        checkpoint = app.store.part(job.name).checkpoint()
         rejected = {r.key for r in admin.rejections(app, job)}
         url = job.source.url.get_secret_value()
     if checkpoint is None:

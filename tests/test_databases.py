@@ -94,7 +94,7 @@ def test_a_silent_state_store_fails_within_the_default_connect_timeout(
     with SilentServer() as server:
         store = StateStore(state_engine(silent_url("postgresql", server.port)), time.time)
         try:
-            error = failure_within(lambda: store.checkpoint("customers"))
+            error = failure_within(lambda: store.part("customers").checkpoint())
         finally:
             store.close()
     assert isinstance(error, StateError), repr(error)

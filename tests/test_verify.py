@@ -236,7 +236,7 @@ def only_reads(sandbox: SandboxServer) -> bool:
 def identity(state_url: str, key: str) -> int | None:
     store = StateStore(state_engine(state_url), time.time)
     try:
-        known = store.known_rows("customers", [key])
+        known = store.part("customers").lookup([key]).known
     finally:
         store.close()
     return known[key].user_id if key in known else None

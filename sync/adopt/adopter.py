@@ -206,7 +206,7 @@ class Adopter:
                 seen += len(batch)
                 rows = [row for row in batch if row.pop(DELETED, 0) != 1]
                 found = list(self._wanted(rows))
-                known = self.store.known_rows(name, [w.key for w in found])
+                known = self.store.part(name).lookup([w.key for w in found], refused=False).known
                 found = [w for w in found if w.key not in known]
                 self.adoptions.add_wanted(name, found)
                 wanted += len(found)

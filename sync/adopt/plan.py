@@ -72,10 +72,9 @@ def identifier_text(value: Any) -> str | None:
 def adoption_needed(store: StateStore, part: str) -> bool:
     """Whether a run of ``part`` must adopt first: the store never synced it (no row in
     the identity map, no checkpoint) and no adoption of it was ever recorded."""
+    state = store.part(part)
     return (
-        Adoptions(store).get(part) is None
-        and store.row_count(part) == 0
-        and store.checkpoint(part) is None
+        Adoptions(store).get(part) is None and state.row_count() == 0 and state.checkpoint() is None
     )
 
 

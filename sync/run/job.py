@@ -13,6 +13,7 @@ behind every row not yet done.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,8 @@ from sync.run.feed import Feed
 from sync.run.window import Window
 from sync.state.part import PartState
 from sync.state.schema import key_text
+
+log = logging.getLogger(__name__)
 
 AUTO_RETRIES = 3  # an unchanged rejected row is retried on this many runs, then on demand
 TAKEOVER_RENEWALS = 2.0  # seconds: the previous holder notices its lost lease within them
@@ -104,12 +107,17 @@ class JobRun:
         )
 
     def run(self, options: RunOptions, progress: Progress | None = None) -> RunStats:
-        """Run once; the run history records the outcome whatever happens."""
+        """Run once; the run history records the outcome whatever happens.
+
+        ``progress`` is told the rows after the start that are done (acknowledged,
+        rejected, unchanged, deleted: in a dry run, looked at), as they are.
+        """
+        self.commits.progress = progress
         if options.dry_run:
-            self._sync(options, progress)
+            self._sync(options)
             return self.stats
         with self._recorded(options.kind, lambda: self.stats.read):
-            self._sync(options, progress)
+            self._sync(options)
         return self.stats
 
     def resend(self, rows: list[Row], *, forget: Sequence[str] = ()) -> RunStats:
@@ -149,18 +157,25 @@ class JobRun:
         finally:
             s = self.stats
             self.part.finish_run(
-                run_id, outcome, read=read(), sent=s.sent, skipped=s.unchanged,
+                run_id, outcome, read=read(), sent=s.sent, unchanged=s.unchanged,
                 rejected=s.rejected, error=error,
             )  # fmt: skip
 
     # -- the phases ------------------------------------------------------------
 
-    def _sync(self, options: RunOptions, progress: Progress | None) -> None:
+    def _sync(self, options: RunOptions) -> None:
         feed = self.feed
         if self.writer is not None:
             self._reconcile_pending()
         checkpoint = self.part.checkpoint()
         start = None if options.full else options.start or checkpoint
+        log.info(
+            "run started",
+            extra={
+                "job": self.part.name, "kind": options.kind, "dry_run": options.dry_run,
+                "checkpoint": _shown(checkpoint), "reads_from": _shown(start),
+            },
+        )  # fmt: skip
         self.commits.floor = checkpoint if start is checkpoint else None
         if not options.only_rejected:
             self.deletes.plan(start)  # before anything is sent
@@ -176,14 +191,18 @@ class JobRun:
                 lower = _minus(checkpoint.cursor, self.job.source.lookback)
                 for batch in self.reader.batches_in_window(lower, checkpoint):
                     feed(batch, advance=False)
+                    self._log_read(len(batch), "lookback")
             # Rows can still reach the checkpoint's own cursor value with a smaller key (a
             # timestamp of second or day precision): read that value again, all of it.
             start = Position(checkpoint.cursor, None)
+        committed = checkpoint
         for batch in self.reader.batches_after(start):
             feed(batch, advance=True)
-            if progress is not None:
-                progress(len(batch))
+            self._log_read(len(batch), "after the checkpoint")
+            committed = self._log_committed(committed)
         feed.finish()
+        self._log_committed(committed)
+        self._log_moved(checkpoint)
         self._send_again()
         if self.job.sync == "mirror" or self.job.source.detect == "diff":
             self.deletes.vanished(delete=self.job.sync == "mirror")
@@ -263,11 +282,44 @@ class JobRun:
         if due:
             self.feed(due, advance=False, retrying=True)
 
+    def _log_read(self, rows: int, phase: str) -> None:
+        log.debug("batch read", extra={"job": self.part.name, "phase": phase, "rows": rows})
+
+    def _log_committed(self, committed: Position | None) -> Position | None:
+        """At -vv: the checkpoint, when a commit has moved it past ``committed``.
+        Returns the checkpoint as committed now."""
+        if self.writer is None or not log.isEnabledFor(logging.DEBUG):
+            return committed
+        now = self.part.checkpoint()
+        if now != committed:
+            log.debug("checkpoint committed", extra={"job": self.part.name, "to": _shown(now)})
+        return now
+
+    def _log_moved(self, before: Position | None) -> None:
+        """At -v: where the run moved the checkpoint, from ``before``."""
+        if self.writer is None or not log.isEnabledFor(logging.INFO):
+            return
+        now = self.part.checkpoint()
+        if now != before:
+            extra = {"job": self.part.name, "from": _shown(before), "to": _shown(now)}
+            log.info("checkpoint moved", extra=extra)
+
     def _rows_of(self, keys: Sequence[str]) -> list[Row]:
         """The source's rows of these keys (only those whose key text is one of them)."""
         wanted = set(keys)
         rows = self.reader.rows_by_key([self.reader.typed_key(k) for k in keys])
         return [r for r in rows if key_text(r[self.job.source.key]) in wanted]
+
+
+def _shown(position: Position | None) -> dict[str, Any] | None:
+    """A position in a log line: its cursor and key, as ``status --json`` shows them."""
+    if position is None:
+        return None
+    cursor, key = position.cursor, position.key
+    return {
+        "cursor": cursor if isinstance(cursor, int | float) else str(cursor),
+        "key": key if key is None or isinstance(key, int | float) else str(key),
+    }
 
 
 def _minus(cursor: Any, lookback: timedelta | int | float) -> Any:

@@ -32,7 +32,8 @@ def check_layout(store: StateStore, job: JobSettings, *, record: bool) -> None:
     """Refuse a number of shards other than the one the job's state is kept in."""
     kept = store.shards_of(job.name)
     if kept is None:  # first run, or state kept before shard counts were recorded
-        used = store.checkpoint(job.name) is not None or store.row_count(job.name)
+        unsharded = store.part(job.name)
+        used = unsharded.checkpoint() is not None or unsharded.row_count()
         kept = 1 if used or job.shards == 1 else job.shards
         if record:
             store.set_shards(job.name, kept)
@@ -199,6 +200,6 @@ def _record_failure(wiring: Wiring, name: str, kind: str, error: SyncError) -> N
     try:
         part = wiring.store.part(name)
         run_id = part.start_run(kind)
-        part.finish_run(run_id, "failed", read=0, sent=0, skipped=0, rejected=0, error=str(error))
+        part.finish_run(run_id, "failed", read=0, sent=0, unchanged=0, rejected=0, error=str(error))
     except SyncError:
         pass  # the state store is what failed: the error being raised says so

@@ -60,8 +60,8 @@ class History:
         *,
         read: int,
         sent: int,
-        skipped: int,
-        rejected_count: int,
+        unchanged: int,
+        rejected: int,
         error: str | None,
     ) -> None:
         self._run(
@@ -73,8 +73,8 @@ class History:
                     outcome=outcome,
                     rows_read=read,
                     rows_sent=sent,
-                    rows_skipped=skipped,
-                    rows_rejected=rejected_count,
+                    rows_skipped=unchanged,
+                    rows_rejected=rejected,
                     error=error,
                 )
             ),

@@ -70,11 +70,6 @@ class Identities:
     def __init__(self, run: Transact) -> None:
         self._run = run
 
-    def known_rows(self, job: str, keys: Sequence[str]) -> dict[str, KnownRow]:
-        if not keys:
-            return {}
-        return self._run(lambda conn: read_known(conn, job, keys), "reading the identity map")
-
     def holders(self, parts: Sequence[str], user_ids: Iterable[int]) -> dict[int, list[str]]:
         """Which row keys of these parts (a job's shards) hold each of these user_ids."""
         ids = list(set(user_ids))

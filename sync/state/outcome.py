@@ -1,5 +1,5 @@
 """What one batch's commit writes: acks, rejections, collisions, deletes, vanished rows and
-the checkpoint, all in the caller's one transaction (``StateStore.commit_batch``), so a
+the checkpoint, all in the caller's one transaction (``PartState.commit``), so a
 checkpoint is never stored without the acknowledgements behind it.
 """
 

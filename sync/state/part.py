@@ -1,5 +1,6 @@
-"""What one run of one part (a job, or a shard of one) reads from the state store and
-commits to it: the run holds this one object, bound to its part and its lease.
+"""What one part (a job, or a shard of one) reads from the state store and commits to
+it: a run holds this one object, bound to its part and its lease, and so do ``status``,
+``verify`` and the other commands that look at one part (``store.part(name)``).
 
 A batch costs three transactions: :meth:`PartState.lookup` (what is known of its rows),
 :meth:`PartState.mark` (first sends, before they go) and :meth:`PartState.commit` (their
@@ -26,8 +27,10 @@ from sync.state.outcome import (
 )
 from sync.state.records import (
     BatchOutcome,
+    Collision,
     KnownRow,
     Mark,
+    RunRecord,
     StoredRejection,
 )
 from sync.state.rejected import Rejections, read_rejected_fingerprints
@@ -77,7 +80,7 @@ class PartState:
         self._t = tables
         self._committed = committed  # told the rows acknowledged by each commit
 
-    # -- the three transactions of a batch ------------------------------------------
+    # -- the three transactions of a batch ---------------------------------------------
 
     def lookup(self, keys: Sequence[str], *, refused: bool = True) -> Lookup:
         """The rows of ``keys`` synced before and (``refused``) rejected before."""
@@ -110,19 +113,22 @@ class PartState:
         self._run(write, "saving a batch's progress", self.fence)
         self._committed(len(outcome.acks))
 
-    # -- the rest of a run ---------------------------------------------------------
+    # -- the checkpoint ----------------------------------------------------------------
 
     def checkpoint(self) -> Position | None:
         return self._run(lambda conn: read_checkpoint(conn, self.name), "reading a checkpoint")
 
     def set_checkpoint(self, position: Position | None) -> None:
-        """Move the checkpoint deliberately (a diff pass is done); None forgets it."""
+        """Move the checkpoint deliberately (a diff pass is done, ``checkpoint reset``);
+        None forgets it."""
         now = self._clock()
         self._run(
             lambda conn: replace_checkpoint(conn, self.name, position, now),
             "moving a checkpoint",
             self.fence,
         )
+
+    # -- the identity map --------------------------------------------------------------
 
     def row_count(self) -> int:
         return self._t.identities.row_count(self.name)
@@ -131,22 +137,37 @@ class PartState:
         """One page of the identity map, (key, user_id) in key order after ``after``."""
         return self._t.identities.known_keys(self.name, after, limit)
 
-    def forget(self, keys: Sequence[str]) -> None:
-        """Forget these rows' users (deleted in Personyze): a later write creates anew."""
-        self._t.identities.forget_rows(self.name, keys, self.fence)
+    def sample_keys(self, count: int) -> list[str]:
+        """Up to ``count`` keys of the identity map, picked at random (``verify --sample``)."""
+        return self._t.identities.sample_keys(self.name, count)
+
+    def holders(self, user_ids: Iterable[int]) -> dict[int, list[str]]:
+        """Which row keys of the job's parts hold each of these user_ids."""
+        return self._t.identities.holders(self.parts, user_ids)
 
     def holders_anywhere(self, user_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
         """Which (part, row key) of any job already hold each of these user_ids."""
         return self._t.identities.holders_anywhere(user_ids)
 
+    def forget(self, keys: Sequence[str]) -> None:
+        """Forget these rows' users (deleted in Personyze): a later write creates anew."""
+        self._t.identities.forget_rows(self.name, keys, self.fence)
+
+    # -- rows sent without an answer, and what reconciliation found --------------------
+
     def pending(self) -> list[PendingRow]:
         return self._t.marks.pending(self.name)
 
     def adopt(
-        self, found: dict[str, tuple[int, str]], duplicates: Sequence[tuple[str, int, int]]
+        self, found: dict[str, tuple[int, str]], duplicates: Sequence[tuple[str, int, int]] = ()
     ) -> None:
-        """Record users reconciliation found (key -> user_id, fingerprint sent)."""
+        """Record users reconciliation found (key -> user_id, fingerprint sent) and the
+        duplicates seen beside them; their marks are done."""
         self._t.marks.adopt(self.name, found, duplicates, self.fence)
+
+    def duplicates(self) -> list[tuple[str, int, int]]:
+        """Rows whose identifiers Personyze holds in two users: (key, user_id, kept)."""
+        return self._t.marks.duplicates(self.name)
 
     def clear_pending(self, keys: Sequence[str]) -> None:
         self._t.marks.clear_pending(self.name, keys, self.fence)
@@ -155,20 +176,34 @@ class PartState:
         """One page of rows a mirror run deleted as gone from the source, in key order."""
         return self._t.marks.vanished_keys(self.name, after, limit)
 
+    # -- rejected rows and collisions --------------------------------------------------
+
     def rejections(self) -> list[StoredRejection]:
+        """The rows Personyze (or the mapping) refused, oldest first."""
         return self._t.rejections.rejections(self.name)
 
     def drop_rejections(self, keys: Sequence[str]) -> None:
         self._t.rejections.drop_rejections(self.name, keys, self.fence)
 
+    def collisions(self) -> list[Collision]:
+        """Rows whose user_id another row of the job holds too, by key."""
+        return self._t.rejections.collisions(self.name)
+
+    # -- run history -------------------------------------------------------------------
+
     def start_run(self, kind: str) -> int:
+        """A new run in the history; a run of the part still marked running is marked died."""
         return self._t.history.start_run(self.name, kind)
 
     def finish_run(
-        self, run_id: int, outcome: str, *, read: int, sent: int, skipped: int, rejected: int,
+        self, run_id: int, outcome: str, *, read: int, sent: int, unchanged: int, rejected: int,
         error: str | None,
     ) -> None:  # fmt: skip
         self._t.history.finish_run(
-            run_id, outcome, read=read, sent=sent, skipped=skipped, rejected_count=rejected,
+            run_id, outcome, read=read, sent=sent, unchanged=unchanged, rejected=rejected,
             error=error,
         )  # fmt: skip
+
+    def runs(self, limit: int = 5) -> list[RunRecord]:
+        """The part's latest runs, newest first."""
+        return self._t.history.runs(self.name, limit)

@@ -74,7 +74,7 @@ class RunRecord:
     outcome: str
     rows_read: int
     rows_sent: int
-    rows_skipped: int
+    rows_skipped: int  # the rows skipped as unchanged (the column's name)
     rows_rejected: int
     error: str | None
     holder: str | None = None  # the process that ran it (None before schema version 2)

@@ -60,14 +60,6 @@ class Rejections:
     def __init__(self, run: Transact) -> None:
         self._run = run
 
-    def rejected_fingerprints(self, job: str, keys: Sequence[str]) -> dict[str, str | None]:
-        """Fingerprints of rows already recorded as rejected (so they are not resent as is)."""
-        if not keys:
-            return {}
-        return self._run(
-            lambda conn: read_rejected_fingerprints(conn, job, keys), "reading rejected rows"
-        )
-
     def rejections(self, job: str) -> list[StoredRejection]:
         def read(conn: Connection) -> list[StoredRejection]:
             query = select(rejected).where(rejected.c.job == job).order_by(rejected.c.first_at)

@@ -95,6 +95,7 @@ runs = Table(
     Column("outcome", String(16), nullable=False),
     Column("rows_read", Integer, nullable=False, default=0),
     Column("rows_sent", Integer, nullable=False, default=0),
+    # the rows skipped as unchanged (the name predates the word; renaming it needs a migration)
     Column("rows_skipped", Integer, nullable=False, default=0),
     Column("rows_rejected", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),

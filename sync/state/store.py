@@ -1,22 +1,22 @@
 """The state store: everything personyze-sync must remember between runs.
 
 One SQLAlchemy implementation serves the embedded SQLite file and a shared
-PostgreSQL database alike. Per job it keeps the checkpoint ``(cursor, key)``, the
-identity map (row key -> Personyze user_id) with the fingerprint of each row's last
-acknowledged payload, rows that were sent without an answer (to reconcile), the
-rejected rows, identity collisions and the run history.
-
-Every batch's outcome is written in one transaction (:meth:`StateStore.commit_batch`),
-so a checkpoint can never be stored without the acknowledgements behind it.
+PostgreSQL database alike. Per part (a job, or one shard of it) it keeps the
+checkpoint ``(cursor, key)``, the identity map (row key -> Personyze user_id) with
+the fingerprint of each row's last acknowledged payload, rows that were sent without
+an answer (to reconcile), the rejected rows, identity collisions and the run history.
 The API key is never stored here.
 
-Here: the engine, schema, transactions and their fencing, checkpoints and a batch's
-commit. Each group of tables has a module :class:`StateStore` delegates to (callers
-see one object): ``identities``, ``marks``, ``rejected``, ``shards``, ``history``.
+Here: the engine, schema, transactions and their fencing, leases, shard counts and
+what spans parts. What one part reads and writes is :class:`sync.state.part.PartState`
+(``store.part(name)``): a batch's outcome is written in one transaction
+(:meth:`PartState.commit`), so a checkpoint can never be stored without the
+acknowledgements behind it. Each group of tables has a module both delegate to:
+``identities``, ``marks``, ``rejected``, ``shards``, ``history``.
 
 :meth:`StateStore.create_schema` creates the tables or upgrades older ones
 (``sync.state.migrations``); :meth:`StateStore.lease` lets one process at a time run
-a job (``sync.state.leases``).
+a part (``sync.state.leases``).
 """
 
 from __future__ import annotations
@@ -33,24 +33,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.databases import Reconnecting, database_url, engine_for, shown
 from sync.errors import ConfigError, StateError
-from sync.model import PendingRow, Position
 from sync.state.fencing import Fence
 from sync.state.history import History
 from sync.state.identities import Identities
 from sync.state.leases import Lease, leases_for
 from sync.state.marks import Marks
 from sync.state.migrations import LATEST, migrate, stored_version
-from sync.state.outcome import read_checkpoint, replace_checkpoint, write_outcome
 from sync.state.part import PartState, Tables
-from sync.state.records import (
-    BatchOutcome,
-    Collision,
-    KnownRow,
-    LeaseInfo,
-    Mark,
-    RunRecord,
-    StoredRejection,
-)
+from sync.state.records import LeaseInfo
 from sync.state.rejected import Rejections
 from sync.state.schema import (
     checkpoints,
@@ -106,7 +96,7 @@ def state_engine(url: str) -> Engine:
 
 
 class StateStore:
-    """Checkpoints, identities, rejections and runs of every job."""
+    """The store of every job's state: its engine, schema, leases and parts."""
 
     def __init__(
         self,
@@ -172,19 +162,7 @@ class StateStore:
         """The leases held right now, by any process (for ``status``)."""
         return self._leases.held()
 
-    # -- checkpoints ---------------------------------------------------------
-
-    def checkpoint(self, job: str) -> Position | None:
-        return self._run(lambda conn: read_checkpoint(conn, job), "reading a checkpoint")
-
-    def set_checkpoint(
-        self, job: str, position: Position | None, fence: Fence | None = None
-    ) -> None:
-        """Move a checkpoint deliberately (``checkpoint reset``); None forgets it."""
-        now = self._clock()
-        self._run(
-            lambda conn: replace_checkpoint(conn, job, position, now), "moving a checkpoint", fence
-        )
+    # -- one part's state --------------------------------------------------------
 
     def part(
         self, name: str, *, parts: Sequence[str] = (), fence: Fence | None = None
@@ -204,34 +182,10 @@ class StateStore:
             committed=self._keep_statistics,
         )
 
-    # -- identities (sync.state.identities) -------------------------------------
-
-    def known_rows(self, job: str, keys: Sequence[str]) -> dict[str, KnownRow]:
-        return self._identities.known_rows(job, keys)
-
-    def rejected_fingerprints(self, job: str, keys: Sequence[str]) -> dict[str, str | None]:
-        """Fingerprints of rows already recorded as rejected (so they are not resent as is)."""
-        return self._rejections.rejected_fingerprints(job, keys)
-
-    def holders(self, parts: Sequence[str], user_ids: Iterable[int]) -> dict[int, list[str]]:
-        """Which row keys of these parts (a job's shards) hold each of these user_ids."""
-        return self._identities.holders(parts, user_ids)
-
     def holders_anywhere(self, user_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
-        """Which (part, row key) of any job already hold each of these user_ids."""
+        """Which (part, row key) of any job already hold each of these user_ids (for an
+        adoption, which spans a job's parts; a run asks its :class:`PartState`)."""
         return self._identities.holders_anywhere(user_ids)
-
-    def known_keys(self, job: str, after: str | None, limit: int) -> list[tuple[str, int]]:
-        """One page of the identity map, (key, user_id) in key order after ``after``."""
-        return self._identities.known_keys(job, after, limit)
-
-    def sample_keys(self, job: str, count: int) -> list[str]:
-        """Up to ``count`` keys of the identity map, picked at random (``verify --sample``)."""
-        return self._identities.sample_keys(job, count)
-
-    def forget_rows(self, job: str, keys: Sequence[str], fence: Fence | None = None) -> None:
-        """Forget these rows' users (deleted in Personyze): a later write creates anew."""
-        self._identities.forget_rows(job, keys, fence)
 
     # -- how a job's state is split into shards (sync.state.shards) ---------------
 
@@ -250,79 +204,10 @@ class StateStore:
         reads from the start, and sends only what changed). Returns the rows moved.
         """
         moved = self._shards.move_rows(part, target)
-        self.set_checkpoint(part, None)
+        self.part(part).set_checkpoint(None)
         return moved
 
-    # -- rows sent without an answer (sync.state.marks) ----------------------------
-
-    def add_pending(self, job: str, marks: Sequence[Mark], fence: Fence | None = None) -> None:
-        """Mark first sends before sending them (see :mod:`sync.load.reconcile`)."""
-        self._marks.add_pending(job, marks, fence)
-
-    def pending(self, job: str) -> list[PendingRow]:
-        return self._marks.pending(job)
-
-    def adopt(
-        self,
-        job: str,
-        found: dict[str, tuple[int, str]],
-        duplicates: Sequence[tuple[str, int, int]] = (),
-        fence: Fence | None = None,
-    ) -> None:
-        """Record users found by reconciliation (key -> user_id, fingerprint sent) and
-        the duplicates seen beside them; their marks are done."""
-        self._marks.adopt(job, found, duplicates, fence)
-
-    def duplicates(self, job: str) -> list[tuple[str, int, int]]:
-        """Rows whose identifiers Personyze holds in two users: (key, user_id, kept)."""
-        return self._marks.duplicates(job)
-
-    def clear_pending(self, job: str, keys: Sequence[str], fence: Fence | None = None) -> None:
-        self._marks.clear_pending(job, keys, fence)
-
-    def vanished_keys(self, job: str, after: str | None, limit: int) -> list[tuple[str, int]]:
-        """One page of rows a mirror run deleted as gone from the source, in key order."""
-        return self._marks.vanished_keys(job, after, limit)
-
-    # -- one batch's outcome ---------------------------------------------------
-
-    def commit_batch(self, job: str, outcome: BatchOutcome, fence: Fence | None = None) -> None:
-        """Acks, rejections, collisions, deletes and the checkpoint, all or nothing."""
-        now = self._clock()
-
-        def write(conn: Connection) -> None:
-            write_outcome(conn, job, outcome, now, self._clock)
-
-        self._run(write, "saving a batch's progress", fence)
-        self._keep_statistics(len(outcome.acks))
-
-    def _keep_statistics(self, acked: int) -> None:
-        """ANALYZE the identity map each time this process has doubled what it wrote.
-
-        PostgreSQL plans the identity-map lookups from table statistics. A backfill
-        grows the table from nothing faster than autovacuum (where it runs at all)
-        refreshes them, and a lookup planned for an empty table reads every row of the
-        job: each batch then cost more than the last (2 s a batch at 40,000 rows).
-        """
-        self._acked += acked
-        if self._engine.dialect.name != "postgresql" or self._acked < self._analyze_at:
-            return
-        self._analyze_at = 2 * self._acked
-        self._run(lambda conn: conn.execute(text(f"ANALYZE {rows.name}")), "refreshing statistics")
-
-    # -- rejected rows and collisions (sync.state.rejected) ----------------------
-
-    def rejections(self, job: str) -> list[StoredRejection]:
-        return self._rejections.rejections(job)
-
-    def drop_rejections(self, job: str, keys: Sequence[str], fence: Fence | None = None) -> None:
-        self._rejections.drop_rejections(job, keys, fence)
-
-    def collisions(self, job: str) -> list[Collision]:
-        return self._rejections.collisions(job)
-
-    def row_count(self, job: str) -> int:
-        return self._identities.row_count(job)
+    # -- a full reset ------------------------------------------------------------
 
     def forget_job(self, job: str) -> None:
         """Drop everything known about a job (a full reset)."""
@@ -341,37 +226,21 @@ class StateStore:
 
         self._run(write, "forgetting a job")
 
-    # -- run history (sync.state.history) ----------------------------------------
-
-    def start_run(self, job: str, kind: str) -> int:
-        """A new run in the history; a run of the job still marked running is marked died."""
-        return self._history.start_run(job, kind)
-
-    def finish_run(
-        self,
-        run_id: int,
-        outcome: str,
-        *,
-        read: int,
-        sent: int,
-        skipped: int,
-        rejected_count: int,
-        error: str | None,
-    ) -> None:
-        self._history.finish_run(
-            run_id,
-            outcome,
-            read=read,
-            sent=sent,
-            skipped=skipped,
-            rejected_count=rejected_count,
-            error=error,
-        )
-
-    def runs(self, job: str, limit: int = 5) -> list[RunRecord]:
-        return self._history.runs(job, limit)
-
     # -- plumbing --------------------------------------------------------------
+
+    def _keep_statistics(self, acked: int) -> None:
+        """ANALYZE the identity map each time this process has doubled what it wrote.
+
+        PostgreSQL plans the identity-map lookups from table statistics. A backfill
+        grows the table from nothing faster than autovacuum (where it runs at all)
+        refreshes them, and a lookup planned for an empty table reads every row of the
+        job: each batch then cost more than the last (2 s a batch at 40,000 rows).
+        """
+        self._acked += acked
+        if self._engine.dialect.name != "postgresql" or self._acked < self._analyze_at:
+            return
+        self._analyze_at = 2 * self._acked
+        self._run(lambda conn: conn.execute(text(f"ANALYZE {rows.name}")), "refreshing statistics")
 
     def transaction(self, work: Callable[[Connection], T], doing: str) -> T:
         """``work`` in one transaction of the store, as every method here runs its own

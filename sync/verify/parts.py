@@ -52,9 +52,8 @@ def verify(
                 continue
             verifier = Verifier(
                 job,
-                name=name,
                 reader=wiring.reader(job, shard),
-                store=wiring.store,
+                part=wiring.store.part(name),
                 client=wiring.client,
                 stop=wiring.stopping,
             )

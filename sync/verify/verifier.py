@@ -25,9 +25,9 @@ from sync.extract.reader import Row, SourceReader
 from sync.load.client import PersonyzeClient
 from sync.mapping import Mapper, Record, Rejection
 from sync.model import RunStats
+from sync.state.part import PartState
 from sync.state.records import KnownRow
 from sync.state.schema import key_text
-from sync.state.store import StateStore
 from sync.verify.report import Finding, Kind, Repair, VerifyReport, with_notes
 
 # -- walking rows ------------------------------------------------------------------------
@@ -36,7 +36,7 @@ Resend = Callable[[list[Row], list[str]], RunStats]
 
 
 class Verifier:
-    """One verify of one job (or of one shard of it, with ``reader`` and ``name`` to match).
+    """One verify of one job (or of one shard of it, with ``reader`` and ``part`` to match).
 
     It reads only, unless :meth:`repair` is given a ``resend``.
     """
@@ -46,16 +46,14 @@ class Verifier:
         job: JobSettings,
         *,
         reader: SourceReader,
-        store: StateStore,
+        part: PartState,
         client: PersonyzeClient,
-        name: str | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.job = job
-        self.name = name or job.name  # what the state store knows it by: the job, or a shard
         self.reader = reader
         self.mapper = Mapper(job)
-        self.store = store
+        self.part = part  # the state of the job, or of the shard ``reader`` reads
         self.client = client
         self.stop = stop or threading.Event()
         # Every Personyze column the job writes (targets are snake_case already).
@@ -69,7 +67,7 @@ class Verifier:
     def sample(self, count: int) -> VerifyReport:
         """Up to ``count`` rows of the identity map, picked at random."""
         report = VerifyReport(self.job.name, "sample", sample=count)
-        keys = self.store.sample_keys(self.name, count)
+        keys = self.part.sample_keys(count)
         size = self.job.source.batch_size
         for at in range(0, len(keys), size):
             self._check_stop()
@@ -77,7 +75,7 @@ class Verifier:
             rows = self.reader.rows_by_key([self.reader.typed_key(k) for k in chunk])
             marked = {key_text(r[self.job.source.key]) for r in rows if r.get(DELETED)}
             rows = [r for r in rows if not r.get(DELETED)]  # delete_when's rows: not users
-            known = self.store.known_rows(self.name, chunk)
+            known = self.part.lookup(chunk, refused=False).known
             found = {key_text(r[self.job.source.key]) for r in rows}
             for key in chunk:
                 if key not in found and key not in marked and key in known:
@@ -106,7 +104,8 @@ class Verifier:
             rows = [r for r in batch if not r.get(DELETED)]  # delete_when's rows: not users
             keys = [key_text(r[self.job.source.key]) for r in rows]
             report.checked += len(rows)
-            report.findings += self._check(rows, self.store.known_rows(self.name, keys))
+            known = self.part.lookup(keys, refused=False).known
+            report.findings += self._check(rows, known)
         return self._finish(report)
 
     def repair(self, report: VerifyReport, resend: Resend) -> VerifyReport:
@@ -126,7 +125,7 @@ class Verifier:
         self._repair, self._forget = {}, []  # one repair: the second look queues nothing
         still = [f for f in left if f.key not in seen] + [f for f in again if f.drift]
         report.repair = Repair(len(queued), stats.sent, stats.rejected, still)
-        report.collisions = self.store.collisions(self.name)
+        report.collisions = self.part.collisions()
         return self._noted(report)
 
     def _recheck(self, rows: list[Row]) -> tuple[set[str], list[Finding]]:
@@ -140,14 +139,14 @@ class Verifier:
         for at in range(0, len(rows), size):
             chunk = rows[at : at + size]
             keys = [key_text(r[self.job.source.key]) for r in chunk]
-            known = self.store.known_rows(self.name, keys)
-            holders = self.store.holders(self.name, (k.user_id for k in known.values()))
+            known = self.part.lookup(keys, refused=False).known
+            holders = self.part.holders(k.user_id for k in known.values())
             others = {k for held in holders.values() for k in held} - set(keys)
             if others:
                 typed = [self.reader.typed_key(k) for k in sorted(others)]
                 partners = [r for r in self.reader.rows_by_key(typed) if not r.get(DELETED)]
                 chunk = chunk + partners
-                known |= self.store.known_rows(self.name, sorted(others))
+                known |= self.part.lookup(sorted(others), refused=False).known
             seen.update(key_text(r[self.job.source.key]) for r in chunk)
             again.update((f.key, f) for f in self._check(chunk, known))
         return seen, list(again.values())
@@ -241,8 +240,8 @@ class Verifier:
     def _why_unsynced(self, key: str) -> tuple[str, bool]:
         """Why a sendable row has no user, and whether resending it now is safe."""
         if self._rejections is None:
-            self._rejections = {r.key: r.reason for r in self.store.rejections(self.name)}
-            self._pending = {p.key for p in self.store.pending(self.name)}
+            self._rejections = {r.key: r.reason for r in self.part.rejections()}
+            self._pending = {p.key for p in self.part.pending()}
         assert self._pending is not None
         if key in self._rejections:
             return f"rejected: {self._rejections[key]}", True
@@ -252,7 +251,7 @@ class Verifier:
         return "never sent", True
 
     def _finish(self, report: VerifyReport) -> VerifyReport:
-        report.collisions = self.store.collisions(self.name)
+        report.collisions = self.part.collisions()
         return self._noted(report)
 
     def _noted(self, report: VerifyReport) -> VerifyReport:

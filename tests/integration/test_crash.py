@@ -91,9 +91,10 @@ def test_sigkill_during_backfill_loses_and_doubles_nothing(
         assert posts_sent <= ROWS + kills * BATCH, "more resent than the unacknowledged tail"
 
         with Wiring(load(config)) as app:
-            checkpoint = app.store.checkpoint("customers")
-            assert app.store.pending("customers") == []
-            assert app.store.row_count("customers") == ROWS
-            outcomes = [r.outcome for r in app.store.runs("customers", limit=10)]
+            part = app.store.part("customers")
+            checkpoint = part.checkpoint()
+            assert part.pending() == []
+            assert part.row_count() == ROWS
+            outcomes = [r.outcome for r in part.runs(limit=10)]
     assert checkpoint is not None and checkpoint.key == ROWS  # the last row in (cursor, key) order
     assert outcomes[0] == "success" and outcomes.count("died") == kills

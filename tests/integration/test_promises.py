@@ -65,7 +65,7 @@ def test_a_row_updated_to_the_checkpoints_own_cursor_value_is_not_lost(
     with make_app(tmp_path, source_url, sandbox) as app:
         job = app.config.jobs[0]
         run_job(app, job, RunOptions(kind="backfill"))
-        assert app.store.checkpoint("customers").key == 10
+        assert app.store.part("customers").checkpoint().key == 10
         # a second-precision timestamp: updated in the same second the checkpoint holds
         change_customers(source_url, customers.c.id <= 5, first_name="Changed")
         sandbox.clear_requests()
@@ -105,7 +105,7 @@ def test_a_retried_row_that_changed_before_the_pass_read_it_is_sent(
     with make_app(tmp_path, sqlite_url, sandbox, job=job, source={"table": "people"}) as app:
         settings = app.config.jobs[0]
         run_job(app, settings, RunOptions(kind="backfill"))
-        assert [r.key for r in app.store.rejections("customers")] == ["3"]
+        assert [r.key for r in app.store.part("customers").rejections()] == ["3"]
         reader = app.reader(settings)
         read_by_key = reader.rows_by_key
 
@@ -123,7 +123,7 @@ def test_a_retried_row_that_changed_before_the_pass_read_it_is_sent(
         stats = run_job(app, settings, RunOptions())
         reader.rows_by_key = read_by_key  # type: ignore[method-assign]
         assert stats.sent == 1  # the pass sent the new version, in the same run
-        assert app.store.rejections("customers") == []
+        assert app.store.part("customers").rejections() == []
     assert one_user_each(sandbox)["3"]["email"] == "fixed3@example.com"
 
 
@@ -143,10 +143,10 @@ def test_a_row_whose_user_was_deleted_in_personyze_is_sent_as_new(
             source_url, customers.c.id == 3, first_name="Back", updated_at=BASE_TIME + timedelta(1)
         )
         run_job(app, job, RunOptions())
-        assert app.store.rejections("customers") == []
+        assert app.store.part("customers").rejections() == []
         user = one_user_each(sandbox)["3"]
         assert user["first_name"] == "Back" and user["user_id"] != gone
-        assert app.store.known_rows("customers", ["3"])["3"].user_id == user["user_id"]
+        assert app.store.part("customers").lookup(["3"]).known["3"].user_id == user["user_id"]
         sandbox.clear_requests()
         run_job(app, job, RunOptions())
         assert posts(sandbox) == []
@@ -178,7 +178,7 @@ def test_rows_of_different_shards_sharing_a_user_are_a_reported_collision(
     with make_app(tmp_path, pg_url, sandbox, state_url=pg_url, job={"shards": 2}) as app:
         job = app.config.jobs[0]
         stats = run_job(app, job, RunOptions(kind="backfill"))
-        collisions = [c for name, _ in app.parts(job) for c in app.store.collisions(name)]
+        collisions = [c for name, _ in app.parts(job) for c in app.store.part(name).collisions()]
     assert stats.collisions == 1
     assert {(c.key, c.other_key) for c in collisions} in ({("1", "2")}, {("2", "1")})
 
@@ -212,7 +212,7 @@ def test_a_rejected_row_whose_key_changed_case_does_not_crash_the_retry(
     with make_app(tmp_path, mariadb_url, sandbox, job=job, source=source) as app:
         settings = app.config.jobs[0]
         run_job(app, settings, RunOptions(kind="backfill"))
-        assert [r.key for r in app.store.rejections("customers")] == ["ABC"]
+        assert [r.key for r in app.store.part("customers").rejections()] == ["ABC"]
         later = BASE_TIME + timedelta(days=1)
         execute(
             mariadb_url,
@@ -221,7 +221,7 @@ def test_a_rejected_row_whose_key_changed_case_does_not_crash_the_retry(
         )  # fmt: skip
         stats = run_job(app, settings, RunOptions())
         assert stats.sent == 1
-        assert app.store.rejections("customers") == []
+        assert app.store.part("customers").rejections() == []
     assert {u["email"] for u in sandbox.users()} == {"abc@example.com", "xyz@example.com"}
 
 
@@ -256,7 +256,7 @@ def test_a_mirror_run_whose_source_empties_at_its_end_deletes_nothing(
         reader.present_keys = present  # type: ignore[method-assign]
         assert emptied  # the end-of-run pass ran against the empty source
         assert [r.method for r in sandbox.requests if r.method == "DELETE"] == []
-        assert app.store.row_count("customers") == 200
+        assert app.store.part("customers").row_count() == 200
         run_job(app, settings, RunOptions())
     assert len(one_user_each(sandbox)) == 200
 
@@ -301,10 +301,10 @@ def test_lost_answers_under_a_database_clock_behind_the_date_header_make_no_seco
             assert first.unresolved > 0
             api.faults = Faults()
             for _ in range(3):  # until every mark is resolved
-                if not app.store.pending("customers"):
+                if not app.store.part("customers").pending():
                     break
                 run_job(app, settings, RunOptions())
-            assert app.store.pending("customers") == []
+            assert app.store.part("customers").pending() == []
         assert sorted(one_user_each(api), key=int) == [str(i) for i in range(1, 21)]
 
 
@@ -347,9 +347,9 @@ def test_reconciliation_never_adopts_the_user_of_another_job(
         assert run_job(app, app.config.job("leads"), RunOptions()).unresolved == 1
         sandbox.faults = Faults()
         run_job(app, app.config.job("leads"), RunOptions())
-        assert app.store.pending("leads") == []
-        customer_user = app.store.known_rows("customers", ["42"])["42"].user_id
-        lead_user = app.store.known_rows("leads", ["42"])["42"].user_id
+        assert app.store.part("leads").pending() == []
+        customer_user = app.store.part("customers").lookup(["42"]).known["42"].user_id
+        lead_user = app.store.part("leads").lookup(["42"]).known["42"].user_id
     assert customer_user != lead_user
     by_id = {u["user_id"]: u for u in sandbox.users()}
     assert by_id[customer_user]["first_name"] == "First42"
@@ -372,7 +372,7 @@ def test_a_lost_first_answer_then_an_email_change_leaves_one_user(
         except Exception as exc:  # noqa: BLE001 - the run gives up: no answer came
             assert "could not be delivered" in str(exc)
         sandbox.faults = Faults()
-        assert app.store.known_rows("customers", ["1", "2", "3"]) == {}
+        assert app.store.part("customers").lookup(["1", "2", "3"]).known == {}
         change_customers(
             sqlite_url,
             customers.c.id == 2,
@@ -380,7 +380,7 @@ def test_a_lost_first_answer_then_an_email_change_leaves_one_user(
             updated_at=BASE_TIME + timedelta(days=1),
         )
         run_job(app, settings, RunOptions())
-        assert app.store.pending("customers") == []
+        assert app.store.part("customers").pending() == []
     users = one_user_each(sandbox)
     assert sorted(users, key=int) == ["1", "2", "3"]
     assert users["2"]["email"] == "renamed2@example.com"
@@ -439,5 +439,5 @@ def test_a_row_whose_id_two_users_hold_is_adopted_once_and_the_other_reported(
         second = sandbox.store.upsert({k: v for k, v in first.items() if k != "user_id"})
         run_job(app, settings, RunOptions())
         (status,) = admin.status(app)
-        assert app.store.known_rows("customers", ["1"])["1"].user_id == first["user_id"]
+        assert app.store.part("customers").lookup(["1"]).known["1"].user_id == first["user_id"]
     assert status.duplicates == [("1", second, first["user_id"])]

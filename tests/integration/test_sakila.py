@@ -85,7 +85,7 @@ def test_all_599_customers_arrive_once_though_they_share_one_last_update(
     assert len({str(r["last_update"]) for r in customers(sakila_url).values()}) == 1
     with sakila_app(tmp_path, sakila_url, sandbox) as app:
         stats = run_job(app, app.config.jobs[0], RunOptions(kind="backfill"))
-        checkpoint = app.store.checkpoint("customers")
+        checkpoint = app.store.part("customers").checkpoint()
 
     assert (stats.read, stats.sent, stats.rejected) == (599, 599, 0)
     assert len(posts(sandbox)) == 599

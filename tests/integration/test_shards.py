@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from sync.model import RunOptions
 from sync.run import run_job
 from sync.sandbox import SandboxServer
 from sync.wiring import Wiring
-from tests.integration.test_daemon import CLI
 from tests.support import (
     API_KEY,
     Outcome,
@@ -24,7 +22,9 @@ from tests.support import (
     customers,
     load,
     make_customers,
+    script,
     users_by_internal_id,
+    wait_until,
     write_config,
 )
 
@@ -49,9 +49,9 @@ def test_each_shard_reads_its_part_and_keeps_its_own_checkpoint(
         assert stats.sent == 100 and stats.held_elsewhere == []
         for name, shard in app.parts(job):
             assert shard is not None
-            keys = {int(k) for k, _ in app.store.known_keys(name, None, 1000)}
+            keys = {int(k) for k, _ in app.store.part(name).known_keys(None, 1000)}
             assert keys == {i for i in range(1, 101) if i % 3 == shard.index}
-            assert app.store.checkpoint(name) is not None
+            assert app.store.part(name).checkpoint() is not None
         assert [s.name for s in admin.status(app)] == [f"customers#{i}/3" for i in range(3)]
         change_customers(source_url, customers.c.id == 7, first_name="Seven")
         from datetime import datetime
@@ -91,14 +91,14 @@ def test_changing_the_shard_count_is_refused_until_resharded(
     with Wiring(load(config)) as app:
         for name, shard in app.parts(app.config.jobs[0]):
             assert shard is not None
-            keys = {int(k) for k, _ in app.store.known_keys(name, None, 1000)}
+            keys = {int(k) for k, _ in app.store.part(name).known_keys(None, 1000)}
             assert keys == {i for i in range(1, 61) if i % 2 == shard.index}
 
     doc["jobs"][0]["shards"] = 1  # and back to one part
     config.write_text(yaml.safe_dump(doc))
     assert cli("checkpoint", "reset", "-c", str(config), "customers", "--reshard").code == 0
     with Wiring(load(config)) as app:
-        assert app.store.row_count("customers") == 60
+        assert app.store.part("customers").row_count() == 60
     assert cli("once", "-c", str(config)).code == 0
     assert len(sandbox.users()) == 60
 
@@ -111,16 +111,18 @@ def test_a_second_process_on_a_sqlite_state_store_is_refused(
     doc = config_doc(source_url=sqlite_url, api_url=sandbox.url, state_url=state)
     config = write_config(tmp_path / "sync.yaml", doc)
     daemon = subprocess.Popen(
-        [CLI, "run", "-c", str(config), "--http-port", "0"],
+        [script(), "run", "-c", str(config), "--http-port", "0"],
         env={**os.environ, "TEST_API_KEY": API_KEY},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while len(sandbox.users()) < 4:  # the daemon ran the job: it holds the store
-            assert time.monotonic() < deadline and daemon.poll() is None
-            time.sleep(0.05)
+
+        def ran() -> bool:
+            assert daemon.poll() is None, "the daemon ended"
+            return len(sandbox.users()) >= 4
+
+        wait_until(ran, what="the daemon's run (it holds the store)")
         refused = cli("once", "-c", str(config))
         assert refused.code == 1
         assert "serves one process at a time" in refused.flat

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def test_backfill_then_incremental_runs(
         third = run_job(app, job, RunOptions())
         # read again: the five rows at the checkpoint's cursor value; sent: none
         assert (third.read, third.sent) == (5, 0) and sandbox.requests == []
-        runs = app.store.runs("customers")
+        runs = app.store.part("customers").runs()
         assert [(r.outcome, r.rows_sent) for r in runs] == [
             ("success", 0),
             ("success", 5),
@@ -141,7 +142,7 @@ def test_a_run_that_gives_up_keeps_its_checkpoint_before_the_row_still_owed(
         job = app.config.jobs[0]
         with pytest.raises(RetriableError, match="could not be delivered"):
             run_job(app, job, RunOptions())
-        checkpoint = app.store.checkpoint("customers")
+        checkpoint = app.store.part("customers").checkpoint()
         assert checkpoint is not None
         delivered = {int(k) for k in users_by_internal_id(sandbox.users())}
         order = [
@@ -153,7 +154,7 @@ def test_a_run_that_gives_up_keeps_its_checkpoint_before_the_row_still_owed(
         passed = order[: order.index(checkpoint.key) + 1]
         assert set(passed) <= delivered, "the checkpoint moved past a row not delivered"
         assert len(delivered) < 200
-        assert app.store.runs("customers")[0].outcome == "failed"
+        assert app.store.part("customers").runs()[0].outcome == "failed"
 
         sandbox.faults = Faults()
         sandbox.clear_requests()
@@ -168,9 +169,9 @@ def test_a_refused_key_stops_the_job_at_once(tmp_path: Path, sqlite_url: str) ->
     with SandboxServer("another-key") as sandbox, make_app(tmp_path, sqlite_url, sandbox) as app:
         with pytest.raises(AuthError, match="refused the API key"):
             run_job(app, app.config.jobs[0], RunOptions())
-        assert app.store.checkpoint("customers") is None
+        assert app.store.part("customers").checkpoint() is None
         assert len(sandbox.requests) <= app.config.personyze.concurrency
-        assert app.store.runs("customers")[0].outcome == "failed"
+        assert app.store.part("customers").runs()[0].outcome == "failed"
 
 
 def test_rows_personyze_rejects_are_kept_and_retried_once_fixed(
@@ -208,16 +209,16 @@ def test_rows_personyze_rejects_are_kept_and_retried_once_fixed(
     with make_app(tmp_path, sqlite_url, sandbox, **parts) as app:
         job = app.config.jobs[0]
         first = run_job(app, job, RunOptions())
-        [rejection] = app.store.rejections("customers")
+        [rejection] = app.store.part("customers").rejections()
         assert (first.sent, first.rejected) == (4, 1)
         assert rejection.key == "3" and rejection.status == 400
         assert "not found" in rejection.reason.lower()
-        assert app.store.checkpoint("customers") is not None
-        assert app.store.checkpoint("customers").key == 5  # type: ignore[union-attr]
+        checkpoint = app.store.part("customers").checkpoint()
+        assert checkpoint is not None and checkpoint.key == 5
 
         execute(sqlite_url, text("UPDATE accounts SET pz = NULL, version = 2 WHERE id = 3"))
         second = run_job(app, job, RunOptions())
-        assert second.sent == 1 and app.store.rejections("customers") == []
+        assert second.sent == 1 and app.store.part("customers").rejections() == []
     assert len(sandbox.users()) == 5
 
 
@@ -240,7 +241,7 @@ def test_a_time_zone_aware_cursor_resumes_exactly(
     with make_app(tmp_path, pg_url, sandbox, **parts) as app:
         job = app.config.jobs[0]
         assert run_job(app, job, RunOptions()).sent == 30
-        checkpoint = app.store.checkpoint("customers")
+        checkpoint = app.store.part("customers").checkpoint()
         assert checkpoint is not None and checkpoint.cursor.tzinfo is not None
         execute(
             pg_url,
@@ -298,3 +299,30 @@ def test_the_rate_ceiling_holds_over_many_requests(
     assert len(starts) >= 150  # (a retried request only adds to the time)
     # the bucket starts with one token: then no faster than 100 a second
     assert starts[-1] - starts[0] >= (150 - 1) / 100 * 0.9
+
+
+def test_progress_counts_rows_done_not_rows_read(tmp_path: Path, sqlite_url: str) -> None:
+    """Reading runs batches ahead of sending: the bar must follow what Personyze took.
+
+    Each tick is checked against the users the sandbox holds at that moment: a row
+    counted done before Personyze has it would be a bar of rows read.
+    """
+    make_customers(sqlite_url, range(1, 201))
+    faults = Faults(latency_s=0.05, writes_only=True)
+    with SandboxServer("test-key-3f9a1c", faults=faults) as api:
+        ticks: list[tuple[int, int]] = []  # (rows done so far, users Personyze holds)
+        total: list[int] = []
+
+        def progress(rows: int) -> Callable[[int], None]:
+            total.append(rows)
+
+            def tick(done: int) -> None:
+                ticks.append((sum(d for d, _ in ticks[-1:]) + done, len(api.users())))
+
+            return tick
+
+        with make_app(tmp_path, sqlite_url, api) as app:
+            stats = run_job(app, app.config.jobs[0], RunOptions(kind="backfill"), progress)
+    assert total == [200] and stats.sent == 200
+    assert ticks[-1][0] == 200
+    assert all(done <= held for done, held in ticks), ticks

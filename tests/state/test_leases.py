@@ -234,13 +234,14 @@ def test_threads_racing_for_one_job_get_one_lease(open_store: Callable[..., Stat
 
 def test_runs_record_their_holder(open_store: Callable[..., StateStore], store_url: str) -> None:
     a = open_store("replica-a")
-    a.start_run(JOB, "sync")
-    assert a.runs(JOB)[0].holder == "replica-a"
+    part = a.part(JOB)
+    part.start_run("sync")
+    assert part.runs()[0].holder == "replica-a"
     default = StateStore(state_engine(store_url), lambda: T0)
     try:
         assert default.holder == f"{socket.gethostname()}:{os.getpid()}"
-        default.start_run(JOB, "sync")
-        assert default.runs(JOB)[0].holder == default.holder
+        default.part(JOB).start_run("sync")
+        assert default.part(JOB).runs()[0].holder == default.holder
     finally:
         default.close()
 

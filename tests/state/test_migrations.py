@@ -225,16 +225,17 @@ def test_a_version_1_store_is_upgraded_with_its_data(
     store.create_schema()
 
     assert version_of(store_url) == LATEST
-    assert store.checkpoint("customers") == Position(cursor=41, key="k-41")
-    assert store.known_rows("customers", ["k-41"]) == {"k-41": KnownRow(9001, "a" * 32)}
-    [old] = store.runs("customers")
+    customers = store.part("customers")
+    assert customers.checkpoint() == Position(cursor=41, key="k-41")
+    assert customers.lookup(["k-41"]).known == {"k-41": KnownRow(9001, "a" * 32)}
+    [old] = customers.runs()
     assert (old.outcome, old.rows_read, old.rows_sent, old.holder) == ("ok", 41, 40, None)
     # The new parts work on the upgraded store.
-    run = store.start_run("customers", "sync")
-    assert store.runs("customers")[0].id == run
-    assert store.runs("customers")[0].holder == "test:1"
-    store.commit_batch("customers", BatchOutcome(acks=[Ack("k-42", 9002, "b" * 32)]))
-    assert store.row_count("customers") == 2
+    run = customers.start_run("sync")
+    assert customers.runs()[0].id == run
+    assert customers.runs()[0].holder == "test:1"
+    customers.commit(BatchOutcome(acks=[Ack("k-42", 9002, "b" * 32)]))
+    assert customers.row_count() == 2
     with store.lease("customers") as lease:
         assert lease is not None
         assert [i.holder for i in store.leases()] == ["test:1"]
@@ -275,7 +276,7 @@ def test_a_store_newer_than_this_code_is_refused_untouched(
 ) -> None:
     store = open_store()
     store.create_schema()
-    store.set_checkpoint("customers", Position(cursor=1, key="a"))
+    store.part("customers").set_checkpoint(Position(cursor=1, key="a"))
     engine = plain_engine(store_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE psync_schema SET version = :v"), {"v": LATEST + 1})
@@ -290,7 +291,7 @@ def test_a_store_newer_than_this_code_is_refused_untouched(
     assert isinstance(caught.value, FatalError)
     assert caught.value.exit_code == 1
     assert version_of(store_url) == LATEST + 1
-    assert store.checkpoint("customers") == Position(cursor=1, key="a")
+    assert store.part("customers").checkpoint() == Position(cursor=1, key="a")
 
 
 @pytest.mark.parametrize("start", ["fresh", "version-1"])
@@ -324,7 +325,7 @@ def test_replicas_starting_together_migrate_once(store_url: str, start: str) -> 
         assert version_of(store_url) == LATEST
         assert "holder" in shape(store_url)["psync_runs"]["columns"]
         if start == "version-1":
-            assert stores[0].checkpoint("customers") == Position(cursor=41, key="k-41")
+            assert stores[0].part("customers").checkpoint() == Position(cursor=41, key="k-41")
     finally:
         for store in stores:
             store.close()

@@ -1,8 +1,9 @@
 """The state store's contract, run against every backend it supports.
 
-Each test runs on an SQLite file (in a folder that does not exist yet) and on a
-fresh PostgreSQL database. Time comes from a fake clock, so every timestamp the
-store writes is asserted exactly.
+What one part reads and writes is tested through ``store.part(name)`` (a
+:class:`PartState`), as a run holds it. Each test runs on an SQLite file (in a folder
+that does not exist yet) and on a fresh PostgreSQL database. Time comes from a fake
+clock, so every timestamp the store writes is asserted exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sync.errors import ConfigError, StateError
 from sync.model import PendingRow, Position
 from sync.state import outcome as outcome_module
+from sync.state.part import PartState
 from sync.state.records import (
     Ack,
     BatchOutcome,
@@ -32,25 +34,12 @@ from sync.state.records import (
     StoredRejection,
 )
 from sync.state.store import ANALYZE_FIRST, IN_CHUNK, StateStore, in_chunks, state_engine
+from tests.support import FakeClock
 
 JOB = "contacts"
 OTHER = "orders"
 HOLDER = "test-host:4242"
 T0 = 1_700_000_000.25
-
-
-class FakeClock:
-    """A clock that says whatever time it was set to."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 def mark(key: str, internal_id: str) -> Mark:
@@ -63,7 +52,7 @@ def pending_row(key: str, internal_id: str, at: float) -> PendingRow:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -85,6 +74,18 @@ def store(store_url: str, clock: FakeClock) -> Iterator[StateStore]:
         yield state
     finally:
         state.close()
+
+
+@pytest.fixture
+def part(store: StateStore) -> PartState:
+    """The state of the job the tests write to."""
+    return store.part(JOB)
+
+
+@pytest.fixture
+def other(store: StateStore) -> PartState:
+    """The state of another job, which the writes to ``part`` must leave alone."""
+    return store.part(OTHER)
 
 
 def ack(key: str, user_id: int, fingerprint: str = "f" * 32) -> Ack:
@@ -139,11 +140,13 @@ def assert_same(got: Any, want: Any) -> None:
 
 
 @pytest.mark.parametrize("value", CURSOR_VALUES)
-def test_checkpoint_round_trip_keeps_the_type(store: StateStore, value: Any) -> None:
+def test_checkpoint_round_trip_keeps_the_type(
+    part: PartState, other: PartState, value: Any
+) -> None:
     # As a cursor, moved by hand; as a key, saved with a batch: both write paths.
-    store.set_checkpoint(JOB, Position(cursor=value, key=7))
-    store.commit_batch(OTHER, BatchOutcome(checkpoint=Position(cursor="c", key=value)))
-    as_cursor, as_key = store.checkpoint(JOB), store.checkpoint(OTHER)
+    part.set_checkpoint(Position(cursor=value, key=7))
+    other.commit(BatchOutcome(checkpoint=Position(cursor="c", key=value)))
+    as_cursor, as_key = part.checkpoint(), other.checkpoint()
     assert as_cursor is not None
     assert as_key is not None
     assert_same(as_cursor.cursor, value)
@@ -152,63 +155,62 @@ def test_checkpoint_round_trip_keeps_the_type(store: StateStore, value: Any) -> 
     assert_same(as_key.key, value)
 
 
-def test_checkpoint_with_no_key_means_from_this_cursor_on(store: StateStore) -> None:
-    store.set_checkpoint(JOB, Position(cursor=date(2024, 1, 1), key=None))
-    assert store.checkpoint(JOB) == Position(cursor=date(2024, 1, 1), key=None)
+def test_checkpoint_with_no_key_means_from_this_cursor_on(part: PartState) -> None:
+    part.set_checkpoint(Position(cursor=date(2024, 1, 1), key=None))
+    assert part.checkpoint() == Position(cursor=date(2024, 1, 1), key=None)
 
 
-def test_checkpoint_absent_then_moved_then_forgotten(store: StateStore) -> None:
-    assert store.checkpoint(JOB) is None
-    store.set_checkpoint(JOB, Position(cursor=1, key="a"))
-    store.set_checkpoint(JOB, Position(cursor=2, key="b"))
-    assert store.checkpoint(JOB) == Position(cursor=2, key="b")
-    store.set_checkpoint(JOB, None)
-    assert store.checkpoint(JOB) is None
-    store.set_checkpoint(JOB, None)  # forgetting twice is harmless
-    assert store.checkpoint(JOB) is None
+def test_checkpoint_absent_then_moved_then_forgotten(part: PartState) -> None:
+    assert part.checkpoint() is None
+    part.set_checkpoint(Position(cursor=1, key="a"))
+    part.set_checkpoint(Position(cursor=2, key="b"))
+    assert part.checkpoint() == Position(cursor=2, key="b")
+    part.set_checkpoint(None)
+    assert part.checkpoint() is None
+    part.set_checkpoint(None)  # forgetting twice is harmless
+    assert part.checkpoint() is None
 
 
-def test_checkpoints_of_jobs_are_independent(store: StateStore) -> None:
-    store.set_checkpoint(JOB, Position(cursor=1, key="a"))
-    store.commit_batch(OTHER, BatchOutcome(checkpoint=Position(cursor=99, key="z")))
-    assert store.checkpoint(JOB) == Position(cursor=1, key="a")
-    assert store.checkpoint(OTHER) == Position(cursor=99, key="z")
-    store.set_checkpoint(JOB, None)
-    assert store.checkpoint(JOB) is None
-    assert store.checkpoint(OTHER) == Position(cursor=99, key="z")
+def test_checkpoints_of_jobs_are_independent(part: PartState, other: PartState) -> None:
+    part.set_checkpoint(Position(cursor=1, key="a"))
+    other.commit(BatchOutcome(checkpoint=Position(cursor=99, key="z")))
+    assert part.checkpoint() == Position(cursor=1, key="a")
+    assert other.checkpoint() == Position(cursor=99, key="z")
+    part.set_checkpoint(None)
+    assert part.checkpoint() is None
+    assert other.checkpoint() == Position(cursor=99, key="z")
 
 
-def test_commit_batch_moves_an_existing_checkpoint(store: StateStore) -> None:
-    store.commit_batch(JOB, BatchOutcome(checkpoint=Position(cursor=1, key="a")))
-    store.commit_batch(JOB, BatchOutcome(checkpoint=Position(cursor=2, key="b")))
-    store.commit_batch(JOB, BatchOutcome())  # no checkpoint: it stays where it was
-    assert store.checkpoint(JOB) == Position(cursor=2, key="b")
+def test_commit_moves_an_existing_checkpoint(part: PartState) -> None:
+    part.commit(BatchOutcome(checkpoint=Position(cursor=1, key="a")))
+    part.commit(BatchOutcome(checkpoint=Position(cursor=2, key="b")))
+    part.commit(BatchOutcome())  # no checkpoint: it stays where it was
+    assert part.checkpoint() == Position(cursor=2, key="b")
 
 
-def test_unsupported_cursor_type_is_a_state_error(store: StateStore) -> None:
+def test_unsupported_cursor_type_is_a_state_error(part: PartState) -> None:
     with pytest.raises(StateError, match="bytes"):
-        store.set_checkpoint(JOB, Position(cursor=b"raw", key=1))
-    assert store.checkpoint(JOB) is None
+        part.set_checkpoint(Position(cursor=b"raw", key=1))
+    assert part.checkpoint() is None
 
 
 # -- one batch, all or nothing -----------------------------------------------------
 
 
-def test_commit_batch_writes_everything(store: StateStore, clock: FakeClock) -> None:
-    store.commit_batch(
-        JOB,
-        BatchOutcome(
-            acks=[ack("1", 101, "a" * 32), ack("2", 102, "b" * 32)],
-            rejected=[reject("3")],
-            collisions=[Collision(key="4", user_id=101, other_key="1")],
-            checkpoint=Position(cursor=10, key="4"),
-        ),
+def test_commit_writes_everything(part: PartState, clock: FakeClock) -> None:
+    outcome = BatchOutcome(
+        acks=[ack("1", 101, "a" * 32), ack("2", 102, "b" * 32), ack("4", 101, "c" * 32)],
+        rejected=[reject("3")],
+        checkpoint=Position(cursor=10, key="4"),
     )
-    assert store.known_rows(JOB, ["1", "2", "3", "4"]) == {
+    part.commit(outcome)
+    assert outcome.collisions == [Collision(key="4", user_id=101, other_key="1")]
+    assert part.lookup(["1", "2", "3", "4"]).known == {
         "1": KnownRow(101, "a" * 32),
         "2": KnownRow(102, "b" * 32),
+        "4": KnownRow(101, "c" * 32),
     }
-    assert store.rejections(JOB) == [
+    assert part.rejections() == [
         StoredRejection(
             key="3",
             payload={"email": "x"},
@@ -220,140 +222,130 @@ def test_commit_batch_writes_everything(store: StateStore, clock: FakeClock) -> 
             last_at=T0,
         )
     ]
-    assert store.collisions(JOB) == [Collision("4", 101, "1")]
-    assert store.checkpoint(JOB) == Position(cursor=10, key="4")
-    assert store.row_count(JOB) == 2
+    assert part.collisions() == [Collision("4", 101, "1")]
+    assert part.checkpoint() == Position(cursor=10, key="4")
+    assert part.row_count() == 3
 
 
-def test_commit_batch_is_all_or_nothing(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    store.commit_batch(
-        JOB, BatchOutcome(acks=[ack("old", 1, "o" * 32)], checkpoint=Position(cursor=1, key="old"))
+def test_commit_is_all_or_nothing(part: PartState, monkeypatch: pytest.MonkeyPatch) -> None:
+    part.commit(
+        BatchOutcome(acks=[ack("old", 1, "o" * 32)], checkpoint=Position(cursor=1, key="old"))
     )
-    store.add_pending(JOB, [mark("1", "int-1")])
-    store.commit_batch(JOB, BatchOutcome(rejected=[reject("2")]))
+    part.mark([mark("1", "int-1")])
+    part.commit(BatchOutcome(rejected=[reject("2")]))
 
     def boom(*_args: Any, **_kwargs: Any) -> None:
         raise OperationalError("INSERT INTO psync_rejected", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(outcome_module, "record_rejection", boom)  # what commit_batch writes
+    monkeypatch.setattr(outcome_module, "record_rejection", boom)  # what a commit writes
+    acks = [ack("1", 201, "n" * 32), ack("2", 202, "n" * 32), ack("old", 9, "n" * 32)]
     with pytest.raises(StateError, match="disk I/O error") as caught:
-        store.commit_batch(
-            JOB,
+        part.commit(
             BatchOutcome(
-                acks=[ack("1", 201, "n" * 32), ack("2", 202, "n" * 32), ack("old", 9, "n" * 32)],
+                acks=[*acks, ack("4", 201, "n" * 32)],  # "4" collides with "1"
                 rejected=[reject("3")],
-                collisions=[Collision("4", 201, "1")],
                 checkpoint=Position(cursor=50, key="4"),
-            ),
+            )
         )
     assert isinstance(caught.value.__cause__, OperationalError)
     monkeypatch.undo()
 
     # Nothing of the failed batch stuck: not the acks written before the failure,
-    # nor the pending mark and rejection they deleted, nor the checkpoint.
-    assert store.known_rows(JOB, ["1", "2", "old"]) == {"old": KnownRow(1, "o" * 32)}
-    assert store.pending(JOB) == [pending_row("1", "int-1", T0)]
-    assert [r.key for r in store.rejections(JOB)] == ["2"]
-    assert store.collisions(JOB) == []
-    assert store.checkpoint(JOB) == Position(cursor=1, key="old")
-    assert store.row_count(JOB) == 1
+    # nor the pending mark and rejection they deleted, nor the collision, nor the checkpoint.
+    assert part.lookup(["1", "2", "old"]).known == {"old": KnownRow(1, "o" * 32)}
+    assert part.pending() == [pending_row("1", "int-1", T0)]
+    assert [r.key for r in part.rejections()] == ["2"]
+    assert part.collisions() == []
+    assert part.checkpoint() == Position(cursor=1, key="old")
+    assert part.row_count() == 1
 
 
 # -- identities --------------------------------------------------------------------
 
 
 def test_acks_upsert_identities_and_replace_fingerprints(
-    store: StateStore, clock: FakeClock
+    part: PartState, other: PartState, clock: FakeClock
 ) -> None:
-    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", 101, "a" * 32), ack("2", 102, "b" * 32)]))
+    part.commit(BatchOutcome(acks=[ack("1", 101, "a" * 32), ack("2", 102, "b" * 32)]))
     clock.advance(60)
-    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", 111, "c" * 32), ack("3", 103, "d" * 32)]))
-    assert store.known_rows(JOB, ["1", "2", "3", "missing"]) == {
+    part.commit(BatchOutcome(acks=[ack("1", 111, "c" * 32), ack("3", 103, "d" * 32)]))
+    assert part.lookup(["1", "2", "3", "missing"]).known == {
         "1": KnownRow(111, "c" * 32),
         "2": KnownRow(102, "b" * 32),
         "3": KnownRow(103, "d" * 32),
     }
-    assert store.known_rows(JOB, []) == {}
-    assert store.known_rows(OTHER, ["1", "2", "3"]) == {}
-    assert store.row_count(JOB) == 3
-    assert store.row_count(OTHER) == 0
+    assert part.lookup([]).known == {}
+    assert other.lookup(["1", "2", "3"]).known == {}
+    assert part.row_count() == 3
+    assert other.row_count() == 0
 
 
-def test_same_key_twice_in_one_batch_the_last_wins(store: StateStore) -> None:
-    store.commit_batch(
-        JOB,
-        BatchOutcome(
-            acks=[ack("1", 101, "a" * 32), ack("1", 102, "b" * 32)],
-            collisions=[Collision("9", 1, "x"), Collision("9", 2, "y")],
-        ),
-    )
-    assert store.known_rows(JOB, ["1"]) == {"1": KnownRow(102, "b" * 32)}
-    assert store.collisions(JOB) == [Collision("9", 2, "y")]
+def test_same_key_twice_in_one_batch_the_last_wins(part: PartState) -> None:
+    # "9" takes the users of "x" and of "y" in turn: two collisions of one key
+    acks = [ack("x", 1), ack("y", 2), ack("9", 1, "a" * 32), ack("9", 2, "b" * 32)]
+    part.commit(BatchOutcome(acks=acks))
+    assert part.lookup(["9"]).known == {"9": KnownRow(2, "b" * 32)}
+    assert part.collisions() == [Collision("9", 2, "y")]
 
 
-def test_user_ids_beyond_32_bits_are_kept(store: StateStore) -> None:
+def test_user_ids_beyond_32_bits_are_kept(part: PartState) -> None:
     big = 2**40 + 7
-    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", big)]))
-    assert store.known_rows(JOB, ["1"]) == {"1": KnownRow(big, "f" * 32)}
-    assert store.holders([JOB], [big]) == {big: ["1"]}
+    part.commit(BatchOutcome(acks=[ack("1", big)]))
+    assert part.lookup(["1"]).known == {"1": KnownRow(big, "f" * 32)}
+    assert part.holders([big]) == {big: ["1"]}
 
 
-def test_ack_clears_pending_mark_and_rejection_of_that_key_only(store: StateStore) -> None:
-    store.add_pending(JOB, [mark("1", "i-1"), mark("2", "i-2")])
-    store.add_pending(OTHER, [mark("1", "i-1")])
-    store.commit_batch(JOB, BatchOutcome(rejected=[reject("1"), reject("3")]))
-    store.commit_batch(OTHER, BatchOutcome(rejected=[reject("1")]))
+def test_ack_clears_pending_mark_and_rejection_of_that_key_only(
+    part: PartState, other: PartState
+) -> None:
+    part.mark([mark("1", "i-1"), mark("2", "i-2")])
+    other.mark([mark("1", "i-1")])
+    part.commit(BatchOutcome(rejected=[reject("1"), reject("3")]))
+    other.commit(BatchOutcome(rejected=[reject("1")]))
 
-    store.commit_batch(JOB, BatchOutcome(acks=[ack("1", 101)]))
+    part.commit(BatchOutcome(acks=[ack("1", 101)]))
 
-    assert [p.key for p in store.pending(JOB)] == ["2"]
-    assert [r.key for r in store.rejections(JOB)] == ["3"]
-    assert store.rejected_fingerprints(JOB, ["1", "3"]) == {"3": "r" * 32}
+    assert [p.key for p in part.pending()] == ["2"]
+    assert [r.key for r in part.rejections()] == ["3"]
+    assert part.lookup(["1", "3"]).refused == {"3": "r" * 32}
     # The same key of another job is untouched.
-    assert [p.key for p in store.pending(OTHER)] == ["1"]
-    assert [r.key for r in store.rejections(OTHER)] == ["1"]
+    assert [p.key for p in other.pending()] == ["1"]
+    assert [r.key for r in other.rejections()] == ["1"]
 
 
-def test_holders_finds_keys_holding_user_ids(store: StateStore) -> None:
-    store.commit_batch(JOB, BatchOutcome(acks=[ack("a", 1), ack("b", 2), ack("c", 1)]))
-    store.commit_batch(OTHER, BatchOutcome(acks=[ack("z", 1), ack("y", 3)]))
-    found = store.holders([JOB], [1, 2, 3, 1])
+def test_holders_finds_keys_holding_user_ids(part: PartState, other: PartState) -> None:
+    part.commit(BatchOutcome(acks=[ack("a", 1), ack("b", 2), ack("c", 1)]))
+    other.commit(BatchOutcome(acks=[ack("z", 1), ack("y", 3)]))
+    found = part.holders([1, 2, 3, 1])
     assert {uid: sorted(keys) for uid, keys in found.items()} == {1: ["a", "c"], 2: ["b"]}
-    assert store.holders([JOB], []) == {}
-    assert store.holders([JOB], [404]) == {}
-    assert store.holders([OTHER], iter([1])) == {1: ["z"]}
+    assert part.holders([]) == {}
+    assert part.holders([404]) == {}
+    assert other.holders(iter([1])) == {1: ["z"]}
 
 
 # -- rejected rows -----------------------------------------------------------------
 
 
 def test_rejection_recorded_again_counts_attempts_and_keeps_first_at(
-    store: StateStore, clock: FakeClock
+    part: PartState, clock: FakeClock
 ) -> None:
-    store.commit_batch(
-        JOB,
-        BatchOutcome(
-            rejected=[reject("1", reason="first", fingerprint="1" * 32, payload={"v": 1})]
-        ),
+    part.commit(
+        BatchOutcome(rejected=[reject("1", reason="first", fingerprint="1" * 32, payload={"v": 1})])
     )
     t1 = clock.advance(30.5)
-    store.commit_batch(
-        JOB,
+    part.commit(
         BatchOutcome(
             rejected=[
                 reject("1", reason="second", status=422, fingerprint="2" * 32, payload={"v": 2})
             ]
-        ),
+        )
     )
     t2 = clock.advance(10)
-    store.commit_batch(
-        JOB,
-        BatchOutcome(
-            rejected=[reject("1", reason="third", fingerprint="3" * 32, payload={"v": 3})]
-        ),
+    part.commit(
+        BatchOutcome(rejected=[reject("1", reason="third", fingerprint="3" * 32, payload={"v": 3})])
     )
     assert t1 != T0
-    assert store.rejections(JOB) == [
+    assert part.rejections() == [
         StoredRejection(
             key="1",
             payload={"v": 3},
@@ -367,20 +359,19 @@ def test_rejection_recorded_again_counts_attempts_and_keeps_first_at(
     ]
 
 
-def test_rejected_fingerprints_and_mapper_rejections(store: StateStore) -> None:
-    store.commit_batch(
-        JOB,
+def test_rejected_fingerprints_and_mapper_rejections(part: PartState, other: PartState) -> None:
+    part.commit(
         BatchOutcome(
             rejected=[
                 reject("1", fingerprint="a" * 32),
                 reject("2", reason="no email column", status=None, fingerprint=None),
             ]
-        ),
+        )
     )
-    assert store.rejected_fingerprints(JOB, ["1", "2", "3"]) == {"1": "a" * 32, "2": None}
-    assert store.rejected_fingerprints(JOB, []) == {}
-    assert store.rejected_fingerprints(OTHER, ["1", "2"]) == {}
-    mapper = [r for r in store.rejections(JOB) if r.key == "2"]
+    assert part.lookup(["1", "2", "3"]).refused == {"1": "a" * 32, "2": None}
+    assert part.lookup([]).refused == {}
+    assert other.lookup(["1", "2"]).refused == {}
+    mapper = [r for r in part.rejections() if r.key == "2"]
     assert mapper == [
         StoredRejection(
             key="2",
@@ -395,18 +386,20 @@ def test_rejected_fingerprints_and_mapper_rejections(store: StateStore) -> None:
     ]
 
 
-def test_rejections_listed_oldest_first_and_dropped(store: StateStore, clock: FakeClock) -> None:
-    store.commit_batch(JOB, BatchOutcome(rejected=[reject("b")]))
+def test_rejections_listed_oldest_first_and_dropped(
+    part: PartState, other: PartState, clock: FakeClock
+) -> None:
+    part.commit(BatchOutcome(rejected=[reject("b")]))
     clock.advance(1)
-    store.commit_batch(JOB, BatchOutcome(rejected=[reject("a"), reject("c")]))
-    store.commit_batch(OTHER, BatchOutcome(rejected=[reject("a")]))
-    assert store.rejections(JOB)[0].key == "b"
-    assert sorted(r.key for r in store.rejections(JOB)) == ["a", "b", "c"]
+    part.commit(BatchOutcome(rejected=[reject("a"), reject("c")]))
+    other.commit(BatchOutcome(rejected=[reject("a")]))
+    assert part.rejections()[0].key == "b"
+    assert sorted(r.key for r in part.rejections()) == ["a", "b", "c"]
 
-    store.drop_rejections(JOB, ["a", "b", "not-there"])
-    store.drop_rejections(JOB, [])
-    assert [r.key for r in store.rejections(JOB)] == ["c"]
-    assert [r.key for r in store.rejections(OTHER)] == ["a"]
+    part.drop_rejections(["a", "b", "not-there"])
+    part.drop_rejections([])
+    assert [r.key for r in part.rejections()] == ["c"]
+    assert [r.key for r in other.rejections()] == ["a"]
 
 
 @pytest.mark.parametrize(
@@ -442,126 +435,140 @@ def test_rejections_listed_oldest_first_and_dropped(store: StateStore, clock: Fa
     ],
 )
 def test_rejected_payload_round_trips_through_json(
-    store: StateStore, payload: dict[str, Any], stored: dict[str, Any]
+    part: PartState, payload: dict[str, Any], stored: dict[str, Any]
 ) -> None:
-    store.commit_batch(JOB, BatchOutcome(rejected=[reject("1", payload=payload)]))
-    [got] = store.rejections(JOB)
+    part.commit(BatchOutcome(rejected=[reject("1", payload=payload)]))
+    [got] = part.rejections()
     assert got.payload == stored
 
 
 # -- rows sent without an answer ---------------------------------------------------
 
 
-def test_pending_marks_ordered_by_sent_at(store: StateStore, clock: FakeClock) -> None:
-    store.add_pending(JOB, [mark("b", "int-b")])
+def test_pending_marks_ordered_by_sent_at(
+    part: PartState, other: PartState, clock: FakeClock
+) -> None:
+    part.mark([mark("b", "int-b")])
     t1 = clock.advance(5)
-    store.add_pending(JOB, [mark("a", "int-a")])
+    part.mark([mark("a", "int-a")])
     t2 = clock.advance(5)
-    store.add_pending(JOB, [mark("c", "int-c"), mark("b", "int-b2")])  # "b" marked again: later
-    store.add_pending(JOB, [])
-    store.add_pending(OTHER, [mark("x", "int-x")])
+    part.mark([mark("c", "int-c"), mark("b", "int-b2")])  # "b" marked again: later
+    part.mark([])
+    other.mark([mark("x", "int-x")])
     assert t1 < t2
-    got = store.pending(JOB)
+    got = part.pending()
     assert got[0] == pending_row("a", "int-a", t1)
     assert sorted(got[1:], key=lambda p: p.key) == [
         pending_row("b", "int-b2", t2),
         pending_row("c", "int-c", t2),
     ]
-    assert store.pending(OTHER) == [pending_row("x", "int-x", t2)]
+    assert other.pending() == [pending_row("x", "int-x", t2)]
 
 
-def test_adopt_stores_user_id_with_empty_fingerprint(store: StateStore, clock: FakeClock) -> None:
-    store.add_pending(JOB, [mark("1", "i-1"), mark("2", "i-2"), mark("3", "i-3")])
-    store.commit_batch(JOB, BatchOutcome(acks=[ack("2", 5, "old" + "0" * 29)]))
+def test_adopt_stores_user_id_with_empty_fingerprint(part: PartState, clock: FakeClock) -> None:
+    part.mark([mark("1", "i-1"), mark("2", "i-2"), mark("3", "i-3")])
+    part.commit(BatchOutcome(acks=[ack("2", 5, "old" + "0" * 29)]))
     clock.advance(3)
-    store.adopt(JOB, {"1": (901, ""), "2": (902, "")})
-    store.adopt(JOB, {})
-    assert store.known_rows(JOB, ["1", "2", "3"]) == {
+    part.adopt({"1": (901, ""), "2": (902, "")})
+    part.adopt({})
+    assert part.lookup(["1", "2", "3"]).known == {
         "1": KnownRow(901, ""),
         "2": KnownRow(902, ""),
     }
-    assert store.pending(JOB) == [pending_row("3", "i-3", T0)]
-    assert store.holders([JOB], [901, 902]) == {901: ["1"], 902: ["2"]}
+    assert part.pending() == [pending_row("3", "i-3", T0)]
+    assert part.holders([901, 902]) == {901: ["1"], 902: ["2"]}
 
 
-def test_clear_pending(store: StateStore) -> None:
-    store.add_pending(JOB, [mark("1", "i-1"), mark("2", "i-2")])
-    store.add_pending(OTHER, [mark("1", "i-1")])
-    store.clear_pending(JOB, ["1", "unknown"])
-    store.clear_pending(JOB, [])
-    assert store.pending(JOB) == [pending_row("2", "i-2", T0)]
-    assert store.pending(OTHER) == [pending_row("1", "i-1", T0)]
+def test_clear_pending(part: PartState, other: PartState) -> None:
+    part.mark([mark("1", "i-1"), mark("2", "i-2")])
+    other.mark([mark("1", "i-1")])
+    part.clear_pending(["1", "unknown"])
+    part.clear_pending([])
+    assert part.pending() == [pending_row("2", "i-2", T0)]
+    assert other.pending() == [pending_row("1", "i-1", T0)]
 
 
 # -- collisions and forgetting a job -----------------------------------------------
 
 
-def test_collisions_listed_and_updated(store: StateStore) -> None:
-    store.commit_batch(
-        JOB, BatchOutcome(collisions=[Collision("b", 7, "a"), Collision("a", 8, "z")])
-    )
-    store.commit_batch(JOB, BatchOutcome(collisions=[Collision("b", 9, "c")]))
-    assert store.collisions(JOB) == [Collision("a", 8, "z"), Collision("b", 9, "c")]
-    assert store.collisions(OTHER) == []
+def test_collisions_found_by_commit_listed_and_updated(part: PartState, other: PartState) -> None:
+    part.commit(BatchOutcome(acks=[ack("z", 8), ack("x", 7)]))
+    part.commit(BatchOutcome(acks=[ack("b", 7), ack("a", 8)]))  # against earlier batches
+    part.commit(BatchOutcome(acks=[ack("c", 9), ack("b", 9)]))  # within this batch
+    part.commit(BatchOutcome(acks=[ack("x", 7)]))  # acked again, it holds its own user
+    assert part.collisions() == [Collision("a", 8, "z"), Collision("b", 9, "c")]
+    assert other.collisions() == []
 
 
-def test_forget_job_removes_one_job_only(store: StateStore) -> None:
-    for job in (JOB, OTHER):
-        store.add_pending(job, [mark("p", "i-p")])
-        store.commit_batch(
-            job,
+def test_a_user_held_in_a_sibling_shard_is_a_collision(store: StateStore) -> None:
+    shards = ["orders#0/2", "orders#1/2"]
+    first, second = (store.part(name, parts=shards) for name in shards)
+    alone = store.part("orders#0/2")  # without its siblings: its own rows only
+    first.commit(BatchOutcome(acks=[ack("1", 5)]))
+    second.commit(BatchOutcome(acks=[ack("2", 5)]))
+    assert second.collisions() == [Collision("2", 5, "1")]
+    assert first.collisions() == []
+    assert {uid: sorted(keys) for uid, keys in second.holders([5]).items()} == {5: ["1", "2"]}
+    assert alone.holders([5]) == {5: ["1"]}
+
+
+def test_forget_job_removes_one_job_only(
+    store: StateStore, part: PartState, other: PartState
+) -> None:
+    for state in (part, other):
+        state.mark([mark("p", "i-p")])
+        state.commit(
             BatchOutcome(
-                acks=[ack("1", 1)],
+                acks=[ack("1", 1), ack("3", 1)],  # "3" collides with "1"
                 rejected=[reject("2")],
-                collisions=[Collision("3", 1, "1")],
                 checkpoint=Position(cursor=5, key="3"),
-            ),
+            )
         )
 
     store.forget_job(JOB)
 
-    assert store.checkpoint(JOB) is None
-    assert store.known_rows(JOB, ["1"]) == {}
-    assert store.row_count(JOB) == 0
-    assert store.pending(JOB) == []
-    assert store.rejections(JOB) == []
-    assert store.rejected_fingerprints(JOB, ["2"]) == {}
-    assert store.collisions(JOB) == []
-    assert store.holders([JOB], [1]) == {}
+    assert part.checkpoint() is None
+    assert part.lookup(["1"]).known == {}
+    assert part.row_count() == 0
+    assert part.pending() == []
+    assert part.rejections() == []
+    assert part.lookup(["2"]).refused == {}
+    assert part.collisions() == []
+    assert part.holders([1]) == {}
 
-    assert store.checkpoint(OTHER) == Position(cursor=5, key="3")
-    assert store.known_rows(OTHER, ["1"]) == {"1": KnownRow(1, "f" * 32)}
-    assert [p.key for p in store.pending(OTHER)] == ["p"]
-    assert [r.key for r in store.rejections(OTHER)] == ["2"]
-    assert store.collisions(OTHER) == [Collision("3", 1, "1")]
+    assert other.checkpoint() == Position(cursor=5, key="3")
+    assert other.lookup(["1"]).known == {"1": KnownRow(1, "f" * 32)}
+    assert [p.key for p in other.pending()] == ["p"]
+    assert [r.key for r in other.rejections()] == ["2"]
+    assert other.collisions() == [Collision("3", 1, "1")]
 
 
 # -- run history -------------------------------------------------------------------
 
 
 def test_run_history_newest_first_with_exact_counts_and_times(
-    store: StateStore, clock: FakeClock
+    store: StateStore, part: PartState, other: PartState, clock: FakeClock
 ) -> None:
-    first = store.start_run(JOB, "sync")
+    first = part.start_run("sync")
     t_end1 = clock.advance(12.5)
-    store.finish_run(first, "ok", read=10, sent=8, skipped=1, rejected_count=1, error=None)
+    part.finish_run(first, "ok", read=10, sent=8, unchanged=1, rejected=1, error=None)
     t_start2 = clock.advance(100)
-    second = store.start_run(JOB, "reconcile")
-    other = store.start_run(OTHER, "sync")
+    second = part.start_run("reconcile")
+    elsewhere = other.start_run("sync")
     t_end2 = clock.advance(0.25)
-    store.finish_run(
+    part.finish_run(
         second,
         "failed",
         read=3,
         sent=0,
-        skipped=0,
-        rejected_count=0,
+        unchanged=0,
+        rejected=0,
         error="state store unreachable",
     )
-    third = store.start_run(JOB, "sync")
+    third = part.start_run("sync")
 
-    assert len({first, second, third, other}) == 4
-    assert store.runs(JOB) == [
+    assert len({first, second, third, elsewhere}) == 4
+    assert part.runs() == [
         RunRecord(
             id=third,
             job=JOB,
@@ -605,23 +612,23 @@ def test_run_history_newest_first_with_exact_counts_and_times(
             holder=HOLDER,
         ),
     ]
-    assert [r.id for r in store.runs(JOB, limit=2)] == [third, second]
-    assert [r.id for r in store.runs(OTHER)] == [other]
-    assert store.runs("nobody") == []
+    assert [r.id for r in part.runs(limit=2)] == [third, second]
+    assert [r.id for r in other.runs()] == [elsewhere]
+    assert store.part("nobody").runs() == []
 
 
 # -- schema, engines and failures --------------------------------------------------
 
 
 def test_create_schema_twice_is_harmless(
-    store: StateStore, store_url: str, clock: FakeClock
+    store: StateStore, part: PartState, store_url: str, clock: FakeClock
 ) -> None:
-    store.set_checkpoint(JOB, Position(cursor=1, key="a"))
+    part.set_checkpoint(Position(cursor=1, key="a"))
     store.create_schema()
     again = StateStore(state_engine(store_url), clock)
     try:
         again.create_schema()
-        assert again.checkpoint(JOB) == Position(cursor=1, key="a")
+        assert again.part(JOB).checkpoint() == Position(cursor=1, key="a")
     finally:
         again.close()
 
@@ -670,8 +677,9 @@ def test_plain_postgres_url_uses_the_installed_driver(
     state = StateStore(engine, clock)
     try:
         state.create_schema()
-        state.set_checkpoint(JOB, Position(cursor=1, key="a"))
-        assert state.checkpoint(JOB) == Position(cursor=1, key="a")
+        part = state.part(JOB)
+        part.set_checkpoint(Position(cursor=1, key="a"))
+        assert part.checkpoint() == Position(cursor=1, key="a")
     finally:
         state.close()
 
@@ -693,6 +701,7 @@ def test_a_growing_identity_map_keeps_its_planner_statistics(pg_url: str, clock:
     """
     store = StateStore(state_engine(pg_url), clock, holder=HOLDER)
     store.create_schema()
+    part = store.part(JOB)
     engine = create_engine(pg_url)
 
     def estimated_rows() -> float:  # -1 until the table is first analyzed
@@ -704,14 +713,14 @@ def test_a_growing_identity_map_keeps_its_planner_statistics(pg_url: str, clock:
     try:
         assert estimated_rows() == -1
         first = [ack(str(i), i) for i in range(ANALYZE_FIRST - 1)]
-        store.commit_batch(JOB, BatchOutcome(acks=first))
+        part.commit(BatchOutcome(acks=first))
         assert estimated_rows() == -1
-        store.commit_batch(JOB, BatchOutcome(acks=[ack("last", 10**6)]))
+        part.commit(BatchOutcome(acks=[ack("last", 10**6)]))
         assert estimated_rows() == ANALYZE_FIRST
         more = [ack(f"m{i}", 10**6 + i) for i in range(ANALYZE_FIRST - 1)]
-        store.commit_batch(JOB, BatchOutcome(acks=more))
+        part.commit(BatchOutcome(acks=more))
         assert estimated_rows() == ANALYZE_FIRST  # not yet doubled
-        store.commit_batch(JOB, BatchOutcome(acks=[ack("again", 3 * 10**6)]))
+        part.commit(BatchOutcome(acks=[ack("again", 3 * 10**6)]))
         assert estimated_rows() == 2 * ANALYZE_FIRST
     finally:
         engine.dispose()
@@ -751,25 +760,25 @@ def test_lookups_and_commits_of_every_size_use_few_statement_shapes(
     engine = state_engine(store_url)
     store = StateStore(engine, clock, holder=HOLDER)
     store.create_schema()
+    part = store.part(JOB)
     texts: set[str] = set()
     event.listen(engine, "before_cursor_execute", lambda *a: texts.add(a[2]))
     try:
         first = 0
         for size in range(1, 121):
             keys = [str(k) for k in range(first, first + size)]
-            store.known_rows(JOB, keys)
-            store.rejected_fingerprints(JOB, keys)
+            part.lookup(keys)  # known and rejected rows
             acks = [ack(k, int(k) + 1) for k in keys]
-            store.commit_batch(JOB, BatchOutcome(acks=acks))
-            store.holders([JOB], (a.user_id for a in acks))
+            part.commit(BatchOutcome(acks=acks))  # with its holders
+            part.holders(a.user_id for a in acks)
             first += size
         assert first == 7260
         assert len(texts) < 60, f"{len(texts)} distinct statements"
         every = [str(k) for k in range(first)]
-        known = store.known_rows(JOB, every)  # 8 chunks
+        known = part.lookup(every).known  # 8 chunks
         assert len(known) == first
         assert known["7259"] == KnownRow(7260, "f" * 32)
-        holders = store.holders([JOB], range(1, first + 1))
+        holders = part.holders(range(1, first + 1))
         assert holders[7260] == ["7259"]
         assert sum(len(v) for v in holders.values()) == first
     finally:
