@@ -31,8 +31,6 @@ from tests.support import (
     write_config,
 )
 
-CLI = script()  # tests/integration/test_shards.py still imports it from here
-
 
 def test_changes_arrive_within_an_interval_and_the_metrics_count_them(
     tmp_path: Path, pg_url: str, sandbox: SandboxServer, daemons: list[Daemon]
