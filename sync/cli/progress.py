@@ -28,7 +28,11 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def progress_bar(*, enabled: bool) -> Iterator[Callable[[int], Callable[[int], None]] | None]:
-    """A factory: given the rows to read, a callback advancing a rich progress bar."""
+    """A factory: given the rows to read, a callback advancing a rich progress bar.
+
+    The bar counts rows done (acknowledged, rejected, unchanged), not rows read: reading
+    runs ahead of sending by up to 16 batches, so a bar of rows read says nothing.
+    """
     if not enabled:
         yield None
         return
@@ -43,7 +47,7 @@ def progress_bar(*, enabled: bool) -> Iterator[Callable[[int], Callable[[int], N
     )
 
     def start(total: int) -> Callable[[int], None]:
-        task = bar.add_task("rows", total=total)
+        task = bar.add_task("rows done", total=total)
         return lambda n: bar.advance(task, n)
 
     with bar:

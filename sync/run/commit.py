@@ -14,7 +14,7 @@ from typing import Protocol
 
 from sync.errors import FatalError, Stopped, SyncError
 from sync.load.writer import Delivered, Failed, Gone, Missing, Refused, Unresolved
-from sync.model import Position, RunObserver, RunStats
+from sync.model import Position, Progress, RunObserver, RunStats
 from sync.run.window import Slot, Window
 from sync.state.records import Ack, BatchOutcome, RejectedRow
 
@@ -55,6 +55,7 @@ class Commits:
         self._observer = observer
         self._clock = clock
         self.floor: Position | None = None
+        self.progress: Progress | None = None  # told the rows after the start done, as they are
         self.failure: SyncError | None = None  # the first row that could not be delivered
         self.held = False  # a row is not done for certain: the checkpoint stays before it
         self.superseded: set[tuple[str, str]] = set()  # (key, fingerprint) read again since
@@ -104,9 +105,11 @@ class Commits:
     def commit(self) -> None:
         """Record the finished slots (and unchanged rows counted) in one transaction."""
         outcome = BatchOutcome()
+        done = 0  # rows after the run's start newly done (for the progress bar)
         for slot in self._finished:  # in order: a failure stops the checkpoint right there
             if not slot.recorded:
                 self._record(slot, outcome)
+                done += slot.position is not None
             if (
                 self.failure is None
                 and not self.held
@@ -117,6 +120,7 @@ class Commits:
         for slot in self._ahead:
             if not slot.recorded:
                 self._record(slot, outcome)
+                done += slot.position is not None
         self._finished, self._ahead = [], []
         self._committed_at = self._clock()
         if (
@@ -130,11 +134,14 @@ class Commits:
         stats = self.stats
         stats.sent += len(outcome.acks)
         stats.rejected += len(outcome.rejected)
+        stats.rejected_rows += [{"key": r.key, "reason": r.reason} for r in outcome.rejected]
         stats.collisions += len(outcome.collisions)
         stats.unchanged += self.unchanged
         stats.deleted += self.deleted
         self._observe(outcome)
         self.unchanged = self.deleted = 0
+        if done and self.progress is not None:
+            self.progress(done)
 
     def _record(self, slot: Slot, outcome: BatchOutcome) -> None:
         """Add one finished slot's outcome."""

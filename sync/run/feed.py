@@ -82,8 +82,7 @@ class Feed:
         if self._stopping():
             self.finish()
             raise Stopped("stopped between batches; the checkpoint is saved")
-        if not retrying:
-            self.stats.read += len(batch)
+        self.stats.read += len(batch)
         flagged = [row.pop(DELETED, 0) == 1 for row in batch]
         mapped = [self.mapper.map(row) for row in batch]
         if self.adopt is not None and self.writer is not None and any(map(_unmergeable, mapped)):
@@ -102,7 +101,7 @@ class Feed:
                 commits.superseded.add((key, self.handled[key]))  # the earlier outcome yields
             if deleted:  # delete_when marks it: delete its user, if it has one
                 if previous is None:
-                    commits.unchanged += 1  # never synced: nothing to delete
+                    self.stats.deleted_before_sync += 1  # never synced: nothing to delete
                 elif self.writer is not None:
                     slot.payload, slot.action = {"user_id": previous.user_id}, "delete"
                     self.deletes.spend()
@@ -125,8 +124,12 @@ class Feed:
         if self.writer is None:  # a dry run: say what would be sent, send nothing
             self.stats.unchanged += commits.unchanged
             commits.unchanged = 0
-            self.stats.rejected += sum(1 for s in slots if s.reason is not None)
+            by_mapper = [s for s in slots if s.reason is not None]
+            self.stats.rejected += len(by_mapper)
+            self.stats.rejected_rows += [{"key": s.key, "reason": s.reason} for s in by_mapper]
             self.stats.would_send += [s.payload for s in slots if _to_send(s)]
+            if advance and commits.progress is not None:
+                commits.progress(len(slots))
             return
         if self.job.sync == "update":
             self._find_users(slots)
