@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import threading
 import time
 from collections import deque
@@ -42,14 +41,11 @@ from sync.sandbox.handler import (
 )
 from sync.sandbox.products import ProductStore
 from sync.sandbox.query import RequestError, parse_modifiers
+from sync.sandbox.rest import parse_body
 from sync.sandbox.users import UserStore
 
 POLL_INTERVAL_S = 0.05
 """How soon ``stop()`` is noticed by the serving loop."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 class SandboxServer:
@@ -265,7 +261,7 @@ class SandboxServer:
         if method not in ("GET", "POST", "PUT", "DELETE"):
             return text_answer(405, f"Method {method} not allowed here", allow)
         try:
-            body = _parse_body(raw) if method in ("POST", "PUT") else None
+            body = parse_body(raw) if method in ("POST", "PUT") else None
             if method == "POST":
                 if rest:
                     raise RequestError("POST /rest/users takes no path modifiers")
@@ -278,15 +274,6 @@ class SandboxServer:
             return json_answer(self.store.delete(query))
         except RequestError as error:
             return bare_answer(400) if error.bare else text_answer(400, str(error))
-
-
-def _parse_body(raw: bytes) -> Any:
-    if not raw:
-        raise RequestError("The request body must be a JSON object; it was empty")
-    try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise RequestError(f"The request body is not valid JSON: {error}") from None
 
 
 __all__ = ["FaultKind", "Faults", "RecordedRequest", "SandboxServer"]
