@@ -176,7 +176,7 @@ ERRORS = [
     (
         "sync mode unknown",
         edit("      email: email", "      email: email\n    sync: replace"),
-        "config.yaml:13: jobs[0].sync: expected one of: upsert, update or mirror (got 'replace')",
+        "config.yaml:13: jobs[0].sync: expected one of: upsert, update, mirror or add (got 'replace')",
     ),
     (
         "max_deletes_per_run not a count",

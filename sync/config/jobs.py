@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from sync.config.models import Model
+from sync.config.objects import Object, check_object
 from sync.config.values import (
     DeleteLimit,
     db_url,
@@ -201,13 +202,16 @@ class Schedule(Model):
 
 
 class JobSettings(Model):
-    """One source table or query kept in step with Personyze users."""
+    """One source table or query kept in step with Personyze users, products or an audience."""
 
     name: str
+    object: Object = "users"  # what the job feeds (sync.config.objects)
     source: SourceSettings
-    mapping: dict[str, str]
+    mapping: dict[str, str] = Field(default_factory=dict)
     transforms: dict[str, list[Transform]] = Field(default_factory=dict)
-    sync: Literal["upsert", "update", "mirror"] = "upsert"
+    sync: Literal["upsert", "update", "mirror", "add"] = "upsert"  # audiences: add or mirror
+    audience: str | None = None  # object: audience: the Personyze list's name
+    users_job: str | None = None  # object: audience: the users job whose user_ids to use
     delete_when: str | None = None  # a SQL condition: such rows' users are deleted
     max_deletes_per_run: DeleteLimit = DeleteLimit(share=10.0)
     shards: int = 1  # parts of the key space, each with its own checkpoint and lease
@@ -243,8 +247,6 @@ class JobSettings(Model):
     @classmethod
     def _mapping(cls, value: dict[str, str]) -> dict[str, str]:
         """Normalise targets to snake_case; two sources for one column is ambiguous."""
-        if not value:
-            raise _fail("expected at least one 'source column: Personyze column' entry")
         out: dict[str, str] = {}
         seen: dict[str, str] = {}
         for column, target in value.items():
@@ -286,9 +288,24 @@ class JobSettings(Model):
             out[snake] = steps
         return out
 
+    @model_validator(mode="before")
+    @classmethod
+    def _audience_adds(cls, data: Any) -> Any:
+        """An audience job without ``sync`` only adds members (mirror also removes)."""
+        if isinstance(data, dict) and data.get("object") == "audience" and "sync" not in data:
+            return {**data, "sync": "add"}
+        return data
+
+    @model_validator(mode="after")
+    def _object_rules(self) -> JobSettings:
+        check_object(self)
+        return self
+
     @model_validator(mode="after")
     def _has_identifier(self) -> JobSettings:
         """Personyze finds users by identifier: without one a row cannot be placed."""
+        if self.object != "users":
+            return self
         created = {
             k for k, v in self.transforms.items() if v and isinstance(v[0], TemplateTransform)
         }

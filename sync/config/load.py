@@ -58,6 +58,15 @@ class Config(Model):
             raise _fail("expected at least one job")
         for index, other in _duplicate_names([job.name for job in value]):
             raise _fail(f"duplicate job name, also used by jobs[{other}]", index, "name")
+        users = [job.name for job in value if job.object == "users"]
+        for index, job in enumerate(value):
+            if job.users_job is not None and job.users_job not in users:
+                raise _fail(
+                    f"users_job '{job.users_job}' is not a users job of this file"
+                    f"{suggest(job.users_job, users)}; users jobs: {', '.join(users) or 'none'}",
+                    index,
+                    "users_job",
+                )
         return value
 
     def job(self, name: str) -> JobSettings:
