@@ -7,6 +7,7 @@ test gets its own fresh database.
 
 from __future__ import annotations
 
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -198,8 +199,13 @@ def cli(
             monkeypatch.setenv("TEST_API_KEY", key)
         monkeypatch.setattr(sys, "argv", ["personyze-sync", *args])
         capsys.readouterr()
-        with pytest.raises(SystemExit) as exited:
-            main()
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            with pytest.raises(SystemExit) as exited:
+                main()
+        finally:  # the command's log handler writes to this run's captured stderr only
+            root.handlers[:], root.level = handlers, level
         out, err = capsys.readouterr()
         code = exited.value.code
         return no_secrets(Outcome(code if isinstance(code, int) else 1, out, err))
