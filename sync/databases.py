@@ -5,20 +5,28 @@ installs (psycopg 3, PyMySQL), and every failure to parse a URL or load a driver
 becomes a :class:`ConfigError`. Errors name a database by :func:`shown`: its host,
 port and database, never its user or password. Every server connection gives up after
 :data:`CONNECT_TIMEOUT_S` unless its URL says otherwise. A database that restarts in
-the middle of a run is waited for (:class:`Reconnecting`).
+the middle of a run is waited for (:class:`Reconnecting`). A source's failures become
+our errors here (:func:`source_error`): a missing privilege is named as one, with its GRANT.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -27,7 +35,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from sync.errors import ConfigError
+from sync.errors import ConfigError, MissingPrivilege, SourceError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -220,3 +228,69 @@ class Reconnecting:
         result = retrying(work)
         self._answered = True
         return result
+
+
+# -- a source's failures, as the reader and the checks report them ---------------------
+
+PG_INSUFFICIENT_PRIVILEGE = "42501"
+# MySQL/MariaDB: 1044 no access to the database, 1142 to a table, 1143 to a column.
+MYSQL_PRIVILEGE_ERRORS = (1044, 1142, 1143)
+_PG_DENIED = re.compile(r'permission denied for (table|view|materialized view|schema|database)'
+                        r' "?([^"\s]+)"?')  # fmt: skip
+_MYSQL_TABLE = re.compile(r"for table [`']?(?:([^`'.]+)[`']?\.[`']?)?([^`']+)[`']?")
+_MYSQL_DATABASE = re.compile(r"to database [`']([^`']+)[`']")
+_MYSQL_USER = re.compile(r" (?:to|for) user '[^']*'@'[^']*'")  # the user is never shown
+_PG_GRANTS = {"schema": "USAGE ON SCHEMA {}", "database": "CONNECT ON DATABASE {}"}
+
+
+def source_error(
+    exc: SQLAlchemyError, url: str, doing: str, *, table: str | None = None
+) -> SourceError:
+    """A failure of the source at ``url`` as our error, translated once, where it enters.
+
+    A missing privilege (PostgreSQL 42501; MySQL 1044, 1142, 1143) is named as one,
+    with the GRANT the README's "A read-only database user" shows, for ``table`` (the
+    job's) or the object the database names. Anything else: the database's own first line.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    args = orig.args
+    said = args[1] if len(args) == 2 and isinstance(args[0], int) else orig  # PyMySQL: (code, text)
+    detail = _MYSQL_USER.sub("", (str(said).strip() or type(orig).__name__).splitlines()[0])
+    where = shown(url)
+    missing = _privilege(orig, url, table)
+    if missing is None:
+        return SourceError(f"source database {where}: error while {doing}: {detail}")
+    thing, grant = missing
+    return MissingPrivilege(
+        f"missing privilege: the database user may not read {thing} at {where} ({detail}); "
+        f"grant it, <user> being the user of source.url: {grant}",
+        grant,
+    )
+
+
+def _privilege(orig: BaseException, url: str, table: str | None) -> tuple[str, str] | None:
+    """What the user may not read and the GRANT that lets it; None: not a privilege error."""
+    message = str(orig)
+    parsed = make_url(url)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if parsed.get_backend_name() == "postgresql":
+        denied = _PG_DENIED.search(message)
+        if code != PG_INSUFFICIENT_PRIVILEGE and denied is None:
+            return None
+        kind, name = denied.groups() if denied else ("table", table or "<table>")
+        if kind in _PG_GRANTS:
+            return f"{kind} {name!r}", f"GRANT {_PG_GRANTS[kind].format(name)} TO <user>;"
+        if table is not None and table.rpartition(".")[2] == name:
+            name = table  # as the config names it, with its schema
+        return f"{kind} {name!r}", f"GRANT SELECT ON {name} TO <user>;"
+    number = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
+    mysql = parsed.get_backend_name() in ("mysql", "mariadb")
+    if not mysql or number not in MYSQL_PRIVILEGE_ERRORS:
+        return None
+    found = _MYSQL_TABLE.search(message)
+    database = _MYSQL_DATABASE.search(message)
+    schema = (found and found.group(1)) or (database and database.group(1)) or parsed.database
+    name = table or (found.group(2) if found else "*")
+    target = name if "." in name else f"{schema}.{name}"
+    thing = f"database {schema!r}" if number == 1044 else f"table {target!r}"
+    return thing, f"GRANT SELECT ON {target} TO '<user>'@'%';"

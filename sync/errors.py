@@ -6,6 +6,7 @@
     ├── FatalError            this job cannot go on: stop it and say why (exit 1)
     │   ├── AuthError         Personyze refused the API key
     │   ├── SourceError       the source database is unreachable or not as configured
+    │   │   └── MissingPrivilege  its user may not read what a job reads: GRANT it
     │   ├── StateError        the state store cannot be read or written
     │   │   └── LeaseLost     this run no longer holds its lease: another may run the job
     │   ├── TooManyDeletes    a run would delete more users than allowed: it deleted none
@@ -66,6 +67,15 @@ class AuthError(FatalError):
 
 class SourceError(FatalError):
     """The source database failed or does not match the config."""
+
+
+class MissingPrivilege(SourceError):
+    """The source's database user lacks a privilege a job needs (SELECT, most often);
+    ``grant`` is the statement an administrator runs to give it."""
+
+    def __init__(self, message: str, grant: str) -> None:
+        super().__init__(message)
+        self.grant = grant
 
 
 class StateError(FatalError):

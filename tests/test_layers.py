@@ -86,7 +86,9 @@ ALLOWED = {
     "sync.verify": SHARED
     | {"sync.compare", "sync.extract", "sync.mapping", "sync.load", "sync.state", "sync.run"}
     | {"sync.wiring"},
-    "sync.admin": SHARED | {"sync.adopt", "sync.mapping", "sync.run", "sync.state", "sync.wiring"},
+    "sync.checks": SHARED | {"sync.databases", "sync.extract", "sync.mapping", "sync.wiring"},
+    "sync.admin": SHARED
+    | {"sync.adopt", "sync.checks", "sync.mapping", "sync.run", "sync.state", "sync.wiring"},
     "sync.daemon": SHARED
     | {"sync.run", "sync.wiring", "sync.alerts", "sync.health", "sync.metrics", "sync.logs"}
     | {"sync.signals"},

@@ -160,3 +160,21 @@ def select_count(
 def select_null_cursors(shape: SourceShape) -> Select[Any]:
     """Rows a cursor can never reach: their cursor is NULL."""
     return select(func.count()).select_from(shape.selectable).where(shape.cursor_col().is_(None))
+
+
+def select_repeated_keys(selectable: FromClause, key: str, limit: int) -> Select[Any]:
+    """Up to ``limit`` keys that more than one row holds, with how many, most first."""
+    col, rows = selectable.c[key], func.count()
+    return (
+        select(col, rows)
+        .where(col.is_not(None))
+        .group_by(col)
+        .having(rows > 1)
+        .order_by(rows.desc(), col)
+        .limit(limit)
+    )
+
+
+def select_nulls(selectable: FromClause, name: str) -> Select[Any]:
+    """How many rows hold NULL in column ``name``."""
+    return select(func.count()).select_from(selectable).where(selectable.c[name].is_(None))

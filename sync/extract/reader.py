@@ -1,14 +1,15 @@
 """The one module that reads the source database.
 
-It resolves the configured ``table`` or ``query`` into a selectable, checks that the
-cursor, key and mapped columns exist (naming near misses), and runs the keyset
-queries from :mod:`sync.extract.query`. SQLAlchemy errors are translated into
-:class:`SourceError` here, naming the database without its user or password.
+It resolves the configured ``table`` or ``query`` into a selectable (``SourceTable``,
+whose checks ``validate --connect`` runs one by one), checks that the cursor, key and
+mapped columns exist (naming near misses), and runs the keyset queries from
+:mod:`sync.extract.query`. SQLAlchemy errors are translated into
+:class:`SourceError` here (by :func:`sync.databases.source_error`), naming the database
+without its user or password.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,10 +18,12 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
+    FromClause,
     Integer,
     MetaData,
     Numeric,
     Table,
+    TextClause,
     column,
     func,
     inspect,
@@ -32,14 +35,123 @@ from sqlalchemy.types import NullType
 
 from sync.config.jobs import SourceSettings
 from sync.config.yaml import suggest
-from sync.databases import Reconnecting, shown
-from sync.errors import SourceError
+from sync.databases import Reconnecting, shown, source_error
+from sync.errors import MissingPrivilege, SourceError
 from sync.extract import query as q
 from sync.extract.query import SourceShape
 from sync.model import Position, Shard
 
 Row = dict[str, Any]
 UP_TO_NOW: Any = object()  # batches_after's default bound: the largest cursor once needed
+
+
+class SourceTable:
+    """A job's table or query as its database describes it: the columns it has.
+
+    Each check of a source is a method here: the reader raises the first problem it
+    meets, ``validate --connect`` (:mod:`sync.checks`) reports every one.
+    """
+
+    def __init__(self, engine: Engine, source: SourceSettings) -> None:
+        self._engine = engine
+        self._source = source
+        self._url = source.url.get_secret_value()
+        self.where = shown(self._url)
+        self.what = "the query" if source.table is None else f"table {source.table!r}"
+        try:
+            if source.table is not None:
+                self.selectable: FromClause = self._reflect(source.table)
+            else:
+                assert source.query is not None
+                self.selectable = self._describe(source.query)
+        except SQLAlchemyError as exc:
+            raise self.error(exc, "reading the source's shape") from exc
+
+    def missing(self, name: str) -> SourceError | None:
+        """Why column ``name`` cannot be read (it does not exist, near misses named), or None."""
+        if name in self.selectable.c:
+            return None
+        available = list(self.selectable.c.keys())
+        return SourceError(
+            f"column {name!r} does not exist in {self.what} at {self.where}"
+            f"{suggest(name, available)}; its columns are: {', '.join(available)}"
+        )
+
+    def read_nothing(self, columns: Sequence[str]) -> None:
+        """Select ``columns`` for zero rows: raises unless this user may read them."""
+        cols: list[Any] = [self.selectable.c[name] for name in columns] or [func.count()]
+        self._scalar(select(*cols).select_from(self.selectable).limit(0))
+
+    def condition(self, sql: str) -> TextClause:
+        """``sql`` (a job's ``delete_when``) as a condition, once the database accepts it."""
+        condition = text(f"({sql})")
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(
+                    select(func.count())
+                    .select_from(self.selectable)
+                    .where(condition, text("1 = 0"))
+                )
+        except SQLAlchemyError as exc:
+            error = self.error(exc, "checking delete_when")
+            if isinstance(error, MissingPrivilege):
+                raise error from None
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise SourceError(
+                f"delete_when {sql!r} is not a condition {self.what} at "
+                f"{self.where} understands: {detail}"
+            ) from None
+        return condition
+
+    def repeated_keys(self, limit: int) -> list[tuple[Any, int]]:
+        """Up to ``limit`` keys held by more than one row, the most repeated first."""
+        statement = q.select_repeated_keys(self.selectable, self._source.key, limit)
+        try:
+            with self._engine.connect() as conn:
+                return [(key, int(n)) for key, n in conn.execute(statement)]
+        except SQLAlchemyError as exc:
+            raise self.error(exc, "looking for repeated keys") from exc
+
+    def nulls(self, name: str) -> int:
+        """How many rows hold NULL in column ``name``."""
+        return int(self._scalar(q.select_nulls(self.selectable, name)) or 0)
+
+    def error(self, exc: SQLAlchemyError, doing: str) -> SourceError:
+        return source_error(exc, self._url, doing, table=self._source.table)
+
+    def _scalar(self, statement: Any) -> Any:
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(statement).scalar()
+        except SQLAlchemyError as exc:
+            raise self.error(exc, "querying the source") from exc
+
+    def _reflect(self, name: str) -> Table:
+        schema, _, table = name.rpartition(".")
+        try:
+            return Table(table, MetaData(), schema=schema or None, autoload_with=self._engine)
+        except NoSuchTableError:
+            names = inspect(self._engine).get_table_names(schema=schema or None)
+            raise SourceError(
+                f"table {name!r} does not exist at {self.where}{suggest(table, names)}"
+            ) from None
+
+    def _describe(self, sql: str) -> Any:
+        """A user query as a subquery; its columns are found by running it for zero rows."""
+        body = sql.strip().rstrip(";")
+        with self._engine.connect() as conn:
+            names = list(conn.execute(text(f"SELECT * FROM ({body}) AS src WHERE 1 = 0")).keys())
+        return text(body).columns(*(column(n) for n in names)).subquery("src")
+
+
+def reach(engine: Engine, source: SourceSettings) -> None:
+    """Connect once to the source: its server answers and lets the user in."""
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        url = source.url.get_secret_value()
+        raise source_error(exc, url, "connecting", table=source.table) from exc
 
 
 class SourceReader:
@@ -57,14 +169,14 @@ class SourceReader:
     ) -> None:
         self._engine = engine
         self._source = source
-        self._delete_when = delete_when
         self._shard = shard
-        self._where = shown(source.url.get_secret_value())
+        self._url = source.url.get_secret_value()
+        self._where = shown(self._url)
         self._reconnecting = Reconnecting(f"source {self._where}", sleep)
         self._order = source.order_column
         wanted = [source.key, self._order, *columns]
         self.columns: tuple[str, ...] = tuple(dict.fromkeys(wanted))
-        self.shape = self._resolve()
+        self.shape = self._resolve(delete_when)
         self._reconnecting.answered()
         if shard is not None and not self.key_is_numeric:
             raise SourceError(
@@ -72,62 +184,20 @@ class SourceReader:
                 "space by key modulo the number of shards; use a numeric key, or no shards"
             )
 
-    # -- setup ---------------------------------------------------------------
-
-    def _resolve(self) -> SourceShape:
-        source = self._source
-        try:
-            if source.table is not None:
-                selectable = self._reflect(source.table)
-                what = f"table {source.table!r}"
-            else:
-                assert source.query is not None
-                selectable = self._describe(source.query)
-                what = "the query"
-        except SQLAlchemyError as exc:
-            raise self._translate(exc, "reading the source's shape") from exc
-        available = list(selectable.c.keys())
+    def _resolve(self, delete_when: str | None) -> SourceShape:
+        """The source's shape; the first thing that does not match the config raises."""
+        table = SourceTable(self._engine, self._source)
         for name in self.columns:
-            if name not in selectable.c:
-                raise SourceError(
-                    f"column {name!r} does not exist in {what} at {self._where}"
-                    f"{suggest(name, available)}; its columns are: {', '.join(available)}"
-                )
-        shape = SourceShape(
-            selectable=selectable, cursor=self._order, key=source.key, shard=self._shard
+            problem = table.missing(name)
+            if problem is not None:
+                raise problem
+        return SourceShape(
+            selectable=table.selectable,
+            cursor=self._order,
+            key=self._source.key,
+            shard=self._shard,
+            deleted=None if delete_when is None else table.condition(delete_when),
         )
-        if self._delete_when is None:
-            return shape
-        condition = text(f"({self._delete_when})")
-        try:
-            with self._engine.connect() as conn:
-                conn.execute(
-                    select(func.count()).select_from(selectable).where(condition, text("1 = 0"))
-                )
-        except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise SourceError(
-                f"delete_when {self._delete_when!r} is not a condition {what} at "
-                f"{self._where} understands: {detail}"
-            ) from None
-        return dataclasses.replace(shape, deleted=condition)
-
-    def _reflect(self, name: str) -> Table:
-        schema, _, table = name.rpartition(".")
-        try:
-            return Table(table, MetaData(), schema=schema or None, autoload_with=self._engine)
-        except NoSuchTableError:
-            names = inspect(self._engine).get_table_names(schema=schema or None)
-            raise SourceError(
-                f"table {name!r} does not exist at {self._where}{suggest(table, names)}"
-            ) from None
-
-    def _describe(self, sql: str) -> Any:
-        """A user query as a subquery; its columns are found by running it for zero rows."""
-        body = sql.strip().rstrip(";")
-        with self._engine.connect() as conn:
-            names = list(conn.execute(text(f"SELECT * FROM ({body}) AS src WHERE 1 = 0")).keys())
-        return text(body).columns(*(column(n) for n in names)).subquery("src")
 
     # -- reads ---------------------------------------------------------------
 
@@ -265,8 +335,7 @@ class SourceReader:
             raise self._translate(exc, "querying the source") from exc
 
     def _translate(self, exc: SQLAlchemyError, doing: str) -> SourceError:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        return SourceError(f"source database {self._where}: error while {doing}: {detail}")
+        return source_error(exc, self._url, doing, table=self._source.table)
 
 
 def _split(start: Position | None) -> tuple[Position | None, Any]:
