@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -14,9 +15,9 @@ from typing import Any, Literal, TypeVar, cast
 import click
 
 from sync.cli.exits import stopped_by
-from sync.cli.render import err
+from sync.cli.render import err, print_json
 from sync.config import JobSettings, load_config
-from sync.errors import ConfigError
+from sync.errors import AuthError, ConfigError, SourceError, StateError, Stopped
 from sync.logs import configure_logging, secrets_of, set_secrets
 from sync.signals import stop_on_signals
 from sync.wiring import Wiring
@@ -150,3 +151,38 @@ def _stop(stopping: threading.Event) -> Callable[[str], None]:
         err.print("stopping after the batch in flight (again to stop at once)", markup=False)
 
     return stop
+
+
+def asks_for_json(group: click.Group, args: Sequence[str]) -> bool:
+    """Whether ``args`` give ``--json`` to a command that takes it: then an error found
+    before the command could print anything (the config, the command line) is JSON too."""
+    command: click.Command = group
+    for arg in args:
+        if arg == "--":
+            break
+        if isinstance(command, click.Group) and arg in command.commands:
+            command = command.commands[arg]
+    return "--json" in args and any("--json" in p.opts for p in command.params)
+
+
+KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (click.UsageError, "usage"),
+    (ConfigError, "config"),
+    (AuthError, "auth"),
+    (SourceError, "source"),
+    (StateError, "state"),
+    (Stopped, "stopped"),
+)
+WHERE = re.compile(r"(\S+:\d+): ")  # a config problem's FILE:LINE, as its text begins
+
+
+def print_error_json(error: Exception) -> None:
+    """``{"error": {"kind", "message", "where"}}`` on stdout: what stopped a command asked
+    for ``--json`` (kind: usage, config, auth, source, state, stopped or error; where:
+    the first problem's FILE:LINE, when the config names it). The exit code is unchanged."""
+    message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+    kind = next((name for cls, name in KINDS if isinstance(error, cls)), "error")
+    doc: dict[str, str] = {"kind": kind, "message": message}
+    if kind == "config" and (at := WHERE.match(message)):
+        doc["where"] = at.group(1)
+    print_json({"error": doc})
