@@ -176,7 +176,8 @@ ERRORS = [
     (
         "sync mode unknown",
         edit("      email: email", "      email: email\n    sync: replace"),
-        "config.yaml:13: jobs[0].sync: expected one of: upsert, update, mirror or add (got 'replace')",
+        "config.yaml:13: jobs[0].sync: expected one of: upsert, update, mirror or add "
+        "(got 'replace')",
     ),
     (
         "max_deletes_per_run not a count",
@@ -900,8 +901,11 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
 def test_example_config_loads() -> None:
     env = {"PERSONYZE_API_KEY": "k", "PG_PASSWORD": "p", "MYSQL_PASSWORD": "m"}
     config = load_config(REPO / "config" / "personyze-sync.example.yaml", env)
-    assert [job.name for job in config.jobs] == ["customers", "mysql-orders", "loyalty"]
-    pg, mysql, loyalty = config.jobs
+    names = [job.name for job in config.jobs]
+    assert names[:3] == ["customers", "mysql-orders", "loyalty"] and "recent-buyers" in names
+    pg, mysql, loyalty = config.jobs[:3]
+    buyers = config.job("recent-buyers")
+    assert (buyers.object, buyers.sync, buyers.users_job) == ("audience", "mirror", "customers")
     assert (loyalty.source.detect, loyalty.source.cursor, loyalty.sync) == ("diff", None, "mirror")
     assert str(pg.max_deletes_per_run) == "1%" and pg.delete_when == "deleted_at IS NOT NULL"
     assert pg.source.table == "public.customers" and mysql.source.query is not None
