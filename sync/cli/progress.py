@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.console import RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,38 +21,87 @@ from rich.text import Text
 from sync.admin import AdoptionSummary
 from sync.cli.render import err
 
+if TYPE_CHECKING:
+    from sync.load.pacing import CeilingWatch
+
 
 class RateColumn(ProgressColumn):
+    """Rows a second: lately while it runs, over the whole bar once it is full."""
+
     def render(self, task: Task) -> Text:
+        if task.finished and task.finished_time:
+            return Text(f"{task.completed / task.finished_time:,.0f} rows/s")
         return Text(f"{task.speed or 0:,.0f} rows/s")
 
 
+def ceiling_note(watch: CeilingWatch | None) -> str | None:
+    """What to say when the rate ceiling is what holds the run back (None: it is not)."""
+    if watch is None or watch.pacing.ceiling is None or not watch.limiting():
+        return None
+    return f"at the {watch.pacing.ceiling:g}/s ceiling: personyze.requests_per_second"
+
+
+class RowsBar(Progress):
+    """The bars of rows done, and below them the ceiling's note while it holds them back."""
+
+    def __init__(self, watch: CeilingWatch | None) -> None:
+        self._watch = watch  # (before rich's __init__, which draws the bar once)
+        super().__init__(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeRemainingColumn(elapsed_when_finished=True),
+            console=err,
+            transient=False,
+        )
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        note = ceiling_note(self._watch)
+        if note:
+            yield Text(note)
+
+
 @contextmanager
-def progress_bar(*, enabled: bool) -> Iterator[Callable[[int], Callable[[int], None]] | None]:
+def progress_bar(
+    *, enabled: bool, watch: CeilingWatch | None = None
+) -> Iterator[Callable[[int], Callable[[int], None]] | None]:
     """A factory: given the rows to read, a callback advancing a rich progress bar.
 
     The bar counts rows done (acknowledged, rejected, unchanged), not rows read: reading
-    runs ahead of sending by up to 16 batches, so a bar of rows read says nothing.
+    runs ahead of sending by up to 16 batches, so a bar of rows read says nothing. It
+    is drawn from the first total on and ends (drawn full, for good) once every bar is
+    full or the block ends: what is printed next (on any console) comes below it, never
+    under a bar still being redrawn.
     """
     if not enabled:
         yield None
         return
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
+    live: list[RowsBar] = []  # the bar being drawn, if any
 
     def start(total: int) -> Callable[[int], None]:
+        if not live:
+            live.append(RowsBar(watch))
+            live[0].start()
+        bar = live[0]
         task = bar.add_task("rows done", total=total)
-        return lambda n: bar.advance(task, n)
 
-    with bar:
+        def tick(n: int) -> None:
+            bar.advance(task, n)
+            if live and live[0] is bar and all(t.finished for t in bar.tasks):
+                live.clear()
+                bar.stop()
+
+        if total == 0:
+            tick(0)
+        return tick
+
+    try:
         yield start
+    finally:
+        if live:
+            live.pop().stop()
 
 
 class AdoptionBar:

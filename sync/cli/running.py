@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -19,14 +21,18 @@ from sync.cli.common import (
     open_app,
     the_job,
 )
-from sync.cli.progress import progress_bar
-from sync.cli.render import report
+from sync.cli.progress import ceiling_note, progress_bar
+from sync.cli.render import out, report
 from sync.config import load_config
 from sync.errors import ConfigError, PortUnavailable, SyncError
 from sync.logs import configure_logging, secrets_of
 from sync.model import RunOptions, RunStats
 from sync.run import run_all, run_in_processes, run_job
 from sync.run.processes import LogSetup
+from sync.wiring import Wiring
+
+if TYPE_CHECKING:
+    from sync.load.pacing import CeilingWatch
 
 
 @click.command()
@@ -87,8 +93,12 @@ def once(
     """
     with open_app(config_path) as app:
         started = time.monotonic()
+        watch = _ceiling_watch(app, dry_run=dry_run)
         results = run_all(app, app.jobs(jobs), RunOptions(kind="once", dry_run=dry_run))
-        report(results, time.monotonic() - started, as_json=as_json, dry_run=dry_run, quiet=quiet)
+        with _ceiling_summary(watch, shown=not (as_json or quiet)):
+            report(
+                results, time.monotonic() - started, as_json=as_json, dry_run=dry_run, quiet=quiet
+            )
 
 
 @click.command()
@@ -143,7 +153,8 @@ def backfill(
             start = Position(admin.parse_cursor(app, settings, since), None)
         options = RunOptions(kind="backfill", dry_run=dry_run, start=start, full=full)
         started = time.monotonic()
-        with progress_bar(enabled=not (as_json or quiet)) as progress:
+        watch = None if processes > 1 else _ceiling_watch(app, dry_run=dry_run)
+        with progress_bar(enabled=not (as_json or quiet), watch=watch) as progress:
             try:
                 result: RunStats | SyncError = (
                     run_job(app, settings, options, progress)
@@ -160,4 +171,34 @@ def backfill(
             except SyncError as exc:
                 result = exc
         seconds = time.monotonic() - started
-        report({settings.name: result}, seconds, as_json=as_json, dry_run=dry_run, quiet=quiet)
+        with _ceiling_summary(watch, shown=not (as_json or quiet)):
+            report({settings.name: result}, seconds, as_json=as_json, dry_run=dry_run, quiet=quiet)
+
+
+def _ceiling_watch(app: Wiring, *, dry_run: bool) -> CeilingWatch | None:
+    """Whether personyze.requests_per_second holds the run back, from the pacing's waits.
+
+    (Not for a dry run, which sends nothing, nor without a ceiling.)"""
+    if dry_run or app.config.personyze.requests_per_second is None:
+        return None
+    try:
+        return app.client.pacing.watch()
+    except SyncError:
+        return None  # a client that cannot be made: the run says why
+
+
+@contextmanager
+def _ceiling_summary(watch: CeilingWatch | None, *, shown: bool) -> Iterator[None]:
+    """After the summary (which exits with the run's code), the ceiling's note if it
+    held the run back."""
+    note = ceiling_note(watch) if shown else None
+    try:
+        yield
+    finally:
+        if note and watch is not None:
+            out.print(
+                f"{note} (requests waited for it {watch.share():.0%} of the run; "
+                "raise it if your Personyze account allows more)",
+                markup=False,
+                soft_wrap=True,
+            )

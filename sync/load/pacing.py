@@ -48,6 +48,8 @@ BACKGROUND_WEIGHT = 0.2  # how fast the background falls when windows show fewer
 BURST_S = 0.1  # an idle client may send a tenth of a second's worth at once
 HEAVY = 0.5  # a share of 429s at which a window is judged early and a cut never undone
 CUTS_BEFORE_UNDO = 2  # cuts in a row that did not lessen the 429s before they are undone
+LIMITING = 0.5  # requests held back by the ceiling this share of a span: the ceiling limits it
+LIMITING_SPAN_S = 1.0  # ... judged over at least this long (a start's burst says nothing)
 
 
 class Pacing:
@@ -74,10 +76,25 @@ class Pacing:
         self._changed_at = self._last  # when the rate last changed
         self._answers = 0
         self._limited = 0
+        self._held_s = 0.0  # time during which the ceiling held a request back, up to...
+        self._held_until = self._last  # ... the end of the last wait it imposed
 
     @property
     def rate(self) -> float | None:
         return self._rate
+
+    def held_s(self) -> float:
+        """Seconds so far during which a request waited for the ceiling (not for a rate
+        cut to under it): the union of the waits, so threads waiting at once count once."""
+        with self._lock:
+            return self._held_s - max(0.0, self._held_until - self._clock())
+
+    def now(self) -> float:
+        return self._clock()
+
+    def watch(self) -> CeilingWatch:
+        """A watch of whether the ceiling limits the requests sent from now on."""
+        return CeilingWatch(self)
 
     def take(self) -> None:
         """Wait for the next request's turn under the rate in force."""
@@ -93,6 +110,10 @@ class Pacing:
             self._last = now
             self._tokens -= 1.0
             wait = -self._tokens / rate if self._tokens < 0 else 0.0
+            if wait > 0 and rate == self.ceiling:
+                end = now + wait
+                self._held_s += max(0.0, end - max(now, self._held_until))
+                self._held_until = max(end, self._held_until)
         if wait > 0:
             self._wait(wait)
 
@@ -168,3 +189,27 @@ class Pacing:
 
     def _capped(self, rate: float) -> float:
         return rate if self.ceiling is None else min(self.ceiling, rate)
+
+
+class CeilingWatch:
+    """Whether the ceiling is what limits the requests sent since the watch began.
+
+    It does when requests were held back waiting for it during :data:`LIMITING` of the
+    time or more: then the run would go faster with a higher ceiling, not otherwise."""
+
+    def __init__(self, pacing: Pacing) -> None:
+        self.pacing = pacing
+        self._held = pacing.held_s()
+        self._start = pacing.now()
+
+    def share(self) -> float:
+        """The share of the time since the start that requests waited for the ceiling."""
+        elapsed = self.pacing.now() - self._start
+        return (self.pacing.held_s() - self._held) / elapsed if elapsed > 0 else 0.0
+
+    def limiting(self) -> bool:
+        return (
+            self.pacing.ceiling is not None
+            and self.pacing.now() - self._start >= LIMITING_SPAN_S
+            and self.share() >= LIMITING
+        )
