@@ -5,6 +5,10 @@ job's config; ``map(row)`` then renames the mapped columns, applies the column's
 transforms, coerces values into what JSON and Personyze take, normalises emails,
 and checks that at least one identifier is usable. Only mapped columns are sent.
 
+A products job's rows are products (:func:`catalog_value`): the key is sent as
+``internal_id``, numbers keep the source's decimals (a ``Decimal`` is sent exactly,
+a float without binary artefacts) and ``is_in_stock`` is Personyze's ``yes``/``no``.
+
 A template (``{template: "{first_name} {last_name}"}``) names source columns, and sees
 each mapped one as its Personyze column's transforms made it (``last_name: [strip]``
 applies first), coerced as it would be sent; a column nobody maps, or the template's
@@ -118,6 +122,51 @@ def coerce(value: Any) -> Scalar | None:
     if isinstance(value, dict | list | tuple):
         raise Unsendable("a nested value (JSON object or array); Personyze takes scalars only")
     raise Unsendable(f"a value of type {type(value).__name__}")
+
+
+FLOAT_DIGITS = 15  # a double holds 15 significant decimal digits exactly; past them, noise
+IN_STOCK = "is_in_stock"  # the products field Personyze takes as yes or no
+PRODUCT_KEY = "internal_id"
+
+
+def exact_number(value: Decimal) -> int | float | str:
+    """A Decimal as JSON takes it without losing a digit: a whole number as an int, a
+    float whose shortest form is that very number (19.99, 19.9 for 19.90), else its
+    exact text (``"123456789012345678.99"``): never the ``19.990000000000002`` of a
+    float that only comes close."""
+    if not value.is_finite():
+        raise Unsendable(f"{value} is not a finite number")
+    if value == value.to_integral_value():
+        return int(value)
+    number = float(value)
+    return number if Decimal(repr(number)) == value else str(value)
+
+
+def catalog_value(target: str, value: Any) -> Scalar | None:
+    """A products job's conversion: :func:`coerce`, but numbers keep the source's
+    decimals (a float is rounded to the 15 digits a double holds: 0.1 + 0.2 is 0.3) and
+    ``is_in_stock`` is ``yes`` or ``no`` (from true/false, 1/0 or those words)."""
+    if value is None:
+        return None
+    if target == IN_STOCK:
+        return _yes_no(value)
+    if isinstance(value, Decimal):
+        return exact_number(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{FLOAT_DIGITS}g}")
+    return coerce(value)
+
+
+def _yes_no(value: Any) -> str | None:
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if not word:
+            return None
+        if word in TRUE_WORDS | FALSE_WORDS:
+            return "yes" if word in TRUE_WORDS else "no"
+    elif isinstance(value, bool) or (isinstance(value, int | float | Decimal) and value in (0, 1)):
+        return "yes" if value else "no"
+    raise Unsendable(f"{value!r} is not in stock or out of it: expected true/false, 1/0 or yes/no")
 
 
 def _parse_datetime(value: Any) -> datetime:
@@ -255,6 +304,7 @@ class Mapper:
 
     def __init__(self, job: JobSettings) -> None:
         self.key = job.source.key
+        self.catalog = job.object == "products"  # its rows are products, keyed by internal_id
         sources = {dst: src for src, dst in job.mapping.items()}
         self._columns = tuple(
             _Column(sources.get(dst), dst, tuple(map(_compile_step, job.transforms.get(dst, []))))
@@ -273,7 +323,7 @@ class Mapper:
             try:
                 for step in col.steps:
                     value = step(value, row, made)
-                value = coerce(value)
+                value = catalog_value(col.target, value) if self.catalog else coerce(value)
             except Unsendable as exc:
                 return Rejection(
                     key,
@@ -284,7 +334,10 @@ class Mapper:
                 made[col.source] = value
             if value is not None and value != "":
                 payload[col.target] = value
-        problem = _identify(payload)
+        if self.catalog:
+            payload, problem = _product(payload, key, self.key)
+        else:
+            problem = _identify(payload)
         if problem:
             return Rejection(key, problem, payload)
         return Record(key, payload, fingerprint(payload))
@@ -308,6 +361,17 @@ def _identify(payload: dict[str, Any]) -> str | None:
     if not any(payload.get(name) not in (None, "") for name in IDENTIFIERS):
         return "no identifier: " + ", ".join(IDENTIFIERS) + " are all empty or not mapped"
     return None
+
+
+def _product(payload: dict[str, Any], key: Any, column: str) -> tuple[dict[str, Any], str | None]:
+    """The product's payload, its internal_id (the key) first; why it cannot be sent."""
+    try:
+        internal_id = payload.pop(PRODUCT_KEY, None) or catalog_value(PRODUCT_KEY, key)
+    except Unsendable as exc:
+        return payload, f"key {column!r}: {exc}"
+    if internal_id in (None, ""):
+        return payload, f"no internal_id: the key {column!r} is empty"
+    return {PRODUCT_KEY: internal_id, **payload}, None
 
 
 def _printable(row: Mapping[str, Any], columns: tuple[_Column, ...]) -> dict[str, Any]:
