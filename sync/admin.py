@@ -15,13 +15,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sync.adopt import Adopter, AdoptionSummary, Estimate, duration_text
+from sync.checks import Check, config_check, connect_checks
 from sync.config.jobs import JobSettings
-from sync.config.urls import redact_url
 from sync.errors import ConfigError, FatalError
 from sync.mapping import Mapper
 from sync.model import Position
 from sync.run.parts import check_layout
 from sync.state.adoptions import Adoption, Adoptions
+from sync.state.audiences import AudienceState, AudienceStatus, audience_status
 from sync.state.records import Collision, RunRecord, StoredRejection
 from sync.wiring import Wiring, layout
 
@@ -29,8 +30,11 @@ from sync.wiring import Wiring, layout
 __all__ = [
     "Adoption",
     "AdoptionSummary",
+    "AudienceStatus",
+    "Check",
     "Estimate",
     "JobStatus",
+    "RunRecord",
     "StoredRejection",
     "adopt",
     "duration_text",
@@ -59,6 +63,10 @@ class JobStatus:
     held_since: float | None = None
     adoption: Adoption | None = None  # how its identity map was first built (None: by its runs)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # key, user, kept
+    audience: AudienceStatus | None = None  # an audience job's list, members, waiting rows
+    detect: str = "cursor"  # how the job finds changes: "cursor" or "diff"
+    last_compared: float | None = None  # detect: diff: when its last pass over every row ended
+    object: str = "users"  # what the job feeds: users, products or audience
 
     @property
     def rejected(self) -> int:
@@ -93,16 +101,27 @@ def reset_checkpoint(wiring: Wiring, job: JobSettings, to: str | None) -> Positi
     wiring.store.claim()  # not while a daemon runs on the same SQLite store
     for name, _shard in wiring.parts(job):
         wiring.store.part(name).set_checkpoint(position)
+    if job.object == "audience":  # its list and members: the next run finds or makes the list
+        AudienceState(wiring.store, job.name, clock=wiring.wall).forget()
     return position
 
 
-def reshard(wiring: Wiring, job: JobSettings) -> int:
-    """Move the job's state to ``job.shards`` shards; the rows moved."""
+@dataclass(frozen=True)
+class Resharded:
+    before: int  # the shards the job's state was kept in (the same as after: nothing done)
+    after: int
+    moved: int  # synced rows moved to their new shard
+
+
+def reshard(wiring: Wiring, job: JobSettings) -> Resharded:
+    """Move the job's state to ``job.shards`` shards, each new shard's checkpoint at the
+    start (every row is read again; only changed rows are sent). Nothing when the state
+    is already kept in that many."""
     store = wiring.store
     store.claim()
     kept = store.shards_of(job.name) or 1
     if kept == job.shards:
-        return 0
+        return Resharded(kept, kept, 0)
     old = [name for name, _ in layout(job, kept)]
     new = wiring.parts(job)
 
@@ -124,13 +143,15 @@ def reshard(wiring: Wiring, job: JobSettings) -> int:
                 f"job {job.name} is running in another process: stop every replica first"
             )
         moved = sum(store.rehome(name, target) for name in old)
+        for name, _ in new:  # (one may hold a checkpoint from a layout long gone)
+            store.part(name).set_checkpoint(None)
         store.set_shards(job.name, job.shards)
     finally:
         for lease in leases:
             if lease is not None:
                 lease.release()
     log.info("job resharded", extra={"job": job.name, "from": kept, "to": job.shards})
-    return moved
+    return Resharded(kept, job.shards, moved)
 
 
 def adopt(
@@ -149,6 +170,11 @@ def adopt(
     the cost first (it raises to refuse); then the adoption runs, or, with ``skip``,
     is recorded as skipped. See :mod:`sync.adopt`.
     """
+    if job.object != "users":
+        raise ConfigError(
+            f"job {job.name} feeds {job.object}: adopt takes over users Personyze holds "
+            "(a product is patched by its internal_id: it needs none)"
+        )
     wiring.store.claim()  # a SQLite state store serves one process
     check_layout(wiring.store, job, record=True)
     parts = wiring.parts(job)
@@ -195,31 +221,10 @@ def adopt(
     return summary
 
 
-def validate(wiring: Wiring, *, connect: bool) -> list[str]:
-    """What was checked, line by line; raises on the first thing that is wrong."""
-    lines = [
-        f"config: {len(wiring.config.jobs)} job(s): "
-        + ", ".join(j.name for j in wiring.config.jobs)
-    ]
-    if not connect:
-        return lines
-    wiring.store.ping()
-    state_url = redact_url(wiring.config.state.url.get_secret_value())
-    lines.append(f"state store: reachable ({state_url})")
-    for job in wiring.config.jobs:
-        reader = wiring.reader(job)
-        nulls = reader.null_cursor_count()
-        lines.append(
-            f"job {job.name}: source reachable, columns " + ", ".join(reader.columns) + " exist"
-        )
-        if nulls:
-            lines.append(
-                f"job {job.name}: WARNING {nulls} row(s) have a NULL "
-                f"{job.source.cursor!r} and will never be synced"
-            )
-    wiring.client.check_key(once=True)  # a check: one attempt, no retries
-    lines.append("personyze: API key accepted")
-    return lines
+def validate(wiring: Wiring, *, connect: bool) -> list[Check]:
+    """What was checked, each ok or its problem; with ``connect``, all of
+    :func:`sync.checks.connect_checks`, every one whatever the others found."""
+    return connect_checks(wiring) if connect else [config_check(wiring)]
 
 
 def status(wiring: Wiring) -> list[JobStatus]:
@@ -231,11 +236,12 @@ def status(wiring: Wiring) -> list[JobStatus]:
             part = wiring.store.part(name)
             checkpoint = part.checkpoint()
             lease = held.get(name)
+            runs = part.runs(PASSES_LOOKED_AT)
             out.append(
                 JobStatus(
                     name=name,
                     checkpoint=checkpoint,
-                    runs=part.runs(),
+                    runs=runs[:RUNS_SHOWN],
                     rows_known=part.row_count(),
                     collisions=part.collisions(),
                     lag_s=_lag(wiring, checkpoint),
@@ -244,9 +250,31 @@ def status(wiring: Wiring) -> list[JobStatus]:
                     held_since=None if lease is None else lease.since,
                     adoption=Adoptions(wiring.store).get(name),
                     duplicates=part.duplicates(),
+                    audience=None
+                    if job.audience is None
+                    else audience_status(wiring.store, name, job.audience),
+                    detect=job.source.detect,
+                    last_compared=_last_pass(runs) if job.source.detect == "diff" else None,
+                    object=job.object,
                 )
             )
     return out
+
+
+RUNS_SHOWN = 5  # the latest runs ``status`` shows
+PASSES_LOOKED_AT = 50  # the runs searched for a diff job's last finished pass
+
+
+def _last_pass(runs: list[RunRecord]) -> float | None:
+    """When the newest run that read every row (not a retry or a repair) ended well."""
+    return next(
+        (
+            r.ended_at
+            for r in runs
+            if r.outcome == "success" and r.kind in ("once", "backfill", "scheduled")
+        ),
+        None,
+    )
 
 
 def _lag(wiring: Wiring, checkpoint: Position | None) -> float | None:

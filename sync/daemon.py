@@ -96,7 +96,7 @@ class Daemon:
         self.config_path = config_path
         self.config = config
         self.wall = wall
-        self.metrics = Metrics(wall)
+        self.metrics = Metrics(wall, {job.name: job.object for job in config.jobs})
         self.app = self._build_app(config)
         self.alerter = Alerter(config.alerts)
         self._retired: list[Wiring] = []
@@ -199,6 +199,7 @@ class Daemon:
     def _schedule(self, config: Config) -> None:
         self.scheduler.remove_all_jobs()
         now = datetime.now(UTC)
+        self.metrics.objects = {job.name: job.object for job in config.jobs}
         for job in config.jobs:
             schedule = schedule_of(job)
             extra = {"next_run_time": now} if schedule.run_at_start else {}

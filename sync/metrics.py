@@ -3,14 +3,15 @@
 Names follow DESIGN.md: rows per job and outcome, requests by status, request
 latency, run duration and outcome, each job's last success, skipped runs, and lag
 (now minus the checkpoint's cursor time, computed when scraped so it grows while
-nothing moves).
+nothing moves). Rows, runs, run durations and last successes also carry ``object``:
+what the job feeds (users, products or audience; ``objects`` names each job's).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -51,12 +52,18 @@ class _Lag(Collector):
 class Metrics:
     """Counters and gauges the daemon updates; ``render()`` is the /metrics body."""
 
-    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, wall: Callable[[], float] = time.time, objects: Mapping[str, str] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self._wall = wall
+        self.objects = dict(objects or {})  # job name -> its object (default: users)
         r = self.registry
         self.rows = Counter(
-            "personyze_sync_rows", "Rows by job and outcome.", ["job", "outcome"], registry=r
+            "personyze_sync_rows",
+            "Rows by job and outcome.",
+            ["job", "object", "outcome"],
+            registry=r,
         )
         self.requests = Counter(
             "personyze_sync_requests", "Personyze API requests by status.", ["status"], registry=r
@@ -70,12 +77,15 @@ class Metrics:
         self.run_seconds = Histogram(
             "personyze_sync_run_seconds",
             "Run duration by job.",
-            ["job"],
+            ["job", "object"],
             buckets=RUN_BUCKETS,
             registry=r,
         )
         self.runs = Counter(
-            "personyze_sync_runs", "Runs by job and outcome.", ["job", "outcome"], registry=r
+            "personyze_sync_runs",
+            "Runs by job and outcome.",
+            ["job", "object", "outcome"],
+            registry=r,
         )
         self.runs_skipped = Counter(
             "personyze_sync_runs_skipped",
@@ -86,7 +96,7 @@ class Metrics:
         self.last_success = Gauge(
             "personyze_sync_last_success_timestamp_seconds",
             "When each job last finished a run successfully.",
-            ["job"],
+            ["job", "object"],
             registry=r,
         )
         self._lag = _Lag(wall)
@@ -95,9 +105,14 @@ class Metrics:
     # -- RunObserver ----------------------------------------------------------
 
     def rows_done(self, job: str, outcome: str, count: int) -> None:
-        self.rows.labels(job, outcome).inc(count)
+        feeds = self.object_of(job)
+        self.rows.labels(job, feeds, outcome).inc(count)
         if outcome == "unchanged":  # the label's old name, counted too for one version
-            self.rows.labels(job, "skipped").inc(count)
+            self.rows.labels(job, feeds, "skipped").inc(count)
+
+    def object_of(self, job: str) -> str:
+        """What a job (or a shard of one: ``customers#0/2``) feeds."""
+        return self.objects.get(job.split("#", 1)[0], "users")
 
     def checkpoint(self, job: str, position: Position) -> None:
         cursor = position.cursor
@@ -114,10 +129,11 @@ class Metrics:
     # -- runs -------------------------------------------------------------------
 
     def run_ended(self, job: str, outcome: str, seconds: float) -> None:
-        self.runs.labels(job, outcome).inc()
-        self.run_seconds.labels(job).observe(seconds)
+        feeds = self.object_of(job)
+        self.runs.labels(job, feeds, outcome).inc()
+        self.run_seconds.labels(job, feeds).observe(seconds)
         if outcome == "success":
-            self.last_success.labels(job).set(self._wall())
+            self.last_success.labels(job, feeds).set(self._wall())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -76,6 +76,7 @@ class RunStats:
     vanished: int = 0  # synced rows no longer in the source (deleted only with mirror)
     unresolved: int = 0  # sent without a certain answer: the next run reconciles them
     deleted_before_sync: int = 0  # marked by delete_when, never synced: nothing to delete
+    waiting: int = 0  # audience rows whose users do not exist yet: looked for next run
     rejected_rows: list[dict[str, Any]] = field(default_factory=list)  # key and reason each
     would_send: list[dict[str, Any]] = field(default_factory=list)
     would_delete: list[dict[str, Any]] = field(default_factory=list)
@@ -94,6 +95,7 @@ class RunStats:
         self.vanished += other.vanished
         self.unresolved += other.unresolved
         self.deleted_before_sync += other.deleted_before_sync
+        self.waiting += other.waiting
         self.rejected_rows += other.rejected_rows
         self.would_send += other.would_send
         self.would_delete += other.would_delete

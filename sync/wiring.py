@@ -21,6 +21,7 @@ from sync.config.load import Config
 from sync.databases import source_engine
 from sync.extract.reader import SourceReader
 from sync.load.client import PersonyzeClient
+from sync.load.targets import target_for
 from sync.load.writer import SenderThreads, Writer
 from sync.logs import redact
 from sync.mapping import Mapper
@@ -132,7 +133,8 @@ class Wiring:
 
         concurrency = self.config.personyze.concurrency
         with SenderThreads(concurrency, name=f"send-{job.name}", stop=stop) as pool:
-            yield Writer(self.client, pool, stop=stop, clock=time.monotonic)
+            target = target_for(job.object)
+            yield Writer(self.client, pool, stop=stop, clock=time.monotonic, target=target)
 
     def jobs(self, names: Sequence[str] = ()) -> list[JobSettings]:
         return [self.config.job(n) for n in names] if names else list(self.config.jobs)

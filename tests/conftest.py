@@ -117,6 +117,44 @@ def mariadb_reader(mariadb_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_role(pg_url: str) -> Iterator[tuple[str, str]]:
+    """A login role of the test database's cluster, granted nothing, and that database's URL
+    (its owner's: grant with it)."""
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    yield role, pg_url
+    owner = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(text(f'DROP OWNED BY "{role}"'))
+    owner.dispose()
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role"),
+            {"role": role},
+        )
+        conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def mariadb_user(mariadb_url: str) -> Iterator[tuple[str, str]]:
+    """A MariaDB user (no password) granted nothing, and the URL it connects with."""
+    user = f"u_{uuid.uuid4().hex[:10]}"
+    database = mariadb_url.rsplit("/", 1)[1]
+    admin = create_engine(f"{MARIADB_SERVER}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for host in ("%", "localhost"):
+            conn.execute(text(f"CREATE USER '{user}'@'{host}'"))
+    yield user, f"mysql+pymysql://{user}@127.0.0.1:3306/{database}"
+    with admin.connect() as conn:
+        for host in ("%", "localhost"):
+            conn.execute(text(f"DROP USER IF EXISTS '{user}'@'{host}'"))
+    admin.dispose()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/source.db"
 

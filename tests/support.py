@@ -20,9 +20,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -93,6 +95,103 @@ def make_customers(url: str, ids: Iterable[int], **overrides: Any) -> None:
         if rows:
             conn.execute(customers.insert(), rows)
     engine.dispose()
+
+
+catalog = Table(
+    "catalog",
+    MetaData(),
+    Column("sku", String(40), primary_key=True),
+    Column("title", String(200)),
+    Column("price", Numeric(10, 2)),
+    Column("sale_price", Numeric(10, 2), nullable=True),
+    Column("in_stock", Boolean),
+    Column("url", String(300)),
+    Column("image", String(300)),
+    Column("cost", Numeric(10, 2)),  # not mapped: never sent
+    Column("deleted_at", DateTime, nullable=True),
+    Column("updated_at", DateTime),
+)
+PRODUCT_MAPPING = {
+    "title": "title",
+    "price": "price",
+    "sale_price": "sale_price",
+    "in_stock": "is_in_stock",
+    "url": "guide_url",
+    "image": "image_big_url",
+}
+
+
+def product(i: int, **overrides: Any) -> dict[str, Any]:
+    """Product ``i`` of the catalog: every 10 share one updated_at (ties on the cursor)."""
+    row = {
+        "sku": f"sku-{i:05d}",
+        "title": f"Product {i}",
+        "price": Decimal(f"{i % 500}.{i % 100:02d}"),
+        "sale_price": Decimal(f"{i % 400}.99") if i % 4 == 0 else None,
+        "in_stock": i % 3 != 0,
+        "url": f"https://shop.example/p/{i}",
+        "image": f"https://cdn.shop.example/p/{i}.jpg",
+        "cost": Decimal("1.10"),
+        "deleted_at": None,
+        "updated_at": BASE_TIME + timedelta(seconds=i // 10),
+    }
+    row.update(overrides)
+    return row
+
+
+def make_products(url: str, ids: Iterable[int], **overrides: Any) -> None:
+    engine = source_engine(url)
+    catalog.metadata.create_all(engine)
+    rows = [product(i, **overrides) for i in ids]
+    with engine.begin() as conn:
+        if rows:
+            conn.execute(catalog.insert(), rows)
+    engine.dispose()
+
+
+def expected_product(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What Personyze must hold for a catalog row, computed without the mapper."""
+    want: dict[str, Any] = {
+        "internal_id": row["sku"],
+        "title": row["title"],
+        "price": float(row["price"]) if row["price"] % 1 else int(row["price"]),
+        "is_in_stock": "yes" if row["in_stock"] else "no",
+        "guide_url": row["url"],
+        "image_big_url": row["image"],
+    }
+    if row["sale_price"] is not None:
+        want["sale_price"] = float(row["sale_price"])
+    return want
+
+
+def catalog_rows(url: str) -> dict[str, dict[str, Any]]:
+    engine = source_engine(url)
+    with engine.connect() as conn:
+        rows = {r["sku"]: dict(r) for r in conn.execute(catalog.select()).mappings()}
+    engine.dispose()
+    return rows
+
+
+def assert_catalog_in_sandbox(url: str, sandbox: SandboxServer) -> None:
+    """Every source product not deleted is in the sandbox once, with its latest values,
+    and no other product; the unmapped column never is."""
+    held = sandbox.products()
+    doubled = [k for k, n in Counter(p["internal_id"] for p in held).items() if n > 1]
+    assert doubled == [], f"products held twice: {doubled[:10]}"
+    by_id = {p["internal_id"]: p for p in held}
+    rows = {k: r for k, r in catalog_rows(url).items() if r["deleted_at"] is None}
+    lost = sorted(set(rows) - set(by_id))
+    assert lost == [], f"{len(lost)} product(s) lost, e.g. {lost[:10]}"
+    unknown = sorted(set(by_id) - set(rows))
+    assert unknown == [], f"products that are not in the source: {unknown[:10]}"
+    wrong = []
+    for key, row in rows.items():
+        want = expected_product(row)
+        have = {c: by_id[key][c] for c in want if c in by_id[key]}
+        if have != want:
+            wrong.append((key, want, have))
+    assert wrong == [], f"{len(wrong)} product(s) hold wrong values, e.g. {wrong[:3]}"
+    assert not any("cost" in p for p in held)  # not mapped: never sent
 
 
 def change_customers(url: str, where: Any, **values: Any) -> None:

@@ -474,7 +474,7 @@ def test_a_run_refuses_when_the_account_is_large(
         "job customers: this state store has never synced the job, and Personyze already "
         "holds users (highest user_id 1234): rows without an email could become second "
         "users. Adopt them first: personyze-sync adopt -c /etc/sync.yaml customers (about 25 "
-        "reads, ~1 s at personyze.requests_per_second 50), or, if Personyze holds none of "
+        "reads, ~1s at personyze.requests_per_second 50), or, if Personyze holds none of "
         "this job's users, personyze-sync adopt -c /etc/sync.yaml customers --skip"
     )
     assert gets(sandbox) == 1  # only the highest user_id was read

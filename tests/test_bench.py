@@ -1,5 +1,5 @@
-"""bench/run.py, bench/replicas.py and bench/hostile.py --quick run end to end: every
-check PASS, every table row printed.
+"""bench/run.py, bench/replicas.py, bench/hostile.py, bench/history.py and
+bench/products.py --quick run end to end: every check PASS, every table row printed.
 
 No timing is asserted (machines are noisy); the figures are the benchmark's business.
 Each script runs once, in one test that checks all it printed (a fixture shared by
@@ -219,3 +219,38 @@ def test_the_hostile_bench_measures_targets_a_b_and_c_and_every_run_is_correct()
     assert sorted(runs) == ["A", "A", "B", "B", "C"], output
     for target in "ABC":
         assert re.search(rf"^{target}  .*(PASS|MISS)", output, re.M), output
+
+
+def test_the_history_bench_measures_a_backfill_with_the_history_off_and_on() -> None:
+    output = bench("history.py")
+    for setting in ("off", "on"):
+        row = rf"^backfill, history {setting}, round 1\s+2,000\s+[\d.]+\s+[\d,]+\s+[\d.]+\s"
+        assert re.search(row, output, re.M), setting
+        assert f"[PASS] backfill, history {setting}, round 1: deliveries kept" in output
+    assert re.search(r"^\[(PASS|MISS)\] the history costs -?[\d.]+% of backfill", output, re.M)
+    assert "[FAIL]" not in output
+
+
+def test_the_audience_bench_syncs_members_beside_the_users_backfill() -> None:
+    output = bench("audience.py")
+    for latency in ("0 ms", "50 ms"):
+        for run in ("users backfill", "audience: first sync", "audience: nothing changed"):
+            assert re.search(rf"^{latency}\s+{re.escape(run)}\s+[\d.]+\s", output, re.M), run
+        change = r"audience: 5% leave, 3% join\s+[\d.]+\s+80\s+[\d,]+\s+[\d,]+\s+\S+\s+80$"
+        assert re.search(rf"^{latency}\s+{change}", output, re.M), output
+    assert "PASS every check" in output
+
+
+def test_the_products_bench_measures_a_backfill_beside_users_and_every_check_passes() -> None:
+    output = bench("products.py")
+    for latency in ("0 ms", "50 ms"):
+        for what, rows, per_row in (
+            ("users backfill", "1,200", "1.000"),
+            ("products backfill", "1,200", "1.000"),  # one request per product
+            ("products: nothing changed", "0", "-"),
+            ("products: 1% changed", "12", "1.000"),
+        ):
+            figures = rf"\s+[\d.]+\s+{rows}\s+[\d,]+\s+{re.escape(per_row)}$"
+            row = rf"^{latency}\s+{re.escape(what)}{figures}"
+            assert re.search(row, output, re.M), (latency, what, output)
+    assert "PASS every check" in output and "FAIL" not in output

@@ -191,7 +191,7 @@ def test_a_silent_database_fails_validate_within_its_connect_timeout(setup, sand
     assert where in result.err
     assert "reader" not in result.text
     assert "Traceback" not in result.text
-    assert sandbox.requests == []
+    assert [r.path for r in sandbox.requests] == ["/rest/account"]  # the other checks went on
 
 
 def test_wrong_database_password(cli, setup, sandbox, mariadb_url):
@@ -233,7 +233,8 @@ def test_validate(cli, setup, sandbox):
     result = cli("validate", "-c", config, "--connect")
     assert result.code == 0, result.text
     assert "API key accepted" in result.out
-    assert "columns id, updated_at" in result.flat
+    for check in ("source reachable", "key column 'id'", "cursor column 'updated_at'"):
+        assert f"ok    job customers: {check}" in result.out
 
     result = cli("validate", "-c", config, "--connect", key=WRONG_KEY)
     assert result.code == 1, result.text
@@ -264,7 +265,7 @@ def test_rejected_rows_are_reported_and_resent_once_fixed(cli, setup, sandbox, s
     assert "'not-an-email' is not a valid email address" in reasons["2"]
     assert "no identifier" in reasons["4"]
     assert "column 'first_name'" in reasons["5"] and "binary" in reasons["5"]
-    assert job["checkpoint"] == {"cursor": "2024-05-01 12:00:10", "key": 10}
+    assert job["checkpoint"] == {"cursor": "2024-05-01T12:00:10", "key": "10"}
     shown = cli("status", "-c", config)
     assert "rejected rows: 3" in shown.out
     assert "rejected row 5: column 'first_name'" in shown.flat
@@ -336,7 +337,7 @@ def test_dry_run_after_a_run_shows_only_the_change(cli, setup, sandbox, sqlite_u
     assert payload["internal_id"] == 3 and payload["first_name"] == "Changed"
     assert "user_id" in payload  # the update carries the user Personyze answered with
     assert len(sandbox.requests) == before
-    assert status_json(cli, config)["checkpoint"]["key"] == 10
+    assert status_json(cli, config)["checkpoint"]["key"] == "10"
 
 
 def test_backfill_dry_run_json(cli, setup, sandbox):
@@ -367,7 +368,7 @@ def test_backfill_sends_everything(cli, setup, sandbox):
     assert "customers: read 10, sent 10, unchanged 0, rejected 0" in result.out
     assert internal_ids(sandbox) == set(range(1, 11))
     job = status_json(cli, config)
-    assert job["checkpoint"] == {"cursor": "2024-05-01 12:00:10", "key": 10}
+    assert job["checkpoint"] == {"cursor": "2024-05-01T12:00:10", "key": "10"}
     assert job["runs"][0]["kind"] == "backfill"
 
 
@@ -397,7 +398,7 @@ def test_checkpoint_reset_rereads_but_resends_nothing(cli, setup, sandbox):
     result = cli("checkpoint", "reset", "-c", config, "customers", "--to", "2024-05-01 12:00:05")
     assert result.code == 0, result.text
     assert "cursor >= 2024-05-01 12:00:05" in result.out
-    assert status_json(cli, config)["checkpoint"] == {"cursor": "2024-05-01 12:00:05", "key": None}
+    assert status_json(cli, config)["checkpoint"] == {"cursor": "2024-05-01T12:00:05", "key": None}
     result = cli("once", "-c", config)
     assert result.code == 0, result.text
     assert "read 4, sent 0, unchanged 4" in result.out
@@ -424,7 +425,7 @@ def test_status_after_runs(cli, setup, sandbox, sqlite_url):
     assert result.json()["jobs"]["customers"]["sent"] == 2
 
     job = status_json(cli, config)
-    assert job["checkpoint"] == {"cursor": "2024-05-02 00:00:00", "key": 2}
+    assert job["checkpoint"] == {"cursor": "2024-05-02T00:00:00", "key": "2"}
     assert job["rows_known"] == 10 and job["rejected"] == 0
     latest, first = job["runs"]
     # read: the two changed, and the row at the first run's checkpoint cursor value
@@ -453,6 +454,14 @@ def test_demo_runs_to_completion():
     )
     assert users == customers > 0
     assert "password hashes sent: none" in summary
+    members = re.search(r"'VIP customers': (\d+) members added", result.flat)
+    assert members and int(members.group(1)) > 0, result.text
+    catalog = re.search(
+        r"a product catalog (\d+) products sent, one request each \(e\.g\. "
+        r"SKU-001: price (\d+\.\d\d?), in stock (yes|no)\)",
+        result.flat,
+    )
+    assert catalog and catalog.group(1) == "40", result.text
     assert took < 60
 
 

@@ -89,8 +89,8 @@ def test_the_runs_table_fits_the_width_without_cutting_words(
 ):
     config = failed_and_succeeded(cli, setup)
     error = status_json(cli, config)["runs"][0]["error"]
-    monkeypatch.setenv("COLUMNS", str(width))
-    assert_readable(cli("status", "-c", config), width, error)
+    monkeypatch.setenv("COLUMNS", str(width))  # a process of its own: rich reads it at start
+    assert_readable(run_script("status", "-c", config), width, error)
 
 
 def test_the_runs_table_piped_fits_80_columns(cli, setup, sandbox, monkeypatch):

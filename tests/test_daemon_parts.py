@@ -66,10 +66,12 @@ def test_job_health_states(health: JobHealth, now: float, state: str) -> None:
 
 def test_metrics_render_in_prometheus_names_and_lag_grows_between_scrapes() -> None:
     wall = FakeClock(1_000_000.0)
-    metrics = Metrics(wall=wall)
+    metrics = Metrics(wall=wall, objects={"vip": "audience"})
     metrics.rows_done("customers", "sent", 5)
     metrics.rows_done("customers", "rejected", 1)
     metrics.rows_done("customers", "unchanged", 7)
+    metrics.rows_done("vip", "sent", 3)
+    metrics.run_ended("vip", "success", 1.0)
     metrics.response(200, 0.02)
     metrics.response(None, 1.5)
     metrics.run_ended("customers", "success", 2.0)
@@ -79,17 +81,20 @@ def test_metrics_render_in_prometheus_names_and_lag_grows_between_scrapes() -> N
     metrics.checkpoint("numbers", Position(42, 1))  # not a time: no lag
     text = metrics.render().decode()
     for line in (
-        'personyze_sync_rows_total{job="customers",outcome="sent"} 5.0',
-        'personyze_sync_rows_total{job="customers",outcome="rejected"} 1.0',
-        'personyze_sync_rows_total{job="customers",outcome="unchanged"} 7.0',
-        'personyze_sync_rows_total{job="customers",outcome="skipped"} 7.0',  # the old name
+        'personyze_sync_rows_total{job="customers",object="users",outcome="sent"} 5.0',
+        'personyze_sync_rows_total{job="customers",object="users",outcome="rejected"} 1.0',
+        'personyze_sync_rows_total{job="customers",object="users",outcome="unchanged"} 7.0',
+        # the old name
+        'personyze_sync_rows_total{job="customers",object="users",outcome="skipped"} 7.0',
+        'personyze_sync_rows_total{job="vip",object="audience",outcome="sent"} 3.0',
+        'personyze_sync_runs_total{job="vip",object="audience",outcome="success"} 1.0',
         'personyze_sync_requests_total{status="200"} 1.0',
         'personyze_sync_requests_total{status="error"} 1.0',
         "personyze_sync_request_seconds_count 2.0",
-        'personyze_sync_run_seconds_count{job="customers"} 2.0',
-        'personyze_sync_runs_total{job="customers",outcome="failed"} 1.0',
+        'personyze_sync_run_seconds_count{job="customers",object="users"} 2.0',
+        'personyze_sync_runs_total{job="customers",object="users",outcome="failed"} 1.0',
         'personyze_sync_runs_skipped_total{job="customers"} 1.0',
-        'personyze_sync_last_success_timestamp_seconds{job="customers"} 1e+06',
+        'personyze_sync_last_success_timestamp_seconds{job="customers",object="users"} 1e+06',
         'personyze_sync_lag_seconds{job="customers"} 1000.0',
     ):
         assert line in text.splitlines(), line

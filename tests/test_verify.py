@@ -159,20 +159,24 @@ def test_compare_looks_at_payload_columns_not_named_in_columns():
 
 
 def test_report_counts_in_step_and_remaining_drift():
-    report = VerifyReport("j", "all", checked=6)
+    report = VerifyReport("j", "all", checked=7)
     report.findings = [
         Finding("different", "1", 1, (Drift("a", 1, 2),)),
         Finding("missing", "2", 2),
         Finding("unsynced", "3"),
         Finding("cannot_clear", "4", 4, cannot_clear=(Drift("b", None, 1),)),
         Finding("unsendable", "5", 5),
+        Finding("collision", "6", 6, (Drift("a", 1, 2),), note="shares Personyze user 6"),
     ]
-    assert (report.in_step, report.to_repair, report.cannot_clear) == (2, 3, 1)
+    assert (report.in_step, report.cannot_clear, report.count("collision")) == (2, 1, 1)
     assert report.drift_remaining
-    report.repair = Repair(3, 3, 0, [])
+    report.repair = Repair(["1", "2", "3"], 3, 0, [])
+    assert not report.drift_remaining and report.repair.resent == 3
+    report.repair = Repair(["1", "2", "3"], 2, 1, [Finding("unsynced", "3", reason="no")])
+    assert report.drift_remaining
+    report.findings = [report.findings[-1]]  # a collision alone is not drift
+    report.repair = None
     assert not report.drift_remaining
-    report.repair = Repair(3, 2, 1, [Finding("unsynced", "3", reason="rejected: no")])
-    assert report.drift_remaining
 
 
 # -- the command, against the sandbox ------------------------------------------------------
@@ -269,7 +273,13 @@ def test_a_value_changed_in_personyze_is_found_repaired_and_then_clean(
     code, doc = verify(cli, config, "--all", "--repair")
     assert code == 0, doc
     assert doc["different"] == 1  # what was found, before the repair
-    assert doc["repair"] == {"resent": 1, "delivered": 1, "rejected": 0, "still_drifting": []}
+    assert doc["repair"] == {
+        "resent": 1,
+        "resent_keys": ["3"],
+        "delivered": 1,
+        "rejected": 0,
+        "still_drifting": [],
+    }
     assert user_of(sandbox, 3)["first_name"] == "First3"
     assert [r.method for r in sandbox.requests].count("POST") == 1
 
@@ -289,7 +299,7 @@ def test_the_terminal_shows_a_table_and_a_summary(cli, synced, sandbox):
 
     fixed = cli("verify", "-c", synced, "customers", "--all", "--repair")
     assert fixed.code == 0, fixed.text
-    assert "repair resent 1, delivered 1, rejected 0, still drifting 0" in fixed.flat
+    assert "repair resent 1 (4), delivered 1, rejected 0, still drifting 0" in fixed.flat
 
 
 def test_a_user_deleted_in_personyze_is_missing_and_repair_recreates_it(
@@ -368,27 +378,29 @@ def test_repair_dry_run_sends_nothing(cli, synced, sandbox):
     edit_user(sandbox, 7, email="other7@example.com")
     code, doc = verify(cli, synced, "--all", "--repair", "--dry-run")
     assert code == 1 and doc["would_resend"] == 1 and doc["repair"] is None
+    assert doc["would_resend_keys"] == ["7"]
     assert only_reads(sandbox)
     result = cli("verify", "-c", synced, "customers", "--all", "--repair", "--dry-run")
-    assert "dry run: would resend 1 row(s); nothing was sent" in result.out
+    assert "dry run: would resend 1 row(s): 7; nothing was sent" in result.out
 
 
-def test_rows_sharing_one_user_carry_a_note_and_cannot_both_be_in_step(
+def test_rows_sharing_one_user_are_a_collision_not_drift_and_never_resent(
     cli, tmp_path, sqlite_url, state_url, sandbox
 ):
+    """More in tests/integration/test_verify_collisions.py."""
     make_customers(sqlite_url, range(1, 4))
     change_customers(sqlite_url, customers.c.id == 2, email="user1@example.com")
     config = _config(tmp_path, sqlite_url, state_url, sandbox)
     assert cli("once", "-c", config).code == 0
     sandbox.clear_requests()
     code, doc = verify(cli, config, "--all", "--repair")
-    assert code == 1, doc  # one user cannot hold two rows: reported, never hidden
-    assert {(c["key"], c["other_key"]) for c in doc["collisions"]} >= {("2", "1")}
+    assert code == 0, doc  # one user cannot hold two rows: reported, not drift
+    assert [(c["key"], c["other_key"]) for c in doc["collisions"]] == [("2", "1")]
     (finding,) = doc["findings"]
-    assert finding["kind"] == "different" and finding["key"] in ("1", "2")
+    assert finding["kind"] == "collision" and finding["key"] in ("1", "2")
     assert "shares Personyze user" in finding["note"]
-    assert doc["repair"]["resent"] == 0 and doc["repair"]["still_drifting"] == [finding]
-    assert only_reads(sandbox), "a resend would only move the drift to the other row"
+    assert doc["repair"]["resent"] == 0 and doc["repair"]["still_drifting"] == []
+    assert only_reads(sandbox), "a resend would only move the difference to the other row"
 
 
 accounts = Table(

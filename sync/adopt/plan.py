@@ -3,6 +3,7 @@ says when it refuses; and the summary a pass returns. The pass itself is ``adopt
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -78,16 +79,23 @@ def adoption_needed(store: StateStore, part: str) -> bool:
     )
 
 
+_UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
+
+
 def duration_text(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
+    """A duration in its two largest units: ``42s``, ``8m 14s``, ``2h 5m``, ``1d 1h``
+    (an estimate, a lag); a part of a second counts as one."""
+    total = max(1, round(seconds)) if seconds > 0 else 0
+    for (unit, size), (small, small_size) in itertools.pairwise(_UNITS):
+        if total >= size:
+            big, rest = divmod(total, size)
+            below = rest // small_size
+            return f"{big}{unit}" + (f" {below}{small}" if below else "")
+    return f"{total}s"
 
 
 def cost_text(estimate: Estimate, requests_per_second: float | None) -> str:
-    """``about 24,692 reads, ~8 min at personyze.requests_per_second 50``."""
+    """``about 24,692 reads, ~8m 14s at personyze.requests_per_second 50``."""
     seconds = estimate.seconds(requests_per_second)
     if seconds is None:
         return f"about {estimate.reads:,} reads; no personyze.requests_per_second ceiling is set"

@@ -4,8 +4,8 @@ Exit codes: see ``exits`` (0 success, 1 a run failed, 2 usage or config error, 3
 run the real run would stop, 130/143 stopped by a signal).
 
 The group and the console script's entry point (``sync.cli:main``) live here; the
-commands, grouped by what they do, in ``running``, ``looking``, ``fixing``, ``verifying``
-and ``trying``; what they print in ``render`` (with ``render_status`` and
+commands, grouped by what they do, in ``running``, ``looking``, ``history``, ``fixing``,
+``verifying`` and ``trying``; what they print in ``render`` (with ``render_status`` and
 ``render_verify``); the progress bars in ``progress``; their shared options and the
 app of a one-shot command in ``common``. Nothing below imports this module.
 """
@@ -16,8 +16,8 @@ import sys
 
 import click
 
-from sync.cli import fixing, looking, running, trying, verifying
-from sync.cli.common import quiet_option, verbose_option
+from sync.cli import fixing, history, looking, running, trying, verifying
+from sync.cli.common import asks_for_json, print_error_json, quiet_option, verbose_option
 from sync.cli.exits import stop_signal, stopped
 from sync.cli.render import err
 from sync.errors import Stopped, SyncError
@@ -59,6 +59,8 @@ for _command in (
     running.backfill,
     looking.validate,
     looking.status,
+    history.history,
+    history.runs,
     fixing.checkpoint,
     fixing.adopt,
     fixing.rejected,
@@ -70,6 +72,7 @@ for _command in (
 
 
 def main() -> None:
+    as_json = asks_for_json(cli, sys.argv[1:])
     try:
         # Without standalone mode click *returns* the code of an Exit raised inside a
         # command (report() raises one when a job failed) instead of raising it.
@@ -84,11 +87,17 @@ def main() -> None:
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()
+        if as_json:
+            print_error_json(exc)
         sys.exit(2 if isinstance(exc, click.UsageError) else 1)
     except Stopped as exc:  # outside a job's run (verify, adopt): as within one
         err.print(f"stopped ({stop_signal()}): {exc}", markup=False, soft_wrap=True)
+        if as_json:
+            print_error_json(exc)
         sys.exit(stopped())
     except SyncError as exc:
         err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        if as_json:
+            print_error_json(exc)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

@@ -39,18 +39,35 @@ def checkpoint() -> None:
 def checkpoint_reset(config_path: Path, job: str, to: str | None, reshard: bool) -> None:
     """Move JOB's checkpoint deliberately. Rows already sent unchanged are still not resent.
 
+    With --reshard, only the move to the config's shard count (and the checkpoint only
+    if --to is given too); nothing at all when the state already has that many.
+
     \b
     Examples:
       personyze-sync checkpoint reset customers                  # from the beginning
       personyze-sync checkpoint reset customers --to '2024-06-01 00:00:00'
+      personyze-sync checkpoint reset customers --reshard        # after shards: N changed
     """
     with open_app(config_path, needs_key=False) as app:
         settings = app.config.job(job)
         if reshard:
-            moved = admin.reshard(app, settings)
-            out.print(
-                f"{job}: {moved} synced row(s) moved to {settings.shards} shard(s)", markup=False
-            )
+            done = admin.reshard(app, settings)
+            if done.before == done.after:
+                out.print(
+                    f"{job}: its state is already kept in {done.after} shard(s), as the "
+                    "config says: nothing to move"
+                    + ("" if to else "; the checkpoint is unchanged"),
+                    markup=False,
+                )
+            else:
+                out.print(
+                    f"{job}: {done.moved} synced row(s) moved to {done.after} shard(s) "
+                    f"(from {done.before}); each reads from the beginning and sends only "
+                    "what changed",
+                    markup=False,
+                )
+            if to is None:
+                return
         position = admin.reset_checkpoint(app, settings, to)
     where = "the beginning" if position is None else f"cursor >= {position.cursor}"
     out.print(f"{job}: the next run reads from {where}", markup=False)

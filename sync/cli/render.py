@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, date, datetime
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from sync.admin import AdoptionSummary, StoredRejection
+from sync.admin import AdoptionSummary, RunRecord, StoredRejection
 from sync.cli.exits import FAILED, exit_code, stop_signal
 from sync.errors import Stopped, SyncError
 from sync.model import RunStats
@@ -19,18 +20,47 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-# One time format: UTC, ISO 8601 in JSON, "YYYY-MM-DD HH:MM:SS UTC" in text (without the
-# label in a table column).
+# One time format: UTC, ISO 8601 in JSON (``2026-12-02T14:05:00Z``), "YYYY-MM-DD
+# HH:MM:SS UTC" in text (without the label in a table column). Every time a JSON
+# document shows goes through iso_utc (ours) or json_value (a source's cursor).
 ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
 TEXT_UTC = "%Y-%m-%d %H:%M:%S"
 
 
 def iso_utc(stamp: float | None) -> str | None:
+    """A time we recorded (a Unix timestamp), for JSON."""
     return None if stamp is None else time.strftime(ISO_UTC, time.gmtime(stamp))
 
 
 def utc(stamp: float, *, label: bool = True) -> str:
     return time.strftime(TEXT_UTC, time.gmtime(stamp)) + (" UTC" if label else "")
+
+
+def json_value(value: Any) -> Any:
+    """A source's value (a cursor) for JSON: a time with a zone in ISO 8601 UTC, one
+    without as ISO 8601 with none (the source's own; lag reads it as UTC), a date as
+    ``YYYY-MM-DD``, a number as is, anything else as text."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return str(value)
+
+
+def key_value(key: Any) -> str | None:
+    """A row's key for JSON: text, whatever the source's type (the identity map's form)."""
+    return None if key is None else str(key)
+
+
+def run_doc(run: RunRecord) -> dict[str, Any]:
+    """A run of the history for JSON: its times in ISO 8601 UTC, the rows it found in
+    step as ``rows_unchanged`` (the one word; the column keeps its old name)."""
+    doc = {("rows_unchanged" if k == "rows_skipped" else k): v for k, v in vars(run).items()}
+    return doc | {"started_at": iso_utc(run.started_at), "ended_at": iso_utc(run.ended_at)}
 
 
 def print_json(doc: Any) -> None:
@@ -76,11 +106,14 @@ def report(
                 "vanished": r.vanished,
                 "unresolved": r.unresolved,
                 "deleted_before_sync": r.deleted_before_sync,
-                "rejected_rows": r.rejected_rows,
+                "waiting": r.waiting,
+                "rejected_rows": [row | {"key": key_value(row["key"])} for row in r.rejected_rows],
                 **(
                     {
                         "would_send": r.would_send,
-                        "would_delete": r.would_delete,
+                        "would_delete": [
+                            row | {"key": key_value(row["key"])} for row in r.would_delete
+                        ],
                         "too_many_deletes": r.too_many_deletes,
                         "would_stop": r.too_many_deletes is not None,
                     }
@@ -134,6 +167,7 @@ def report(
                     else ""
                 )
                 + (f", identity collisions {r.collisions}" if r.collisions else "")
+                + (f", waiting {r.waiting} (users not in Personyze yet)" if r.waiting else "")
                 + (
                     f", deleted at the source before it was ever synced {r.deleted_before_sync}"
                     if r.deleted_before_sync

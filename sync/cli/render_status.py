@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from sync.admin import Adoption, JobStatus
-from sync.cli.render import iso_utc, out, utc
+from sync.admin import Adoption, JobStatus, RunRecord, duration_text
+from sync.cli.render import iso_utc, json_value, key_value, out, run_doc, utc
 
 
 def status_doc(job: JobStatus) -> dict[str, Any]:
     return {
         "job": job.name,
+        "object": job.object,
+        "detect": job.detect,
         "checkpoint": None
         if job.checkpoint is None
-        else {"cursor": job.checkpoint.cursor, "key": job.checkpoint.key},
+        else {"cursor": json_value(job.checkpoint.cursor), "key": key_value(job.checkpoint.key)},
+        "last_compared": iso_utc(job.last_compared),
         "lag_seconds": job.lag_s,
         "held_by": job.held_by,
-        "held_since": job.held_since,
+        "held_since": iso_utc(job.held_since),
         "rows_known": job.rows_known,
         "rejected": job.rejected,
         "rejections": [
@@ -30,11 +33,12 @@ def status_doc(job: JobStatus) -> dict[str, Any]:
         "collisions": [
             {"key": c.key, "user_id": c.user_id, "other_key": c.other_key} for c in job.collisions
         ],
-        "runs": [r.__dict__ for r in job.runs],
+        "runs": [run_doc(r) for r in job.runs],
         "adoption": adoption_doc(job.adoption),
         "duplicates": [
             {"key": k, "user_id": u, "kept_user_id": kept} for k, u, kept in job.duplicates
         ],
+        "audience": None if job.audience is None else vars(job.audience),
     }
 
 
@@ -70,60 +74,111 @@ def adoption_line(a: Adoption | None) -> str:
     )
 
 
-def print_status(job: JobStatus) -> None:
+def position_line(job: JobStatus) -> str:
+    """Where the job got to: its checkpoint and lag, or a diff job's last comparison."""
     cp = job.checkpoint
-    out.print(f"[bold]{escape(job.name)}[/bold]")
-    out.print(
-        f"  checkpoint: {'none (never run)' if cp is None else f'{cp.cursor} / key {cp.key}'}"
-        + (f", lag {job.lag_s:.0f}s" if job.lag_s is not None else ""),
-        markup=False,
-    )
+    if job.detect == "diff":
+        done = (
+            f"last compared {utc(job.last_compared)}"
+            if job.last_compared is not None
+            else "no pass finished yet"
+            if job.runs
+            else "never run"
+        )
+        under_way = "" if cp is None else f"; the pass under way is at key {cp.key}"
+        return f"diff: {done}, {job.rows_known} rows known{under_way}"
+    if cp is None:
+        return "checkpoint: none " + (
+            "(the next run reads from the beginning)" if job.runs else "(never run)"
+        )
+    lag = "" if job.lag_s is None else f", lag {duration_text(job.lag_s)}"
+    return f"checkpoint: {cp.cursor}" + ("" if cp.key is None else f" / key {cp.key}") + lag
+
+
+def say(text: str, indent: int = 2) -> None:
+    """A line of ``status``, wrapped at spaces to the console's width (later lines two
+    further in); a word longer than the width stays whole, never cut."""
+    for line in textwrap.wrap(
+        text,
+        width=max(40, out.width),
+        initial_indent=" " * indent,
+        subsequent_indent=" " * (indent + 2),
+        break_long_words=False,
+        break_on_hyphens=False,
+    ):
+        out.print(line, markup=False, soft_wrap=True)
+
+
+def print_status(job: JobStatus) -> None:
+    out.print(f"[bold]{escape(job.name)}[/bold] ({escape(job.object)})")
+    say(position_line(job))
     if job.held_by is not None and job.held_since is not None:
-        out.print(f"  running now in {job.held_by} since {utc(job.held_since)}", markup=False)
-    out.print(
-        f"  users known: {job.rows_known}, rejected rows: {job.rejected}, "
-        f"identity collisions: {len(job.collisions)}",
-        markup=False,
+        say(f"running now in {job.held_by} since {utc(job.held_since)}")
+    say(
+        f"{'rows' if job.object == 'audience' else job.object} known: {job.rows_known}, "
+        f"rejected rows: {job.rejected}, "
+        f"identity collisions: {len(job.collisions)}"
     )
-    out.print(f"  {adoption_line(job.adoption)}", markup=False)
-    for rej in job.rejections[:10]:
-        out.print(f"    rejected row {rej.key}: {rej.reason}", markup=False, soft_wrap=True)
-    for c in job.collisions[:10]:
+    say(adoption_line(job.adoption))
+    if (a := job.audience) is not None:
+        where = "not found or created yet" if a.list_id is None else f"list {a.list_id}"
         out.print(
-            f"    row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
+            f"  audience {a.name!r} ({where}): {a.members} members, {a.waiting} rows waiting "
+            "for their users",
             markup=False,
         )
+    for rej in job.rejections[:10]:
+        say(f"rejected row {rej.key}: {rej.reason}", 4)
+    for c in job.collisions[:10]:
+        say(f"row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})", 4)
     for key, user_id, kept in job.duplicates[:10]:
-        out.print(
-            f"    row {key} is held by two Personyze users: {kept} (kept) and {user_id} "
+        say(
+            f"row {key} is held by two Personyze users: {kept} (kept) and {user_id} "
             "(a duplicate: delete it in Personyze)",
-            markup=False,
+            4,
         )
     if job.runs:
-        table = Table(
-            "started",
-            "kind",
-            "outcome",
-            "read",
-            "sent",
-            "unchanged",
-            "rejected",
-            "seconds",
-            "error",
-            box=None,
-            pad_edge=False,
+        out.print(runs_table(job.runs, out.width))
+    for r in job.runs:
+        if r.error:
+            say(f"{utc(r.started_at)} {r.kind} {r.outcome}: {r.error}")
+
+
+RUN_COLUMNS = ("started", "kind", "outcome", "read", "sent", "unchanged", "rejected", "seconds")
+DROPPED_FIRST = ("seconds", "kind")  # when the table is too wide even with ``started`` wrapped
+GAP = 2  # the spaces between two columns
+WRAPPED_START = len("2026-12-02")  # ``started`` wraps at its one space when it must
+
+
+def runs_table(runs: list[RunRecord], width: int) -> Table:
+    """The latest runs (their errors are printed below it, wrapped at words): a column
+    is dropped, ``seconds`` then ``kind``, when even a wrapped ``started`` leaves too
+    little room, so that no cell is cut."""
+    rows = [
+        (
+            utc(r.started_at, label=False),
+            r.kind,
+            r.outcome,
+            str(r.rows_read),
+            str(r.rows_sent),
+            str(r.rows_skipped),
+            str(r.rows_rejected),
+            "" if r.ended_at is None else f"{r.ended_at - r.started_at:.1f}",
         )
-        for r in job.runs:
-            took = "" if r.ended_at is None else f"{r.ended_at - r.started_at:.1f}"
-            table.add_row(
-                utc(r.started_at, label=False),
-                r.kind,
-                r.outcome,
-                str(r.rows_read),
-                str(r.rows_sent),
-                str(r.rows_skipped),
-                str(r.rows_rejected),
-                took,
-                Text(r.error or ""),
-            )
-        out.print(table)
+        for r in runs
+    ]
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(RUN_COLUMNS)]
+    widths[0] = WRAPPED_START
+    shown = list(RUN_COLUMNS)
+    for column in DROPPED_FIRST:
+        needed = sum(w for c, w in zip(RUN_COLUMNS, widths, strict=True) if c in shown)
+        if needed + GAP * (len(shown) - 1) <= width:
+            break
+        shown.remove(column)
+    table = Table(box=None, pad_edge=False)
+    for name in shown:
+        figure = name not in ("started", "kind", "outcome")
+        table.add_column(name, no_wrap=name != "started", justify="right" if figure else "left")
+    for row in rows:
+        table.add_row(*(v for c, v in zip(RUN_COLUMNS, row, strict=True) if c in shown))
+    return table

@@ -38,14 +38,21 @@ def verify_doc(report: VerifyReport) -> dict[str, Any]:
         "unsendable": report.count("unsendable"),
         "no_user": report.count("no_user"),
         "findings": [finding_doc(f) for f in report.findings],
+        "collision": report.count("collision"),
         "collisions": [
-            {"key": c.key, "user_id": c.user_id, "other_key": c.other_key}
+            {
+                "key": c.key,
+                "other_key": c.other_key,
+                "user_id": c.user_id,
+                "seen_at": iso_utc(c.seen_at),
+            }
             for c in report.collisions
         ],
         "repair": None
         if repair is None
         else {
             "resent": repair.resent,
+            "resent_keys": repair.keys,
             "delivered": repair.sent,
             "rejected": repair.rejected,
             "still_drifting": [finding_doc(f) for f in repair.still],
@@ -73,7 +80,13 @@ def findings_table(findings: list[Finding]) -> Table:
     return table
 
 
-def print_verify(report: VerifyReport, would_resend: int | None) -> None:
+def some(keys: list[str], limit: int = 20) -> str:
+    """Up to ``limit`` keys, and how many more (``--json`` lists them all)."""
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def print_verify(report: VerifyReport, would_resend: list[str] | None) -> None:
     what = (
         "every source row"
         if report.mode == "all"
@@ -89,7 +102,6 @@ def print_verify(report: VerifyReport, would_resend: int | None) -> None:
             ("cannot clear", report.cannot_clear),
             ("unsendable", report.count("unsendable")),
             ("without a user (sync: update)", report.count("no_user")),
-            ("identity collisions", len(report.collisions)),
         )
         if n
     ]
@@ -99,17 +111,31 @@ def print_verify(report: VerifyReport, would_resend: int | None) -> None:
         f"unsynced {report.count('unsynced')}" + "".join(f", {e}" for e in extra),
         markup=False,
     )
-    for c in report.collisions[:10]:
+    if report.collisions:
         out.print(
-            f"  note: row {c.key} and row {c.other_key} are one Personyze user ({c.user_id})",
+            f"{report.job}: collisions: {len(report.collisions)} (rows sharing one Personyze "
+            "user: not drift, never resent)",
             markup=False,
         )
+    for c in report.collisions[:10]:
+        since = "" if c.seen_at is None else f", since {utc(c.seen_at)}"
+        out.print(
+            f"  rows {c.key} and {c.other_key} are one Personyze user ({c.user_id}){since}",
+            markup=False,
+        )
+    if len(report.collisions) > 10:
+        out.print(f"  and {len(report.collisions) - 10} more (--json lists them)")
     if would_resend is not None:
-        out.print(f"dry run: would resend {would_resend} row(s); nothing was sent", markup=False)
+        which = f": {some(would_resend)}" if would_resend else ""
+        out.print(
+            f"dry run: would resend {len(would_resend)} row(s){which}; nothing was sent",
+            markup=False,
+        )
     repair = report.repair
     if repair is not None:
+        which = f" ({some(repair.keys)})" if repair.keys else ""
         out.print(
-            f"{report.job}: repair resent {repair.resent}, delivered {repair.sent}, "
+            f"{report.job}: repair resent {repair.resent}{which}, delivered {repair.sent}, "
             f"rejected {repair.rejected}, still drifting {len(repair.still)}",
             markup=False,
         )

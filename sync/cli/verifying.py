@@ -42,7 +42,9 @@ def verify(
     """Read JOB's users back from Personyze and compare them with the source as it is now.
 
     Without --repair only reads (GETs). Exit 0 when nothing drifted (or all of it was
-    repaired), 1 when drift remains. JOB may be left out when the config has only one.
+    repaired), 1 when drift remains. Rows sharing one Personyze user (identity
+    collisions) are reported apart: not drift, never resent. --repair --dry-run names
+    the rows --repair would resend. JOB may be left out when the config has only one.
 
     \b
     Examples:
@@ -59,13 +61,14 @@ def verify(
             everything=everything,
             repair=repair and not dry_run,
         )
-    would_resend = report.to_repair if repair and dry_run else None
+    would_resend = report.queued if repair and dry_run else None
     if quiet and not report.drift_remaining:
         return
     if as_json:
         doc = verify_doc(report)
         if would_resend is not None:
-            doc["would_resend"] = would_resend
+            doc["would_resend"] = len(would_resend)
+            doc["would_resend_keys"] = would_resend
         print_json(doc)
     else:
         print_verify(report, would_resend)

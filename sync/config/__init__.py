@@ -27,6 +27,7 @@ from sync.config.load import Config, load_config, parse_config
 from sync.config.models import (
     AlertSettings,
     DaemonSettings,
+    HistorySettings,
     Model,
     PersonyzeSettings,
     StateSettings,
@@ -44,6 +45,7 @@ __all__ = [
     "ConstantTransform",
     "DaemonSettings",
     "DeleteLimit",
+    "HistorySettings",
     "JobSettings",
     "Model",
     "PersonyzeSettings",

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from sync.config.models import Model
+from sync.config.models import HistorySettings, Model
 from sync.config.objects import Object, check_object
 from sync.config.values import (
     DeleteLimit,
@@ -216,6 +216,7 @@ class JobSettings(Model):
     max_deletes_per_run: DeleteLimit = DeleteLimit(share=10.0)
     shards: int = 1  # parts of the key space, each with its own checkpoint and lease
     schedule: Schedule | None = None
+    history: HistorySettings | None = None  # None: state.history's
 
     @field_validator("name")
     @classmethod

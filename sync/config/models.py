@@ -129,11 +129,37 @@ def _set_aside(info: ValidationInfo) -> dict[tuple[str | int, ...], str]:
     return dict((info.context or {}).get("unavailable", {}))
 
 
+class HistorySettings(Model):
+    """How long each row's delivery history is kept (``history``, ``runs``): for
+    ``keep_for`` (30 days unless ``keep_per_row`` is given), or the last ``keep_per_row``
+    deliveries of each row; ``enabled: false`` keeps none."""
+
+    enabled: bool = True
+    keep_for: timedelta | None = None
+    keep_per_row: int | None = None
+
+    _keep_for = field_validator("keep_for", mode="before")(duration_field)
+
+    @field_validator("keep_per_row", mode="before")
+    @classmethod
+    def _per_row(cls, value: Any) -> int:
+        return whole_number(value, 1, 10_000)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> HistorySettings:
+        if self.keep_for is not None and self.keep_per_row is not None:
+            raise _fail("give one of keep_for (a duration) or keep_per_row (a count), not both")
+        if self.keep_for is not None and self.keep_for <= timedelta(0):
+            raise _fail("expected a duration longer than 0 (or enabled: false)", "keep_for")
+        return self
+
+
 class StateSettings(Model):
-    """Where checkpoints, identities and rejected rows are kept."""
+    """Where checkpoints, identities, rejected rows and the delivery history are kept."""
 
     # validated even when absent, so a config's default store is under its folder too
     url: SecretStr = Field(SecretStr("sqlite:///state/personyze-sync.db"), validate_default=True)
+    history: HistorySettings = Field(default_factory=HistorySettings)
 
     _check_url = field_validator("url")(state_db_url)
 

@@ -62,6 +62,13 @@ def _products(job: JobSettings) -> None:
                 "mapping",
                 column,
             )
+    if PRODUCT_KEY in job.transforms:
+        raise _fail(
+            f"'{PRODUCT_KEY}' is the job's key as read (a delete finds the product by it): "
+            "it takes no transforms",
+            "transforms",
+            PRODUCT_KEY,
+        )
     if not {t for t in job.mapping.values() if t != PRODUCT_KEY} and not job.transforms:
         raise _fail("expected at least one product column besides the key", "mapping")
 

@@ -1,8 +1,9 @@
 """``personyze-sync demo``: the whole product on one machine, with nothing to set up.
 
-It makes a SQLite shop database of sample customers, starts the sandbox on a free
-loopback port, backfills, changes a few customers (one changes their email), runs
-incrementally, and shows what Personyze now holds. It runs the same code as a real
+It makes a SQLite shop database of sample customers and products, starts the
+sandbox on a free loopback port, backfills, changes a few customers (one changes
+their email), runs incrementally, keeps an audience of the VIP customers, sends the
+catalog, and shows what Personyze now holds. It runs the same code as a real
 sync: the config in ``demo.yaml`` goes through the same loader.
 """
 
@@ -17,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import (
     Boolean,
     Column,
@@ -95,6 +97,41 @@ customers = SqlTable(
     Column("password_hash", String(100)),  # never mapped, so never sent
     Column("updated_at", DateTime, nullable=False, index=True),
 )
+
+
+products = SqlTable(
+    "products",
+    metadata,
+    Column("sku", String(20), primary_key=True),
+    Column("title", String(200)),
+    Column("price", Numeric(10, 2)),
+    Column("in_stock", Boolean),
+    Column("page", String(200)),
+    Column("updated_at", DateTime, nullable=False, index=True),
+)
+GOODS = ["mug", "notebook", "pen", "tote bag", "sticker", "hoodie", "cap", "poster"]
+
+
+def make_catalog(url: str, seed: int = 7) -> None:
+    """A small catalog: prices with cents (sent exactly), stock as a boolean (yes/no)."""
+    rng = random.Random(seed)
+    engine = create_engine(url)
+    metadata.create_all(engine)
+    base = datetime(2024, 1, 1, 9, 0, 0)  # noqa: DTZ001 - the table holds naive UTC times
+    values = [
+        {
+            "sku": f"SKU-{i:03}",
+            "title": f"{rng.choice(['Blue', 'Red', 'Green'])} {rng.choice(GOODS)}",
+            "price": Decimal(rng.randint(199, 9999)) / 100,
+            "in_stock": rng.random() < 0.8,
+            "page": f"https://shop.example.com/p/{i}",
+            "updated_at": base + timedelta(minutes=i),
+        }
+        for i in range(1, 41)
+    ]
+    with engine.begin() as conn:
+        conn.execute(products.insert(), values)
+    engine.dispose()
 
 
 def make_shop(url: str, rows: int, seed: int = 7) -> None:
@@ -176,6 +213,7 @@ def run_demo(
     ):
         shop = f"sqlite:///{tmp}/shop.db"
         make_shop(shop, rows)
+        make_catalog(shop)
         config = load_config(
             CONFIG, {"DEMO_DIR": tmp, "DEMO_API_URL": sandbox.url, "DEMO_API_KEY": API_KEY}
         )
@@ -204,15 +242,28 @@ def run_demo(
                 f"requests {len(sandbox.requests)}"
             )
             status = admin.status(app)[0]
+            vip = run_job(app, config.job("vip"), RunOptions(kind="once"))
+            console.print(
+                f"[bold]4. an audience[/bold] 'VIP customers': {vip.sent} members added "
+                f"(each confirmed by reading the list back), {vip.waiting} waiting"
+            )
+            catalog = run_job(app, config.job("catalog"), RunOptions(kind="once"))
+            first_product = min(sandbox.products(), key=lambda p: str(p.get("internal_id")))
+            console.print(
+                f"[bold]5. a product catalog[/bold] {catalog.sent} products sent, one request "
+                f"each (e.g. {escape(str(first_product.get('internal_id')))}: price "
+                f"{escape(str(first_product.get('price')))}, in stock "
+                f"{escape(str(first_product.get('is_in_stock')))})"
+            )
         users = sandbox.users()
-        console.print("[bold]4. what Personyze now holds for the changed customers[/bold]")
+        console.print("[bold]6. what Personyze now holds for the changed customers[/bold]")
         for user in users:
             if int(user.get("internal_id", 0)) in changed:
                 shown = ", ".join(f"{c}={user[c]}" for c in SHOWN if c in user)
                 console.print(f"   {shown}", markup=False, soft_wrap=True)
         leaked = any("password_hash" in u for u in users)
         console.print(
-            f"[bold]5. summary[/bold] {len(users)} Personyze users for {rows + 1} customers, "
+            f"[bold]7. summary[/bold] {len(users)} Personyze users for {rows + 1} customers, "
             f"{status.rejected} rejected row(s) left, {len(status.collisions)} identity "
             f"collision(s), password hashes sent: {'YES' if leaked else 'none'}; "
             f"{time.monotonic() - started:.1f}s"

@@ -249,6 +249,18 @@ class PersonyzeClient:
 
     # -- plumbing --------------------------------------------------------------
 
+    def call(self, method: str, path: str, *, json: Any = None, repeatable: bool = True) -> Any:
+        """One call to any object (audiences: :mod:`sync.load.audiences`), with retries."""
+        return self._call(method, path, json=json, repeatable=repeatable)
+
+    def read(self, path: str) -> list[dict[str, Any]]:
+        """A GET of any object, whose answer must be a JSON array of objects."""
+        return self._list("GET", path)
+
+    def send_once(self, method: str, path: str, body: Any = None) -> Any:
+        """One attempt at one request to any object (products: :mod:`sync.load.products`)."""
+        return self._send(method, path, body)
+
     def _list(self, method: str, path: str) -> list[dict[str, Any]]:
         """A read's answer, which must be a JSON array of objects."""
         answer = self._call(method, path)
@@ -355,8 +367,8 @@ class PersonyzeClient:
 
     def _request(self, method: str, path: str, body: Any) -> httpx.Response:
         url = self._urls.get(path) or httpx.URL(self._base_url + path)
-        if path == "users":
-            self._urls[path] = url  # the one URL every write goes to
+        if "/" not in path:
+            self._urls[path] = url  # an object's own URL, where every write of it goes
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = self._headers if content is None else self._json_headers
         request = httpx.Request(

@@ -1,5 +1,8 @@
 """Send a batch of payloads concurrently and say, row by row, what became of each.
 
+How a payload is sent is its object's (:mod:`sync.load.targets`); what follows is the
+users'. A products POST patches by internal_id, so it is always retried freely.
+
 A payload that carries ``user_id`` or ``email`` merges on Personyze's side, so
 resending it is harmless and the client retries it freely. One that carries
 neither (``internal_id`` or ``fb_id`` only: the live service merges on neither)
@@ -16,7 +19,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from queue import SimpleQueue
@@ -26,17 +29,11 @@ from sync.errors import FatalError, RejectedError, RetriableError, Stopped, Sync
 from sync.load.client import PersonyzeClient
 from sync.load.inflight import InFlightLimit
 from sync.load.retries import Attempts
+from sync.load.targets import MERGING_IDENTIFIERS, USERS, Target, merges
 
+__all__ = ["MERGING_IDENTIFIERS", "merges"]  # their home is sync.load.targets
 T = TypeVar("T")
 R = TypeVar("R")
-MERGING_IDENTIFIERS = ("user_id", "email")  # the only ones the live service resolves
-
-
-def merges(payload: Mapping[str, Any]) -> bool:
-    """Whether Personyze merges a resend of this payload into the user it made."""
-    return any(payload.get(name) not in (None, "") for name in MERGING_IDENTIFIERS)
-
-
 ROW_NOT_FOUND = "row not found"  # Personyze's answer to a write naming a user_id it lacks
 
 
@@ -54,10 +51,6 @@ class Outgoing:
     payload: dict[str, Any]
     action: Literal["upsert", "update", "delete"] = "upsert"
     known: bool = False
-
-    @property
-    def repeatable(self) -> bool:
-        return self.action != "upsert" or merges(self.payload)
 
 
 @dataclass(frozen=True)
@@ -224,9 +217,11 @@ class Writer:
         *,
         stop: Callable[[], bool] = lambda: False,
         clock: Callable[[], float],
+        target: Target = USERS,
     ) -> None:
         self._clock = clock
         self._client = client
+        self.target = target  # how each payload is sent: users, or products
         self._stop = stop  # true: a clean stop, or the run lost its lease
         self._pool = pool
         self._fatal: FatalError | None = None
@@ -273,7 +268,7 @@ class Writer:
             return result
         if isinstance(result, Delivered):
             self._pool.in_flight.delivered(self._clock() - started)
-        if not sending.item.repeatable and _lost_answer(result):
+        if not self._repeatable(sending.item) and _lost_answer(result):
             assert isinstance(result, Failed)
             return Unresolved(result.error)
         return result
@@ -301,7 +296,7 @@ class Writer:
                 return Failed(Stopped("not sent: an earlier row could not be delivered"), False)
             what = f"sending row {item.key}"
             sending.attempts = self._client.attempts(
-                partial(self._apply, item), what, item.repeatable
+                partial(self._apply, item), what, self._repeatable(item)
             )
         elif self._stop() or self._fatal is not None or self._aborted.is_set():
             error = sending.attempts.last_error  # the failure it was waiting to retry
@@ -323,15 +318,11 @@ class Writer:
 
     def _apply(self, item: Outgoing) -> Delivered | Missing:
         """One attempt at an item's request."""
-        if item.action == "upsert":
-            return Delivered(self._client.upsert_once(item.payload))
-        user_id = int(item.payload["user_id"])
-        if item.action == "delete":
-            self._client.delete_once(user_id)  # 0: already gone, as wanted
-            return Delivered(user_id)
-        changes = {k: v for k, v in item.payload.items() if k != "user_id"}
-        updated = self._client.update_once("user_id", user_id, changes)
-        return Delivered(user_id) if updated else Missing()
+        found = self.target.apply(self._client, item.action, item.payload)
+        return Missing() if found is None else Delivered(found)
+
+    def _repeatable(self, item: Outgoing) -> bool:
+        return self.target.repeatable(item.action, item.payload)
 
 
 @dataclass

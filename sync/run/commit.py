@@ -15,6 +15,7 @@ from typing import Protocol
 from sync.errors import FatalError, Stopped, SyncError
 from sync.load.writer import Delivered, Failed, Gone, Missing, Refused, Unresolved
 from sync.model import Position, Progress, RunObserver, RunStats
+from sync.run.deliveries import delivery
 from sync.run.window import Slot, Window
 from sync.state.records import Ack, BatchOutcome, RejectedRow
 
@@ -89,6 +90,12 @@ class Commits:
         """Wait for every row in flight, commit, and raise what stopped the run, if anything."""
         if self.failure is not None:
             self._abort()
+        chunk = max(1, self._batch_size // 10)  # the last rows in flight (up to 16 batches)
+        while len(self.window) > chunk:  # are still committed, and shown done, as they are
+            self._finished += self.window.finished(wait_for=chunk)
+            self._ahead += self.window.done_ahead()
+            if self._clock() - self._committed_at > COMMIT_AFTER_S:
+                self.commit()
         self._finished += self.window.drain()
         self.commit()
         failure = self.failure
@@ -128,6 +135,7 @@ class Commits:
             or outcome.rejected
             or outcome.deleted
             or outcome.unsent
+            or outcome.deliveries
             or outcome.checkpoint is not None
         ):
             self.part.commit(outcome)
@@ -147,6 +155,9 @@ class Commits:
         """Add one finished slot's outcome."""
         slot.recorded = True
         result = slot.result()
+        found = delivery(slot.key, slot.action, slot.payload, slot.fingerprint, result, slot.reason)
+        if found is not None:  # the history keeps every request, superseded ones too
+            outcome.deliveries.append(found)
         if slot.position is None and (slot.key, slot.fingerprint) in self.superseded:
             return  # a later version of the row was read this run: its outcome stands
         if slot.reason is not None:

@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from sync.config.jobs import JobSettings
 from sync.errors import TooManyDeletes
 from sync.extract.reader import SourceReader
+from sync.load.targets import USERS, Target
 from sync.load.writer import Delivered, Failed, Outgoing, Writer
 from sync.model import Position, RunObserver, RunStats
 from sync.run.commit import Commits
+from sync.run.deliveries import delivery
 from sync.state.part import PartState
 from sync.state.records import BatchOutcome
 from sync.state.schema import key_text
@@ -35,8 +37,10 @@ class Deletes:
         commits: Commits,
         stats: RunStats,
         observer: RunObserver | None = None,
+        target: Target = USERS,
     ) -> None:
         self.job = job
+        self.target = target  # how a delete names its record
         self.reader = reader
         self.part = part
         self.writer = writer
@@ -77,8 +81,9 @@ class Deletes:
         if planned > allowed:
             reason = (
                 f"job {self.part.name!r} would delete {'at least ' if not listing else ''}"
-                f"{planned} Personyze users, more than max_deletes_per_run allows ({allowed}: "
-                f"{job.max_deletes_per_run} of the {known} users this job has synced); "
+                f"{planned} Personyze {job.object}, more than max_deletes_per_run allows "
+                f"({allowed}: {job.max_deletes_per_run} of the {known} {job.object} this job "
+                "has synced); "
                 "nothing was deleted and nothing sent. Check the source (run with --dry-run "
                 "to list them), then raise max_deletes_per_run if the deletes are meant"
             )
@@ -135,15 +140,18 @@ class Deletes:
                 f"({max(0, self.left)}); nothing was deleted. Check the source"
             )
         for page in self.vanished_pages():
-            items = [Outgoing(k, {"user_id": u}, "delete") for k, u in self._absent(page)]
+            deletion = self.target.deletion
+            items = [Outgoing(k, deletion(k, u), "delete") for k, u in self._absent(page)]
             self.left -= len(items)
             results = self.writer.send(items)
             outcome = BatchOutcome()
             for item, result in zip(items, results, strict=True):
+                if found := delivery(item.key, item.action, item.payload, None, result):
+                    outcome.deliveries.append(found)
                 if isinstance(result, Failed):
                     self.commits.failure = self.commits.failure or result.error
                 elif isinstance(result, Delivered):
-                    outcome.vanished.append((item.key, int(item.payload["user_id"])))
+                    outcome.vanished.append((item.key, result.user_id))
             self.part.commit(outcome)
             self.stats.deleted += len(outcome.vanished)
             if self.observer is not None and outcome.vanished:

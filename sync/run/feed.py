@@ -14,6 +14,7 @@ from sync.config.jobs import JobSettings
 from sync.errors import LeaseLost, Stopped
 from sync.extract.query import DELETED
 from sync.extract.reader import Row
+from sync.load.targets import USERS, Target
 from sync.load.writer import Outgoing, Writer, merges
 from sync.mapping import Mapper, Record, Rejection
 from sync.model import RunStats
@@ -21,7 +22,7 @@ from sync.run.commit import Commits
 from sync.run.deletes import Deletes
 from sync.run.window import Slot
 from sync.state.part import PartState
-from sync.state.records import KnownRow, Mark
+from sync.state.records import Mark
 from sync.state.schema import key_text
 
 WINDOW_BATCHES = 4  # rows being sent at once, in batches: room for slow rows to retry
@@ -51,8 +52,10 @@ class Feed:
         stopping: Callable[[], bool],
         adopt: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        target: Target = USERS,
     ) -> None:
         self.job = job
+        self.target = target  # what a row sends, and how a delete names its record
         self.mapper = mapper
         self.part = part
         self.writer = writer
@@ -103,7 +106,8 @@ class Feed:
                 if previous is None:
                     self.stats.deleted_before_sync += 1  # never synced: nothing to delete
                 elif self.writer is not None:
-                    slot.payload, slot.action = {"user_id": previous.user_id}, "delete"
+                    slot.payload = self.target.deletion(key, previous.user_id)
+                    slot.action = "delete"
                     self.deletes.spend()
             elif not retrying and (
                 unchanged
@@ -114,8 +118,9 @@ class Feed:
             elif isinstance(m, Rejection):
                 slot.payload, slot.reason = m.payload, m.reason
             else:
-                slot.payload = _payload(m, previous)
-                slot.known = previous is not None and "user_id" not in m.payload
+                known_id = None if previous is None else previous.user_id
+                slot.payload = self.target.payload(m.payload, known_id)
+                slot.known = "user_id" in slot.payload and "user_id" not in m.payload
                 if self.job.sync == "update":
                     slot.action = "update"
             if retrying or advance is False:
@@ -150,7 +155,10 @@ class Feed:
 
     def _marks(self, slots: list[Slot]) -> list[Mark]:
         """A mark for each first send (no user_id yet); a payload that cannot merge also
-        carries Personyze's newest change, where a later read-back begins."""
+        carries Personyze's newest change, where a later read-back begins. An idempotent
+        target (products) needs none: a resend after a lost answer is harmless."""
+        if self.target.idempotent:
+            return []
         first = [
             s for s in slots if _to_send(s) and s.action == "upsert" and "user_id" not in s.payload
         ]
@@ -205,11 +213,3 @@ def _unmergeable(mapped: Record | Rejection) -> bool:
 
 def _to_send(slot: Slot) -> bool:
     return slot.reason is None and bool(slot.payload)
-
-
-def _payload(record: Record, previous: KnownRow | None) -> dict[str, Any]:
-    """The record's payload, carrying the user_id Personyze gave this row before."""
-    payload: dict[str, Any] = dict(record.payload)
-    if previous is not None and "user_id" not in payload:
-        payload["user_id"] = previous.user_id
-    return payload

@@ -27,6 +27,7 @@ from sync.errors import ConfigError, Stopped, SyncError
 from sync.extract.query import DELETED
 from sync.extract.reader import Row, SourceReader
 from sync.load.reconcile import reconcile
+from sync.load.targets import target_for
 from sync.load.writer import Writer
 from sync.mapping import Mapper, Record
 from sync.model import Position, Progress, RunObserver, RunOptions, RunStats
@@ -73,6 +74,9 @@ class JobRun:
         self.stop = stop or threading.Event()
         self._settle_s = settle_s
         self.stats = RunStats()
+        # users or products: what a row sends, how a delete names its record, and whether
+        # a lost answer needs reading back (a product POST is idempotent: it never does)
+        self.target = target_for(job.object)
         abort = writer.abort if writer is not None else (lambda: None)
         self.commits = Commits(
             part,
@@ -91,6 +95,7 @@ class JobRun:
             commits=self.commits,
             stats=self.stats,
             observer=observer,
+            target=self.target,
         )
         self.feed = Feed(
             job,
@@ -102,8 +107,9 @@ class JobRun:
             stats=self.stats,
             position=reader.position,
             stopping=self.stop.is_set,
-            adopt=adopt,
+            adopt=None if self.target.idempotent else adopt,  # nothing to adopt: no duplicate
             clock=clock,
+            target=self.target,
         )
 
     def run(self, options: RunOptions, progress: Progress | None = None) -> RunStats:
@@ -165,7 +171,7 @@ class JobRun:
 
     def _sync(self, options: RunOptions) -> None:
         feed = self.feed
-        if self.writer is not None:
+        if self.writer is not None and not self.target.idempotent:  # products: resent as is
             self._reconcile_pending()
         checkpoint = self.part.checkpoint()
         start = None if options.full else options.start or checkpoint

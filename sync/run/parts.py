@@ -18,7 +18,9 @@ from sync.config.jobs import JobSettings
 from sync.errors import ConfigError, Stopped, SyncError
 from sync.mapping import Mapper
 from sync.model import Progress, RunOptions, RunStats, Shard
+from sync.run.audience import run_audience
 from sync.run.job import JobRun
+from sync.state.deliveries import retention_of
 from sync.state.leases import Lease
 from sync.state.store import StateStore
 from sync.wiring import Wiring, part_name
@@ -61,7 +63,9 @@ def job_run(
     ``lease``: the run's; every write checks it, and a run that lost it sends no more.
     """
     name = part_name(job, shard)
-    part = wiring.store.part(name, parts=[n for n, _ in wiring.parts(job)], fence=lease)
+    history = retention_of(job.history or wiring.config.state.history)
+    parts = [n for n, _ in wiring.parts(job)]
+    part = wiring.store.part(name, parts=parts, fence=lease, history=history)
     reader, mapper = wiring.reader(job, shard), Mapper(job)
 
     def adopt() -> None:  # before a row that cannot merge is sent
@@ -120,7 +124,10 @@ def run_job(
         with lease or nullcontext():
             if lease is not None:  # a reshard may have run since the check above
                 check_layout(store, job, record=False)
-            total.add(_run_part(wiring, job, shard, options, progress, lease))
+            if job.object == "audience":  # a set sync: no cursor, no row pipeline
+                total.add(run_audience(wiring, job, options, lease))
+            else:
+                total.add(_run_part(wiring, job, shard, options, progress, lease))
     return total
 
 

@@ -172,10 +172,10 @@ class Table:
             return None
         found: set[int] = set()
         for group in where:
-            ids = next((s for c in group if (s := self._indexed(c)) is not None), None)
-            if ids is None:
+            indexed = [s for c in group if (s := self._indexed(c)) is not None]
+            if not indexed:
                 return None
-            found |= ids
+            found |= min(indexed, key=len)  # the narrowest: a member, not its whole list
         return found
 
     def _indexed(self, condition: Condition) -> set[int] | None:

@@ -131,11 +131,62 @@ def fencing_marks_and_adoptions(conn: Connection) -> None:
     v4.create_all(conn)
 
 
+def delivery_history(conn: Connection) -> None:
+    """Version 5: each row's deliveries (``history``, ``runs``)."""
+    v5 = MetaData()
+    Table(
+        "psync_deliveries",
+        v5,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+        Column("job", String(200), nullable=False),
+        Column("row_key", String(), nullable=False),
+        Column("run_id", Integer, nullable=True),
+        Column("at", Float, nullable=False),
+        Column("outcome", String(16), nullable=False),
+        Column("operation", String(8), nullable=True),
+        Column("fingerprint", String(32), nullable=True),
+        Column("columns", Text, nullable=False),
+        Column("changed", Text, nullable=True),
+        Column("status", Integer, nullable=True),
+        Column("user_id", BigInteger, nullable=True),
+        Column("reason", Text, nullable=True),
+        Index("ix_psync_deliveries_row", "job", "row_key"),
+        Index("ix_psync_deliveries_run", "run_id"),
+        Index("ix_psync_deliveries_at", "job", "at"),
+    )
+    v5.create_all(conn)
+
+
+def audiences(conn: Connection) -> None:
+    """Version 6: each audience job's list, and the members it confirmed."""
+    v6 = MetaData()
+    Table(
+        "psync_audiences",
+        v6,
+        Column("job", String(200), primary_key=True),
+        Column("name", Text, nullable=False),
+        Column("list_id", BigInteger, nullable=True),
+        Column("since", Float, nullable=False),
+        Column("waiting", Integer, nullable=False),
+    )
+    Table(
+        "psync_audience_members",
+        v6,
+        Column("job", String(200), primary_key=True),
+        Column("user_id", BigInteger, primary_key=True),
+        Column("row_key", String(), nullable=False),
+        Column("added_at", Float, nullable=False),
+    )
+    v6.create_all(conn)
+
+
 # (version, step): each step takes a store from the version before it to its own.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (2, leases_and_run_holders),
     (3, job_layouts),
     (4, fencing_marks_and_adoptions),
+    (5, delivery_history),
+    (6, audiences),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from sync.model import PendingRow, Position
+from sync.state.deliveries import KEEP_30_DAYS, Retention, prune, write_deliveries
 from sync.state.fencing import Fence, Transact
 from sync.state.history import History
 from sync.state.identities import Identities, read_holders, read_known
@@ -58,7 +59,8 @@ class PartState:
     """One part's checkpoint, identities, marks, rejections and runs; every write fenced.
 
     ``parts``: every part of the part's job (a user_id held by a row of a sibling shard
-    is a collision too).
+    is a collision too); ``history``: how long its delivery history is kept (None: no
+    history is written).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class PartState:
         clock: Callable[[], float],
         tables: Tables,
         committed: Callable[[int], None],
+        history: Retention | None = KEEP_30_DAYS,
     ) -> None:
         self.name = name
         self.parts = list(parts) or [name]
@@ -79,6 +82,8 @@ class PartState:
         self._clock = clock
         self._t = tables
         self._committed = committed  # told the rows acknowledged by each commit
+        self.history = history
+        self.run_id: int | None = None  # the run started last: its deliveries name it
 
     # -- the three transactions of a batch ---------------------------------------------
 
@@ -99,9 +104,9 @@ class PartState:
         self._t.marks.add_pending(self.name, marks, self.fence)
 
     def commit(self, outcome: BatchOutcome) -> None:
-        """Acks, rejections, deletes and the checkpoint, all or nothing; the acks whose
-        user_id another row holds are found in the same transaction and recorded as
-        collisions (``outcome.collisions``)."""
+        """Acks, rejections, deletes, the checkpoint and the delivery history, all or
+        nothing; the acks whose user_id another row holds are found in the same
+        transaction and recorded as collisions (``outcome.collisions``)."""
         now = self._clock()
 
         def write(conn: Connection) -> None:
@@ -109,6 +114,8 @@ class PartState:
             holders = read_holders(conn, self.parts, ids) if ids else {}
             outcome.collisions = find_collisions(outcome.acks, holders)
             write_outcome(conn, self.name, outcome, now, self._clock)
+            if self.history is not None:
+                write_deliveries(conn, self.name, self.run_id, outcome.deliveries, now)
 
         self._run(write, "saving a batch's progress", self.fence)
         self._committed(len(outcome.acks))
@@ -193,16 +200,21 @@ class PartState:
 
     def start_run(self, kind: str) -> int:
         """A new run in the history; a run of the part still marked running is marked died."""
-        return self._t.history.start_run(self.name, kind)
+        self.run_id = self._t.history.start_run(self.name, kind)
+        return self.run_id
 
     def finish_run(
         self, run_id: int, outcome: str, *, read: int, sent: int, unchanged: int, rejected: int,
         error: str | None,
     ) -> None:  # fmt: skip
+        """Record how the run ended, then prune the delivery history to its retention."""
         self._t.history.finish_run(
             run_id, outcome, read=read, sent=sent, unchanged=unchanged, rejected=rejected,
             error=error,
         )  # fmt: skip
+        if (keep := self.history) is not None:
+            now = self._clock()
+            self._run(lambda conn: prune(conn, self.name, keep, run_id, now), "pruning history")
 
     def runs(self, limit: int = 5) -> list[RunRecord]:
         """The part's latest runs, newest first."""

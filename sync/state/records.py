@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class Collision:
     key: str
     user_id: int
     other_key: str
+    seen_at: float | None = field(default=None, compare=False)  # when a commit found it
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,41 @@ class Mark:
     payload: dict[str, Any]
     fingerprint: str
     watermark: int | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one row this batch: its request and Personyze's answer, or the
+    mapper's refusal, for the delivery history (``sync.state.deliveries``)."""
+
+    key: str
+    outcome: str  # sent, deleted, rejected, missing, gone, unresolved or failed
+    operation: str | None  # POST, PUT or DELETE; None: refused by the mapper, never sent
+    payload: Mapping[str, Any]  # what was sent: only a hash of each column is kept
+    fingerprint: str | None
+    status: int | None = None  # Personyze's HTTP status, when it refused the row
+    user_id: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """One delivery as the history keeps it: the columns sent by name, never a value."""
+
+    id: int
+    part: str
+    key: str
+    run_id: int | None
+    at: float
+    outcome: str
+    operation: str | None
+    fingerprint: str | None
+    columns: list[str]  # the Personyze columns sent
+    changed: list[str] | None  # those that changed since the row's previous delivery
+    # (None: no earlier delivery is kept)
+    status: int | None
+    user_id: int | None
+    reason: str | None
 
 
 @dataclass
@@ -62,6 +99,7 @@ class BatchOutcome:
     vanished: list[tuple[str, int]] = field(default_factory=list)  # (key, user_id) of rows
     # gone from the source whose users a mirror run deleted: sent again if they come back
     checkpoint: Position | None = None
+    deliveries: list[Delivery] = field(default_factory=list)  # for the delivery history
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ class Rejections:
     def collisions(self, job: str) -> list[Collision]:
         def read(conn: Connection) -> list[Collision]:
             query = select(collisions).where(collisions.c.job == job).order_by(collisions.c.row_key)
-            return [Collision(r.row_key, r.user_id, r.other_key) for r in conn.execute(query)]
+            return [
+                Collision(r.row_key, r.user_id, r.other_key, r.seen_at) for r in conn.execute(query)
+            ]
 
         return self._run(read, "reading identity collisions")

@@ -165,6 +165,47 @@ adopt_wanted = Table(
     Column("in_step", Integer, nullable=True),  # 1: the user holds the payload already
     Index("ix_psync_adopt_wanted", "job", "identifier"),
 )
+deliveries = Table(
+    "psync_deliveries",
+    metadata,
+    # version 5: each row's deliveries, for ``history`` and ``runs``; pruned by retention
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("job", String(200), nullable=False),
+    Column("row_key", String(), nullable=False),
+    Column("run_id", Integer, nullable=True),
+    Column("at", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("operation", String(8), nullable=True),  # NULL: refused by the mapper
+    Column("fingerprint", String(32), nullable=True),
+    Column("columns", Text, nullable=False),  # "column:hash,...": a CRC-32 of each value
+    Column("changed", Text, nullable=True),  # JSON: columns changed since the last one
+    Column("status", Integer, nullable=True),
+    Column("user_id", BigInteger, nullable=True),
+    Column("reason", Text, nullable=True),
+    Index("ix_psync_deliveries_row", "job", "row_key"),
+    Index("ix_psync_deliveries_run", "run_id"),
+    Index("ix_psync_deliveries_at", "job", "at"),
+)
+
+audiences = Table(
+    "psync_audiences",
+    metadata,
+    # version 6: the Personyze list an audience job feeds, found or created once by name
+    Column("job", String(200), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("list_id", BigInteger, nullable=True),  # NULL: a create was sent, no answer kept
+    Column("since", Float, nullable=False),
+    Column("waiting", Integer, nullable=False),  # rows whose users the last run did not find
+)
+audience_members = Table(
+    "psync_audience_members",
+    metadata,
+    # version 6: the members an audience job added, each confirmed by reading it back
+    Column("job", String(200), primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("row_key", String(), nullable=False),
+    Column("added_at", Float, nullable=False),
+)
 
 
 # -- typed values as text ------------------------------------------------------

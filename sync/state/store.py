@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.databases import Reconnecting, database_url, engine_for, shown
 from sync.errors import ConfigError, StateError
+from sync.state.deliveries import KEEP_30_DAYS, Retention, of_job, of_row, of_run
 from sync.state.fencing import Fence
 from sync.state.history import History
 from sync.state.identities import Identities
@@ -40,14 +41,16 @@ from sync.state.leases import Lease, leases_for
 from sync.state.marks import Marks
 from sync.state.migrations import LATEST, migrate, stored_version
 from sync.state.part import PartState, Tables
-from sync.state.records import LeaseInfo
+from sync.state.records import LeaseInfo, RunRecord, StoredDelivery
 from sync.state.rejected import Rejections
 from sync.state.schema import (
     checkpoints,
     collisions,
+    deliveries,
     pending,
     rejected,
     rows,
+    runs,
     vanished,
 )
 from sync.state.schema import duplicates as duplicates_table
@@ -165,11 +168,17 @@ class StateStore:
     # -- one part's state --------------------------------------------------------
 
     def part(
-        self, name: str, *, parts: Sequence[str] = (), fence: Fence | None = None
+        self,
+        name: str,
+        *,
+        parts: Sequence[str] = (),
+        fence: Fence | None = None,
+        history: Retention | None = KEEP_30_DAYS,
     ) -> PartState:
         """The state of one part (a job, or one of its shards), for one run of it.
 
-        ``parts``: every part of its job; ``fence``: the run's lease, checked by every write.
+        ``parts``: every part of its job; ``fence``: the run's lease, checked by every
+        write; ``history``: how long its deliveries are kept (None: not recorded).
         """
         tables = Tables(self._identities, self._marks, self._rejections, self._history)
         return PartState(
@@ -180,7 +189,28 @@ class StateStore:
             clock=self._clock,
             tables=tables,
             committed=self._keep_statistics,
+            history=history,
         )
+
+    # -- the delivery history (sync.state.deliveries), across a job's parts ----------
+
+    def deliveries(self, job: str, key: str, limit: int = 100) -> list[StoredDelivery]:
+        """The deliveries of one row of ``job`` (in whichever shard), newest first."""
+        return self._run(lambda conn: of_row(conn, job, key, limit), "reading a row's history")
+
+    def run_of(self, job: str, run_id: int) -> tuple[RunRecord, list[StoredDelivery]] | None:
+        """Run ``run_id`` of ``job`` (or of one of its shards) and its deliveries; None if
+        the job has no such run."""
+
+        def read(conn: Connection) -> tuple[RunRecord, list[StoredDelivery]] | None:
+            found = conn.execute(
+                select(runs).where(runs.c.id == run_id, of_job(runs.c.job, job))
+            ).first()
+            if found is None:
+                return None
+            return RunRecord(**found._mapping), of_run(conn, run_id)
+
+        return self._run(read, "reading a run")
 
     def holders_anywhere(self, user_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
         """Which (part, row key) of any job already hold each of these user_ids (for an
@@ -221,6 +251,7 @@ class StateStore:
                 collisions,
                 vanished,
                 duplicates_table,
+                deliveries,
             ):
                 conn.execute(delete(table).where(table.c.job == job))  # fmt: skip
 

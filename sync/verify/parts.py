@@ -10,6 +10,7 @@ from sync.config.jobs import JobSettings
 from sync.errors import ConfigError, FatalError
 from sync.model import RunStats, Shard
 from sync.run.parts import job_run
+from sync.state.records import Collision
 from sync.verify.report import DRIFT, SAMPLE, VerifyReport, combine
 from sync.verify.verifier import Verifier
 from sync.wiring import Wiring
@@ -26,7 +27,8 @@ def verify(
     among the job's shards), or ``everything``: every source row, a batch at a time.
     Only GETs are sent unless ``repair``: then the rows found drifting are resent
     (users gone from Personyze are created anew) and checked again, under the
-    job's leases, so never while a run of the job goes on elsewhere.
+    job's leases, so never while a run of the job goes on elsewhere. Rows in an identity
+    collision (of any of the job's parts) are reported as such, never resent.
     """
     if everything and sample is not None:
         raise ConfigError("--sample and --all exclude each other")
@@ -35,6 +37,7 @@ def verify(
     count = None if everything else sample or SAMPLE
     parts = wiring.parts(job)
     reports: list[VerifyReport] = []
+    collisions = _collisions(wiring, parts)
     with ExitStack() as held:
         if repair:
             wiring.store.claim()  # a SQLite state store serves one process
@@ -55,6 +58,7 @@ def verify(
                 reader=wiring.reader(job, shard),
                 part=wiring.store.part(name),
                 client=wiring.client,
+                collisions=collisions,
                 stop=wiring.stopping,
             )
             report = verifier.everything() if share is None else verifier.sample(share)
@@ -68,7 +72,9 @@ def verify(
 
                 report = verifier.repair(report, resend)
             reports.append(report)
-    whole = combine(job.name, reports, sample=count)
+    if repair:  # a row sent as new may have met another row's user
+        collisions = _collisions(wiring, parts)
+    whole = combine(job.name, reports, sample=count, collisions=collisions)
     log.info(
         "verify finished",
         extra={
@@ -77,8 +83,15 @@ def verify(
             "rows_checked": whole.checked,
             "rows_in_step": whole.in_step,
             **{f"rows_{kind}": whole.count(kind) for kind in DRIFT},
+            "rows_collision": whole.count("collision"),
+            "collisions": len(whole.collisions),
             "rows_resent": whole.repair.resent if whole.repair else 0,
             "drift_remaining": whole.drift_remaining,
         },
     )
     return whole
+
+
+def _collisions(wiring: Wiring, parts: list[tuple[str, Shard | None]]) -> list[Collision]:
+    """The job's identity collisions, of every part (a pair may span two shards)."""
+    return [c for name, _ in parts for c in wiring.store.part(name).collisions()]

@@ -7,7 +7,8 @@ user Personyze returned, and names each column that differs.
 :class:`Verifier` walks rows (a random sample of the identity map, or every source
 row a batch at a time), reads their users by ``user_id`` (GETs only) and classifies
 each row; with a ``resend`` callback it then resends what drifted and checks those
-rows again.
+rows again. A row in an identity collision (its Personyze user is another row's too) is
+a ``collision``, never drift and never resent: one user cannot hold two rows.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from sync.errors import FatalError, Stopped
 from sync.extract.query import DELETED
 from sync.extract.reader import Row, SourceReader
 from sync.load.client import PersonyzeClient
+from sync.load.targets import target_for
 from sync.mapping import Mapper, Record, Rejection
 from sync.model import RunStats
 from sync.state.part import PartState
-from sync.state.records import KnownRow
+from sync.state.records import Collision, KnownRow
 from sync.state.schema import key_text
-from sync.verify.report import Finding, Kind, Repair, VerifyReport, with_notes
+from sync.verify.report import Finding, Kind, Repair, VerifyReport
 
 # -- walking rows ------------------------------------------------------------------------
 
@@ -38,7 +40,8 @@ Resend = Callable[[list[Row], list[str]], RunStats]
 class Verifier:
     """One verify of one job (or of one shard of it, with ``reader`` and ``part`` to match).
 
-    It reads only, unless :meth:`repair` is given a ``resend``.
+    It reads only, unless :meth:`repair` is given a ``resend``. ``collisions``: the job's
+    identity collisions (of all its parts: a pair may span two shards).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class Verifier:
         reader: SourceReader,
         part: PartState,
         client: PersonyzeClient,
+        collisions: Sequence[Collision] = (),
         stop: threading.Event | None = None,
     ) -> None:
         self.job = job
@@ -55,13 +59,22 @@ class Verifier:
         self.mapper = Mapper(job)
         self.part = part  # the state of the job, or of the shard ``reader`` reads
         self.client = client
+        self.target = target_for(job.object)  # users read by user_id, products by internal_id
         self.stop = stop or threading.Event()
         # Every Personyze column the job writes (targets are snake_case already).
         self.columns = tuple(dict.fromkeys([*job.mapping.values(), *job.transforms]))
         self._read = tuple(dict.fromkeys([*self.columns, MODIFIED]))
         self._rejections: dict[str, str] | None = None
         self._pending: set[str] | None = None
-        self._repair: dict[str, Row] = {}  # key -> source row: only rows found drifting
+        self._repair: dict[str, Row] = {}  # key -> source row: the drifting rows to resend
+        self._shared: dict[str, str] = {}  # key of a row in a collision -> a note saying so
+        for c in collisions:
+            self._shared.setdefault(
+                c.key, f"shares Personyze user {c.user_id} with row {c.other_key}"
+            )
+            self._shared.setdefault(
+                c.other_key, f"shares Personyze user {c.user_id} with row {c.key}"
+            )
         self._forget: list[str] = []  # keys whose users Personyze no longer has
 
     def sample(self, count: int) -> VerifyReport:
@@ -79,19 +92,7 @@ class Verifier:
             found = {key_text(r[self.job.source.key]) for r in rows}
             for key in chunk:
                 if key not in found and key not in marked and key in known:
-                    report.findings.append(
-                        Finding(
-                            "vanished",
-                            key,
-                            known[key].user_id,
-                            reason="the source row is gone; "
-                            + (
-                                "the next run deletes its user"
-                                if self.job.sync == "mirror"
-                                else "its Personyze user stays"
-                            ),
-                        )
-                    )
+                    report.findings.append(self._noted(self._vanished(key, known[key])))
             report.checked += len(chunk) - len(marked)
             report.findings += self._check(rows, known)
         return self._finish(report)
@@ -109,14 +110,14 @@ class Verifier:
         return self._finish(report)
 
     def repair(self, report: VerifyReport, resend: Resend) -> VerifyReport:
-        """Resend the rows found drifting, then read their users back and check again.
+        """Resend the rows of ``report.queued`` (what ``--repair --dry-run`` names, and
+        nothing else), then read their users back and check again.
 
-        Rows in an identity collision are not resent: one user cannot hold two rows, and
-        a resend would only move the drift from one row to the other. Whatever is not
-        resent stays in ``Repair.still`` as it was found.
+        Drift not resent (a row sent without an answer) stays in ``Repair.still`` as it
+        was found. Rows in an identity collision are never queued: a resend would only
+        move the difference from one row to the other.
         """
-        shared = {k for c in report.collisions for k in (c.key, c.other_key)}
-        queued = {k: row for k, row in self._repair.items() if k not in shared}
+        queued = {k: self._repair[k] for k in report.queued}
         forget = [k for k in self._forget if k in queued]
         left = [f for f in report.findings if f.drift and f.key not in queued]
         stats = resend(list(queued.values()), forget) if queued else RunStats()
@@ -124,9 +125,8 @@ class Verifier:
         seen, again = self._recheck(list(queued.values()))
         self._repair, self._forget = {}, []  # one repair: the second look queues nothing
         still = [f for f in left if f.key not in seen] + [f for f in again if f.drift]
-        report.repair = Repair(len(queued), stats.sent, stats.rejected, still)
-        report.collisions = self.part.collisions()
-        return self._noted(report)
+        report.repair = Repair(list(queued), stats.sent, stats.rejected, still)
+        return report
 
     def _recheck(self, rows: list[Row]) -> tuple[set[str], list[Finding]]:
         """These rows checked again, with the other rows holding the same users.
@@ -156,8 +156,8 @@ class Verifier:
     def _check(self, rows: list[Row], known: dict[str, KnownRow]) -> list[Finding]:
         """Classify each row against its user; queue the drifting ones for a repair."""
         mapped = [self.mapper.map(r) for r in rows]
-        ids = [known[key_text(m.key)].user_id for m in mapped if key_text(m.key) in known]
-        users = _by_id(self.client.users_by_id(ids, self._read) if ids else [])
+        wanted = [(known[k].user_id, m.payload) for m in mapped if (k := key_text(m.key)) in known]
+        users = _by_id(self.target.read_back(self.client, wanted, self._read) if wanted else [])
         creates = self.job.sync != "update"  # sync: update never creates a user
         by_email = {} if creates else self._by_email(mapped, known)
         findings: list[Finding] = []
@@ -166,40 +166,59 @@ class Verifier:
             previous = known.get(key)
             if isinstance(m, Rejection):
                 uid = previous.user_id if previous is not None else None
-                findings.append(Finding("unsendable", key, uid, reason=m.reason))
+                findings.append(self._noted(Finding("unsendable", key, uid, reason=m.reason)))
                 continue
             if previous is not None:
                 user = users.get(previous.user_id)
             else:
                 user = by_email.get(_email(m.payload))
             if user is None:
-                findings.append(self._no_user(key, row, previous, creates))
-                continue
-            uid = int(user["user_id"])
-            result = compare(m.payload, user, self.columns)
-            if not (result.different or result.cannot_clear):
-                continue
-            kind: Kind = "different" if result.different else "cannot_clear"
-            reason = None
-            if result.different:
-                self._repair[key] = row
-                if previous is None:  # sync: update, its user found by email
+                found, due = self._no_user(key, previous, creates)
+            else:
+                result = compare(m.payload, user, self.columns)
+                if not (result.different or result.cannot_clear):
+                    continue
+                kind: Kind = "different" if result.different else "cannot_clear"
+                reason = None
+                if result.different and previous is None:  # sync: update, found by email
                     kind, reason = "unsynced", self._why_unsynced(key)[0]
-            findings.append(
-                Finding(
-                    kind,
-                    key,
-                    uid,
-                    result.different,
-                    result.cannot_clear,
-                    modified_at(user),
-                    reason,
+                found, due = (
+                    Finding(
+                        kind,
+                        key,
+                        int(user["user_id"]),
+                        result.different,
+                        result.cannot_clear,
+                        modified_at(user),
+                        reason,
+                    ),
+                    bool(result.different),
                 )
-            )
+            found = self._noted(found)
+            if due and found.drift:
+                self._repair[key] = row
+                if found.kind == "missing":
+                    self._forget.append(key)
+            findings.append(found)
         return findings
 
-    def _no_user(self, key: str, row: Row, previous: KnownRow | None, creates: bool) -> Finding:
-        """A sendable row whose user Personyze does not have; queued for a repair if due."""
+    def _noted(self, finding: Finding) -> Finding:
+        """A row in an identity collision: a ``collision`` where it would be drift."""
+        note = self._shared.get(finding.key)
+        if note is None:
+            return finding
+        return replace(finding, kind="collision" if finding.drift else finding.kind, note=note)
+
+    def _vanished(self, key: str, known: KnownRow) -> Finding:
+        after = (
+            "the next run deletes its user"
+            if self.job.sync == "mirror"
+            else "its Personyze user stays"
+        )
+        return Finding("vanished", key, known.user_id, reason=f"the source row is gone; {after}")
+
+    def _no_user(self, key: str, previous: KnownRow | None, creates: bool) -> tuple[Finding, bool]:
+        """A sendable row whose user Personyze does not have, and whether a repair is due."""
         if not creates:  # sync: update: nothing to repair, a run would not create it
             return Finding(
                 "no_user",
@@ -211,16 +230,12 @@ class Verifier:
                     else "Personyze has no user with this user_id any more"
                 )
                 + "; sync: update never creates one",
-            )
+            ), False
         if previous is not None:
-            self._repair[key] = row
-            self._forget.append(key)
             reason = "Personyze has no user with this user_id any more"
-            return Finding("missing", key, previous.user_id, reason=reason)
+            return Finding("missing", key, previous.user_id, reason=reason), True
         reason, repairable = self._why_unsynced(key)
-        if repairable:
-            self._repair[key] = row
-        return Finding("unsynced", key, reason=reason)
+        return Finding("unsynced", key, reason=reason), repairable
 
     def _by_email(
         self, mapped: Sequence[Record | Rejection], known: Mapping[str, KnownRow]
@@ -251,18 +266,7 @@ class Verifier:
         return "never sent", True
 
     def _finish(self, report: VerifyReport) -> VerifyReport:
-        report.collisions = self.part.collisions()
-        return self._noted(report)
-
-    def _noted(self, report: VerifyReport) -> VerifyReport:
-        """Note identity collisions on the findings of the rows involved."""
-        shared: dict[str, str] = {}
-        for c in report.collisions:
-            shared.setdefault(c.key, f"shares Personyze user {c.user_id} with row {c.other_key}")
-            shared.setdefault(c.other_key, f"shares Personyze user {c.user_id} with row {c.key}")
-        report.findings = with_notes(report.findings, shared)
-        if report.repair is not None:
-            report.repair = replace(report.repair, still=with_notes(report.repair.still, shared))
+        report.queued = list(self._repair)
         return report
 
     def _check_stop(self) -> None:

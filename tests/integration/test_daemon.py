@@ -62,7 +62,12 @@ def test_changes_arrive_within_an_interval_and_the_metrics_count_them(
     assert time.monotonic() - changed_at < 2.5  # one 1 s interval, plus the run itself
 
     wait_until(
-        lambda: daemon.metric("personyze_sync_rows_total", job="customers", outcome="sent") == 43,
+        lambda: (
+            daemon.metric(
+                "personyze_sync_rows_total", job="customers", object="users", outcome="sent"
+            )
+            == 43
+        ),
         timeout=5,
         what="the sent counter",
     )
@@ -70,9 +75,12 @@ def test_changes_arrive_within_an_interval_and_the_metrics_count_them(
     assert posts == 43
     assert daemon.metric("personyze_sync_requests_total", status="200") == posts
     assert daemon.metric("personyze_sync_request_seconds_count") == posts
-    assert daemon.metric("personyze_sync_runs_total", job="customers", outcome="success") >= 2
+    runs = daemon.metric(
+        "personyze_sync_runs_total", job="customers", object="users", outcome="success"
+    )
+    assert runs >= 2
     assert daemon.metric(
-        "personyze_sync_last_success_timestamp_seconds", job="customers"
+        "personyze_sync_last_success_timestamp_seconds", job="customers", object="users"
     ) == pytest.approx(time.time(), abs=10)
     lag = daemon.metric("personyze_sync_lag_seconds", job="customers")
     assert lag == pytest.approx(time.time() - later.replace(tzinfo=UTC).timestamp(), abs=30)
@@ -171,7 +179,10 @@ def check_dead_job(
     make_customers(pg_url, [11], updated_at=BASE_TIME + timedelta(days=1))
     wait_until(lambda: len(sandbox.users()) == 11, timeout=5, what="the healthy job to go on")
     wait_until(
-        lambda: daemon.metric("personyze_sync_runs_total", job="dead", outcome="failed") >= 2,
+        lambda: (
+            daemon.metric("personyze_sync_runs_total", job="dead", object="users", outcome="failed")
+            >= 2
+        ),
         what="a second failure",
     )
     assert len(receiver.texts) == 1, receiver.texts  # told once, not at every failure

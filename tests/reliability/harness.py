@@ -118,11 +118,11 @@ time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
 
 
 def start(
-    config: Path, command: str = "backfill", *, clock_offset: float = 0.0
+    config: Path, command: str = "backfill", *, clock_offset: float = 0.0, job: str = "people"
 ) -> subprocess.Popen[bytes]:
-    """The sync as a real process; ``clock_offset``: its host clock that many seconds off
-    (a ``sitecustomize`` shifts ``time.time`` in that process only)."""
-    args = [script(), command, "-c", str(config)] + (["people"] if command == "backfill" else [])
+    """The sync as a real process (a backfill of ``job``); ``clock_offset``: its host clock
+    that many seconds off (a ``sitecustomize`` shifts ``time.time`` in that process only)."""
+    args = [script(), command, "-c", str(config)] + ([job] if command == "backfill" else [])
     env = {**os.environ, "TEST_API_KEY": API_KEY}
     if clock_offset:
         shim = config.parent / f"clock{clock_offset:+.0f}"
@@ -137,8 +137,8 @@ def finish(process: subprocess.Popen[bytes], timeout: float = 240) -> tuple[int,
     return process.returncode, (out + err).decode(errors="replace")
 
 
-def run_to_end(config: Path, command: str = "backfill") -> str:
-    code, output = finish(start(config, command))
+def run_to_end(config: Path, command: str = "backfill", job: str = "people") -> str:
+    code, output = finish(start(config, command, job=job))
     assert code == 0, output
     return output
 

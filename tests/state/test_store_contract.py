@@ -21,16 +21,20 @@ from sqlalchemy.exc import OperationalError
 
 from sync.errors import ConfigError, StateError
 from sync.model import PendingRow, Position
+from sync.state import deliveries as deliveries_module
 from sync.state import outcome as outcome_module
+from sync.state.deliveries import Retention
 from sync.state.part import PartState
 from sync.state.records import (
     Ack,
     BatchOutcome,
     Collision,
+    Delivery,
     KnownRow,
     Mark,
     RejectedRow,
     RunRecord,
+    StoredDelivery,
     StoredRejection,
 )
 from sync.state.store import ANALYZE_FIRST, IN_CHUNK, StateStore, in_chunks, state_engine
@@ -615,6 +619,180 @@ def test_run_history_newest_first_with_exact_counts_and_times(
     assert [r.id for r in part.runs(limit=2)] == [third, second]
     assert [r.id for r in other.runs()] == [elsewhere]
     assert store.part("nobody").runs() == []
+
+
+# -- the delivery history ----------------------------------------------------------
+
+DAY = 86400.0
+
+
+def sent(key: str, payload: dict[str, Any], user_id: int = 7, op: str = "POST") -> Delivery:
+    return Delivery(key, "sent", op, payload, "f" * 32, user_id=user_id)
+
+
+def deliver(part: PartState, *found: Delivery) -> None:
+    """A batch that acknowledged these deliveries, as a run commits it."""
+    acks = [ack(d.key, d.user_id or 0) for d in found if d.outcome == "sent"]
+    part.commit(BatchOutcome(acks=acks, deliveries=list(found)))
+
+
+def test_deliveries_keep_run_time_operation_answer_and_changed_columns(
+    store: StateStore, part: PartState, other: PartState, clock: FakeClock
+) -> None:
+    first = part.start_run("backfill")
+    deliver(
+        part,
+        sent("1", {"email": "a@x.io", "first_name": "Ann", "user_id": 7}),
+        Delivery("2", "rejected", "POST", {"email": "b@x"}, "b" * 32, 400, None, "bad email"),
+        Delivery("3", "rejected", None, {"email": "c"}, "c" * 32, reason="column 'email': no"),
+    )
+    part.finish_run(first, "success", read=3, sent=1, unchanged=0, rejected=2, error=None)
+    t1 = clock.advance(60)
+    second = part.start_run("once")
+    deliver(part, sent("1", {"email": "a@x.io", "first_name": "Anna", "city": "Oslo"}))
+    deliver(other, sent("1", {"email": "other@x.io"}))  # another job's row "1"
+
+    newest, oldest = store.deliveries(JOB, "1")
+    assert newest == StoredDelivery(
+        id=newest.id, part=JOB, key="1", run_id=second, at=t1, outcome="sent",
+        operation="POST", fingerprint="f" * 32, columns=["city", "email", "first_name"],
+        changed=["city", "first_name"], status=None, user_id=7, reason=None,
+    )  # fmt: skip
+    assert (oldest.run_id, oldest.at, oldest.columns, oldest.changed) == (
+        first, T0, ["email", "first_name"], None  # user_id is the answer, not a column
+    )  # fmt: skip
+    assert newest.id > oldest.id
+    [refused] = store.deliveries(JOB, "2")
+    assert (refused.outcome, refused.operation, refused.status, refused.reason) == (
+        "rejected", "POST", 400, "bad email"
+    )  # fmt: skip
+    [mapper] = store.deliveries(JOB, "3")
+    assert (mapper.operation, mapper.status, mapper.reason) == (None, None, "column 'email': no")
+    assert store.deliveries(JOB, "nobody") == []
+    assert [d.part for d in store.deliveries(OTHER, "1")] == [OTHER]
+
+    found = store.run_of(JOB, first)
+    assert found is not None
+    run, done = found
+    assert (run.id, run.outcome, run.rows_read, run.rows_rejected) == (first, "success", 3, 2)
+    assert [(d.key, d.outcome) for d in done] == [
+        ("1", "sent"),
+        ("2", "rejected"),
+        ("3", "rejected"),
+    ]
+    assert store.run_of(OTHER, first) is None  # not that job's run
+    assert store.run_of(JOB, 10**6) is None
+
+
+def test_a_delivery_keeps_hashes_of_the_columns_sent_never_their_values(
+    store: StateStore, part: PartState, store_url: str
+) -> None:
+    part.start_run("once")
+    deliver(part, sent("1", {"email": "hidden-value@x.io", "notes": "sk_live_TOPSECRET"}))
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            stored = repr(conn.execute(text("SELECT * FROM psync_deliveries")).fetchall())
+    finally:
+        engine.dispose()
+    assert "notes" in stored and "email" in stored
+    assert "hidden-value" not in stored and "TOPSECRET" not in stored
+
+
+def test_the_same_row_twice_in_a_batch_names_what_changed_in_between(
+    store: StateStore, part: PartState
+) -> None:
+    part.start_run("once")
+    twice = [sent("1", {"email": "a@x.io", "score": 1}), sent("1", {"email": "a@x.io", "score": 2})]
+    deliver(part, *twice)
+    deliver(part, Delivery("1", "deleted", "DELETE", {"user_id": 7}, None, user_id=7))
+    deliver(part, sent("1", {"email": "a@x.io", "score": 2}))
+    assert [(d.operation, d.changed) for d in store.deliveries(JOB, "1")] == [
+        ("POST", []),  # a DELETE sends no columns: compared with the POST before it
+        ("DELETE", None),
+        ("POST", ["score"]),
+        ("POST", None),
+    ]
+
+
+def test_a_row_is_found_in_any_shard_and_only_its_jobs(store: StateStore) -> None:
+    for name in (f"{JOB}#0/2", f"{JOB}#1/2", "con_acts#0/2", "conXtacts#0/2", f"{JOB}x#0/2"):
+        shard = store.part(name)
+        shard.start_run("once")
+        deliver(shard, sent("k", {"email": f"{name}@x.io"}))
+    assert [d.part for d in store.deliveries(JOB, "k")] == [f"{JOB}#1/2", f"{JOB}#0/2"]
+    assert [d.part for d in store.deliveries("con_acts", "k")] == [
+        "con_acts#0/2"
+    ]  # "_" is no wildcard
+
+
+def test_history_off_writes_no_delivery(store: StateStore) -> None:
+    quiet = store.part(JOB, history=None)
+    run = quiet.start_run("once")
+    deliver(quiet, sent("1", {"email": "a@x.io"}))
+    quiet.finish_run(run, "success", read=1, sent=1, unchanged=0, rejected=0, error=None)
+    assert store.deliveries(JOB, "1") == []
+    assert quiet.lookup(["1"]).known == {"1": KnownRow(7, "f" * 32)}
+
+
+def test_deliveries_older_than_the_retention_go_when_a_run_ends(
+    store: StateStore, clock: FakeClock
+) -> None:
+    part = store.part(JOB, history=Retention(days=30))
+    old = part.start_run("once")
+    deliver(part, sent("1", {"email": "a@x.io"}), sent("2", {"email": "b@x.io"}))
+    clock.advance(29 * DAY)
+    deliver(part, sent("2", {"email": "b2@x.io"}))
+    part.finish_run(old, "success", read=3, sent=3, unchanged=0, rejected=0, error=None)
+    assert len(store.deliveries(JOB, "1")) == 1  # 29 days: kept
+    clock.advance(1.5 * DAY)
+    new = part.start_run("once")
+    part.finish_run(new, "success", read=0, sent=0, unchanged=0, rejected=0, error=None)
+    assert store.deliveries(JOB, "1") == []
+    assert [d.changed for d in store.deliveries(JOB, "2")] == [["email"]]
+
+
+def test_the_last_n_deliveries_of_each_row_are_kept(store: StateStore, clock: FakeClock) -> None:
+    part = store.part(JOB, history=Retention(days=None, per_row=2))
+    first = part.start_run("once")
+    for n in range(3):
+        deliver(part, sent("1", {"email": "a@x.io", "score": n}))
+    deliver(part, sent("2", {"email": "b@x.io"}))
+    part.finish_run(first, "success", read=4, sent=4, unchanged=0, rejected=0, error=None)
+    second = part.start_run("once")
+    deliver(part, sent("2", {"email": "b@x.io", "score": 1}))
+    deliver(part, sent("2", {"email": "b@x.io", "score": 2}))
+    clock.advance(400 * DAY)  # age does not count
+    part.finish_run(second, "success", read=2, sent=2, unchanged=0, rejected=0, error=None)
+    assert [d.changed for d in store.deliveries(JOB, "1")] == [["score"], ["score"]]
+    assert [d.run_id for d in store.deliveries(JOB, "2")] == [second, second]
+
+
+def test_deliveries_are_part_of_the_commit_all_or_nothing(
+    store: StateStore, part: PartState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    part.start_run("once")
+
+    def boom(*_args: Any, **_kwargs: Any) -> None:
+        raise OperationalError("INSERT INTO psync_deliveries", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(outcome_module, "record_rejection", boom)
+    with pytest.raises(StateError, match="disk I/O error"):
+        part.commit(BatchOutcome(rejected=[reject("2")], deliveries=[sent("1", {"email": "a"})]))
+    monkeypatch.undo()
+    assert store.deliveries(JOB, "1") == []
+    assert deliveries_module.column_hashes({"a": 1}) == deliveries_module.column_hashes({"a": 1})
+
+
+def test_forget_job_forgets_its_deliveries(
+    store: StateStore, part: PartState, other: PartState
+) -> None:
+    for state in (part, other):
+        state.start_run("once")
+        deliver(state, sent("1", {"email": "a@x.io"}))
+    store.forget_job(JOB)
+    assert store.deliveries(JOB, "1") == []
+    assert len(store.deliveries(OTHER, "1")) == 1
 
 
 # -- schema, engines and failures --------------------------------------------------
