@@ -69,7 +69,13 @@ def drop_orders(url: str, customers: range | list[int]) -> None:
 
 
 def audience_config(
-    tmp_path: Path, url: str, sandbox: SandboxServer, *, customers: range, **audience: Any
+    tmp_path: Path,
+    url: str,
+    sandbox: SandboxServer,
+    *,
+    customers: range,
+    timeout_s: float | None = None,
+    **audience: Any,
 ) -> Path:
     make_customers(url, customers)
     from sync.databases import source_engine
@@ -83,6 +89,8 @@ def audience_config(
         state_url=f"sqlite:///{tmp_path}/state/state.db",
         source={"batch_size": 500},
     )
+    if timeout_s is not None:  # how long a create whose answer was lost is waited out
+        doc["personyze"]["timeout_s"] = timeout_s
     doc["jobs"].append(
         {
             "name": "buyers",
@@ -286,7 +294,7 @@ def test_the_daemon_runs_an_audience_job_on_its_schedule(
 def test_lost_answers_create_one_list_and_every_member(
     tmp_path: Path, db: str, sandbox: SandboxServer
 ) -> None:
-    config = audience_config(tmp_path, db, sandbox, customers=range(1, 31))
+    config = audience_config(tmp_path, db, sandbox, customers=range(1, 31), timeout_s=2)
     add_orders(db, range(1, 31))
     run(config, "customers")
     sandbox.clear_requests()
