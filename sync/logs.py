@@ -281,6 +281,16 @@ QUIET_LIBRARIES = {
 }
 
 
+def job_outcome_line(record: logging.LogRecord) -> bool:
+    """A job's failure or stop as ``run_job`` logs it ("run failed", "run stopped"), which
+    a one-shot command prints itself, once, as text (and a backfill's processes leave to
+    the parent)."""
+    return record.name == "sync.run.parts" and getattr(record, "outcome", None) in (
+        "failed",
+        "stopped",
+    )
+
+
 def configure_logging(
     *,
     fmt: Literal["auto", "json", "text"] = "auto",

@@ -18,7 +18,7 @@ from sync.cli.exits import stopped_by
 from sync.cli.render import err, print_json
 from sync.config import JobSettings, load_config
 from sync.errors import AuthError, ConfigError, SourceError, StateError, Stopped
-from sync.logs import configure_logging, secrets_of, set_secrets
+from sync.logs import configure_logging, job_outcome_line, secrets_of, set_secrets
 from sync.signals import stop_on_signals
 from sync.wiring import Wiring
 
@@ -97,7 +97,7 @@ def log_options(*, level: int = logging.WARNING, quiet: bool = False) -> Callabl
                 raise click.UsageError("--quiet and --verbose exclude each other")
             effective = max(logging.DEBUG, level - 10 * verbose + (10 if silent else 0))
             ctx.obj = {"verbose": verbose, "log_format": fmt, "quiet": silent, "level": effective}
-            shown = None if level <= logging.INFO else reported_by_the_command
+            shown = None if level <= logging.INFO else job_outcome_line
             configure_logging(fmt=cast(LogFormat, fmt), level=effective, shown_elsewhere=shown)
             if quiet:
                 kwargs["quiet"] = silent
@@ -107,15 +107,6 @@ def log_options(*, level: int = logging.WARNING, quiet: bool = False) -> Callabl
         return cast(F, quiet_option(decorated) if quiet else decorated)
 
     return decorate
-
-
-def reported_by_the_command(record: logging.LogRecord) -> bool:
-    """A job's failure or stop, which a one-shot command prints itself (once, as text):
-    ``run_job``'s "run failed" and "run stopped" lines, told by their ``outcome``."""
-    return record.name == "sync.run.parts" and getattr(record, "outcome", None) in (
-        "failed",
-        "stopped",
-    )
 
 
 def the_job(app: Wiring, name: str | None, command: str) -> JobSettings:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sync.config.jobs import JobSettings
 from sync.config.load import Config
 from sync.errors import ConfigError, FatalError, Stopped, SyncError
-from sync.logs import configure_logging, secrets_of
+from sync.logs import configure_logging, job_outcome_line, secrets_of
 from sync.model import Progress, RunOptions, RunStats
 from sync.run.parts import ProgressFor, check_layout, run_job
 from sync.signals import child_stops
@@ -36,6 +36,7 @@ class LogSetup:
 
     fmt: Literal["auto", "json", "text"]
     level: int
+    outcomes_by_parent: bool = True  # a part's failure is the parent's to print, once
 
 
 def check(config: Config, job: JobSettings, processes: int) -> None:
@@ -150,7 +151,12 @@ def _child(
     logs: LogSetup,
 ) -> None:
     """A child process: run its parts and send back what became of them."""
-    configure_logging(fmt=logs.fmt, level=logs.level, secrets=secrets_of(config))
+    configure_logging(
+        fmt=logs.fmt,
+        level=logs.level,
+        secrets=secrets_of(config),
+        shown_elsewhere=job_outcome_line if logs.outcomes_by_parent else None,
+    )
     result: RunStats | SyncError
     with Wiring(config) as wiring:
         child_stops(wiring.stopping)

@@ -6,6 +6,7 @@ store, the sandbox over HTTP.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from tests.support import (
     DB_PASSWORD,
     assert_one_user_per_row,
     config_doc,
+    execute,
     make_customers,
     psync_runs,
     script,
@@ -178,3 +180,17 @@ def test_what_several_processes_cannot_share_is_refused_before_anything_runs(
     assert refused.returncode == 2
     assert message in refused.stdout + refused.stderr
     assert sandbox.requests == []
+
+
+def test_a_failure_in_the_processes_is_printed_once_per_part(
+    tmp_path: Path, pg_url: str, sandbox: SandboxServer
+) -> None:
+    """The children leave a part's failure to the parent, which prints it (issue 17, 12)."""
+    config = sharded_config(tmp_path, pg_url, pg_url, sandbox)
+    execute(pg_url, text("ALTER TABLE customers RENAME TO customers_gone"))
+    done = backfill(config, "--processes", "2")
+    assert done.returncode == 1, done.stderr
+    assert "run failed" not in done.stderr, done.stderr  # the children's log lines
+    assert "table 'customers' does not exist" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)  # the parent's report names it
+    assert "table 'customers' does not exist" in json.dumps(report), done.stdout
