@@ -34,8 +34,6 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from measure import run_measured  # noqa: E402
+from run import fresh_database  # noqa: E402
 
 from sync.sandbox import Faults, SandboxServer  # noqa: E402
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 API_KEY = "bench-audience-key"
 AUDIENCE = "Buyers"
 QUERY = "SELECT DISTINCT p.id, p.email FROM people p JOIN orders o ON o.customer_id = p.id"
@@ -73,21 +71,6 @@ class Row:
     @property
     def per_item(self) -> float | None:
         return self.requests / self.items if self.items else None
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"personyze_bench_audience_{os.getpid()}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def make_tables(url: str, people: int, members: int) -> None:

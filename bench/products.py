@@ -31,8 +31,6 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -46,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from measure import run_measured  # noqa: E402
+from run import fresh_database  # noqa: E402
 
 from sync.sandbox import Faults, SandboxServer  # noqa: E402
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 API_KEY = "bench-products-key"
 SCRIPT = str(Path(sys.executable).with_name("personyze-sync"))
 CHANGED = 0.01  # share of products whose price changes before the last run
@@ -78,21 +76,6 @@ class Row:
     @property
     def per_row(self) -> float | None:
         return self.requests / self.rows if self.rows else None
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"personyze_bench_products_{os.getpid()}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def make_tables(url: str, rows: int) -> None:
