@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import create_engine, text
 
@@ -152,19 +152,14 @@ def settle(config: Path, runs: int = 4) -> int:
     raise AssertionError(f"rows still unresolved after {runs} runs")
 
 
-@dataclass
-class Watcher:
-    """Reads the checkpoint while the sync runs; every row at or before it must already
-    be in the sandbox (acknowledged), checked against the source's (cursor, key) order."""
+class Polling:
+    """Calls ``_check`` every ``EVERY_S`` seconds in a thread while the ``with`` block
+    runs, and once more at its end: the watchers of the fault matrix."""
 
-    state_file: Path
-    sandbox: SandboxServer
-    order: list[tuple[datetime, int]]
-    seen: list[tuple[str, int]] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    EVERY_S = 0.25
 
-    def __enter__(self) -> Watcher:
+    def __enter__(self) -> Self:
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
@@ -175,8 +170,23 @@ class Watcher:
         self._check()  # once more, at the end
 
     def _watch(self) -> None:
-        while not self._stop.wait(0.25):
+        while not self._stop.wait(self.EVERY_S):
             self._check()
+
+    def _check(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Watcher(Polling):
+    """Reads the checkpoint while the sync runs; every row at or before it must already
+    be in the sandbox (acknowledged), checked against the source's (cursor, key) order."""
+
+    state_file: Path
+    sandbox: SandboxServer
+    order: list[tuple[datetime, int]]
+    seen: list[tuple[str, int]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
 
     def _check(self) -> None:
         checkpoint = self._checkpoint()

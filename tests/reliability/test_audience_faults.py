@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import signal
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from sync.sandbox import Faults, SandboxServer
 from tests.reliability.harness import (
+    Polling,
     finish,
     make_people,
     report,
@@ -98,28 +98,15 @@ def list_of(sandbox: SandboxServer) -> int | None:
     return ids[0] if ids else None
 
 
-class MemberWatcher:
+class MemberWatcher(Polling):
     """Checks, every 0.2 s while members are added, that each recorded one is in the list."""
+
+    EVERY_S = 0.2
 
     def __init__(self, state: Path, sandbox: SandboxServer) -> None:
         self.state, self.sandbox = state, sandbox
         self.looks = 0
         self.violations: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> MemberWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._check()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.2):
-            self._check()
 
     def _check(self) -> None:
         kept = recorded(self.state)  # first: the list only grows meanwhile

@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import signal
 import sqlite3
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,7 +22,15 @@ import pytest
 from sqlalchemy import update
 
 from sync.sandbox import Faults, SandboxServer
-from tests.reliability.harness import WINDOW, finish, report, run_to_end, start, wait_for_posts
+from tests.reliability.harness import (
+    WINDOW,
+    Polling,
+    finish,
+    report,
+    run_to_end,
+    start,
+    wait_for_posts,
+)
 from tests.support import (
     API_KEY,
     BASE_TIME,
@@ -67,7 +74,7 @@ def products_config(tmp: Path, source: str, sandbox: SandboxServer) -> Path:
 
 
 @dataclass
-class Watcher:
+class Watcher(Polling):
     """Reads the checkpoint while the sync runs: every product at or before it, in the
     source's (updated_at, sku) order, must already be in the sandbox."""
 
@@ -76,21 +83,6 @@ class Watcher:
     order: list[tuple[datetime, str]]
     seen: set[tuple[str, str]] = field(default_factory=set)
     violations: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Watcher:
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._check()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.25):
-            self._check()
 
     def _check(self) -> None:
         checkpoint = self._checkpoint()
