@@ -29,6 +29,7 @@ def verify_doc(report: VerifyReport) -> dict[str, Any]:
     repair = report.repair
     return {
         "job": report.job,
+        "object": report.object,
         "mode": report.mode,
         "sample": report.sample,
         "checked": report.checked,
@@ -87,11 +88,18 @@ def some(keys: list[str], limit: int = 20) -> str:
 
 
 def print_verify(report: VerifyReport, would_resend: list[str] | None) -> None:
-    what = (
-        "every source row"
-        if report.mode == "all"
-        else f"up to {report.sample} rows of the identity map, picked at random"
-    )
+    if report.object == "audience":
+        what = (
+            "every recorded member and every row of the query"
+            if report.mode == "all"
+            else f"up to {report.sample} recorded members, picked at random"
+        )
+    else:
+        what = (
+            "every source row"
+            if report.mode == "all"
+            else f"up to {report.sample} rows of the identity map, picked at random"
+        )
     out.print(f"[bold]{escape(report.job)}[/bold]: verify of {what}")
     if report.findings:
         out.print(findings_table(report.findings))
@@ -101,7 +109,7 @@ def print_verify(report: VerifyReport, would_resend: list[str] | None) -> None:
             ("vanished from the source", report.count("vanished")),
             ("cannot clear", report.cannot_clear),
             ("unsendable", report.count("unsendable")),
-            ("without a user (sync: update)", report.count("no_user")),
+            ("without a user", report.count("no_user")),
         )
         if n
     ]

@@ -39,7 +39,10 @@ def verify(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Read JOB's users back from Personyze and compare them with the source as it is now.
+    """Read JOB's users (or products) back from Personyze and compare them with the source.
+
+    An audience job: its recorded members are read back from the list (--all also
+    places every row of the query), and --repair adds the missing ones again.
 
     Without --repair only reads (GETs). Exit 0 when nothing drifted (or all of it was
     repaired), 1 when drift remains. Rows sharing one Personyze user (identity

@@ -100,8 +100,8 @@ class AudienceRun:
     # -- the phases --------------------------------------------------------------------
 
     def _sync(self, *, dry_run: bool) -> None:
-        list_id = self._find_list(create=not dry_run)
-        members = self._members()
+        list_id = self.find_list(create=not dry_run)
+        members = self.members()
         recorded = self.state.members()
         to_add = [u for u in members.wanted if u not in recorded]
         to_remove: list[int] = []
@@ -120,11 +120,11 @@ class AudienceRun:
             ]
             return
         assert list_id is not None
-        self._write(list_id, to_add, members.wanted, adding=True)
+        self.add(list_id, to_add, members.wanted)
         self._write(list_id, to_remove, recorded, adding=False)
         self.state.set_waiting(s.waiting)
 
-    def _find_list(self, *, create: bool) -> int | None:
+    def find_list(self, *, create: bool) -> int | None:
         """The id of the job's list (None: a dry run of a job whose list is not made yet)."""
         record, name = self.state.record(), self.name
         if record is not None and record.name != name:
@@ -181,7 +181,7 @@ class AudienceRun:
             )
         return ids[0] if ids else None
 
-    def _members(self) -> Members:
+    def members(self) -> Members:
         """Every row of the query, placed by the users job's identity map, else by email."""
         job, members = self.job, Members()
         email_of = next((c for c, t in job.mapping.items() if t == "email"), None)
@@ -236,6 +236,10 @@ class AudienceRun:
             self.stats.too_many_deletes = reason
         else:
             raise TooManyDeletes(reason)
+
+    def add(self, list_id: int, user_ids: list[int], keys: dict[int, str]) -> None:
+        """Add these members (user_id -> row key), each recorded once a read shows it."""
+        self._write(list_id, user_ids, keys, adding=True)
 
     def _write(
         self, list_id: int, user_ids: list[int], keys: dict[int, str], *, adding: bool

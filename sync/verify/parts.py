@@ -11,6 +11,7 @@ from sync.errors import ConfigError, FatalError
 from sync.model import RunStats, Shard
 from sync.run.parts import job_run
 from sync.state.records import Collision
+from sync.verify.audience import verify_audience
 from sync.verify.report import DRIFT, SAMPLE, VerifyReport, combine
 from sync.verify.verifier import Verifier
 from sync.wiring import Wiring
@@ -35,6 +36,8 @@ def verify(
     if sample is not None and sample < 1:
         raise ConfigError(f"--sample must be at least 1, got {sample}")
     count = None if everything else sample or SAMPLE
+    if job.object == "audience":  # members, not values: read back from the list
+        return verify_audience(wiring, job, sample=count, repair=repair)
     parts = wiring.parts(job)
     reports: list[VerifyReport] = []
     collisions = _collisions(wiring, parts)

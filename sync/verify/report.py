@@ -80,6 +80,7 @@ class VerifyReport:
     queued: list[str] = field(default_factory=list)  # what --repair resends (--dry-run says)
     collisions: list[Collision] = field(default_factory=list)  # every one the job has
     repair: Repair | None = None
+    object: str = "users"  # what the job feeds: an audience's rows are its members
 
     def count(self, kind: Kind) -> int:
         return sum(1 for f in self.findings if f.kind == kind)

@@ -210,10 +210,11 @@ class Verifier:
         return replace(finding, kind="collision" if finding.drift else finding.kind, note=note)
 
     def _vanished(self, key: str, known: KnownRow) -> Finding:
+        thing = "product" if self.job.object == "products" else "user"
         after = (
-            "the next run deletes its user"
+            f"the next run deletes its {thing}"
             if self.job.sync == "mirror"
-            else "its Personyze user stays"
+            else f"its Personyze {thing} stays"
         )
         return Finding("vanished", key, known.user_id, reason=f"the source row is gone; {after}")
 
@@ -232,7 +233,11 @@ class Verifier:
                 + "; sync: update never creates one",
             ), False
         if previous is not None:
-            reason = "Personyze has no user with this user_id any more"
+            reason = (
+                "Personyze has no product with this internal_id any more"
+                if self.job.object == "products"
+                else "Personyze has no user with this user_id any more"
+            )
             return Finding("missing", key, previous.user_id, reason=reason), True
         reason, repairable = self._why_unsynced(key)
         return Finding("unsynced", key, reason=reason), repairable

@@ -378,3 +378,59 @@ def test_a_service_that_does_not_remove_members_as_inferred_stops_mirror_saying_
     again = cli("status", "-c", str(config), "--json")
     (buyers,) = [j for j in again.json() if j["job"] == "buyers"]
     assert buyers["audience"]["members"] == 20  # still recorded: Personyze still has them
+
+
+def test_verify_reads_members_back_and_repair_adds_the_missing_ones(
+    tmp_path: Path, db: str, sandbox: SandboxServer, cli: Callable[..., Outcome]
+) -> None:
+    config = audience_config(tmp_path, db, sandbox, customers=range(1, 101), sync="mirror")
+    add_orders(db, range(1, 81))
+    run(config, "customers")
+    run(config, "buyers")
+    list_id = the_list(sandbox)
+    sandbox.clear_requests()
+    clean = cli("verify", "-c", str(config), "buyers", "--all", "--json")
+    assert clean.code == 0, clean.text
+    doc = clean.json()
+    assert (doc["object"], doc["checked"], doc["in_step"], doc["drift_remaining"]) == (
+        "audience", 80, 80, False,
+    )  # fmt: skip
+    assert {r.method for r in sandbox.requests} == {"GET"}
+
+    # someone removes three members by hand; one buyer leaves, two join, one is new
+    removed = user_ids(sandbox, [5, 6, 7])
+    with sandbox_client(sandbox) as c:
+        for user_id in removed:
+            where = f"user_list_id={list_id}&user_id={user_id}"
+            assert c.delete(f"/user_list_users/where/{where}").json() == 1
+    drop_orders(db, [80])
+    add_orders(db, [81, 82], first=1000)
+    make_customers(db, [101])  # its user is not synced yet: it waits
+    add_orders(db, [101], first=2000)
+    sandbox.clear_requests()
+    found = cli("verify", "-c", str(config), "buyers", "--all", "--json")
+    assert found.code == 1, found.text  # drift: members missing, members not added yet
+    assert {r.method for r in sandbox.requests} == {"GET"}
+    kinds = {(f["kind"], f["key"]) for f in found.json()["findings"]}
+    assert kinds == {
+        ("missing", "5"), ("missing", "6"), ("missing", "7"),
+        ("unsynced", "81"), ("unsynced", "82"), ("no_user", "101"), ("vanished", "80"),
+    }  # fmt: skip
+    sample = cli("verify", "-c", str(config), "buyers", "--sample", "200")
+    assert sample.code == 1, sample.text
+    assert "up to 200 recorded members, picked at random" in sample.out
+    assert "missing 3" in sample.out
+
+    dry = cli("verify", "-c", str(config), "buyers", "--all", "--repair", "--dry-run", "--json")
+    assert sorted(dry.json()["would_resend_keys"]) == ["5", "6", "7", "81", "82"]
+    assert {r.method for r in sandbox.requests} == {"GET"}
+    repaired = cli("verify", "-c", str(config), "buyers", "--all", "--repair", "--json")
+    assert repaired.code == 0, repaired.text
+    repair = repaired.json()["repair"]
+    assert (sorted(repair["resent_keys"]), repair["still_drifting"]) == (
+        ["5", "6", "7", "81", "82"], [],
+    )  # fmt: skip
+    assert set(sandbox.members(list_id)) == set(user_ids(sandbox, range(1, 83)))
+    stats = run(config, "buyers")  # the member that left goes; the others are known
+    assert (stats.sent, stats.deleted, stats.waiting) == (0, 1, 1)
+    assert sandbox.members(list_id) == user_ids(sandbox, [*range(1, 80), 81, 82])

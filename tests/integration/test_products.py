@@ -171,6 +171,8 @@ def test_verify_finds_products_changed_in_personyze_and_repair_fixes_them(
             ("different", "sku-00011", ("is_in_stock",)),
             ("missing", "sku-00012", ()),
         }
+        (gone,) = [f for f in found.findings if f.kind == "missing"]
+        assert gone.reason == "Personyze has no product with this internal_id any more"
 
         repaired = verify(app, job, sample=None, everything=True, repair=True)
         assert repaired.repair is not None and repaired.repair.resent == 3
