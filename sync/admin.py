@@ -97,6 +97,12 @@ def parse_cursor(wiring: Wiring, job: JobSettings, text: str) -> Any:
 
 
 def reset_checkpoint(wiring: Wiring, job: JobSettings, to: str | None) -> Position | None:
+    if job.object == "audience" and to is not None:
+        raise ConfigError(
+            f"job {job.name} feeds an audience: it reads its whole query each run and keeps "
+            f"no cursor, so --to means nothing. checkpoint reset {job.name} (without --to) "
+            "forgets its list and its members"
+        )
     position = None if to is None else Position(parse_cursor(wiring, job, to), None)
     wiring.store.claim()  # not while a daemon runs on the same SQLite store
     for name, _shard in wiring.parts(job):
@@ -173,7 +179,12 @@ def adopt(
     if job.object != "users":
         raise ConfigError(
             f"job {job.name} feeds {job.object}: adopt takes over users Personyze holds "
-            "(a product is patched by its internal_id: it needs none)"
+            + (
+                "(a product is patched by its internal_id: it needs none)"
+                if job.object == "products"
+                else "(an audience job finds its list by name and its members by the user_ids "
+                "its users job recorded: adopt that job)"
+            )
         )
     wiring.store.claim()  # a SQLite state store serves one process
     check_layout(wiring.store, job, record=True)

@@ -14,6 +14,7 @@ import click
 from sync.cli.common import config_option, json_option, log_options, open_app
 from sync.cli.render import SHOWN_REJECTED, iso_utc, out, print_json, utc
 from sync.config import HistorySettings
+from sync.errors import ConfigError
 
 if TYPE_CHECKING:
     from sync.state.records import RunRecord, StoredDelivery
@@ -46,6 +47,12 @@ def history(config_path: Path, job: str, key: str, limit: int, as_json: bool) ->
     """
     with open_app(config_path, needs_key=False) as app:
         settings = app.config.job(job)
+        if settings.object == "audience":
+            raise ConfigError(
+                f"job {job} feeds an audience: its members are not deliveries of rows and no "
+                f"history is kept of them; status shows its members, verify {job} reads "
+                "them back"
+            )
         kept = settings.history or app.config.state.history
         found = app.store.deliveries(settings.name, key, limit)
     if as_json:

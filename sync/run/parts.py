@@ -125,7 +125,8 @@ def run_job(
             if lease is not None:  # a reshard may have run since the check above
                 check_layout(store, job, record=False)
             if job.object == "audience":  # a set sync: no cursor, no row pipeline
-                total.add(run_audience(wiring, job, options, lease))
+                if not options.only_rejected:  # it rejects no row: nothing to retry
+                    total.add(run_audience(wiring, job, options, lease))
             else:
                 total.add(_run_part(wiring, job, shard, options, progress, lease))
     return total

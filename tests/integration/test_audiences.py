@@ -434,3 +434,26 @@ def test_verify_reads_members_back_and_repair_adds_the_missing_ones(
     stats = run(config, "buyers")  # the member that left goes; the others are known
     assert (stats.sent, stats.deleted, stats.waiting) == (0, 1, 1)
     assert sandbox.members(list_id) == user_ids(sandbox, [*range(1, 80), 81, 82])
+
+
+def test_commands_for_rows_say_what_they_mean_for_an_audience_job(
+    tmp_path: Path, pg_url: str, sandbox: SandboxServer, cli: Callable[..., Outcome]
+) -> None:
+    config = audience_config(tmp_path, pg_url, sandbox, customers=range(1, 11), sync="mirror")
+    add_orders(pg_url, range(1, 6))
+    run(config, "customers")
+    run(config, "buyers")
+    list_id = the_list(sandbox)
+    drop_orders(pg_url, [1])  # a retry of rejected rows must not sync the audience
+    sandbox.clear_requests()
+    retry = cli("rejected", "retry", "-c", str(config), "buyers")
+    assert retry.code == 0, retry.text
+    assert "retried 0" in retry.out
+    assert sandbox.requests == [] and len(sandbox.members(list_id)) == 5
+    reset = cli("checkpoint", "reset", "-c", str(config), "buyers", "--to", "5")
+    assert reset.code == 2 and "keeps no cursor" in reset.err, reset.text
+    history = cli("history", "-c", str(config), "buyers", "3")
+    assert history.code == 2 and "no history is kept of them" in history.err, history.text
+    adopt = cli("adopt", "-c", str(config), "buyers")
+    assert adopt.code == 2 and "adopt that job" in adopt.err, adopt.text
+    assert "product" not in adopt.err
