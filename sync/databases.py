@@ -36,6 +36,7 @@ from tenacity import (
 )
 
 from sync.errors import ConfigError, MissingPrivilege, SourceError
+from sync.shard_hash import register_sqlite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,15 +151,17 @@ def source_engine(url: str) -> Engine:
 
     SQLite text that is not UTF-8 is read with its bad bytes kept as surrogates, so
     the mapper rejects that one row (naming the column) instead of the whole batch
-    failing to decode.
+    failing to decode. SQLite is given the hash that shards a text key
+    (:mod:`sync.shard_hash`), which the other databases compute with their own MD5.
     """
     parsed = database_url(url, "source.url")
     engine = engine_for(parsed, "source.url", pool_pre_ping=True)
     if parsed.get_backend_name() == "sqlite":
 
         @event.listens_for(engine, "connect")
-        def _lenient_text(dbapi_conn: Any, _record: Any) -> None:
+        def _connected(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+            register_sqlite(dbapi_conn)
 
     return engine
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, FromClause, Select, TextClause, and_, case, func, or_, select
 
 from sync.model import Position, Shard
+from sync.shard_hash import key_hash
 
 DELETED = "_psync_deleted"  # the extra column a job with ``delete_when`` reads: 1 or 0
 
@@ -33,6 +34,7 @@ class SourceShape:
     key: str
     deleted: ColumnElement[bool] | TextClause | None = None
     shard: Shard | None = None
+    hashed_key: bool = False  # the key is not a number (text, a UUID): shard by its hash
 
     def columns(self, names: Sequence[str]) -> list[ColumnElement[Any]]:
         """The named columns, and the deleted flag when there is a condition."""
@@ -84,8 +86,11 @@ def select_batch(
 
 
 def in_shard(shape: SourceShape, shard: Shard) -> ColumnElement[bool]:
-    """The key's shard, computed by the database so that each replica reads its part only."""
-    return func.abs(shape.key_col()) % shard.count == shard.index
+    """The key's shard, computed by the database so that each replica reads its part only:
+    ``abs(key) % count``, or of the key's hash (:mod:`sync.shard_hash`, as Python has it)."""
+    key = shape.key_col()
+    value = key_hash(key) if shape.hashed_key else func.abs(key)
+    return value % shard.count == shard.index
 
 
 def _in_range(

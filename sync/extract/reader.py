@@ -10,6 +10,7 @@ without its user or password.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -178,11 +179,8 @@ class SourceReader:
         self.columns: tuple[str, ...] = tuple(dict.fromkeys(wanted))
         self.shape = self._resolve(delete_when)
         self._reconnecting.answered()
-        if shard is not None and not self.key_is_numeric:
-            raise SourceError(
-                f"key {source.key!r} at {self._where} is not a number: shards split the key "
-                "space by key modulo the number of shards; use a numeric key, or no shards"
-            )
+        if shard is not None and not self.key_is_numeric:  # text, a UUID: by its hash
+            self.shape = dataclasses.replace(self.shape, hashed_key=True)
 
     def _resolve(self, delete_when: str | None) -> SourceShape:
         """The source's shape; the first thing that does not match the config raises."""

@@ -1,12 +1,18 @@
-"""How a job's state is split into shards, and moving rows when that number changes."""
+"""How a job's state is split into shards, and moving rows when that number changes.
+
+A row moves to the shard the source will read it in: :func:`shard_target` computes
+in Python what the reader's queries compute in the database (:mod:`sync.shard_hash`).
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Table, select, update
 
+from sync.errors import ConfigError
+from sync.shard_hash import shard_of
 from sync.state.fencing import Transact
 from sync.state.schema import collisions, jobs, pending, rejected, rows, vanished
 from sync.state.schema import duplicates as duplicates_table
@@ -72,3 +78,19 @@ class Shards:
                     .where(table.c.job == part, table.c.row_key.in_(chunk))
                     .values(job=to)
                 )
+
+
+def shard_target(job: str, parts: Sequence[str], *, numeric: bool) -> Callable[[str], str]:
+    """``target`` for :meth:`Shards.move_rows`: which of ``parts`` (the job's new parts,
+    in shard order) reads a key; ``numeric``: the key column is a number (the reader's
+    ``key_is_numeric``), else the key's text is hashed."""
+
+    def target(key: str) -> str:
+        if len(parts) == 1:
+            return parts[0]
+        try:
+            return parts[shard_of(key, len(parts), numeric=numeric)]
+        except ValueError as exc:
+            raise ConfigError(f"job {job}: {exc}, but its key column is numeric") from None
+
+    return target
