@@ -106,15 +106,15 @@ def random_text(rng: random.Random, pool: str) -> str:
 
 
 def test_each_database_hashes_text_as_python_does(source_url: str) -> None:
-    """Property-style: 300 random strings (non-ASCII, quotes, spaces at either end), and
-    UUIDs where the database has the type, Latin-1 columns on MariaDB; the hash each
-    database computes is Python's, for the key as the driver hands it over."""
+    """Property-style: 300 random strings (non-ASCII, quotes, spaces at either end) as
+    VARCHAR and CHAR(n), UUIDs where the database has the type, Latin-1 on MariaDB: the
+    hash each database computes is Python's, for the key as the driver hands it over."""
     rng = random.Random(19)
     name = backend(source_url)
     values = ["", " ", "a", *(random_text(rng, POOL) for _ in range(300))]
     columns = {"k": "VARCHAR(200)"}
-    if name != "sqlite":
-        columns["u"] = "UUID"
+    if name != "sqlite":  # a CHAR(n): PostgreSQL returns it padded, MariaDB trimmed
+        columns |= {"u": "UUID", "c": "CHAR(30)"}
     if name == "mariadb":
         columns |= {
             "k": "VARCHAR(200) CHARACTER SET utf8mb4",
@@ -123,7 +123,7 @@ def test_each_database_hashes_text_as_python_does(source_url: str) -> None:
     uuids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in values]
     rows = [
         # a UUID written in upper case: it is read back in lower case
-        {"id": i, "k": value, "u": uuids[i].upper(), "l": random_text(rng, LATIN1)}
+        {"id": i, "k": value, "u": uuids[i].upper(), "l": random_text(rng, LATIN1), "c": value}
         for i, value in enumerate(values)
     ]
     engine = source_engine(source_url)
