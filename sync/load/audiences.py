@@ -19,8 +19,8 @@ What ``PERSONYZE_API.md`` documents, and all this relies on:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -103,9 +103,11 @@ class AudienceClient:
 
     def each(
         self, call: Callable[[int, int], object], list_id: int, user_ids: Sequence[int]
-    ) -> dict[int, SyncError | None]:
-        """``call(list_id, user_id)`` for each user, ``concurrency`` at a time; each one's
-        error (None: answered 2xx). Errors other than ours are raised."""
+    ) -> Iterator[tuple[int, SyncError | None]]:
+        """``call(list_id, user_id)`` for each user, ``concurrency`` at a time: each user
+        and its error (None: answered 2xx) as soon as it is done, so that one slow retry
+        holds back no other. Errors other than ours are raised. Leaving the loop early
+        cancels what has not started."""
 
         def one(user_id: int) -> SyncError | None:
             try:
@@ -115,9 +117,15 @@ class AudienceClient:
             return None
 
         if self._concurrency == 1 or len(user_ids) < 2:
-            return {u: one(u) for u in user_ids}
-        with ThreadPoolExecutor(min(self._concurrency, len(user_ids))) as pool:
-            return dict(zip(user_ids, pool.map(one, user_ids), strict=True))
+            yield from ((u, one(u)) for u in user_ids)
+            return
+        pool = ThreadPoolExecutor(min(self._concurrency, len(user_ids)))
+        try:
+            started = {pool.submit(one, u): u for u in user_ids}
+            for done in as_completed(started):
+                yield started[done], done.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def users_by_email(self, emails: Sequence[str]) -> dict[str, int]:
         """The user_id of each of these emails Personyze holds (the lowest, if several)."""

@@ -244,45 +244,61 @@ class AudienceRun:
     def _write(
         self, list_id: int, user_ids: list[int], keys: dict[int, str], *, adding: bool
     ) -> None:
-        """Add (or remove) these members a chunk at a time, each chunk read back and
-        recorded as Personyze shows it before the next is sent."""
+        """Add (or remove) these members, ``concurrency`` at a time; every ``CHUNK`` done
+        is read back and recorded as Personyze shows it while the next ones are sent."""
         call: Callable[[int, int], object] = (
             self.client.add_member if adding else self.client.remove_member
         )
-        for at in range(0, len(user_ids), CHUNK):
-            self._go_on()
-            chunk = user_ids[at : at + CHUNK]
-            errors = self.client.each(call, list_id, chunk)
-            present = self.client.members_among(list_id, chunk)
-            done = [u for u in chunk if (u in present) == adding]
-            if adding:
-                self.state.added({u: keys[u] for u in done})
-                self.stats.sent += len(done)
-            else:
-                self.state.removed(done)
-                self.stats.deleted += len(done)
-            self._observe("sent" if adding else "deleted", len(done))
-            failure: SyncError | None = None
-            kept: list[int] = []  # removals Personyze answered 2xx for, yet still holds
-            for u in chunk:
-                if u in done:
-                    continue
-                if adding and user_not_found(errors[u]):
-                    self.stats.waiting += 1  # deleted in Personyze since the users job ran
-                    continue
-                self.stats.unresolved += 1  # not shown yet: the next run sends it again
-                failure = failure or errors[u]
-                if not adding and errors[u] is None:
-                    kept.append(u)
-            if failure is not None:
-                self._fail(list_id, failure)
-            if kept:
-                raise FatalError(
-                    f"Personyze answered the removal of {len(kept)} members of audience "
-                    f"{self.name!r} (list {list_id}) but still holds them (user_id "
-                    f"{', '.join(map(str, kept[:5]))}): removing a member is not documented "
-                    "and this service does not do it as personyze-sync infers; use sync: add"
-                )
+        self._go_on()
+        answered: dict[int, SyncError | None] = {}
+        for user_id, error in self.client.each(call, list_id, user_ids):
+            answered[user_id] = error
+            if len(answered) == CHUNK:
+                self._confirm(list_id, answered, keys, adding=adding)
+                answered = {}
+                self._go_on()
+        if answered:
+            self._confirm(list_id, answered, keys, adding=adding)
+
+    def _confirm(
+        self,
+        list_id: int,
+        answered: dict[int, SyncError | None],
+        keys: dict[int, str],
+        *,
+        adding: bool,
+    ) -> None:
+        """Read these members back; record what the list shows, stop on what it lacks."""
+        present = self.client.members_among(list_id, list(answered))
+        done = [u for u in answered if (u in present) == adding]
+        if adding:
+            self.state.added({u: keys[u] for u in done})
+            self.stats.sent += len(done)
+        else:
+            self.state.removed(done)
+            self.stats.deleted += len(done)
+        self._observe("sent" if adding else "deleted", len(done))
+        failure: SyncError | None = None
+        kept: list[int] = []  # removals Personyze answered 2xx for, yet still holds
+        for u, error in answered.items():
+            if u in done:
+                continue
+            if adding and user_not_found(error):
+                self.stats.waiting += 1  # deleted in Personyze since the users job ran
+                continue
+            self.stats.unresolved += 1  # not shown yet: the next run sends it again
+            failure = failure or error
+            if not adding and error is None:
+                kept.append(u)
+        if failure is not None:
+            self._fail(list_id, failure)
+        if kept:
+            raise FatalError(
+                f"Personyze answered the removal of {len(kept)} members of audience "
+                f"{self.name!r} (list {list_id}) but still holds them (user_id "
+                f"{', '.join(map(str, kept[:5]))}): removing a member is not documented "
+                "and this service does not do it as personyze-sync infers; use sync: add"
+            )
 
     def _fail(self, list_id: int, error: SyncError) -> None:
         if isinstance(error, RejectedError):

@@ -1,4 +1,4 @@
-"""The fault matrix for an audience job: 2,000 members of a query over the 6,000 people
+"""The fault matrix for an audience job: 1,000 members of a query over 3,000 people
 (synced first by their users job), kept in a Personyze list under API faults, lost
 answers and SIGKILL.
 
@@ -38,11 +38,11 @@ VIP_QUERY = "SELECT p.id, p.email FROM people p JOIN vip v ON v.person_id = p.id
 
 @pytest.fixture
 def source(pg_url: str) -> str:
-    make_people(pg_url)
+    make_people(pg_url, rows=3000)
     engine = create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE vip (person_id int PRIMARY KEY)"))
-        conn.execute(text("INSERT INTO vip SELECT i FROM generate_series(3, 6000, 3) i"))
+        conn.execute(text("INSERT INTO vip SELECT i FROM generate_series(3, 3000, 3) i"))
     engine.dispose()
     return pg_url
 
@@ -76,7 +76,8 @@ def with_audience(config: Path, source: str, sync: str = "mirror") -> None:
 
 def prepared(tmp_path: Path, source: str, sandbox: SandboxServer) -> Path:
     """The people synced without faults; then the config gains the audience job."""
-    config = sync_config(tmp_path, source, sandbox)
+    # a lost answer costs timeout_s: 1 s (not the matrix's 2) keeps the suite short
+    config = sync_config(tmp_path, source, sandbox, personyze={"timeout_s": 1})
     run_to_end(config, "once")
     with_audience(config, source)
     sandbox.clear_requests()
@@ -145,7 +146,7 @@ def test_api_faults_and_lost_answers(tmp_path: Path, source: str) -> None:
         retry_after_s=0.005,
         latency_s=0.001,
         drop_rate=0.03,
-        lost_answer_rate=0.10,
+        lost_answer_rate=0.04,
         late_apply_rate=0.03,
         seed=7,
     )
@@ -162,7 +163,7 @@ def test_api_faults_and_lost_answers(tmp_path: Path, source: str) -> None:
         vip(
             source,
             "DELETE FROM vip WHERE person_id <= 300",
-            "INSERT INTO vip SELECT i FROM generate_series(6001 - 90, 6000) i WHERE i % 3 <> 0",
+            "INSERT INTO vip SELECT i FROM generate_series(3001 - 90, 3000) i WHERE i % 3 <> 0",
         )
         settle(config, runs=6)
         assert_list_is_the_query(source, sandbox, state)
@@ -191,7 +192,7 @@ def test_sigkill_while_members_are_added_and_removed(tmp_path: Path, source: str
         assert watcher.violations == [] and watcher.looks > 1
         assert kills == 6
         assert_list_is_the_query(source, sandbox, state)
-        vip(source, "DELETE FROM vip WHERE person_id <= 450")  # 150 leave
+        vip(source, "DELETE FROM vip WHERE person_id <= 270")  # 90 leave (under 10%)
         process = start(config, "once")
         wait_for_posts(sandbox, len(sandbox.requests) + 60, process)
         if process.poll() is None:
