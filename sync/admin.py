@@ -24,6 +24,7 @@ from sync.run.parts import check_layout
 from sync.state.adoptions import Adoption, Adoptions
 from sync.state.audiences import AudienceState, AudienceStatus, audience_status
 from sync.state.records import Collision, RunRecord, StoredRejection
+from sync.state.shards import shard_target
 from sync.wiring import Wiring, layout
 
 # what the commands return, and the CLI renders
@@ -130,18 +131,9 @@ def reshard(wiring: Wiring, job: JobSettings) -> Resharded:
         return Resharded(kept, kept, 0)
     old = [name for name, _ in layout(job, kept)]
     new = wiring.parts(job)
-
-    def target(key: str) -> str:
-        if len(new) == 1:
-            return job.name
-        try:
-            number = int(Decimal(key))
-        except InvalidOperation:
-            raise ConfigError(
-                f"job {job.name}: key {key!r} is not a number: shards need a numeric key"
-            ) from None
-        return new[abs(number) % len(new)][0]
-
+    # as the runs will read them: by the key's number, or its hash (the key column says)
+    numeric = len(new) == 1 or wiring.reader(job).key_is_numeric
+    target = shard_target(job.name, [name for name, _ in new], numeric=numeric)
     leases = [store.lease(name) for name in old + [n for n, _ in new]]
     try:
         if any(lease is None for lease in leases):

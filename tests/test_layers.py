@@ -64,12 +64,13 @@ def area(module: str) -> str:
 # What each area may import of sync, besides itself. The stages (extract, mapping, load,
 # state) import only the shared types, errors and config (and databases, the engines'
 # edge); only run/ joins stages; the CLI and the daemon call run/, admin, verify, wiring.
-SHARED = {"sync.model", "sync.errors", "sync.config"}
+SHARED = {"sync.model", "sync.errors", "sync.config", "sync.shard_hash"}
 ALLOWED = {
     "sync.model": set(),
     "sync.errors": set(),
+    "sync.shard_hash": set(),  # which shard a key is in, in SQL and in Python alike
     "sync.config": {"sync.errors"},
-    "sync.databases": {"sync.errors"},
+    "sync.databases": {"sync.errors", "sync.shard_hash"},  # SQLite's hash function
     "sync.compare": set(),
     "sync.signals": set(),  # the one stop logic of every process (edges only)
     "sync.extract": SHARED | {"sync.databases"},
