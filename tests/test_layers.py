@@ -93,8 +93,10 @@ ALLOWED = {
     "sync.daemon": SHARED
     | {"sync.run", "sync.wiring", "sync.alerts", "sync.health", "sync.metrics", "sync.logs"}
     | {"sync.signals"},
+    "sync.api": SHARED | {"sync.admin", "sync.logs", "sync.run", "sync.wiring"},  # for programs
     "sync.cli": SHARED
-    | {"sync.run", "sync.admin", "sync.verify", "sync.wiring", "sync.daemon", "sync.demo"}
+    | {"sync.api", "sync.run", "sync.admin", "sync.verify", "sync.wiring", "sync.daemon"}
+    | {"sync.demo"}
     | {"sync.sandbox", "sync.logs", "sync.signals", "sync"},
 }
 
