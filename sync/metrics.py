@@ -5,6 +5,11 @@ latency, run duration and outcome, each job's last success, skipped runs, and la
 (now minus the checkpoint's cursor time, computed when scraped so it grows while
 nothing moves). Rows, runs, run durations and last successes also carry ``object``:
 what the job feeds (users, products or audience; ``objects`` names each job's).
+
+Rows and lag, whose unit is a part, carry ``shard`` too: ``job="customers",
+shard="0/3"`` for the part the state store knows as ``customers#0/3``. A job that is
+not sharded has no ``shard`` label (to PromQL, ``shard=""``): its series are the lines
+they were. Runs are the daemon's runs of a whole job: they carry no shard.
 """
 
 from __future__ import annotations
@@ -15,17 +20,59 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from sync.model import Position
+
+
+def split_part(name: str) -> tuple[str, str]:
+    """A part's name as (job, shard): ``customers#0/3`` -> ``("customers", "0/3")``,
+    ``customers`` -> ``("customers", "")``."""
+    job, mark, shard = name.rpartition("#")
+    if mark and "/" in shard:
+        return job, shard
+    return name, ""
+
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RUN_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400)
 
 
+def _labels(part: str, **more: str) -> dict[str, str]:
+    """A part's labels: ``job`` (and ``more``), then ``shard`` only for a shard."""
+    job, shard = split_part(part)
+    return {"job": job, **more} | ({"shard": shard} if shard else {})
+
+
+class _Rows(Collector):
+    """personyze_sync_rows_total{job,object,outcome[,shard]}: a counter whose series of
+    a shard carry ``shard`` and those of an unsharded job do not (a plain Counter has
+    one set of label names)."""
+
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self._wall = wall
+        self._counts: dict[tuple[str, str, str], tuple[float, float]] = {}  # value, created
+        self._lock = threading.Lock()
+
+    def inc(self, part: str, feeds: str, outcome: str, count: int) -> None:
+        with self._lock:
+            value, created = self._counts.get((part, feeds, outcome), (0.0, self._wall()))
+            self._counts[(part, feeds, outcome)] = (value + count, created)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("personyze_sync_rows", "Rows by job (and shard) and outcome.")
+        with self._lock:
+            for (part, feeds, outcome), (value, created) in self._counts.items():
+                labels = _labels(part, object=feeds, outcome=outcome)
+                family.samples.append(Sample("personyze_sync_rows_total", labels, value))
+                family.samples.append(Sample("personyze_sync_rows_created", labels, created))
+        yield family
+
+
 class _Lag(Collector):
-    """personyze_sync_lag_seconds{job}: now minus each job's checkpoint cursor time."""
+    """personyze_sync_lag_seconds{job[,shard]}: now minus each part's checkpoint cursor time."""
 
     def __init__(self, wall: Callable[[], float]) -> None:
         self._wall = wall
@@ -39,13 +86,13 @@ class _Lag(Collector):
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "personyze_sync_lag_seconds",
-            "Now minus the time of the job's checkpoint cursor.",
-            labels=["job"],
+            "Now minus the time of the checkpoint cursor of the job (or of its shard).",
         )
         now = self._wall()
         with self._lock:
-            for job, cursor_time in sorted(self._cursor_times.items()):
-                family.add_metric([job], max(0.0, now - cursor_time))
+            for part, cursor_time in sorted(self._cursor_times.items()):
+                lag = max(0.0, now - cursor_time)
+                family.samples.append(Sample("personyze_sync_lag_seconds", _labels(part), lag))
         yield family
 
 
@@ -59,12 +106,8 @@ class Metrics:
         self._wall = wall
         self.objects = dict(objects or {})  # job name -> its object (default: users)
         r = self.registry
-        self.rows = Counter(
-            "personyze_sync_rows",
-            "Rows by job and outcome.",
-            ["job", "object", "outcome"],
-            registry=r,
-        )
+        self.rows = _Rows(wall)
+        r.register(self.rows)
         self.requests = Counter(
             "personyze_sync_requests", "Personyze API requests by status.", ["status"], registry=r
         )
@@ -105,14 +148,15 @@ class Metrics:
     # -- RunObserver ----------------------------------------------------------
 
     def rows_done(self, job: str, outcome: str, count: int) -> None:
+        """``job``: the part's name (``customers`` or ``customers#0/3``)."""
         feeds = self.object_of(job)
-        self.rows.labels(job, feeds, outcome).inc(count)
+        self.rows.inc(job, feeds, outcome, count)
         if outcome == "unchanged":  # the label's old name, counted too for one version
-            self.rows.labels(job, feeds, "skipped").inc(count)
+            self.rows.inc(job, feeds, "skipped", count)
 
     def object_of(self, job: str) -> str:
         """What a job (or a shard of one: ``customers#0/2``) feeds."""
-        return self.objects.get(job.split("#", 1)[0], "users")
+        return self.objects.get(split_part(job)[0], "users")
 
     def checkpoint(self, job: str, position: Position) -> None:
         cursor = position.cursor

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sync.sandbox import SandboxServer
 from tests.support import Outcome, run_script, status_json
@@ -98,3 +99,50 @@ def test_the_runs_table_piped_fits_80_columns(cli, setup, sandbox, monkeypatch):
     error = status_json(cli, config)["runs"][0]["error"]
     monkeypatch.delenv("COLUMNS", raising=False)  # piped, no terminal: rich's 80 columns
     assert_readable(run_script("status", "-c", config), 80, error)
+
+
+def test_each_shard_says_which_it_is_and_what_its_last_run_did(cli, setup, sandbox, monkeypatch):
+    """Issue 19, item 4 (a SQLite store here; three processes on PostgreSQL in
+    tests/integration/test_shard_status.py)."""
+    config = setup()
+    doc = yaml.safe_load(Path(config).read_text())
+    doc["jobs"][0]["shards"] = 3
+    Path(config).write_text(yaml.safe_dump(doc))
+    assert cli("once", "-c", config).code == 0
+    shown = cli("status", "-c", config, "--json")
+    assert shown.code == 0, shown.text
+    docs = shown.json()
+    assert [(d["job"], d["of_job"], d["shard"]) for d in docs] == [
+        (f"customers#{i}/3", "customers", {"index": i, "of": 3}) for i in range(3)
+    ]
+    assert [d["rows_done"] for d in docs] == [3, 4, 3]  # ids 1..10 by id % 3
+    assert all(d["running"] is False and d["rows_per_second"] > 0 for d in docs)
+    monkeypatch.setenv("COLUMNS", "60")
+    text = run_script("status", "-c", config)
+    assert text.code == 0, text.text
+    assert all(len(line) <= 60 for line in text.out.splitlines()), text.out
+    flat = " ".join(text.out.split())
+    for i, done in enumerate([3, 4, 3]):
+        assert f"customers#{i}/3 (users, shard {i} of 3)" in flat
+        assert re.search(
+            rf"last run \(once, success\): {done} rows done \({done} sent, 0 unchanged, "
+            rf"0 rejected\) in \d+s, [\d.]+ rows/s",
+            flat,
+        ), text.out
+
+
+def test_an_unsharded_job_says_no_shard_and_its_last_run(cli, setup, sandbox):
+    config = setup()
+    assert cli("once", "-c", config).code == 0
+    job = status_json(cli, config)
+    assert (job["of_job"], job["shard"], job["running"], job["rows_done"]) == (
+        "customers",
+        None,
+        False,
+        10,
+    )
+    shown = cli("status", "-c", config)
+    assert "customers (users)\n" in shown.out
+    assert "last run (once, success): 10 rows done (10 sent, 0 unchanged, 0 rejected)" in (
+        " ".join(shown.out.split())
+    )

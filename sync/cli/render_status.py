@@ -24,6 +24,11 @@ def status_doc(job: JobStatus) -> dict[str, Any]:
         "lag_seconds": job.lag_s,
         "held_by": job.held_by,
         "held_since": iso_utc(job.held_since),
+        "of_job": of_job(job),
+        "shard": None if job.shard is None else {"index": job.shard.index, "of": job.shard.count},
+        "running": job.running,
+        "rows_done": job.rows_done,
+        "rows_per_second": None if job.rows_per_second is None else round(job.rows_per_second, 1),
         "rows_known": job.rows_known,
         "rejected": job.rejected,
         "rejections": [
@@ -95,6 +100,33 @@ def position_line(job: JobStatus) -> str:
     return f"checkpoint: {cp.cursor}" + ("" if cp.key is None else f" / key {cp.key}") + lag
 
 
+def of_job(job: JobStatus) -> str:
+    """The configured job a part belongs to (the name its commands take)."""
+    return job.name if job.shard is None else job.name.removesuffix(f"#{job.shard.name}")
+
+
+def rate_text(rate: float) -> str:
+    return f"{rate:.1f}" if rate < 100 else f"{rate:.0f}"
+
+
+def rows_done_line(job: JobStatus) -> str | None:
+    """What the latest run has done: rows sent, unchanged and rejected, and how fast."""
+    if not job.runs or job.rows_done is None:
+        return None
+    run = job.runs[0]
+    counts = (
+        f"{job.rows_done} rows done ({run.rows_sent} sent, {run.rows_skipped} unchanged, "
+        f"{run.rows_rejected} rejected)"
+    )
+    rate = "" if job.rows_per_second is None else f", {rate_text(job.rows_per_second)} rows/s"
+    if job.running:
+        return f"this run ({run.kind}): {counts} so far{rate}"
+    if run.outcome == "running":  # its process ended before the run did
+        return f"last run ({run.kind}, its process died): {counts}"
+    took = "" if run.ended_at is None else f" in {duration_text(run.ended_at - run.started_at)}"
+    return f"last run ({run.kind}, {run.outcome}): {counts}{took}{rate}"
+
+
 def say(text: str, indent: int = 2) -> None:
     """A line of ``status``, wrapped at spaces to the console's width (later lines two
     further in); a word longer than the width stays whole, never cut."""
@@ -110,10 +142,13 @@ def say(text: str, indent: int = 2) -> None:
 
 
 def print_status(job: JobStatus) -> None:
-    out.print(f"[bold]{escape(job.name)}[/bold] ({escape(job.object)})")
+    shard = "" if job.shard is None else f", shard {job.shard.index} of {job.shard.count}"
+    out.print(f"[bold]{escape(job.name)}[/bold] ({escape(job.object)}{shard})")
     say(position_line(job))
     if job.held_by is not None and job.held_since is not None:
         say(f"running now in {job.held_by} since {utc(job.held_since)}")
+    if (done := rows_done_line(job)) is not None:
+        say(done)
     say(
         f"{'rows' if job.object == 'audience' else job.object} known: {job.rows_known}, "
         f"rejected rows: {job.rejected}, "
