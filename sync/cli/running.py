@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from sync import admin
+from sync.api import Sync
 from sync.cli.common import (
     LogFormat,
     config_option,
@@ -27,8 +28,9 @@ from sync.config import load_config
 from sync.errors import ConfigError, PortUnavailable, SyncError
 from sync.logs import configure_logging, secrets_of
 from sync.model import RunOptions, RunStats
-from sync.run import run_all, run_in_processes, run_job
+from sync.run import run_in_processes, run_job
 from sync.run.processes import LogSetup
+from sync.run.shard import run_shard
 from sync.wiring import Wiring
 
 if TYPE_CHECKING:
@@ -94,7 +96,7 @@ def once(
     with open_app(config_path) as app:
         started = time.monotonic()
         watch = _ceiling_watch(app, dry_run=dry_run)
-        results = run_all(app, app.jobs(jobs), RunOptions(kind="once", dry_run=dry_run))
+        results = Sync.on(app).once(*jobs, dry_run=dry_run).outcomes()
         with _ceiling_summary(watch, shown=not (as_json or quiet)):
             report(
                 results, time.monotonic() - started, as_json=as_json, dry_run=dry_run, quiet=quiet
@@ -115,6 +117,14 @@ def once(
     help="Spread the job's shards over N processes (needs shards >= N and a "
     "PostgreSQL state store).",
 )
+@click.option(
+    "--shard",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="I",
+    help="Run only shard I (0 to shards-1) of a sharded job, under its lease, from its "
+    "checkpoint: one pod of a Kubernetes Indexed Job (--shard $(JOB_COMPLETION_INDEX)).",
+)
 @dry_run_option
 @json_option
 @log_options(quiet=True)
@@ -126,6 +136,7 @@ def backfill(
     since: str | None,
     full: bool,
     processes: int,
+    shard: int | None,
     dry_run: bool,
     as_json: bool,
     quiet: bool,
@@ -139,11 +150,14 @@ def backfill(
       personyze-sync backfill                    # the config's only job
       personyze-sync backfill customers --since '2024-01-01 00:00:00'
       personyze-sync backfill customers --full --processes 4
+      personyze-sync backfill customers --shard 2   # shard 2 only (an Indexed Job's pod)
     """
     if since and full:
         raise click.UsageError("--since and --full exclude each other")
     if dry_run and processes > 1:
         raise click.UsageError("--dry-run runs in one process: drop --processes")
+    if shard is not None and processes > 1:
+        raise click.UsageError("--shard runs one shard in this process: drop --processes")
     with open_app(config_path) as app:
         settings = the_job(app, job, "backfill")
         start = None
@@ -157,7 +171,9 @@ def backfill(
         with progress_bar(enabled=not (as_json or quiet), watch=watch) as progress:
             try:
                 result: RunStats | SyncError = (
-                    run_job(app, settings, options, progress)
+                    run_shard(app, settings, options, progress, shard=shard)
+                    if shard is not None
+                    else run_job(app, settings, options, progress)
                     if processes == 1
                     else run_in_processes(
                         app,
