@@ -19,7 +19,7 @@ from sync.checks import Check, config_check, connect_checks
 from sync.config.jobs import JobSettings
 from sync.errors import ConfigError, FatalError
 from sync.mapping import Mapper
-from sync.model import Position
+from sync.model import Position, Shard
 from sync.run.parts import check_layout
 from sync.state.adoptions import Adoption, Adoptions
 from sync.state.audiences import AudienceState, AudienceStatus, audience_status
@@ -68,10 +68,18 @@ class JobStatus:
     detect: str = "cursor"  # how the job finds changes: "cursor" or "diff"
     last_compared: float | None = None  # detect: diff: when its last pass over every row ended
     object: str = "users"  # what the job feeds: users, products or audience
+    shard: Shard | None = None  # which shard of its job this part is (None: not sharded)
+    rows_done: int | None = None  # sent, unchanged and rejected by its latest run so far
+    rows_per_second: float | None = None  # that run's rate (None: it never ran, or died)
 
     @property
     def rejected(self) -> int:
         return len(self.rejections)
+
+    @property
+    def running(self) -> bool:
+        """Its latest run goes on now (in ``held_by``), not one left behind by a death."""
+        return bool(self.runs) and self.runs[0].outcome == "running" and self.held_by is not None
 
 
 def parse_cursor(wiring: Wiring, job: JobSettings, text: str) -> Any:
@@ -231,11 +239,12 @@ def validate(wiring: Wiring, *, connect: bool) -> list[Check]:
 
 
 def status(wiring: Wiring) -> list[JobStatus]:
-    """Per job, or per shard of a sharded job; with the replica running it, if any."""
+    """Per job, or per shard of a sharded job; with the replica running it, if any, and
+    the rows its latest run has done (a running run's, as of its last commit)."""
     held = {lease.name: lease for lease in wiring.store.leases()}
     out = []
     for job in wiring.config.jobs:
-        for name, _shard in wiring.parts(job):
+        for name, shard in wiring.parts(job):
             part = wiring.store.part(name)
             checkpoint = part.checkpoint()
             lease = held.get(name)
@@ -259,9 +268,25 @@ def status(wiring: Wiring) -> list[JobStatus]:
                     detect=job.source.detect,
                     last_compared=_last_pass(runs) if job.source.detect == "diff" else None,
                     object=job.object,
+                    shard=shard,
+                    **_rows_done(runs, running=lease is not None, now=wiring.wall()),
                 )
             )
     return out
+
+
+def _rows_done(runs: list[RunRecord], *, running: bool, now: float) -> dict[str, Any]:
+    """The latest run's rows done and their rate: a run going on (its lease held) up to
+    now, one that ended over its time; a run left "running" by a death has no rate."""
+    if not runs:
+        return {}
+    latest = runs[0]
+    done = latest.rows_sent + latest.rows_skipped + latest.rows_rejected
+    end = latest.ended_at if latest.ended_at is not None else now if running else None
+    if end is None:
+        return {"rows_done": done}
+    seconds = end - latest.started_at
+    return {"rows_done": done, "rows_per_second": done / seconds if seconds > 0 else None}
 
 
 RUNS_SHOWN = 5  # the latest runs ``status`` shows

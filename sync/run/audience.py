@@ -253,6 +253,7 @@ class AudienceRun:
         answered: dict[int, SyncError | None] = {}
         for user_id, error in self.client.each(call, list_id, user_ids):
             answered[user_id] = error
+            self._held()  # a lost lease stops the chunk too: what is not started never is
             if len(answered) == CHUNK:
                 self._confirm(list_id, answered, keys, adding=adding)
                 answered = {}
@@ -314,6 +315,9 @@ class AudienceRun:
     def _go_on(self) -> None:
         if self._stop.is_set():
             raise Stopped("stopped; members confirmed so far are recorded")
+        self._held()
+
+    def _held(self) -> None:
         if self.lease is not None and self.lease.lost.is_set():
             raise LeaseLost(f"job {self.job.name}: its lease was lost; another process runs it")
 

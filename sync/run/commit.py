@@ -17,7 +17,7 @@ from sync.load.writer import Delivered, Failed, Gone, Missing, Refused, Unresolv
 from sync.model import Position, Progress, RunObserver, RunStats
 from sync.run.deliveries import delivery
 from sync.run.window import Slot, Window
-from sync.state.records import Ack, BatchOutcome, RejectedRow
+from sync.state.records import Ack, BatchOutcome, RejectedRow, RunCounts
 
 COMMIT_AFTER_S = 0.5  # a slow run still saves its progress this often
 
@@ -130,6 +130,13 @@ class Commits:
                 done += slot.position is not None
         self._finished, self._ahead = [], []
         self._committed_at = self._clock()
+        stats = self.stats  # the run's rows so far, with this batch's: for ``status``
+        outcome.counts = RunCounts(
+            stats.read,
+            stats.sent + len(outcome.acks),
+            stats.unchanged + self.unchanged,
+            stats.rejected + len(outcome.rejected),
+        )
         if (
             outcome.acks
             or outcome.rejected
@@ -139,7 +146,6 @@ class Commits:
             or outcome.checkpoint is not None
         ):
             self.part.commit(outcome)
-        stats = self.stats
         stats.sent += len(outcome.acks)
         stats.rejected += len(outcome.rejected)
         stats.rejected_rows += [{"key": r.key, "reason": r.reason} for r in outcome.rejected]

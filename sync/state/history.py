@@ -8,7 +8,7 @@ from sqlalchemy import Connection, select, update
 
 from sync.errors import StateError
 from sync.state.fencing import Transact
-from sync.state.records import RunRecord
+from sync.state.records import RunCounts, RunRecord
 from sync.state.schema import DIED, runs
 
 
@@ -87,3 +87,17 @@ class History:
             return [RunRecord(**r._mapping) for r in conn.execute(query)]
 
         return self._run(read, "reading the run history")
+
+
+def write_counts(conn: Connection, run_id: int, counts: RunCounts) -> None:
+    """A running run's rows so far, in the transaction of the batch that did them."""
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.outcome == "running")
+        .values(
+            rows_read=counts.read,
+            rows_sent=counts.sent,
+            rows_skipped=counts.unchanged,
+            rows_rejected=counts.rejected,
+        )
+    )

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from sync.model import PendingRow, Position
 from sync.state.deliveries import KEEP_30_DAYS, Retention, prune, write_deliveries
 from sync.state.fencing import Fence, Transact
-from sync.state.history import History
+from sync.state.history import History, write_counts
 from sync.state.identities import Identities, read_holders, read_known
 from sync.state.marks import Marks
 from sync.state.outcome import (
@@ -116,6 +116,8 @@ class PartState:
             write_outcome(conn, self.name, outcome, now, self._clock)
             if self.history is not None:
                 write_deliveries(conn, self.name, self.run_id, outcome.deliveries, now)
+            if self.run_id is not None and outcome.counts is not None:
+                write_counts(conn, self.run_id, outcome.counts)
 
         self._run(write, "saving a batch's progress", self.fence)
         self._committed(len(outcome.acks))

@@ -87,6 +87,16 @@ class StoredDelivery:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's rows so far, kept in its history row as it goes (``status`` reads them)."""
+
+    read: int
+    sent: int
+    unchanged: int
+    rejected: int
+
+
 @dataclass
 class BatchOutcome:
     """Everything one batch changed, written in one transaction."""
@@ -100,6 +110,7 @@ class BatchOutcome:
     # gone from the source whose users a mirror run deleted: sent again if they come back
     checkpoint: Position | None = None
     deliveries: list[Delivery] = field(default_factory=list)  # for the delivery history
+    counts: RunCounts | None = None  # the run's rows up to this batch, for its history row
 
 
 @dataclass(frozen=True)

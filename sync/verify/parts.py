@@ -10,11 +10,12 @@ from sync.config.jobs import JobSettings
 from sync.errors import ConfigError, FatalError
 from sync.model import RunStats, Shard
 from sync.run.parts import job_run
+from sync.state.leases import Lease
 from sync.state.records import Collision
 from sync.verify.audience import verify_audience
 from sync.verify.report import DRIFT, SAMPLE, VerifyReport, combine
 from sync.verify.verifier import Verifier
-from sync.wiring import Wiring
+from sync.wiring import Wiring, part_name
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def verify(
     parts = wiring.parts(job)
     reports: list[VerifyReport] = []
     collisions = _collisions(wiring, parts)
+    leases: dict[str, Lease] = {}  # a repair's: its resends are fenced by them
     with ExitStack() as held:
         if repair:
             wiring.store.claim()  # a SQLite state store serves one process
@@ -51,7 +53,7 @@ def verify(
                         f"job {name} is being run by another process; nothing was "
                         "resent: try verify --repair again when that run has finished"
                     )
-                held.enter_context(lease)
+                leases[name] = held.enter_context(lease)
         for i, (name, shard) in enumerate(parts):
             share = None if count is None else count // len(parts) + (i < count % len(parts))
             if share == 0:
@@ -70,7 +72,8 @@ def verify(
                 def resend(
                     rows: list[dict[str, Any]], forget: list[str], shard: Shard | None = shard
                 ) -> RunStats:
-                    with job_run(wiring, job, shard=shard) as run:
+                    lease = leases[part_name(job, shard)]
+                    with job_run(wiring, job, shard=shard, lease=lease) as run:
                         return run.resend(rows, forget=forget)
 
                 report = verifier.repair(report, resend)
