@@ -36,6 +36,7 @@ from sync.logs import secrets_of, set_secrets
 from sync.model import Position, RunOptions, RunStats
 from sync.run import run_all, run_job
 from sync.run.parts import ProgressFor
+from sync.run.shard import run_shard
 from sync.wiring import Wiring
 
 Outcome = Literal["success", "failed", "stopped"]
@@ -168,11 +169,14 @@ class Sync:
         since: str | None = None,
         full: bool = False,
         dry_run: bool = False,
+        shard: int | None = None,
         progress: ProgressFor | None = None,
     ) -> SyncResult:
         """A history load of ``job`` (default: the config's only job): from its checkpoint,
         from the cursor value ``since`` (text, as the CLI takes it), or (``full``) from
-        the start, sending only what changed."""
+        the start, sending only what changed. ``shard``: that shard of a sharded job
+        only (one pod of a Kubernetes Indexed Job). ``progress`` is told each part's
+        total rows and returns its tick (the CLI's bar)."""
         if since is not None and full:
             raise ConfigError("since and full exclude each other")
         settings = self._the_job(job)
@@ -182,7 +186,10 @@ class Sync:
         options = RunOptions(kind="backfill", dry_run=dry_run, start=start, full=full)
         result: RunStats | SyncError
         try:
-            result = run_job(self._wiring, settings, options, progress)
+            if shard is None:
+                result = run_job(self._wiring, settings, options, progress)
+            else:
+                result = run_shard(self._wiring, settings, options, progress, shard=shard)
         except SyncError as exc:
             result = exc
         return self._result({settings.name: result}, dry_run=dry_run)

@@ -25,12 +25,13 @@ from sync.cli.common import (
 from sync.cli.progress import ceiling_note, progress_bar
 from sync.cli.render import out, report
 from sync.config import load_config
+from sync.config.jobs import JobSettings
 from sync.errors import ConfigError, PortUnavailable, SyncError
 from sync.logs import configure_logging, secrets_of
-from sync.model import RunOptions, RunStats
-from sync.run import run_in_processes, run_job
+from sync.model import Position, RunOptions, RunStats
+from sync.run import run_in_processes
+from sync.run.parts import ProgressFor
 from sync.run.processes import LogSetup
-from sync.run.shard import run_shard
 from sync.wiring import Wiring
 
 if TYPE_CHECKING:
@@ -160,35 +161,44 @@ def backfill(
         raise click.UsageError("--shard runs one shard in this process: drop --processes")
     with open_app(config_path) as app:
         settings = the_job(app, job, "backfill")
-        start = None
-        if since is not None:
-            from sync.model import Position
-
-            start = Position(admin.parse_cursor(app, settings, since), None)
-        options = RunOptions(kind="backfill", dry_run=dry_run, start=start, full=full)
         started = time.monotonic()
         watch = None if processes > 1 else _ceiling_watch(app, dry_run=dry_run)
         with progress_bar(enabled=not (as_json or quiet), watch=watch) as progress:
-            try:
-                result: RunStats | SyncError = (
-                    run_shard(app, settings, options, progress, shard=shard)
-                    if shard is not None
-                    else run_job(app, settings, options, progress)
-                    if processes == 1
-                    else run_in_processes(
-                        app,
-                        settings,
-                        options,
-                        progress,
-                        processes=processes,
-                        logs=LogSetup(ctx.obj["log_format"], logging.getLogger().level),
-                    )
+            if processes == 1:
+                results = Sync.on(app).backfill(
+                    settings.name,
+                    since=since,
+                    full=full,
+                    dry_run=dry_run,
+                    shard=shard,
+                    progress=progress,
                 )
-            except SyncError as exc:
-                result = exc
+                outcomes = results.outcomes()
+            else:
+                logs = LogSetup(ctx.obj["log_format"], logging.getLogger().level)
+                run = _in_processes(app, settings, since, full, progress, processes, logs)
+                outcomes = {settings.name: run}
         seconds = time.monotonic() - started
         with _ceiling_summary(watch, shown=not (as_json or quiet)):
-            report({settings.name: result}, seconds, as_json=as_json, dry_run=dry_run, quiet=quiet)
+            report(outcomes, seconds, as_json=as_json, dry_run=dry_run, quiet=quiet)
+
+
+def _in_processes(
+    app: Wiring,
+    job: JobSettings,
+    since: str | None,
+    full: bool,
+    progress: ProgressFor | None,
+    processes: int,
+    logs: LogSetup,
+) -> RunStats | SyncError:
+    """``backfill --processes N``: the job's shards spread over N fresh processes."""
+    start = None if since is None else Position(admin.parse_cursor(app, job, since), None)
+    options = RunOptions(kind="backfill", start=start, full=full)
+    try:
+        return run_in_processes(app, job, options, progress, processes=processes, logs=logs)
+    except SyncError as exc:
+        return exc
 
 
 def _ceiling_watch(app: Wiring, *, dry_run: bool) -> CeilingWatch | None:
