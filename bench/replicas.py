@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/replicas.py [--rows 200000] [--latency-ms 20] [--replicas 1,2,3]
                                        [--shards 3] [--concurrency 8] [--quick]
+                                       [--limit-rps N]
 
 N rows in a fresh PostgreSQL database (which also holds the state store), the sandbox
 as a separate process adding ``--latency-ms`` to every request (standing in for the
@@ -9,7 +10,10 @@ real internet), and for each replica count R: an emptied sandbox, a state store 
 no table, and R ``personyze-sync backfill`` processes started at the same moment on
 one job of ``--shards`` shards. Each replica runs the shards it can lease, one at a
 time, and skips those another holds. Every run is checked: one user per source row,
-one request per row, every process exited 0. See bench/README.md.
+one request per row, every process exited 0. With ``--limit-rps N`` the sandbox limits
+the account at N requests/s and each replica is given ``requests_per_second: N``:
+a second table says what they sent together (bench/rate_budget.py), and the requests
+check counts those not answered 429. See bench/README.md.
 
 Exit status: 0 when every check passed, 1 when one did not.
 """
@@ -35,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from measure import Usage, run_measured  # noqa: E402
+from rate_budget import Budgeted, budgeted, print_budget  # noqa: E402
 from run import (  # noqa: E402
     API_KEY,
     CLI,
@@ -61,6 +66,7 @@ class Replicas:
     usages: list[Usage]
     requests: int
     runs: list[dict[str, Any]] = field(default_factory=list)  # psync_runs, by start
+    budget: Budgeted | None = None  # what the sandbox received, second by second
 
     @property
     def rate(self) -> float:
@@ -118,14 +124,15 @@ def state_runs(engine: Engine) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in found]
 
 
-def write_config(path: Path, url: str, sandbox: Sandbox, shards: int, concurrency: int) -> Path:
-    """One job of ``shards`` shards; the state store is the source database itself."""
+def write_config(path: Path, url: str, sandbox: Sandbox, args: argparse.Namespace) -> Path:
+    """One job of ``--shards`` shards; the state store is the source database itself."""
+    shards, concurrency = args.shards, args.concurrency
     doc = {
         "personyze": {
             "api_key": API_KEY,
             "base_url": sandbox.url,
             "concurrency": concurrency,
-            "requests_per_second": None,
+            "requests_per_second": args.limit_rps,
             "timeout_s": 30,
             "max_attempts": 8,
         },
@@ -250,6 +257,7 @@ def one_count(
     stats = sandbox.stats()
     requests = int(stats["requests"])
     result = Replicas(count, args.rows, seconds, usages, requests)
+    result.budget = budgeted(count, stats)
     try:
         result.runs = state_runs(engine)
     except SQLAlchemyError as exc:  # a figure, not a check: say so and go on
@@ -264,10 +272,12 @@ def one_count(
         for usage in usages:
             if usage.returncode:
                 print(usage.stdout[-2000:], usage.stderr[-3000:], sep="\n", file=sys.stderr)
+    limited = result.budget.limited  # 429s are retried: one more request each
     report.check(
-        f"{name}: requests == rows",
-        requests == args.rows,
-        f"{requests} requests for {args.rows} rows ({stats['by_method']})",
+        f"{name}: requests == rows" + (" (429s left out)" if args.limit_rps else ""),
+        requests - limited == args.rows,
+        f"{requests - limited} requests for {args.rows} rows ({stats['by_method']}"
+        + (f", {limited} answered 429)" if args.limit_rps else ")"),
     )
     report.check(
         f"{name}: sandbox holds one user per source row",
@@ -357,11 +367,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="1,200 rows, replicas 1,3 (what the tests run)"
     )
+    parser.add_argument(
+        "--limit-rps",
+        type=float,
+        help="the sandbox limits at N requests/s, each replica's requests_per_second is N",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = 1_200
     if args.replicas is None:
         args.replicas = (1, 3) if args.quick else (1, 2, 3)
+    if args.limit_rps is not None and args.limit_rps <= 0:
+        parser.error("--limit-rps must be above 0")
     if args.latency_ms <= 0:
         parser.error("--latency-ms must be above 0 (the ceiling divides by it)")
     if args.rows < 1 or args.concurrency < 1 or not 1 <= args.shards <= 64:
@@ -383,20 +400,20 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Replicas] = []
     with fresh_database() as url, tempfile.TemporaryDirectory() as tmp_dir:
         engine = create_engine(url)
-        sandbox = Sandbox(args.latency_ms)
+        sandbox = Sandbox(args.latency_ms, {"limit_rps": args.limit_rps} if args.limit_rps else {})
         try:
             made = time.monotonic()
             make_table(engine, TABLE, args.rows)
             print(f"made {args.rows:,} rows in {time.monotonic() - made:.1f} s", flush=True)
-            config = write_config(
-                Path(tmp_dir) / "replicas.yaml", url, sandbox, args.shards, args.concurrency
-            )
+            config = write_config(Path(tmp_dir) / "replicas.yaml", url, sandbox, args)
             for count in args.replicas:
                 results.append(one_count(report, count, engine, sandbox, config, args))
         finally:
             sandbox.stop()
             engine.dispose()
     print_table(results, args)
+    if args.limit_rps:
+        print_budget([r.budget for r in results if r.budget], args.limit_rps)
     failed = [name for name, ok, _ in report.found if not ok]
     for name, ok, detail in report.found:
         print(f"[{'PASS' if ok else 'FAIL'}] {name}{': ' + detail if detail else ''}")

@@ -6,9 +6,11 @@
 Serves ``sync.sandbox.SandboxServer`` with ``Faults(latency_s=L / 1000, **JSON)`` until killed
 (SIGTERM or SIGINT), and a tiny second server on ``--stats-port`` for the benchmark:
 
-- ``GET /stats``: ``{"requests": n, "by_method": {...}, "by_status": {...}, "users": n}``,
-  the requests the API port answered since the start (or the last reset), by method
-  and by status (``"none"``: no answer), and the users it holds;
+- ``GET /stats``: ``{"requests": n, "by_method": {...}, "by_status": {...}, "users": n,
+  "by_second": {...}}``, the requests the API port answered since the start (or the
+  last reset), by method, by status (``"none"``: no answer) and by whole second of
+  the sandbox's monotonic clock they came in (``[requests, answered 429]``), and the
+  users it holds;
 - ``POST /reset``: forget every user and zero the counts.
 
 Requests are counted, not logged (the request log is switched off), so the sandbox's
@@ -37,21 +39,27 @@ class CountingSandbox(SandboxServer):
         super().__init__(*args, request_log_limit=0, **kwargs)
         self.counts: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
+        self.seconds: dict[int, list[int]] = {}
         self._count_lock = threading.Lock()
 
     def _record(self, entry: RecordedRequest) -> None:
         with self._count_lock:
             self.counts[entry.method] += 1
             self.statuses[str(entry.status) if entry.status is not None else "none"] += 1
+            second = self.seconds.setdefault(int(entry.start), [0, 0])
+            second[0] += 1
+            second[1] += entry.status == 429
 
     def stats(self) -> dict[str, Any]:
         with self._count_lock:
             by_method, by_status = dict(self.counts), dict(self.statuses)
+            by_second = {str(k): list(v) for k, v in sorted(self.seconds.items())}
         return {
             "requests": sum(by_method.values()),
             "by_method": by_method,
             "by_status": by_status,
             "users": len(self.store),
+            "by_second": by_second,
         }
 
     def reset_all(self) -> None:
@@ -59,6 +67,7 @@ class CountingSandbox(SandboxServer):
         with self._count_lock:
             self.counts.clear()
             self.statuses.clear()
+            self.seconds.clear()
 
 
 def stats_server(sandbox: CountingSandbox, host: str, port: int) -> ThreadingHTTPServer:

@@ -20,6 +20,7 @@ from sync.config.jobs import JobSettings
 from sync.config.load import Config
 from sync.databases import source_engine
 from sync.extract.reader import SourceReader
+from sync.load.budget import Budget
 from sync.load.client import PersonyzeClient
 from sync.load.targets import target_for
 from sync.load.writer import SenderThreads, Writer
@@ -27,6 +28,7 @@ from sync.logs import redact
 from sync.mapping import Mapper
 from sync.model import RunObserver, Shard
 from sync.state.leases import Lease
+from sync.state.senders import Senders
 from sync.state.store import StateStore, state_engine
 
 
@@ -72,6 +74,7 @@ class Wiring:
         self._readers: dict[str, SourceReader] = {}
         self._store: StateStore | None = None
         self._client: PersonyzeClient | None = None
+        self._budget: Budget | None = None
 
     @property
     def store(self) -> StateStore:
@@ -85,9 +88,15 @@ class Wiring:
 
     @property
     def client(self) -> PersonyzeClient:
+        """The Personyze client; on a PostgreSQL state store its rate is the account's
+        budget, shared with every process that sends on the store (:mod:`sync.load.budget`)."""
+        if self._client is not None:
+            return self._client
+        shared = self.config.state.url.get_secret_value().startswith("postgres")
+        store = self.store if shared else None  # (its own lock: taken first)
         with self._lock:
             if self._client is None:
-                self._client = PersonyzeClient(
+                client = PersonyzeClient(
                     self.config.personyze,
                     transport=self._transport,
                     sleep=self._sleep,
@@ -95,6 +104,10 @@ class Wiring:
                     mask=redact,
                     stop=self.stopping,
                 )
+                if store is not None:
+                    account = Senders(store.transaction, store.holder, self.wall)
+                    self._budget = Budget(client.pacing, account, client.pacing.now).start()
+                self._client = client
             return self._client
 
     def engine(self, job: JobSettings) -> Engine:
@@ -144,6 +157,8 @@ class Wiring:
         return layout(job, job.shards)
 
     def close(self) -> None:
+        if self._budget is not None:
+            self._budget.close()
         if self._client is not None:
             self._client.close()
         if self._store is not None:

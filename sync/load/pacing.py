@@ -25,6 +25,10 @@ of requests on a limit):
 The retried request itself waits as its 429's ``Retry-After`` says (the client's
 retries); the others go on at the paced rate. Without a ceiling nothing is paced
 until a window shows 429s that follow our rate.
+
+The ceiling is the account's: processes that share a state store share it
+(:mod:`sync.load.budget` says what this one's ``share`` is, and hands it the cuts
+other processes made: :meth:`Pacing.adopt`); a cut made here is told to ``on_cut``.
 """
 
 from __future__ import annotations
@@ -53,16 +57,22 @@ LIMITING_SPAN_S = 1.0  # ... judged over at least this long (a start's burst say
 
 
 class Pacing:
-    """The rate in force for every sending thread of one client, and its token bucket."""
+    """The rate in force for every sending thread of one client, and its token bucket.
+
+    ``ceiling``: personyze.requests_per_second, the account's; ``share``: the part of it
+    this process may send (all of it unless :meth:`set_share` says otherwise)."""
 
     def __init__(
         self,
         ceiling: float | None,
         clock: Callable[[], float],
         wait: Callable[[float], None],
+        on_cut: Callable[[float], None] | None = None,
     ) -> None:
         self.ceiling = ceiling
+        self.share = ceiling
         self._rate = ceiling  # None: nothing is paced
+        self.on_cut = on_cut  # told each cut made here (under the lock: it must not call back)
         self._clock = clock
         self._wait = wait
         self._lock = threading.Lock()
@@ -78,6 +88,7 @@ class Pacing:
         self._limited = 0
         self._held_s = 0.0  # time during which the ceiling held a request back, up to...
         self._held_until = self._last  # ... the end of the last wait it imposed
+        self.last_take = -math.inf  # when a request last took its turn
 
     @property
     def rate(self) -> float | None:
@@ -99,18 +110,19 @@ class Pacing:
     def take(self) -> None:
         """Wait for the next request's turn under the rate in force."""
         if self._rate is None:
+            self.last_take = self._clock()
             return
         with self._lock:
+            now = self.last_take = self._clock()
             rate = self._rate
             if rate is None:
                 return
-            now = self._clock()
             burst = max(1.0, rate * BURST_S)
             self._tokens = min(burst, self._tokens + (now - self._last) * rate)
             self._last = now
             self._tokens -= 1.0
             wait = -self._tokens / rate if self._tokens < 0 else 0.0
-            if wait > 0 and rate == self.ceiling:
+            if wait > 0 and rate == self.share:
                 end = now + wait
                 self._held_s += max(0.0, end - max(now, self._held_until))
                 self._held_until = max(end, self._held_until)
@@ -137,6 +149,34 @@ class Pacing:
             self._judge(self._limited / self._answers, self._answers, elapsed)
             self._window_start, self._answers, self._limited = now, 0, 0
 
+    def set_share(self, share: float | None, factor: float = 1.0) -> None:
+        """This process's part of the ceiling is now ``share``, the senders having changed
+        in number by ``factor`` (as many before as after: 1): a rate at the old share goes
+        to the new one, a rate under it (a cut) and the limit found scale by ``factor``."""
+        with self._lock:
+            before, self.share = self.share, share
+            if self._limit is not None:
+                self._limit *= factor
+            if self._rate is None:
+                return
+            at_share = before is not None and self._rate >= before
+            rate = share if at_share and share is not None else self._rate * factor
+            self._rate = self._capped(max(FLOOR, rate))
+
+    def adopt(self, rate: float) -> bool:
+        """Another process sharing the account cut its rate: ``rate`` is this process's
+        part of what it found. Taken (True) when under the rate in force, as a cut here
+        would be, except that it is not undone here (its maker judges it)."""
+        with self._lock:
+            rate = self._capped(max(FLOOR, rate))
+            if self._rate is not None and rate >= self._rate:
+                return False
+            self._limit = rate / MARGIN
+            self._over, self._cut_from = False, None
+            self._set(rate, by="another process")
+            self._window_start, self._answers, self._limited = self._clock(), 0, 0
+            return True
+
     def _judge(self, share: float, answers: int, elapsed: float) -> None:
         """A window closed with ``share`` of its ``answers`` answered 429."""
         accepted = answers * (1 - share) / elapsed
@@ -150,11 +190,11 @@ class Pacing:
             if helpless and self._rate != FLOOR and share_then < HEAVY:
                 if cuts < CUTS_BEFORE_UNDO:  # the first cut may not have gone below a
                     self._cut_from = (before, share_then, cuts + 1)  # limit whose burst
-                    self._set(self._capped(max(FLOOR, accepted * MARGIN)))  # lent a little
+                    self._cut(self._capped(max(FLOOR, accepted * MARGIN)))  # lent a little
                     return
                 self.background = share
                 self._limit = None
-                self._set(before)
+                self._set(None if before is None else self._capped(before))
                 return
         noise = math.sqrt(self.background * (1 - self.background) / answers)
         over = share - self.background > TRIGGER + SIGNIFICANCE * noise
@@ -163,7 +203,7 @@ class Pacing:
             self._over = False
             self._cut_from = (self._rate, share, 1)
             self._limit = accepted
-            self._set(self._capped(max(FLOOR, accepted * MARGIN)))
+            self._cut(self._capped(max(FLOOR, accepted * MARGIN)))
             return
         if over:  # once may be chance: wait for the next window
             return
@@ -175,20 +215,26 @@ class Pacing:
             growth = GROWTH if near else GROWTH_FAR
             self._rate = self._capped(self._rate * (1 + growth * elapsed))
 
-    def _set(self, rate: float | None) -> None:
+    def _cut(self, rate: float) -> None:
+        self._set(rate)
+        if self.on_cut is not None:
+            self.on_cut(rate)
+
+    def _set(self, rate: float | None, by: str = "this process") -> None:
         log.info(
             "pace changed",
             extra={
                 "requests_per_second": None if rate is None else round(rate, 1),
                 "was": None if self._rate is None else round(self._rate, 1),
                 "background_429_share": round(self.background, 3),
+                "cut_by": by,
             },
         )
         self._rate = rate
         self._changed_at = self._clock()
 
     def _capped(self, rate: float) -> float:
-        return rate if self.ceiling is None else min(self.ceiling, rate)
+        return rate if self.share is None else min(self.share, rate)
 
 
 class CeilingWatch:

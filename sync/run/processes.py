@@ -55,16 +55,14 @@ def check(config: Config, job: JobSettings, processes: int) -> None:
 
 
 def share(config: Config, processes: int) -> Config:
-    """The config each process runs with: the concurrency and rate ceiling divided."""
+    """The config each process runs with: the concurrency divided. The rate ceiling is
+    not: it is the account's budget, which the processes share through the state store
+    (:mod:`sync.load.budget`), as many as send at the time."""
     personyze = config.personyze
-    rate = personyze.requests_per_second
     return config.model_copy(
         update={
             "personyze": personyze.model_copy(
-                update={
-                    "concurrency": math.ceil(personyze.concurrency / processes),
-                    "requests_per_second": None if rate is None else rate / processes,
-                }
+                update={"concurrency": math.ceil(personyze.concurrency / processes)}
             )
         }
     )

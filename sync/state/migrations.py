@@ -180,6 +180,20 @@ def audiences(conn: Connection) -> None:
     v6.create_all(conn)
 
 
+def senders(conn: Connection) -> None:
+    """Version 7: the processes sending now, which share the account's rate budget."""
+    v7 = MetaData()
+    Table(
+        "psync_senders",
+        v7,
+        Column("holder", String(200), primary_key=True),
+        Column("seen_at", Float, nullable=False),
+        Column("cut_rate", Float, nullable=True),
+        Column("cut_at", Float, nullable=True),
+    )
+    v7.create_all(conn)
+
+
 # (version, step): each step takes a store from the version before it to its own.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (2, leases_and_run_holders),
@@ -187,6 +201,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, fencing_marks_and_adoptions),
     (5, delivery_history),
     (6, audiences),
+    (7, senders),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -207,6 +207,16 @@ audience_members = Table(
     Column("added_at", Float, nullable=False),
 )
 
+senders = Table(
+    "psync_senders",
+    metadata,
+    # version 7: the processes sending to Personyze now, sharing the account's rate
+    Column("holder", String(200), primary_key=True),
+    Column("seen_at", Float, nullable=False),  # its last beat, store's clock
+    Column("cut_rate", Float, nullable=True),  # the account's rate after its last cut
+    Column("cut_at", Float, nullable=True),
+)
+
 
 # -- typed values as text ------------------------------------------------------
 

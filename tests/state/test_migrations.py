@@ -207,7 +207,7 @@ def test_a_fresh_store_is_created_at_the_latest_version(
 ) -> None:
     assert version_of(store_url) is None
     open_store().create_schema()
-    assert version_of(store_url) == LATEST == 6
+    assert version_of(store_url) == LATEST == 7
     tables = set(shape(store_url))
     assert {"psync_schema", "psync_leases", "psync_checkpoints", "psync_runs"} <= tables
     assert "holder" in shape(store_url)["psync_runs"]["columns"]
