@@ -144,24 +144,22 @@ def say(text: str, indent: int = 2) -> None:
 def print_status(job: JobStatus) -> None:
     shard = "" if job.shard is None else f", shard {job.shard.index} of {job.shard.count}"
     out.print(f"[bold]{escape(job.name)}[/bold] ({escape(job.object)}{shard})")
-    say(position_line(job))
+    if (a := job.audience) is not None:  # a set: no checkpoint, identity map or rejections
+        where = "not found or created yet" if a.list_id is None else f"list {a.list_id}"
+        say(f"audience {a.name!r} ({where}): {a.members} members, {a.waiting} rows waiting "
+            "for their users")  # fmt: skip
+    else:
+        say(position_line(job))
     if job.held_by is not None and job.held_since is not None:
         say(f"running now in {job.held_by} since {utc(job.held_since)}")
     if (done := rows_done_line(job)) is not None:
         say(done)
-    say(
-        f"{'rows' if job.object == 'audience' else job.object} known: {job.rows_known}, "
-        f"rejected rows: {job.rejected}, "
-        f"identity collisions: {len(job.collisions)}"
-    )
-    say(adoption_line(job.adoption))
-    if (a := job.audience) is not None:
-        where = "not found or created yet" if a.list_id is None else f"list {a.list_id}"
-        out.print(
-            f"  audience {a.name!r} ({where}): {a.members} members, {a.waiting} rows waiting "
-            "for their users",
-            markup=False,
+    if a is None:
+        say(
+            f"{job.object} known: {job.rows_known}, rejected rows: {job.rejected}, "
+            f"identity collisions: {len(job.collisions)}"
         )
+        say(adoption_line(job.adoption))
     for rej in job.rejections[:10]:
         say(f"rejected row {rej.key}: {rej.reason}", 4)
     for c in job.collisions[:10]:

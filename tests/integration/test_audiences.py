@@ -459,3 +459,9 @@ def test_commands_for_rows_say_what_they_mean_for_an_audience_job(
     adopt = cli("adopt", "-c", str(config), "buyers")
     assert adopt.code == 2 and "adopt that job" in adopt.err, adopt.text
     assert "product" not in adopt.err
+    shown = cli("status", "-c", str(config))
+    assert shown.code == 0, shown.text
+    buyers = shown.out[shown.out.index("buyers (audience)") :]
+    assert f"audience {AUDIENCE!r} (list {list_id}): 5 members, 0 rows waiting" in buyers
+    for line in ("rows known", "identity map", "diff: "):  # a users job's lines
+        assert line not in buyers
