@@ -121,6 +121,24 @@ def the_list(sandbox: SandboxServer) -> int:
     return int(found["id"])
 
 
+def synced(
+    tmp_path: Path,
+    url: str,
+    sandbox: SandboxServer,
+    *,
+    customers: range,
+    buyers: range,
+    **audience: Any,
+) -> tuple[Path, int]:
+    """The config, after the customers and then the buyers (orders of ``buyers``) synced;
+    and the audience's list id."""
+    config = audience_config(tmp_path, url, sandbox, customers=customers, **audience)
+    add_orders(url, buyers)
+    run(config, "customers")
+    run(config, "buyers")
+    return config, the_list(sandbox)
+
+
 def member_requests(sandbox: SandboxServer) -> dict[str, int]:
     """Requests to user_list_users by method, and every request to user_lists."""
     counts: dict[str, int] = {}
@@ -163,10 +181,7 @@ def test_mirror_writes_exactly_what_changed(
 
 
 def test_add_mode_never_removes(tmp_path: Path, db: str, sandbox: SandboxServer) -> None:
-    config = audience_config(tmp_path, db, sandbox, customers=range(1, 121))
-    add_orders(db, range(1, 101))
-    run(config, "customers")
-    run(config, "buyers")
+    config, _ = synced(tmp_path, db, sandbox, customers=range(1, 121), buyers=range(1, 101))
     drop_orders(db, range(1, 51))
     add_orders(db, range(101, 111), first=10_000)
     sandbox.clear_requests()
@@ -243,13 +258,10 @@ def test_two_lists_of_the_name_are_refused_with_both_ids(
 def test_mirror_over_max_deletes_stops_before_writing(
     tmp_path: Path, db: str, sandbox: SandboxServer, cli: Callable[..., Outcome]
 ) -> None:
-    config = audience_config(
-        tmp_path, db, sandbox, customers=range(1, 41), sync="mirror", max_deletes_per_run=5
-    )
-    add_orders(db, range(1, 41))
-    run(config, "customers")
-    run(config, "buyers")
-    list_id = the_list(sandbox)
+    config, list_id = synced(
+        tmp_path, db, sandbox, customers=range(1, 41), buyers=range(1, 41), sync="mirror",
+        max_deletes_per_run=5,
+    )  # fmt: skip
     drop_orders(db, range(1, 7))  # 6 leave, more than 5
     sandbox.clear_requests()
     dry = cli("once", "-c", str(config), "buyers", "--dry-run")
@@ -314,11 +326,7 @@ def test_lost_answers_create_one_list_and_every_member(
 def test_a_list_deleted_in_personyze_is_named_and_a_reset_makes_it_anew(
     tmp_path: Path, db: str, sandbox: SandboxServer, cli: Callable[..., Outcome]
 ) -> None:
-    config = audience_config(tmp_path, db, sandbox, customers=range(1, 6))
-    add_orders(db, range(1, 6))
-    run(config, "customers")
-    run(config, "buyers")
-    gone = the_list(sandbox)
+    config, gone = synced(tmp_path, db, sandbox, customers=range(1, 6), buyers=range(1, 6))
     with sandbox_client(sandbox) as c:
         assert c.delete(f"/user_lists/{gone}").json() == 1
     failed = cli("once", "-c", str(config), "buyers")
@@ -361,10 +369,9 @@ def test_a_dry_run_lists_what_it_would_add_and_remove(
 def test_a_service_that_does_not_remove_members_as_inferred_stops_mirror_saying_so(
     tmp_path: Path, pg_url: str, sandbox: SandboxServer, cli: Callable[..., Outcome]
 ) -> None:
-    config = audience_config(tmp_path, pg_url, sandbox, customers=range(1, 21), sync="mirror")
-    add_orders(pg_url, range(1, 21))
-    run(config, "customers")
-    run(config, "buyers")
+    config, _ = synced(
+        tmp_path, pg_url, sandbox, customers=range(1, 21), buyers=range(1, 21), sync="mirror"
+    )
     # removal is not documented: a service that answers the inferred DELETE but keeps them
     members = sandbox.objects["user_list_users"]
     assert isinstance(members, Resource)
@@ -385,11 +392,9 @@ def test_a_service_that_does_not_remove_members_as_inferred_stops_mirror_saying_
 def test_verify_reads_members_back_and_repair_adds_the_missing_ones(
     tmp_path: Path, db: str, sandbox: SandboxServer, cli: Callable[..., Outcome]
 ) -> None:
-    config = audience_config(tmp_path, db, sandbox, customers=range(1, 101), sync="mirror")
-    add_orders(db, range(1, 81))
-    run(config, "customers")
-    run(config, "buyers")
-    list_id = the_list(sandbox)
+    config, list_id = synced(
+        tmp_path, db, sandbox, customers=range(1, 101), buyers=range(1, 81), sync="mirror"
+    )
     sandbox.clear_requests()
     clean = cli("verify", "-c", str(config), "buyers", "--all", "--json")
     assert clean.code == 0, clean.text
@@ -441,11 +446,9 @@ def test_verify_reads_members_back_and_repair_adds_the_missing_ones(
 def test_commands_for_rows_say_what_they_mean_for_an_audience_job(
     tmp_path: Path, pg_url: str, sandbox: SandboxServer, cli: Callable[..., Outcome]
 ) -> None:
-    config = audience_config(tmp_path, pg_url, sandbox, customers=range(1, 11), sync="mirror")
-    add_orders(pg_url, range(1, 6))
-    run(config, "customers")
-    run(config, "buyers")
-    list_id = the_list(sandbox)
+    config, list_id = synced(
+        tmp_path, pg_url, sandbox, customers=range(1, 11), buyers=range(1, 6), sync="mirror"
+    )
     drop_orders(pg_url, [1])  # a retry of rejected rows must not sync the audience
     sandbox.clear_requests()
     retry = cli("rejected", "retry", "-c", str(config), "buyers")
