@@ -263,6 +263,22 @@ def write_config(path: Path, doc: Mapping[str, Any]) -> Path:
     return path
 
 
+def three_shard_config(
+    tmp_path: Path, source_url: str, state_url: str, sandbox: SandboxServer, rows: int, **job: Any
+) -> Path:
+    """``customers`` 1..``rows`` in a job of three shards (batches of 50, concurrency 4)."""
+    make_customers(source_url, range(1, rows + 1))
+    doc = config_doc(
+        source_url=with_password(source_url),
+        api_url=sandbox.url,
+        state_url=with_password(state_url),
+        source={"batch_size": 50},
+        personyze={"concurrency": 4},
+        job={"shards": 3, **job},
+    )
+    return write_config(tmp_path / "sync.yaml", doc)
+
+
 def load(path: Path) -> Config:
     return load_config(path, {"TEST_API_KEY": API_KEY})
 

@@ -26,8 +26,8 @@ from tests.support import (
     make_customers,
     psync_runs,
     script,
+    three_shard_config,
     wait_until,
-    with_password,
     write_config,
 )
 
@@ -37,16 +37,7 @@ ROWS = 600
 def sharded_config(
     tmp_path: Path, source_url: str, pg_url: str, sandbox: SandboxServer, **job: Any
 ) -> Path:
-    make_customers(source_url, range(1, ROWS + 1))
-    doc = config_doc(
-        source_url=with_password(source_url),
-        api_url=sandbox.url,
-        state_url=with_password(pg_url),
-        source={"batch_size": 50},
-        personyze={"concurrency": 4},
-        job={"shards": 3, **job},
-    )
-    return write_config(tmp_path / "sync.yaml", doc)
+    return three_shard_config(tmp_path, source_url, pg_url, sandbox, ROWS, **job)
 
 
 def holders(pg_url: str) -> dict[str, str]:

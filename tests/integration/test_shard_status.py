@@ -25,6 +25,7 @@ from tests.support import (
     psync_runs,
     run_script,
     script,
+    three_shard_config,
     wait_until,
     with_password,
     write_config,
@@ -35,17 +36,8 @@ ROWS = 600  # 200 a shard
 
 
 def three_shards(tmp_path: Path, pg_url: str, sandbox: SandboxServer) -> Path:
-    """``customers`` 1..600 in three shards, source and state on PostgreSQL."""
-    make_customers(pg_url, range(1, ROWS + 1))
-    doc = config_doc(
-        source_url=with_password(pg_url),
-        api_url=sandbox.url,
-        state_url=with_password(pg_url),
-        source={"batch_size": 50},
-        personyze={"concurrency": 4},
-        job={"shards": 3},
-    )
-    return write_config(tmp_path / "sync.yaml", doc)
+    """``customers`` 1..ROWS in three shards, source and state on PostgreSQL."""
+    return three_shard_config(tmp_path, pg_url, pg_url, sandbox, ROWS)
 
 
 def start_backfill(config: Path) -> subprocess.Popen[str]:
