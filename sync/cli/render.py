@@ -90,7 +90,7 @@ def report(
     if quiet and not code:
         return
     if as_json:
-        doc = {
+        doc: dict[str, Any] = {
             name: {"stopped": str(r)}
             if isinstance(r, Stopped)
             else {"error": str(r)}

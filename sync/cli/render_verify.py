@@ -10,6 +10,9 @@ from rich.text import Text
 
 from sync.cli.render import iso_utc, out, shown, utc
 from sync.verify import Finding, VerifyReport
+from sync.verify.report import Kind
+
+DRIFT_KINDS: tuple[Kind, ...] = ("different", "missing", "unsynced", "vanished")
 
 
 def finding_doc(f: Finding) -> dict[str, Any]:
@@ -34,7 +37,7 @@ def verify_doc(report: VerifyReport) -> dict[str, Any]:
         "sample": report.sample,
         "checked": report.checked,
         "in_step": report.in_step,
-        **{kind: report.count(kind) for kind in ("different", "missing", "unsynced", "vanished")},
+        **{kind: report.count(kind) for kind in DRIFT_KINDS},
         "cannot_clear": report.cannot_clear,
         "unsendable": report.count("unsendable"),
         "no_user": report.count("no_user"),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr, ValidationInfo
 
 from sync.config.drivers import KNOWN_DRIVERS, driver_problem, with_default_driver
-from sync.config.urls import resolve_sqlite_path, userinfo_problem
+from sync.config.urls import resolve_file_database, userinfo_problem
 from sync.config.yaml import invalid as _fail
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def whole_number(value: Any, low: int, high: int) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _fail(expected)
-    return value
+    return int(value)
 
 
 def positive_number(value: Any, expected: str = "expected a number greater than 0") -> float:
@@ -156,7 +156,7 @@ def _resolved(value: SecretStr, info: ValidationInfo) -> SecretStr:
     base_dir = (info.context or {}).get("base_dir")
     if base_dir is None:  # a model built in code, not from a config file
         return value
-    return SecretStr(resolve_sqlite_path(value.get_secret_value(), Path(base_dir)))
+    return SecretStr(resolve_file_database(value.get_secret_value(), Path(base_dir)))
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class AudienceClient:
                 f"Personyze answered {str(answer)[:100]!r} where the id of a new audience "
                 "was expected: is personyze.base_url the REST API (https://app.personyze.com/rest)?"
             )
-        return answer
+        return int(answer)
 
     # -- members ---------------------------------------------------------------------
 

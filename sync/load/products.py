@@ -38,7 +38,7 @@ def post_once(client: PersonyzeClient, payload: dict[str, Any]) -> int:
             f"Personyze answered {str(answer)[:100]!r} where the id of a product was "
             "expected: is personyze.base_url the REST API (https://app.personyze.com/rest)?"
         )
-    return answer
+    return int(answer)
 
 
 def delete_once(client: PersonyzeClient, internal_id: str) -> int:
