@@ -1,4 +1,5 @@
-"""Which shard a key is in, computed alike by PostgreSQL, MySQL/MariaDB, SQLite and Python.
+"""Which shard a key is in, computed alike by PostgreSQL, MySQL/MariaDB, SQLite, DuckDB
+and Python.
 
 A numeric key is in shard ``abs(key) % N``, as it always was (state sharded before
 text keys could be stays where it is). Any other key (text, a UUID) is hashed: the
@@ -68,8 +69,8 @@ def _argument(element: key_hash, compiler: Any, **kw: Any) -> str:
 @compiles(key_hash)
 def _unsupported(element: key_hash, compiler: Any, **kw: Any) -> str:
     raise CompileError(
-        f"shards on a key that is not a number need PostgreSQL, MySQL/MariaDB or SQLite, "
-        f"not {compiler.dialect.name}"
+        "shards on a key that is not a number need PostgreSQL, MySQL/MariaDB, SQLite or "
+        f"DuckDB, not {compiler.dialect.name}"
     )
 
 
@@ -86,6 +87,13 @@ def _postgresql(element: key_hash, compiler: Any, **kw: Any) -> str:
 def _mysql(element: key_hash, compiler: Any, **kw: Any) -> str:
     text = f"CONVERT({_argument(element, compiler, **kw)} USING utf8mb4)"  # a latin1 column too
     return f"CAST(CONV(SUBSTR(MD5({text}), 1, 8), 16, 10) AS UNSIGNED)"
+
+
+@compiles(key_hash, "duckdb")
+def _duckdb(element: key_hash, compiler: Any, **kw: Any) -> str:
+    # VARCHAR is what the driver's value prints as (a UUID in lower case with dashes).
+    text = f"CAST({_argument(element, compiler, **kw)} AS VARCHAR)"
+    return f"CAST('0x' || substr(md5({text}), 1, 8) AS BIGINT)"
 
 
 @compiles(key_hash, "sqlite")

@@ -27,9 +27,11 @@ from tests.support import (
     MARIADB_SERVER,
     PG_PASSWORD,
     PG_SERVER,
+    SOURCE_FIXTURES,
     Daemon,
     Outcome,
     config_file,
+    copy_to_duckdb,
     execute,
     make_customers,
     no_secrets,
@@ -159,14 +161,15 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/source.db"
 
 
-@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
+@pytest.fixture
+def duckdb_url(tmp_path: Path) -> str:
+    return f"duckdb:///{tmp_path}/source.duckdb"
+
+
+@pytest.fixture(params=list(SOURCE_FIXTURES))
 def source_url(request: pytest.FixtureRequest) -> str:
     """The same test on each source database."""
-    return str(
-        request.getfixturevalue(
-            {"sqlite": "sqlite_url", "postgres": "pg_url", "mariadb": "mariadb_url"}[request.param]
-        )
-    )
+    return str(request.getfixturevalue(SOURCE_FIXTURES[request.param]))
 
 
 @pytest.fixture
@@ -222,6 +225,27 @@ def sakila_url(mariadb_url: str) -> str:
         timeout=120,
     )
     return mariadb_url
+
+
+# Sakila's tables the tests read, copied to DuckDB (without address's GEOMETRY column).
+SAKILA_COPIED = {
+    "customer": "*",
+    "address": "address_id, address, district, city_id, postal_code, phone, last_update",
+    "city": "*",
+    "country": "*",
+}
+
+
+@pytest.fixture(params=["mariadb", "duckdb"])
+def sakila_source(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Sakila in MariaDB, and the same tables copied into a DuckDB file (through CSV,
+    as many teams load an export: DuckDB infers the types)."""
+    url = str(request.getfixturevalue("sakila_url"))
+    if request.param == "mariadb":
+        return url
+    target = str(request.getfixturevalue("duckdb_url"))
+    copy_to_duckdb(url, target, SAKILA_COPIED, tmp_path)
+    return target
 
 
 @pytest.fixture

@@ -36,15 +36,18 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Engine,
     Integer,
     MetaData,
     Numeric,
     String,
     Table,
     create_engine,
+    inspect,
     text,
     update,
 )
+from sqlalchemy.pool import NullPool
 
 from sync.config import Config, PersonyzeSettings, load_config
 from sync.databases import source_engine
@@ -87,8 +90,55 @@ def customer(i: int, *, updated_at: datetime | None = None, **overrides: Any) ->
     return row
 
 
+# The fixture of each source database (in conftest.py), by the name tests use for it.
+SOURCE_FIXTURES = {
+    "sqlite": "sqlite_url",
+    "postgres": "pg_url",
+    "mariadb": "mariadb_url",
+    "duckdb": "duckdb_url",
+}
+
+
+def writer(url: str) -> Engine:
+    """An engine to write a test's source with: the sync's own, except for DuckDB, which
+    the sync opens read-only (each connection opened and closed, as the sync's are)."""
+    if url.startswith("duckdb"):
+        return create_engine(url, poolclass=NullPool)
+    return source_engine(url)
+
+
+def copy_to_duckdb(url: str, target: str, tables: Mapping[str, str], folder: Path) -> None:
+    """Copy ``tables`` (name: its columns, or ``*``) of database ``url`` into DuckDB
+    ``target`` through CSV files in ``folder``; text columns stay text."""
+    import csv
+
+    source = source_engine(url)
+    with writer(target).begin() as duck:
+        for name, columns in tables.items():
+            with source.connect() as conn:
+                result = conn.execute(text(f"SELECT {columns} FROM {name}"))
+                path = folder / f"{name}.csv"
+                names = list(result.keys())
+                with path.open("w", newline="", encoding="utf-8") as file:
+                    out = csv.writer(file)
+                    out.writerow(names)
+                    out.writerows(result)
+            texts = ", ".join(
+                f"'{c['name']}': 'VARCHAR'"
+                for c in inspect(source).get_columns(name)
+                if isinstance(c["type"], String) and c["name"] in names
+            )
+            duck.execute(
+                text(
+                    f"CREATE TABLE {name} AS SELECT * FROM "
+                    f"read_csv('{path}', header = true, types = {{{texts}}})"
+                )
+            )
+    source.dispose()
+
+
 def make_customers(url: str, ids: Iterable[int], **overrides: Any) -> None:
-    engine = source_engine(url)
+    engine = writer(url)
     metadata.create_all(engine)
     rows = [customer(i, **overrides) for i in ids]
     with engine.begin() as conn:
@@ -140,7 +190,7 @@ def product(i: int, **overrides: Any) -> dict[str, Any]:
 
 
 def make_products(url: str, ids: Iterable[int], **overrides: Any) -> None:
-    engine = source_engine(url)
+    engine = writer(url)
     catalog.metadata.create_all(engine)
     rows = [product(i, **overrides) for i in ids]
     with engine.begin() as conn:
@@ -195,14 +245,14 @@ def assert_catalog_in_sandbox(url: str, sandbox: SandboxServer) -> None:
 
 
 def change_customers(url: str, where: Any, **values: Any) -> None:
-    engine = source_engine(url)
+    engine = writer(url)
     with engine.begin() as conn:
         conn.execute(update(customers).where(where).values(**values))
     engine.dispose()
 
 
 def execute(url: str, *statements: Any) -> None:
-    engine = source_engine(url)
+    engine = writer(url)
     with engine.begin() as conn:
         for statement in statements:
             conn.execute(statement)

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, Table, select, text
+from sqlalchemy import select, text
 
 from sync import admin
 from sync.databases import source_engine
+from sync.extract.reader import reflect
 from sync.sandbox import SandboxServer
 from sync.wiring import Wiring
 from tests.support import (
     DEFAULT_MAPPING,
+    SOURCE_FIXTURES,
     LoopbackServer,
     config_doc,
     execute,
@@ -76,7 +78,7 @@ def assert_nothing_lost(
     if checkpoint is None:
         return
     engine = source_engine(url)
-    source = Table(table, MetaData(), autoload_with=engine)  # typed as the reader types them
+    source = reflect(engine, table)  # typed as the reader types them
     with engine.connect() as conn:
         rows = conn.execute(
             select(source.c.id, source.c[cursor]).where(source.c[cursor].is_not(None))
@@ -179,35 +181,85 @@ def test_a_missing_table_or_column_on_mariadb_is_named(
 
 # -- the data ----------------------------------------------------------------------------
 
-# (PostgreSQL type of column v, its values for rows 1..4, rows rejected with words of
-# the reason; the other rows are delivered)
-DATA = {
+# (database, type of column v, its values for rows 1..4, rows rejected with words of the
+# reason; the other rows are delivered, with the values held in Personyze when given)
+DATA: dict[str, tuple[str, str, list[str], dict[int, str], dict[int, Any]]] = {
     "nan-and-infinities": (
+        "postgres",
         "double precision",
         ["1.5", "'NaN'", "'Infinity'", "'-Infinity'"],
         {2: "not a finite number", 3: "not a finite number", 4: "not a finite number"},
+        {1: 1.5},
     ),
-    "numeric-nan": ("numeric", ["2.25", "'NaN'", "NULL", "7"], {2: "not a finite number"}),
+    "numeric-nan": (
+        "postgres",
+        "numeric",
+        ["2.25", "'NaN'", "NULL", "7"],
+        {2: "not a finite number"},
+        {1: 2.25, 4: 7},
+    ),
     "nested-json": (
+        "postgres",
         "jsonb",
         ["'{\"a\": 1}'", "'[1, 2]'", "NULL", "'\"plain\"'"],
         {1: "nested value", 2: "nested value"},
+        {4: "plain"},
     ),
     "binary": (
+        "postgres",
         "bytea",
         ["'\\x00ff'::bytea", "NULL", "'\\x41'::bytea", "NULL"],
         {1: "binary", 3: "binary"},
+        {},
     ),
+    # DuckDB's own types: LIST, STRUCT and MAP are nested values; DECIMAL is exact.
+    "duckdb-list": (
+        "duckdb",
+        "INTEGER[]",
+        ["[1, 2]", "[]", "NULL", "[3]"],
+        {1: "nested value", 2: "nested value", 4: "nested value"},
+        {},
+    ),
+    "duckdb-struct": (
+        "duckdb",
+        "STRUCT(a INTEGER)",
+        ["{'a': 1}", "NULL", "{'a': NULL}", "NULL"],
+        {1: "nested value", 3: "nested value"},
+        {},
+    ),
+    "duckdb-map": (
+        "duckdb",
+        "MAP(VARCHAR, INTEGER)",
+        ["MAP {'k': 1}", "NULL", "NULL", "NULL"],
+        {1: "nested value"},
+        {},
+    ),
+    "duckdb-decimal": (
+        "duckdb",
+        "DECIMAL(18, 3)",
+        ["1.250", "123456789012.345", "NULL", "-0.001"],
+        {},
+        {1: 1.25, 2: 123456789012.345, 4: -0.001},
+    ),
+    "duckdb-double": (
+        "duckdb",
+        "DOUBLE",
+        ["'nan'", "'inf'", "0.1", "'-inf'"],
+        {1: "not a finite number", 2: "not a finite number", 4: "not a finite number"},
+        {3: 0.1},
+    ),
+    "duckdb-blob": ("duckdb", "BLOB", ["'\\xAA'::BLOB", "NULL", "NULL", "NULL"], {1: "binary"}, {}),
 }
 
 
 @pytest.mark.parametrize("case", list(DATA))
 def test_values_personyze_cannot_take_reject_their_row_naming_the_column(
-    cli, tmp_path, pg_url, state_url, sandbox, case
+    cli, tmp_path, state_url, sandbox, case, request
 ):
-    kind, values, rejected = DATA[case]
+    database, kind, values, rejected, held = DATA[case]
+    url = request.getfixturevalue(SOURCE_FIXTURES[database])
     execute(
-        pg_url,
+        url,
         text(f"CREATE TABLE items (id int PRIMARY KEY, email text, v {kind}, version int)"),
         *(
             text(f"INSERT INTO items VALUES ({i}, 'i{i}@example.com', {value}, {i})")
@@ -216,7 +268,7 @@ def test_values_personyze_cannot_take_reject_their_row_naming_the_column(
     )
     config = write(
         tmp_path,
-        pg_url,
+        url,
         sandbox.url,
         state_url,
         source={"table": "items", "cursor": "version"},
@@ -231,6 +283,7 @@ def test_values_personyze_cannot_take_reject_their_row_naming_the_column(
         assert reasons[key].startswith("column 'v': "), reasons[key]
         assert words in reasons[key]
     assert set(delivered(sandbox)) == {1, 2, 3, 4} - rejected.keys()
+    assert {k: u["custom_s_1"] for k, u in delivered(sandbox).items() if k in held} == held
     job = status_json(cli, config)
     assert job["checkpoint"] == {"cursor": 4, "key": "4"}
     assert_nothing_lost(config, set(delivered(sandbox)), table="items", cursor="version")
@@ -255,12 +308,14 @@ def test_a_very_long_string_is_sent_as_is_or_recorded_as_rejected(cli, setup, sq
     assert_nothing_lost(config, set(users))
 
 
+@pytest.mark.parametrize("database", ["postgres", "duckdb"])
 def test_naive_and_zone_aware_timestamps_are_both_sent_in_utc(
-    cli, tmp_path, pg_url, state_url, sandbox
+    cli, tmp_path, state_url, sandbox, database, request
 ):
+    url = request.getfixturevalue(SOURCE_FIXTURES[database])
     execute(
-        pg_url,
-        text("SET TIME ZONE 'Europe/Berlin'"),
+        url,
+        text("SET TimeZone = 'Europe/Berlin'"),
         text(
             "CREATE TABLE members (id int PRIMARY KEY, email text, "
             "seen timestamptz NOT NULL, born timestamp)"
@@ -273,7 +328,7 @@ def test_naive_and_zone_aware_timestamps_are_both_sent_in_utc(
     )
     config = write(
         tmp_path,
-        pg_url,
+        url,
         sandbox.url,
         state_url,
         source={"table": "members", "cursor": "seen"},

@@ -58,6 +58,18 @@ def test_validate_names_a_driver_that_is_not_installed(cli, setup, sandbox, monk
     assert sandbox.requests == []
 
 
+def test_validate_names_duckdb_when_it_is_not_installed(cli, setup, sandbox, monkeypatch):
+    monkeypatch.delitem(sys.modules, "duckdb_engine", raising=False)  # imported afresh
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # as if duckdb were not installed
+    config = setup(rows=None, source_url="duckdb:///warehouse.duckdb")
+    result = cli("validate", "-c", config)
+    assert result.code == 2, result.text
+    line = line_of(config, "duckdb:///")
+    assert f"{config}:{line}: jobs[0].source.url: " in result.err
+    assert "pip install 'personyze-sync[duckdb]'" in result.err
+    assert sandbox.requests == []
+
+
 def test_validate_refuses_an_unknown_scheme_with_a_suggestion(cli, setup, sandbox, tmp_path):
     config = edit(setup(), set_state_url(f"sqlit:///{tmp_path}/state.db"))
     result = cli("validate", "-c", config)

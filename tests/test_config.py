@@ -23,7 +23,7 @@ from sync.config import (
     parse_config,
     parse_duration,
     redact_url,
-    resolve_sqlite_path,
+    resolve_file_database,
     suggest,
     to_snake_case,
 )
@@ -436,7 +436,7 @@ ERRORS = [
         "unknown database, did you mean",
         BASE + "state:\n  url: sqlit:///state.db\n",
         "config.yaml:14: state.url: unknown database 'sqlit' (did you mean 'sqlite'?); "
-        "expected sqlite:///, postgresql://, mysql:// or mariadb:// "
+        "expected sqlite:///, postgresql://, mysql://, mariadb:// or duckdb:/// "
         "(another database needs its SQLAlchemy dialect installed)",
     ),
     (
@@ -1077,7 +1077,7 @@ def test_absolute_in_memory_and_other_database_urls_are_kept(url: str, tmp_path:
     ],
 )
 def test_a_relative_sqlite_path_is_made_absolute(url: str, expected: str) -> None:
-    assert resolve_sqlite_path(url, Path("/cfg")) == expected
+    assert resolve_file_database(url, Path("/cfg")) == expected
 
 
 def test_a_relative_sqlite_url_read_from_a_file_is_resolved_too(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from sync.config.models import (
     PersonyzeSettings,
     StateSettings,
 )
-from sync.config.urls import redact_url, resolve_sqlite_path
+from sync.config.urls import redact_url, resolve_file_database
 from sync.config.values import DeleteLimit, parse_duration, to_snake_case
 from sync.config.yaml import suggest
 
@@ -58,7 +58,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "redact_url",
-    "resolve_sqlite_path",
+    "resolve_file_database",
     "suggest",
     "to_snake_case",
 ]

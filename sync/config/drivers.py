@@ -42,8 +42,10 @@ KNOWN_DRIVERS: dict[str, tuple[str, ...]] = {
 
 # What to install, by the module a driver imports.
 _MYSQL_EXTRA = "pip install 'personyze-sync[mysql]'"
+DUCKDB_EXTRA = "pip install 'personyze-sync[duckdb]'"  # duckdb and its SQLAlchemy dialect
 INSTALL = {
     "pymysql": ("PyMySQL", _MYSQL_EXTRA),
+    "duckdb": ("duckdb", DUCKDB_EXTRA),
     "psycopg": ("psycopg", "pip install 'psycopg[binary]' (personyze-sync depends on it)"),
     "psycopg2": (
         "psycopg2",
@@ -77,6 +79,8 @@ def driver_problem(url: URL) -> str | None:
         dialect: Any = url.get_dialect()
     except NoSuchModuleError:
         return _unknown(url)
+    except ImportError as exc:  # a dialect of a plugin whose own imports fail
+        return _unloadable(url, exc, url.get_backend_name())
     if dialect.is_async:
         return (
             f"{url.drivername!r} is an asyncio driver; personyze-sync needs a synchronous one "
@@ -84,22 +88,29 @@ def driver_problem(url: URL) -> str | None:
         )
     try:
         dialect.import_dbapi()
-    except ImportError as exc:  # ModuleNotFoundError, or a driver that fails to load
-        module = exc.name or dialect.driver
-        package, hint = INSTALL.get(module, (module, f"pip install the package of {module!r}"))
-        if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
-            return f"the database driver {package} ({url.drivername}) is not installed: {hint}"
-        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        return f"the database driver {package} ({url.drivername}) cannot be loaded: {why}"
+    except ImportError as exc:
+        return _unloadable(url, exc, dialect.driver)
     return None
+
+
+def _unloadable(url: URL, exc: ImportError, module: str) -> str:
+    """A driver that is not installed (ModuleNotFoundError), or one that fails to load."""
+    module = exc.name or module
+    package, hint = INSTALL.get(module, (module, f"pip install the package of {module!r}"))
+    if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
+        return f"the database driver {package} ({url.drivername}) is not installed: {hint}"
+    why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return f"the database driver {package} ({url.drivername}) cannot be loaded: {why}"
 
 
 def _unknown(url: URL) -> str:
     backend, _, driver = url.drivername.partition("+")
+    if backend == "duckdb" and not driver:  # a dialect of its own package, not SQLAlchemy's
+        return f"DuckDB's SQLAlchemy dialect (duckdb-engine) is not installed: {DUCKDB_EXTRA}"
     if backend not in KNOWN_DRIVERS:
-        examples = "sqlite:///, postgresql://, mysql:// or mariadb://"
+        examples = "sqlite:///, postgresql://, mysql://, mariadb:// or duckdb:///"
         return (
-            f"unknown database {backend!r}{suggest(backend, KNOWN_DRIVERS)}; expected "
+            f"unknown database {backend!r}{suggest(backend, [*KNOWN_DRIVERS, 'duckdb'])}; expected "
             f"{examples} (another database needs its SQLAlchemy dialect installed)"
         )
     known = KNOWN_DRIVERS[backend]

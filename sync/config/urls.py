@@ -85,16 +85,19 @@ def _userinfo(template: str, parts: Sequence[Splice]) -> tuple[int | None, bool]
     return at, at is not None and any(c < at for c in colons)
 
 
+FILE_DATABASES = ("sqlite", "duckdb")  # a URL naming a file, not a server
+
+
 def userinfo_problem(url: str) -> str | None:
     """Why a database URL's user name or password cannot be what was meant, or None.
 
     A URL has one ``@`` before its query: the one ending the user-info. Another one
     means a password holding a raw ``@``, whose tail would be taken for the host.
     (A database name cannot hold a raw ``@`` then either.) SQLite URLs, a file path with
-    no user-info, are not checked.
+    no user-info, are not checked (nor DuckDB's).
     """
     scheme = _SCHEME.match(url)
-    if scheme is None or url.lower().startswith("sqlite"):
+    if scheme is None or url.lower().startswith(FILE_DATABASES):
         return None
     if url[scheme.end() :].split("?", 1)[0].count("@") > 1:
         return f"more than one '@' in the URL (a user name or password holding one?): {_ENCODE}"
@@ -112,10 +115,11 @@ def redact_url(url: str) -> str:
         return "<unparseable url>"
 
 
-def resolve_sqlite_path(url: str, base_dir: Path) -> str:
-    """``url`` with a relative SQLite file made absolute under ``base_dir``, the config's folder.
+def resolve_file_database(url: str, base_dir: Path) -> str:
+    """``url`` with a relative SQLite or DuckDB file made absolute under ``base_dir``,
+    the config's folder.
 
-    SQLite opens a relative file against the working directory, so the same config run
+    Both open a relative file against the working directory, so the same config run
     from elsewhere (cron starts in $HOME) would silently make a second, empty state
     store, or read another source file. Absolute paths, ``:memory:``, an empty database
     and other backends are returned as given; ``~`` is expanded, as for ``*_file``.
@@ -124,7 +128,7 @@ def resolve_sqlite_path(url: str, base_dir: Path) -> str:
 
     parsed = make_url(url)
     database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+    if parsed.get_backend_name() not in FILE_DATABASES or database in ("", ":memory:"):
         return url
     if parsed.query.get("uri") in ("true", "1") and database.startswith("file:"):
         relative = database.removeprefix("file:")  # a URI filename, already %-encoded

@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     Engine,
     FromClause,
     Integer,
@@ -31,7 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchTableError, SAWarning, SQLAlchemyError
 from sqlalchemy.types import NullType
 
 from sync.config.jobs import SourceSettings
@@ -128,10 +130,10 @@ class SourceTable:
             raise self.error(exc, "querying the source") from exc
 
     def _reflect(self, name: str) -> Table:
-        schema, _, table = name.rpartition(".")
         try:
-            return Table(table, MetaData(), schema=schema or None, autoload_with=self._engine)
+            return reflect(self._engine, name)
         except NoSuchTableError:
+            schema, _, table = name.rpartition(".")
             names = inspect(self._engine).get_table_names(schema=schema or None)
             raise SourceError(
                 f"table {name!r} does not exist at {self.where}{suggest(table, names)}"
@@ -143,6 +145,21 @@ class SourceTable:
         with self._engine.connect() as conn:
             names = list(conn.execute(text(f"SELECT * FROM ({body}) AS src WHERE 1 = 0")).keys())
         return text(body).columns(*(column(n) for n in names)).subquery("src")
+
+
+def reflect(engine: Engine, name: str) -> Table:
+    """Table ``name`` (``schema.name`` or ``name``) with its columns and their types.
+
+    Only those: its keys and indexes are not read (DuckDB's dialect cannot). A type the
+    dialect does not know (a DuckDB LIST or STRUCT) is left untyped, unwarned: the mapper
+    judges its values. Raises NoSuchTableError.
+    """
+    schema, _, table = name.rpartition(".")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Did not recognize type", SAWarning)
+        found = inspect(engine).get_columns(table, schema=schema or None)
+    columns = (Column(c["name"], c["type"]) for c in found)
+    return Table(table, MetaData(), *columns, schema=schema or None)
 
 
 def reach(engine: Engine, source: SourceSettings) -> None:

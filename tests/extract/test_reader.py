@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import warnings
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from sync.databases import source_engine
 from sync.errors import SourceError
 from sync.extract.query import Position
 from sync.extract.reader import SourceReader
-from tests.support import BASE_TIME, execute, make_customers
+from tests.support import BASE_TIME, execute, make_customers, writer
 
 
 def settings(url: str, **overrides: Any) -> SourceSettings:
@@ -134,7 +135,7 @@ def test_integer_and_date_cursors(source_url: str) -> None:
         Column("version", Integer),
         Column("day", Date),
     )
-    engine = source_engine(source_url)
+    engine = writer(source_url)
     table.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -231,3 +232,22 @@ def test_a_read_whose_connection_dies_mid_stream_leaves_no_open_server_cursor(
         del raised  # its traceback holds the last attempt's frames
         gc.collect()
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+def test_a_duckdb_query_over_parquet_files_pages_in_keyset_order(tmp_path: Path) -> None:
+    """Parquet exports read by DuckDB, with no database file at all: ties span batches."""
+    import duckdb
+
+    export = tmp_path / "customers.parquet"
+    with duckdb.connect() as conn:
+        conn.execute(
+            "COPY (SELECT i AS id, 'u' || i || '@example.com' AS email, "
+            "TIMESTAMP '2024-01-01' + INTERVAL (i // 7) DAY AS updated_at "
+            f"FROM range(1, 120) t(i)) TO '{export}' (FORMAT parquet)"
+        )
+    query = f"SELECT * FROM read_parquet('{export}')"
+    src = reader("duckdb:///:memory:", table=None, query=query, batch_size=10)
+    assert ids(src.batches_after(None)) == list(range(1, 120))
+    assert ids(src.batches_after(src.position({"id": 13, "updated_at": datetime(2024, 1, 2)}))) == (
+        list(range(14, 120))
+    )

@@ -28,6 +28,7 @@ from tests.support import (
     make_customers,
     users_by_internal_id,
     write_config,
+    writer,
 )
 
 contacts = Table(
@@ -57,9 +58,7 @@ def make_contacts(url: str, ids: range | list[int]) -> None:
 def diff_config(
     tmp_path: Path, url: str, sandbox: SandboxServer, batch_size: int = 50, **job: Any
 ) -> Path:
-    from sync.databases import source_engine
-
-    engine = source_engine(url)
+    engine = writer(url)
     contacts.metadata.create_all(engine)
     engine.dispose()
     doc = config_doc(
@@ -75,9 +74,7 @@ def diff_config(
 
 
 def source_rows(url: str) -> list[dict[str, Any]]:
-    from sync.databases import source_engine
-
-    engine = source_engine(url)
+    engine = writer(url)
     with engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(contacts.select())]
     engine.dispose()

@@ -1,7 +1,8 @@
 """The Sakila sample database in MariaDB, synced into the sandbox over HTTP.
 
 Its 599 customers share one ``last_update`` value: a sync that pages by timestamp
-alone loses or repeats rows here.
+alone loses or repeats rows here. The tests on ``sakila_source`` run on the same tables
+copied into DuckDB too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sync.model import RunOptions
 from sync.run import run_job
 from sync.sandbox import SandboxServer
 from sync.wiring import Wiring
-from tests.support import API_KEY, config_doc, load, users_by_internal_id, write_config
+from tests.support import API_KEY, config_doc, load, users_by_internal_id, write_config, writer
 
 MAPPING = {
     "customer_id": "internal_id",
@@ -53,7 +54,7 @@ def sakila_app(tmp_path: Path, url: str, sandbox: SandboxServer, **job: Any) -> 
 
 
 def customers(url: str) -> dict[str, dict[str, Any]]:
-    engine = create_engine(url)
+    engine = writer(url)
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT * FROM customer")).mappings().all()
     engine.dispose()
@@ -80,8 +81,9 @@ def posts(sandbox: SandboxServer) -> list[Any]:
 
 
 def test_all_599_customers_arrive_once_though_they_share_one_last_update(
-    tmp_path: Path, sakila_url: str, sandbox: SandboxServer
+    tmp_path: Path, sakila_source: str, sandbox: SandboxServer
 ) -> None:
+    sakila_url = sakila_source
     assert len({str(r["last_update"]) for r in customers(sakila_url).values()}) == 1
     with sakila_app(tmp_path, sakila_url, sandbox) as app:
         stats = run_job(app, app.config.jobs[0], RunOptions(kind="backfill"))
@@ -154,8 +156,9 @@ def test_changes_and_an_email_change_leave_one_user_per_customer_in_both_modes(
 
 
 def test_a_query_over_customer_address_city_and_country(
-    tmp_path: Path, sakila_url: str, sandbox: SandboxServer
+    tmp_path: Path, sakila_source: str, sandbox: SandboxServer
 ) -> None:
+    sakila_url = sakila_source
     job = {
         "mapping": {
             "customer_id": "internal_id",
@@ -177,7 +180,7 @@ def test_a_query_over_customer_address_city_and_country(
         first = run_job(app, settings, RunOptions())
         assert first.sent == 599
         london = users_by_internal_id(sandbox.users())
-        engine = create_engine(sakila_url)
+        engine = writer(sakila_url)
         with engine.begin() as conn:
             in_city = (
                 conn.execute(
@@ -189,7 +192,12 @@ def test_a_query_over_customer_address_city_and_country(
                 .scalars()
                 .all()
             )
-            conn.execute(text("UPDATE city SET city = 'Londinium' WHERE city_id = 312"))
+            conn.execute(
+                text(
+                    "UPDATE city SET city = 'Londinium', last_update = CURRENT_TIMESTAMP "
+                    "WHERE city_id = 312"
+                )
+            )
         engine.dispose()
         sandbox.clear_requests()
         second = run_job(app, settings, RunOptions())

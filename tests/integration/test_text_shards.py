@@ -16,21 +16,35 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import MetaData, Table, select, text
+from sqlalchemy import select, text
 
 from sync.databases import source_engine
+from sync.extract.reader import reflect
 from sync.model import RunOptions
 from sync.run import run_job
 from sync.sandbox import SandboxServer
 from sync.shard_hash import key_hash, shard_of, text_hash
 from sync.wiring import Wiring
-from tests.support import BASE_TIME, Outcome, config_doc, load, users_by_internal_id, write_config
+from tests.support import (
+    BASE_TIME,
+    Outcome,
+    config_doc,
+    load,
+    users_by_internal_id,
+    write_config,
+    writer,
+)
 
 KEY_TYPES = {
-    "uuid": {"sqlite": "CHAR(36)", "postgresql": "UUID", "mariadb": "UUID"},
-    "text": {"sqlite": "VARCHAR(100)", "postgresql": "VARCHAR(100)", "mariadb": "VARCHAR(100)"},
+    "uuid": {"sqlite": "CHAR(36)", "postgresql": "UUID", "mariadb": "UUID", "duckdb": "UUID"},
+    "text": dict.fromkeys(("sqlite", "postgresql", "mariadb", "duckdb"), "VARCHAR(100)"),
 }
-STAMP = {"sqlite": "TIMESTAMP", "postgresql": "TIMESTAMP", "mariadb": "DATETIME"}
+STAMP = {
+    "sqlite": "TIMESTAMP",
+    "postgresql": "TIMESTAMP",
+    "mariadb": "DATETIME",
+    "duckdb": "TIMESTAMP",
+}
 WORDS = ["plain", "zoë", "Straße", "Ωmega", "日本語", "naïve café", "😀", "Ab-CD"]
 # what random keys are made of: ASCII (quotes, %, \, spaces), Latin-1, Greek, Cyrillic,
 # CJK, emoji (4 bytes in UTF-8), a combining accent and a zero-width space
@@ -51,7 +65,7 @@ def make_people(url: str, kind: str, count: int) -> list[str]:
     else:
         keys = [f"{WORDS[i % len(WORDS)]}-{i}" for i in range(count)]
     name = backend(url)
-    engine = source_engine(url)
+    engine = writer(url)
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -59,7 +73,7 @@ def make_people(url: str, kind: str, count: int) -> list[str]:
                 f"email VARCHAR(200), first_name VARCHAR(100), updated_at {STAMP[name]})"
             )
         )
-    people = Table("people", MetaData(), autoload_with=engine)  # its types write the values
+    people = reflect(engine, "people")  # its types write the values
     typed = people.c.id.type.python_type  # uuid.UUID for a UUID type, else str
     rows = [
         {"id": typed(key), "email": f"p{i}@example.com", "first_name": f"P{i}"}
@@ -126,7 +140,7 @@ def test_each_database_hashes_text_as_python_does(source_url: str) -> None:
         {"id": i, "k": value, "u": uuids[i].upper(), "l": random_text(rng, LATIN1), "c": value}
         for i, value in enumerate(values)
     ]
-    engine = source_engine(source_url)
+    engine = writer(source_url)
     names = ", ".join(columns)
     with engine.begin() as conn:
         body = ", ".join(f"{c} {t}" for c, t in columns.items())
@@ -135,7 +149,7 @@ def test_each_database_hashes_text_as_python_does(source_url: str) -> None:
         conn.execute(text(f"INSERT INTO hashes (id, {names}) VALUES (:id, {marks})"), rows)
         if name == "sqlite":  # text that is not UTF-8, read back with surrogates
             conn.execute(text("INSERT INTO hashes (id, k) VALUES (-1, CAST(X'66ff6fc3' AS TEXT))"))
-    table = Table("hashes", MetaData(), autoload_with=engine)
+    table = reflect(engine, "hashes")
     hashed = [key_hash(table.c[c]) for c in columns]
     with engine.connect() as conn:
         found = conn.execute(select(*(table.c[c] for c in columns), *hashed)).all()
