@@ -223,7 +223,7 @@ ERRORS = [
     (
         "neither table nor query",
         edit("      table: public.customers", ""),
-        "config.yaml:5: jobs[0].source: missing required key 'table' or 'query'",
+        "config.yaml:5: jobs[0].source: missing required key 'table', 'query' or 'dbt_manifest'",
     ),
     (
         "bad table name",

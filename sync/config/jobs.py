@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from sync.config.dbt import with_dbt_table
 from sync.config.models import HistorySettings, Model
 from sync.config.objects import Object, check_object
 from sync.config.values import (
@@ -104,6 +105,8 @@ class SourceSettings(Model):
     url: SecretStr
     table: str | None = None
     query: str | None = None
+    dbt_manifest: str | None = None  # with model: the table is the model's relation
+    model: str | None = None
     cursor: str | None = Field(default=None, min_length=1)
     detect: Literal["cursor", "diff"] = "cursor"  # diff: no cursor, compare fingerprints
     key: str = Field(min_length=1)
@@ -111,6 +114,12 @@ class SourceSettings(Model):
     lookback: timedelta | int | float = 0
 
     _check_url = field_validator("url")(db_url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dbt_model(cls, data: Any, info: ValidationInfo) -> Any:
+        """A dbt model's relation, from its manifest, as the ``table`` to read."""
+        return with_dbt_table(data, (info.context or {}).get("base_dir"))
 
     @field_validator("table")
     @classmethod
@@ -141,7 +150,7 @@ class SourceSettings(Model):
         if self.table is not None and self.query is not None:
             raise _fail("give either 'table' or 'query', not both", "query")
         if self.table is None and self.query is None:
-            raise _fail("missing required key 'table' or 'query'")
+            raise _fail("missing required key 'table', 'query' or 'dbt_manifest'")
         return self
 
     @model_validator(mode="after")

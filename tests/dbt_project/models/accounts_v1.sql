@@ -1,0 +1,1 @@
+select 1 as account_id, 'old' as plan

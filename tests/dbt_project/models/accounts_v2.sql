@@ -1,0 +1,1 @@
+select 1 as account_id, 'new' as plan, 'x' as region
