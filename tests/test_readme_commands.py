@@ -1,34 +1,43 @@
 """The README's command table and the binary's ``--help`` name the same commands and options.
 
-Each command's help comes from the installed ``personyze-sync`` (run once per command);
-the table is the one under "## Command line". The options of the group itself (``-v``,
+Each command's help is the one ``--help`` prints, every command's read in one process
+(a process per command cost 12 s of the suite); the table is the one under
+"## Command line". The options of the group itself (``-v``,
 ``-q``, ``--log-format``) work after a command's name too: its own row covers them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from pathlib import Path
 
 import pytest
-
-from tests.support import script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
 Command = tuple[str, ...]  # () is the group itself
 
 
-def help_of(command: Command) -> str:
-    env = {**os.environ, "COLUMNS": "200"}  # one option a line
-    done = subprocess.run(
-        [script(), *command, "--help"], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+# Every command's help, as its --help prints it, in one process: {"run once": text}.
+HELPS = """
+import json, click
+from sync.cli import cli
+
+def walk(command, path, parent):
+    name = path[-1] if path else "personyze-sync"
+    ctx = click.Context(command, info_name=name, parent=parent, **command.context_settings)
+    found[" ".join(path)] = command.get_help(ctx)
+    for name in command.list_commands(ctx) if isinstance(command, click.Group) else []:
+        walk(command.get_command(ctx, name), [*path, name], ctx)
+
+found = {}
+walk(cli, [], None)
+print(json.dumps(found))
+"""
 
 
 def section(text: str, title: str) -> list[str]:
@@ -65,15 +74,13 @@ def subcommands(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def helps() -> dict[Command, str]:
-    """Every command's --help, the groups' too, read from the binary."""
-    found: dict[Command, str] = {(): help_of(())}
-    with ThreadPoolExecutor(4) as pool:
-        level: list[Command] = [(name,) for name in subcommands(found[()])]
-        while level:
-            texts = dict(zip(level, pool.map(help_of, level), strict=True))
-            found |= texts
-            level = [(*c, name) for c, text in texts.items() for name in subcommands(text)]
-    return found
+    """Every command's --help, the groups' too."""
+    env = {**os.environ, "COLUMNS": "200"}  # one option a line
+    done = subprocess.run(
+        [sys.executable, "-c", HELPS], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return {tuple(name.split()): text for name, text in json.loads(done.stdout).items()}
 
 
 def table() -> dict[Command, tuple[str, str]]:
