@@ -53,6 +53,7 @@ from sync.config import Config, PersonyzeSettings, load_config
 from sync.databases import source_engine
 from sync.load.client import PersonyzeClient
 from sync.sandbox import SandboxServer
+from sync.state.leases import key_halves, lease_key
 
 T = TypeVar("T")
 
@@ -760,3 +761,22 @@ def make_client(
     }  # fmt: skip
     values.update(overrides)
     return PersonyzeClient(PersonyzeSettings(**values), sleep=sleep)
+
+
+def terminate_lease(pg_url: str, part: str) -> None:
+    """pg_terminate_backend on the connection holding ``part``'s advisory lock."""
+    hi, lo = key_halves(lease_key(part))
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND granted AND classid::bigint = :hi AND objid::bigint = :lo AND database"
+                    " = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"hi": hi, "lo": lo},
+            ).scalars()
+            assert list(killed) == [True], f"no lease of {part} held"
+    finally:
+        engine.dispose()

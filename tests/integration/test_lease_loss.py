@@ -20,7 +20,6 @@ import yaml
 from sqlalchemy import create_engine, inspect, text
 
 from sync.sandbox import Faults, SandboxServer
-from sync.state.leases import key_halves, lease_key
 from tests.support import (
     API_KEY,
     PRODUCT_MAPPING,
@@ -32,6 +31,7 @@ from tests.support import (
     make_products,
     psync_runs,
     script,
+    terminate_lease,
     wait_until,
     with_password,
     write_config,
@@ -66,25 +66,6 @@ def running(pg_url: str) -> set[str]:
                 return set()
             found = conn.execute(text("SELECT job FROM psync_runs WHERE outcome = 'running'"))
             return set(found.scalars())
-    finally:
-        engine.dispose()
-
-
-def terminate_lease(pg_url: str, part: str) -> None:
-    """pg_terminate_backend on the connection holding ``part``'s advisory lock."""
-    hi, lo = key_halves(lease_key(part))
-    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            killed = conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-                    " AND granted AND classid::bigint = :hi AND objid::bigint = :lo AND database"
-                    " = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                ),
-                {"hi": hi, "lo": lo},
-            ).scalars()
-            assert list(killed) == [True], f"no lease of {part} held"
     finally:
         engine.dispose()
 

@@ -48,7 +48,7 @@ from tests.support import API_KEY, wait_until
 
 class OwnPostgres:
     """A PostgreSQL server of one test's own, on a free port, which the test may restart
-    or stop: the shared server on 5432 serves the tests running beside it (pytest -n 2)."""
+    or stop: the shared server on 5432 serves the tests running beside it (pytest -n 3)."""
 
     def __init__(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="psync-pg-"))

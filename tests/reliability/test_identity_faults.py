@@ -28,7 +28,7 @@ from tests.reliability.harness import (
     sync_config,
     wait_for_posts,
 )
-from tests.support import API_KEY, wait_until
+from tests.support import API_KEY, terminate_lease, wait_until
 
 
 @pytest.fixture
@@ -79,20 +79,6 @@ def test_writes_applied_after_their_timeout_are_adopted_not_resent(
     report("late-applied", outcome, late=late)
 
 
-def advisory_lock_holders(url: str) -> list[int]:
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        pids = conn.execute(
-            text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())"
-            )
-        ).scalars()
-        found = list(pids)
-    engine.dispose()
-    return found
-
-
 def test_a_lease_whose_connection_drops_is_fenced_and_taken_over(
     tmp_path: Path, source: str, pg_url: str
 ) -> None:
@@ -101,11 +87,7 @@ def test_a_lease_whose_connection_drops_is_fenced_and_taken_over(
         config = sync_config(tmp_path, source, sandbox, state_url=pg_url)
         first = start(config)
         wait_for_posts(sandbox, ROWS // 5, first)
-        (pid,) = advisory_lock_holders(pg_url)
-        engine = create_engine(pg_url)
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        engine.dispose()
+        terminate_lease(pg_url, "people")  # its own advisory lock: not the senders' beats
         dropped_at = len(sandbox.requests)
         second = start(config, "once")  # a replica: takes the lease the first one lost
         code, output = finish(first)
