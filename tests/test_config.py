@@ -435,9 +435,22 @@ ERRORS = [
     (
         "unknown database, did you mean",
         BASE + "state:\n  url: sqlit:///state.db\n",
-        "config.yaml:14: state.url: unknown database 'sqlit' (did you mean 'sqlite'?); "
-        "expected sqlite:///, postgresql://, mysql://, mariadb:// or duckdb:/// "
-        "(another database needs its SQLAlchemy dialect installed)",
+        "config.yaml:14: state.url: the state store must be SQLite or PostgreSQL, not 'sqlit' "
+        "(did you mean 'sqlite'?): sqlite:///state/personyze-sync.db or "
+        "postgresql+psycopg://user@host/db",
+    ),
+    (  # a source's unknown database lists every source there is
+        "unknown source database, did you mean",
+        BASE.replace("postgresql+psycopg://", "postgresq://"),
+        "config.yaml:6: jobs[0].source.url: unknown database 'postgresq' (did you mean "
+        "'postgresql'?); expected sqlite:///, postgresql://, mysql://, mariadb:// or "
+        "duckdb:/// (another database needs its SQLAlchemy dialect installed)",
+    ),
+    (  # DuckDB reads, but is no state store (one writing process, no leases)
+        "a state store in DuckDB",
+        BASE + "state:\n  url: duckdb:///state.duckdb\n",
+        "config.yaml:14: state.url: the state store must be SQLite or PostgreSQL, not "
+        "'duckdb': sqlite:///state/personyze-sync.db or postgresql+psycopg://user@host/db",
     ),
     (
         "unknown driver, did you mean",
@@ -462,8 +475,8 @@ ERRORS = [
     (
         "a state store in MySQL",
         BASE + "state:\n  url: mysql://sync:${PG_PASSWORD}@db/state\n",
-        "config.yaml:14: state.url: the state store must be SQLite or PostgreSQL, not 'mysql' "
-        "(sqlite:///state/personyze-sync.db or postgresql+psycopg://user@host/db)",
+        "config.yaml:14: state.url: the state store must be SQLite or PostgreSQL, not 'mysql': "
+        "sqlite:///state/personyze-sync.db or postgresql+psycopg://user@host/db",
     ),
 ]
 

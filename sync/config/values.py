@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr, ValidationInfo
 
-from sync.config.drivers import KNOWN_DRIVERS, driver_problem, with_default_driver
+from sync.config.drivers import driver_problem, with_default_driver
 from sync.config.urls import resolve_file_database, userinfo_problem
 from sync.config.yaml import invalid as _fail
+from sync.config.yaml import suggest
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -122,21 +123,14 @@ STATE_BACKENDS = ("sqlite", "postgresql")
 
 def state_db_url(value: SecretStr, info: ValidationInfo) -> SecretStr:
     """``db_url`` of a database the state store can live in: SQLite or PostgreSQL."""
-    url = with_default_driver(_parsed(value))
-    backend = url.drivername.partition("+")[0]
-    if backend in KNOWN_DRIVERS and backend not in STATE_BACKENDS:
-        raise _fail(_not_a_state_store(backend))
-    resolved = db_url(value, info)  # an unknown scheme: "did you mean", before this
-    if url.get_backend_name() not in STATE_BACKENDS:  # a dialect from a plugin
-        raise _fail(_not_a_state_store(url.get_backend_name()))
-    return resolved
-
-
-def _not_a_state_store(backend: str) -> str:
-    return (
-        f"the state store must be SQLite or PostgreSQL, not {backend!r} "
-        "(sqlite:///state/personyze-sync.db or postgresql+psycopg://user@host/db)"
-    )
+    backend = with_default_driver(_parsed(value)).drivername.partition("+")[0]
+    if backend not in STATE_BACKENDS:  # MySQL, DuckDB, a plugin's or a misspelt one
+        raise _fail(
+            f"the state store must be SQLite or PostgreSQL, not {backend!r}"
+            f"{suggest(backend, STATE_BACKENDS)}: sqlite:///state/personyze-sync.db or "
+            "postgresql+psycopg://user@host/db"
+        )
+    return db_url(value, info)
 
 
 def _parsed(value: SecretStr) -> URL:
