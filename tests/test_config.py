@@ -433,7 +433,7 @@ ERRORS = [
     ),
     # what a URL's scheme asks for is looked up without connecting (issue 17, item 8)
     (
-        "unknown database, did you mean",
+        "misspelt state store, did you mean",
         BASE + "state:\n  url: sqlit:///state.db\n",
         "config.yaml:14: state.url: the state store must be SQLite or PostgreSQL, not 'sqlit' "
         "(did you mean 'sqlite'?): sqlite:///state/personyze-sync.db or "
