@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from sync import Sync, load_config
 from sync.config import parse_config
 from sync.errors import ConfigError
 from sync.sandbox import SandboxServer
-from tests.support import API_KEY, config_doc, make_customers, write_config, writer
+from tests.support import (
+    API_KEY,
+    Daemon,
+    config_doc,
+    execute,
+    make_customers,
+    wait_until,
+    write_config,
+    writer,
+)
 
 MANIFEST = Path(__file__).parent / "dbt_project" / "target" / "manifest.json"
 ENV = {"API_KEY": API_KEY}
@@ -244,3 +254,40 @@ def test_a_dbt_model_syncs_from_the_relation_dbt_built(
     result.raise_for_failure()
     assert result["customers"].sent == 40
     assert sorted(int(user["internal_id"]) for user in sandbox.users()) == list(range(1, 41))
+
+
+def test_a_running_daemon_follows_a_rebuilt_manifest_on_sighup(
+    project: Path, sqlite_url: str, sandbox: SandboxServer, daemons: list[Daemon]
+) -> None:
+    """dbt builds the model under a new alias: the daemon reads the new relation once
+    SIGHUP reloads its config, from the job's checkpoint (SQLite: no database to match)."""
+
+    def built_as(alias: str) -> None:
+        def place(document: dict[str, Any]) -> None:
+            document["nodes"]["model.shop.customers"].update(schema="main", alias=alias)
+
+        edit_manifest(project, place)
+        select = "SELECT id AS customer_id, email, updated_at FROM customers"
+        execute(sqlite_url, text(f"CREATE TABLE {alias} AS {select}"))
+
+    make_customers(sqlite_url, range(1, 6))
+    built_as("dim_customers")
+    doc = config_doc(
+        source_url=sqlite_url,
+        api_url=sandbox.url,
+        state_url=f"sqlite:///{project}/state.db",
+        source={"dbt_manifest": "target/manifest.json", "model": "customers", "key": "customer_id"},
+        job={"schedule": {"every": "1s"}},
+    )
+    del doc["jobs"][0]["source"]["table"]
+    doc["jobs"][0]["mapping"] = {"customer_id": "internal_id", "email": "email"}
+    daemon = Daemon(write_config(project / "sync.yaml", doc), project / "daemon.log")
+    daemons.append(daemon)
+    wait_until(lambda: len(sandbox.users()) == 5, what="the model's rows")
+
+    make_customers(sqlite_url, [7, 8])  # updated after the checkpoint (row 6 would not be)
+    built_as("customers_v2")  # rows 7 and 8 are only in the new relation
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: len(sandbox.users()) == 7, what="the rows of the model's new relation")
+    assert '"config reloaded"' in daemon.logs()
+    assert sorted(int(user["internal_id"]) for user in sandbox.users()) == [1, 2, 3, 4, 5, 7, 8]

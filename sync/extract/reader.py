@@ -42,6 +42,7 @@ from sync.databases import Reconnecting, shown, source_error
 from sync.errors import MissingPrivilege, SourceError
 from sync.extract import query as q
 from sync.extract.query import SourceShape
+from sync.extract.stored import AsStored, declared
 from sync.model import Position, Shard
 
 Row = dict[str, Any]
@@ -152,13 +153,15 @@ def reflect(engine: Engine, name: str) -> Table:
 
     Only those: its keys and indexes are not read (DuckDB's dialect cannot). A type the
     dialect does not know (a DuckDB LIST or STRUCT) is left untyped, unwarned: the mapper
-    judges its values. Raises NoSuchTableError.
+    judges its values; on SQLite a value stored as another type is read as stored.
+    Raises NoSuchTableError.
     """
     schema, _, table = name.rpartition(".")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Did not recognize type", SAWarning)
         found = inspect(engine).get_columns(table, schema=schema or None)
-    columns = (Column(c["name"], c["type"]) for c in found)
+    as_stored = engine.dialect.name == "sqlite"  # its declared types are advisory
+    columns = (Column(c["name"], AsStored(c["type"]) if as_stored else c["type"]) for c in found)
     return Table(table, MetaData(), *columns, schema=schema or None)
 
 
@@ -308,7 +311,7 @@ class SourceReader:
         """Whether keys compare as numbers (rejected rows are kept by key text)."""
         col = self.shape.key_col()
         if not isinstance(col.type, NullType):
-            return isinstance(col.type, Integer | Numeric)
+            return isinstance(declared(col.type), Integer | Numeric)
         sample = self._scalar(select(col).where(col.is_not(None)).limit(1))
         return isinstance(sample, int | Decimal) and not isinstance(sample, bool)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import warnings
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,26 @@ def test_a_mapped_column_that_does_not_exist(source_url: str) -> None:
     make_customers(source_url, range(1, 3))
     with pytest.raises(SourceError, match=r"column 'emial' does not exist.*did you mean 'email'"):
         reader(source_url, ("emial",))
+
+
+def test_a_sqlite_table_made_by_create_table_as_is_read_as_stored(sqlite_url: str) -> None:
+    """CREATE TABLE AS (how dbt-sqlite builds a model) declares the timestamp column NUM;
+    its values are text, read as text (they failed the read: 'must be real number')."""
+    make_customers(sqlite_url, range(1, 31))
+    execute(
+        sqlite_url,
+        text(
+            "CREATE TABLE copied AS SELECT id, email, updated_at,"
+            " CAST(2.5 AS NUMERIC) AS score FROM customers"  # declared NUM too
+        ),
+    )
+    src = reader(sqlite_url, ("email", "score"), table="copied")
+    rows = [row for batch in src.batches_after(None) for row in batch]
+    assert [row["id"] for row in rows] == expected_order(range(1, 31))
+    assert {type(row["updated_at"]) for row in rows} == {str}  # as stored
+    assert {(type(row["score"]), row["score"]) for row in rows} == {(Decimal, Decimal("2.5"))}
+    position = src.position(rows[19])
+    assert ids(src.batches_after(position, None)) == [row["id"] for row in rows[20:]]
 
 
 def test_hostile_identifiers_and_values_are_quoted_and_bound(sqlite_url: str) -> None:
