@@ -29,6 +29,10 @@ class AsStored(TypeDecorator[Any]):
         super().__init__()
         self.declared = declared
 
+    @property
+    def python_type(self) -> type[Any]:
+        return self.declared.python_type
+
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         return self.declared.dialect_impl(dialect)
 
